@@ -1,0 +1,54 @@
+# dCMMS telemetry pipeline. Quick start: `make run`, then `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# The venv is rebuilt when setup.py changes (its hash names the stamp file).
+STAMP := $(VENV)/.installed-$(shell sha1sum setup.py | cut -c1-12)
+
+.PHONY: install venv system-deps jars run stop status logs test test-unit test-integration lint clean
+
+install: $(STAMP) system-deps jars
+
+$(STAMP): setup.py
+	@echo ">> creating Python venv in $(VENV) with $(PYTHON)"
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@echo ">> installing pinned dependencies (first time: a few minutes)"
+	@$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+jars:
+	@bash scripts/fetch-jars.sh
+
+run: install
+	@$(BIN)/dcmms-telemetry up --with-pipeline
+
+stop:
+	@test -x $(BIN)/dcmms-telemetry && $(BIN)/dcmms-telemetry down || echo "nothing to stop (no venv)"
+
+status: $(STAMP)
+	@$(BIN)/dcmms-telemetry status
+
+logs: $(STAMP)
+	@$(BIN)/dcmms-telemetry logs
+
+lint: $(STAMP)
+	@$(BIN)/ruff check .
+
+test-unit: $(STAMP)
+	@$(BIN)/pytest tests/unit -q
+
+# Starts the services the integration tests need (reusing a running stack),
+# runs every test, then stops what it started.
+test: install
+	@bash scripts/run-tests.sh
+
+clean: stop
+	rm -rf .run

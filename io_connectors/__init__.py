@@ -1,0 +1,1 @@
+"""io_connectors layer of the dCMMS telemetry pipeline."""

@@ -1,0 +1,1 @@
+"""pipelines layer of the dCMMS telemetry pipeline."""

@@ -1,0 +1,44 @@
+"""Packaging for the dCMMS telemetry pipeline.
+
+Direct dependencies are pinned exactly: apache-beam must match the Java
+artifacts (Flink runner, Kafka IO) that scripts/fetch-jars.sh resolves from
+Maven Central, see docs/decisions/0001-beam-flink-kafka.md.
+"""
+from setuptools import find_packages, setup
+
+BEAM_VERSION = "2.70.0"
+
+setup(
+    name="dcmms-telemetry",
+    version="0.1.0",
+    description="Real-time telemetry pipeline for renewable-energy IoT fleets",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(
+        include=["pipelines*", "transforms*", "io_connectors*", "api*", "schemas*", "runners*"]
+    ),
+    package_data={"schemas": ["*.avsc"]},
+    install_requires=[
+        f"apache-beam=={BEAM_VERSION}",
+        "fastavro==1.13.1",
+        "confluent-kafka==2.16.1",
+        "paho-mqtt==2.2.0",
+        "questdb==6.0.0",
+        "flask==3.1.3",
+        "gunicorn==27.0.1",
+        # PG-wire reads from QuestDB for the query API (bind parameters only).
+        "psycopg2-binary==2.9.13",
+        # HTTP client for the registry, QuestDB /exec and health checks.
+        "requests==2.34.2",
+        # Process inspection for `dcmms-telemetry status` and benchmark resources.
+        "psutil==7.2.2",
+    ],
+    extras_require={
+        "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
+        "dev": ["pytest==9.2.0", "hypothesis==6.170.17", "ruff==0.17.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "dcmms-telemetry=runners.cli:main",
+        ],
+    },
+)
