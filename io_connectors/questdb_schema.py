@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS {SENSOR_READINGS} (
     asset_type SYMBOL CAPACITY 256 CACHE,
     location VARCHAR,
     ingested_at TIMESTAMP
-) TIMESTAMP(timestamp) PARTITION BY DAY WAL TTL 90 DAYS
+) TIMESTAMP(timestamp) PARTITION BY DAY TTL 90 DAYS WAL
 DEDUP UPSERT KEYS(timestamp, event_id)
 """
 
@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS {ALARMS} (
     reason VARCHAR,
     event_id VARCHAR,
     ingested_at TIMESTAMP
-) TIMESTAMP(timestamp) PARTITION BY DAY WAL TTL 90 DAYS
+) TIMESTAMP(timestamp) PARTITION BY DAY TTL 90 DAYS WAL
 DEDUP UPSERT KEYS(timestamp, alarm_id, state)
 """
 

@@ -56,6 +56,8 @@ class ServiceSpec:
     cwd: Path | None = None
     healthy: Callable[[], bool] = lambda: True
     start_timeout_s: float = 90.0
+    # Grace period between SIGTERM and SIGKILL on stop.
+    stop_timeout_s: float = 20.0
     prepare: Callable[[], None] | None = None
     after_start: Callable[[], None] | None = None
     # Tools that must be on PATH (or absolute paths) for argv to work, with a hint.

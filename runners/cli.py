@@ -1,0 +1,134 @@
+"""``dcmms-telemetry``: start, stop and inspect the local stack.
+
+    dcmms-telemetry up [--with-pipeline]   start every service (idempotent), wait until healthy
+    dcmms-telemetry down                   stop everything, leave no process behind
+    dcmms-telemetry status                 table of services; exit 0 only if all are healthy
+    dcmms-telemetry logs [service] [-n N] [--no-follow]
+
+Settings come from config/local.toml (or DCMMS_CONFIG) with DCMMS_<SECTION>_<KEY>
+environment overrides; see docs/local-stack.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from runners.settings import Settings, SettingsError, load_settings
+from runners.stack.supervisor import (
+    MODULE_ORDER,
+    PIPELINE_MODULE,
+    StackError,
+    Supervisor,
+    load_specs,
+    paths_from_settings,
+)
+
+__all__ = ["main", "build_parser"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dcmms-telemetry",
+                                     description="Manage the local dCMMS telemetry stack.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the stack (idempotent)")
+    up.add_argument("--with-pipeline", action="store_true",
+                    help="also submit the telemetry pipeline to Flink")
+    sub.add_parser("down", help="stop every service of the stack")
+    sub.add_parser("status", help="show services, pids, ports, health, memory, uptime")
+    logs = sub.add_parser("logs", help="show (and follow) service logs")
+    logs.add_argument("service", nargs="?", help="one service (default: all)")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="lines of history (default 50)")
+    logs.add_argument("--no-follow", action="store_true", help="print and exit")
+    return parser
+
+
+def _supervisor(with_pipeline: bool, quiet_missing: bool = False) -> Supervisor:
+    settings = load_settings()
+    paths = paths_from_settings(settings)
+    modules = [*MODULE_ORDER, PIPELINE_MODULE] if with_pipeline else list(MODULE_ORDER)
+
+    def warn(msg: str) -> None:
+        if not quiet_missing:
+            print(msg, file=sys.stderr)
+
+    specs = load_specs(settings, paths, modules, warn)
+    return Supervisor(specs, paths, bind_host=settings.get("stack", "bind_host"))
+
+
+def _pipeline_running() -> bool:
+    settings = load_settings()
+    return paths_from_settings(settings).pidfile(PIPELINE_MODULE).exists()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A Ctrl-C during `up` must still run the cleanup of what was started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        if args.command == "up":
+            settings = load_settings()
+            settings.check_production()
+            sup = _supervisor(args.with_pipeline)
+            sup.up()
+            _print_endpoints(settings)
+            return 0
+        if args.command == "down":
+            # Always include the pipeline so a stack started with it is fully stopped.
+            sup = _supervisor(with_pipeline=True, quiet_missing=True)
+            return 0 if sup.down() else 1
+        if args.command == "status":
+            sup = _supervisor(with_pipeline=_pipeline_running(), quiet_missing=True)
+            return 0 if sup.status() else 1
+        if args.command == "logs":
+            sup = _supervisor(with_pipeline=True, quiet_missing=True)
+            files = sup.log_files(args.service)
+            if not files:
+                print("no logs yet (is the stack up?)", file=sys.stderr)
+                return 1
+            cmd = ["tail", "-n", str(args.lines)]
+            if not args.no_follow:
+                cmd.append("-F")
+            sys.stdout.flush()
+            os.execvp("tail", [*cmd, *map(str, files)])
+    except (SettingsError, StackError) as exc:
+        print(f"dcmms-telemetry {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ndcmms-telemetry {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+def _print_endpoints(settings: Settings) -> None:
+    host = settings.get("stack", "bind_host")
+    q = settings.section("questdb")
+    lines = [
+        ("Kafka bootstrap", settings.get("kafka", "bootstrap_servers")),
+        ("Schema registry", settings.get("schema_registry", "url")),
+        ("QuestDB console/HTTP", f"http://{q.get('host', host)}:{q.get('http_port')}"),
+        ("QuestDB PG wire", f"postgresql://{q.get('pg_user')}@{q.get('host', host)}:"
+                            f"{q.get('pg_port')}/qdb"),
+        ("QuestDB ILP TCP", f"{q.get('host', host)}:{q.get('ilp_tcp_port')}"),
+        ("MQTT", f"mqtt://{settings.get('mqtt', 'host')}:{settings.get('mqtt', 'port')} "
+                 f"(user {settings.get('mqtt', 'sensor_username')})"),
+        ("Flink web UI", f"http://{host}:{settings.get('flink', 'web_ui_port')}"),
+        ("REST API", f"http://{host}:{settings.get('api', 'port')}/api/v1 "
+                     f"(health http://{host}:{settings.get('api', 'port')}/healthz)"),
+    ]
+    print("\nendpoints:")
+    for name, value in lines:
+        print(f"  {name:22s} {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Kafka 4.1 broker in KRaft single-node mode, run from the Maven Central jars.
+
+Storage is formatted on the first start only; the cluster id is kept in
+``<run>/data/kafka/cluster-id``. Broker logs go through log4j2 to stdout, which
+the supervisor writes to ``<run>/logs/kafka.log``. Once healthy, the pipeline's
+four topics (``[kafka]`` settings) and the schema registry's compacted
+``_schemas`` topic are created or brought in line, idempotently.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import subprocess
+import uuid
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
+
+from runners.settings import Settings
+from runners.stack.spec import ServiceSpec, StackPaths
+
+__all__ = ["services", "SCHEMAS_TOPIC", "pipeline_topics", "ensure_topics"]
+
+_LOGGER = logging.getLogger(__name__)
+
+SCHEMAS_TOPIC = "_schemas"
+_JAVA_HINT = "install a JDK 17: apt-get install openjdk-17-jre-headless"
+_JARS_HINT = "run `make jars` (bash scripts/fetch-jars.sh)"
+
+_LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by runners/stack/kafka.py: everything to stdout (the supervisor's log file). -->
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="stdout" target="SYSTEM_OUT">
+      <PatternLayout pattern="[%d{ISO8601}] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="stdout"/></Root>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Logger name="kafka.controller" level="INFO"/>
+    <Logger name="kafka.log.LogCleaner" level="WARN"/>
+    <Logger name="org.apache.kafka.raft" level="WARN"/>
+    <Logger name="org.apache.kafka.metadata" level="WARN"/>
+    <Logger name="org.apache.kafka.image" level="WARN"/>
+    <Logger name="org.apache.kafka.storage.internals.log" level="WARN"/>
+  </Loggers>
+</Configuration>
+"""
+
+
+def pipeline_topics(settings: Settings) -> list[str]:
+    return [settings.get("kafka", key) for key in
+            ("topic_raw", "topic_validated", "topic_alarms", "topic_dlq")]
+
+
+def _host_port(settings: Settings) -> tuple[str, int]:
+    servers = settings.get("kafka", "bootstrap_servers")
+    first = servers.split(",")[0].strip()
+    host, sep, port = first.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"setting {settings.origin('kafka', 'bootstrap_servers')} must be "
+                         f"host:port, got {servers!r}")
+    return host, int(port)
+
+
+def _cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding, not starting '-'."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def _admin(bootstrap: str) -> AdminClient:
+    # A silent logger: the health probe polls while the broker is still starting.
+    quiet = logging.getLogger(f"{__name__}.admin")
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 3000,
+                        "reconnect.backoff.max.ms": 1000}, logger=quiet)
+
+
+def ensure_topics(bootstrap: str, wanted: dict[str, tuple[int, dict[str, str]]],
+                  timeout_s: float = 30.0) -> list[str]:
+    """Create missing topics and align configs/partitions of existing ones; return actions taken.
+
+    ``wanted`` maps topic -> (partitions, configs). Partitions are only ever
+    increased (Kafka cannot shrink a topic); a topic with more partitions than
+    wanted is left alone and reported.
+    """
+    admin = _admin(bootstrap)
+    existing = admin.list_topics(timeout=timeout_s).topics
+    actions: list[str] = []
+    to_create = [NewTopic(name, num_partitions=parts, replication_factor=1, config=cfg)
+                 for name, (parts, cfg) in wanted.items() if name not in existing]
+    for name, fut in (admin.create_topics(to_create, operation_timeout=timeout_s).items()
+                      if to_create else []):
+        try:
+            fut.result()
+            actions.append(f"created {name}")
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RuntimeError(f"creating Kafka topic {name} failed: {exc}") from exc
+    grow = {}
+    for name, (parts, cfg) in wanted.items():
+        if name not in existing:
+            continue
+        have = len(existing[name].partitions)
+        if have < parts:
+            grow[name] = NewPartitions(name, parts)
+        elif have > parts:
+            actions.append(f"{name} has {have} partitions (> {parts} wanted; Kafka cannot shrink)")
+        resource = ConfigResource(
+            ConfigResource.Type.TOPIC, name,
+            incremental_configs=[ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                                 for k, v in cfg.items()])
+        for _res, fut in admin.incremental_alter_configs([resource]).items():
+            try:
+                fut.result()
+            except KafkaException as exc:
+                raise RuntimeError(f"updating config {cfg} of Kafka topic {name} failed: "
+                                   f"{exc}") from exc
+    for name, fut in (admin.create_partitions(list(grow.values())).items() if grow else []):
+        try:
+            fut.result()
+            actions.append(f"grew {name} to {grow[name].new_total_count} partitions")
+        except KafkaException as exc:
+            raise RuntimeError(f"adding partitions to Kafka topic {name} failed: {exc}") from exc
+    return actions
+
+
+def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
+    host, port = _host_port(settings)
+    bind_host = settings.get("stack", "bind_host")
+    cport = settings.get("kafka", "controller_port", int)
+    partitions = settings.get("kafka", "partitions", int)
+    retention_ms = settings.get("kafka", "retention_ms", int)
+    bootstrap = f"{host}:{port}"
+    conf_dir = paths.conf("kafka")
+    data_dir = paths.data("kafka")
+    log_dir = data_dir / "log"
+    props = conf_dir / "server.properties"
+    log4j = conf_dir / "log4j2.xml"
+    jars = paths.jars("kafka")
+    classpath = f"{jars}/*"
+    jvm = ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+           "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+           f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+
+    def prepare() -> None:
+        if not any(jars.glob("kafka_2.13-*.jar")):
+            raise RuntimeError(f"Kafka jars not found in {jars}; {_JARS_HINT}")
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        log4j.write_text(_LOG4J2_XML)
+        props.write_text("\n".join([
+            "# Written by runners/stack/kafka.py on every start; edit config/local.toml instead.",
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={bind_host}:{cport}",
+            f"listeners=PLAINTEXT://{bind_host}:{port},CONTROLLER://{bind_host}:{cport}",
+            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={log_dir}",
+            f"num.partitions={partitions}",
+            f"log.retention.ms={retention_ms}",
+            "num.network.threads=3",
+            "num.io.threads=4",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=4",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            # Local dev: a producer to an unknown topic gets one with the standard layout.
+            "auto.create.topics.enable=true",
+            "",
+        ]))
+        if (log_dir / "meta.properties").exists():
+            return
+        id_file = data_dir / "cluster-id"
+        if not id_file.exists():
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(_cluster_id() + "\n")
+        cluster_id = id_file.read_text().strip()
+        _LOGGER.info("formatting Kafka storage in %s (cluster id %s)", log_dir, cluster_id)
+        result = subprocess.run(
+            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+             "--standalone"],
+            capture_output=True, text=True, timeout=120, check=False)
+        with paths.log("kafka").open("a") as fh:
+            fh.write(f"=== storage format (cluster id {cluster_id})\n{result.stdout}"
+                     f"{result.stderr}")
+        if result.returncode != 0:
+            raise RuntimeError(f"Kafka storage format failed (exit {result.returncode}): "
+                               f"{(result.stderr or result.stdout).strip()[-2000:]}")
+
+    def healthy() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                pass
+        except OSError:
+            return False
+        md = _admin(bootstrap).list_topics(timeout=3.0)
+        return bool(md.brokers)
+
+    def after_start() -> None:
+        wanted: dict[str, tuple[int, dict[str, str]]] = {
+            t: (partitions, {"retention.ms": str(retention_ms)}) for t in pipeline_topics(settings)
+        }
+        # The schema registry stores schemas here, like Confluent's: keep every key forever.
+        wanted[SCHEMAS_TOPIC] = (1, {"cleanup.policy": "compact", "retention.ms": "-1"})
+        for action in ensure_topics(bootstrap, wanted):
+            _LOGGER.info("kafka topics: %s", action)
+
+    return [ServiceSpec(
+        name="kafka",
+        argv=[*jvm, "kafka.Kafka", str(props)],
+        ports=(port, cport),
+        healthy=healthy,
+        start_timeout_s=90.0,
+        stop_timeout_s=30.0,
+        prepare=prepare,
+        after_start=after_start,
+        requires={"java": _JAVA_HINT},
+    )]

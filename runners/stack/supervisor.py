@@ -1,0 +1,546 @@
+"""Generic supervision of the local stack's processes: start, health, stop, status, logs.
+
+Every service is a detached process (its own session and process group) whose
+pid file, log and data live under one run directory (see :class:`StackPaths`).
+The supervisor knows nothing about Kafka or QuestDB: service modules describe
+their processes as :class:`ServiceSpec` lists and the supervisor runs them in
+order, waiting for each to be healthy before the next one starts.
+
+Guarantees:
+
+* ``up`` is idempotent: a healthy running service is left alone, a stale pid
+  file is removed, and a failed start stops everything this ``up`` started.
+* ``down`` sends SIGTERM to each process group, SIGKILL after a grace period,
+  and checks with psutil that no process of the group survives.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import psutil
+
+from runners.settings import Settings
+from runners.stack.spec import ServiceSpec, StackPaths
+
+__all__ = [
+    "MODULE_ORDER",
+    "PIPELINE_MODULE",
+    "HEARTBEAT_ENV",
+    "StackError",
+    "Supervisor",
+    "ServiceStatus",
+    "load_specs",
+    "paths_from_settings",
+    "port_owner",
+    "heartbeat_healthy",
+    "write_heartbeat",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+# Start order; ``down`` uses the reverse. The pipeline module runs only with --with-pipeline.
+MODULE_ORDER: tuple[str, ...] = (
+    "kafka", "registry", "questdb", "mosquitto", "flink", "api", "bridge",
+)
+PIPELINE_MODULE = "pipeline"
+
+# Environment variable naming a heartbeat file for services without a health port
+# (the MQTT bridge, the pipeline launcher): see write_heartbeat / heartbeat_healthy.
+HEARTBEAT_ENV = "DCMMS_HEALTH_FILE"
+
+_POLL_S = 0.5
+_LOG_TAIL_LINES = 20
+
+
+class StackError(RuntimeError):
+    """A service could not be started or stopped; the message says which and where its log is."""
+
+
+ServicesFn = Callable[[Settings, StackPaths], list[ServiceSpec]]
+
+
+def paths_from_settings(settings: Settings) -> StackPaths:
+    return StackPaths(run_dir=settings.path("stack", "run_dir"),
+                      jar_cache=settings.path("stack", "jar_cache"))
+
+
+def load_specs(settings: Settings, paths: StackPaths, modules: Iterable[str],
+               warn: Callable[[str], None]) -> list[ServiceSpec]:
+    """Import ``runners.stack.<name>`` for each name and collect its services.
+
+    A module that does not exist yet is reported through ``warn`` and skipped
+    (parts of the stack are written by different people); any other import
+    error propagates, because a broken module must not be silently ignored.
+    """
+    specs: list[ServiceSpec] = []
+    for name in modules:
+        module_name = f"runners.stack.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            warn(f"WARNING: stack module {module_name} is not there yet; skipping '{name}'")
+            continue
+        specs.extend(module.services(settings, paths))
+    return specs
+
+
+def write_heartbeat(path: str | os.PathLike[str]) -> None:
+    """Mark the calling service healthy now (create or touch the heartbeat file).
+
+    Services started with ``DCMMS_HEALTH_FILE`` in their environment call this
+    once ready and then at least every 10 seconds while they stay healthy.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.touch()
+    os.utime(p)
+
+
+def heartbeat_healthy(path: Path, pidfile: Path, max_age_s: float = 30.0) -> bool:
+    """True when the service's process is alive and touched ``path`` recently.
+
+    The heartbeat must be younger than ``max_age_s`` and newer than the process
+    itself, so a file left over from a previous run never counts.
+    """
+    record = _read_pidfile(pidfile)
+    proc = _live_process(record) if record else None
+    if proc is None:
+        return False
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return mtime >= proc.create_time() - 1 and time.time() - mtime <= max_age_s
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    pid: int | None
+    ports: Sequence[int]
+    healthy: bool
+    rss_mb: float | None
+    uptime_s: float | None
+
+
+# -- pid files -----------------------------------------------------------------------------------
+
+def _read_pidfile(pidfile: Path) -> dict[str, object] | None:
+    try:
+        record = json.loads(pidfile.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        _LOGGER.warning("unreadable pid file %s; treating it as stale", pidfile)
+        return {"pid": -1}
+    return record if isinstance(record, dict) and "pid" in record else {"pid": -1}
+
+
+def _live_process(record: dict[str, object]) -> psutil.Process | None:
+    """The recorded process if it still runs and is the same process (not a reused pid)."""
+    pid = record.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        created = record.get("create_time")
+        if isinstance(created, (int, float)) and abs(proc.create_time() - created) > 1.0:
+            return None
+        return proc
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """Every live process whose process group is ``pgid`` (the leader may already be gone)."""
+    members = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return members
+
+
+def _tree_rss(proc: psutil.Process) -> float:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 1e6
+
+
+# -- ports and tools ------------------------------------------------------------------------------
+
+def port_owner(port: int) -> str:
+    """Best-effort description of the process listening on ``port`` (for error messages)."""
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+                if conn.pid:
+                    try:
+                        proc = psutil.Process(conn.pid)
+                        return f"pid {conn.pid} ({' '.join(proc.cmdline())[:120]})"
+                    except psutil.NoSuchProcess:
+                        return f"pid {conn.pid}"
+                return "another process"
+    except (psutil.AccessDenied, PermissionError):
+        pass
+    return "another process"
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """True when a listener already holds ``port`` on ``host`` (or on every address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR so that TIME_WAIT leftovers of a just-stopped service do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise StackError(f"cannot check port {port} on {host}: {exc}") from exc
+    return False
+
+
+def _missing_tools(spec: ServiceSpec) -> list[str]:
+    problems = []
+    for tool, hint in spec.requires.items():
+        found = Path(tool).is_file() if os.sep in tool else shutil.which(tool) is not None
+        if not found:
+            problems.append(f"service {spec.name} needs '{tool}', which is not installed: {hint}")
+    return problems
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return "(no log written)"
+    return "\n".join(data.splitlines()[-lines:])
+
+
+# -- the supervisor ------------------------------------------------------------------------------
+
+class Supervisor:
+    """Starts, stops and inspects a list of services described by :class:`ServiceSpec`.
+
+    ``specs`` are in start order. ``bind_host`` is where ports are checked.
+    Output for the operator goes to ``out`` (progress, warnings, tables).
+    """
+
+    def __init__(self, specs: Sequence[ServiceSpec], paths: StackPaths,
+                 bind_host: str = "127.0.0.1", out: TextIO | None = None) -> None:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate service names in {names}")
+        self.specs = list(specs)
+        self.paths = paths
+        self.bind_host = bind_host
+        self._out = out if out is not None else sys.stdout
+
+    def _say(self, text: str = "", end: str = "\n") -> None:
+        self._out.write(text + end)
+        self._out.flush()
+
+    # -- up ---------------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Start every service not already healthy, in order; on failure stop what was started."""
+        started: list[ServiceSpec] = []
+        t0 = time.monotonic()
+        try:
+            for spec in self.specs:
+                if self._start_one(spec):
+                    started.append(spec)
+        except BaseException:
+            if started:
+                self._say(f"stopping what this 'up' started: {', '.join(s.name for s in started)}")
+                for spec in reversed(started):
+                    self._stop_one(spec.name, spec.stop_timeout_s)
+            raise
+        self._say(f"stack up in {time.monotonic() - t0:.1f}s")
+
+    def _start_one(self, spec: ServiceSpec) -> bool:
+        """Start ``spec`` unless it already runs healthy; return True if this call started it."""
+        pidfile = self.paths.pidfile(spec.name)
+        record = _read_pidfile(pidfile)
+        if record is not None:
+            proc = _live_process(record)
+            if proc is not None:
+                self._wait_healthy(spec, proc, quiet_ok=True)  # raises when it gives up
+                self._say(f"{spec.name:10s} already running (pid {proc.pid}), healthy")
+                # Setup steps are idempotent: re-run them so config changes (retention,
+                # new tables) reach a running stack too.
+                self._after_start(spec)
+                return False
+            self._say(f"{spec.name:10s} removing stale pid file {pidfile}")
+            self._kill_group_leftovers(record)
+            pidfile.unlink(missing_ok=True)
+
+        problems = _missing_tools(spec)
+        for port in spec.ports:
+            if _port_taken(self.bind_host, port):
+                problems.append(
+                    f"port {port} needed by service {spec.name} is taken by {port_owner(port)}; "
+                    f"stop that process or change the port in the configuration"
+                )
+        if problems:
+            raise StackError("\n".join(problems))
+
+        log = self.paths.log(spec.name)
+        for d in (log.parent, pidfile.parent, self.paths.data(spec.name)):
+            d.mkdir(parents=True, exist_ok=True)
+        if spec.prepare is not None:
+            try:
+                spec.prepare()
+            except StackError:
+                raise
+            except Exception as exc:
+                raise StackError(f"preparing service {spec.name} failed: {exc}") from exc
+
+        self._say(f"{spec.name:10s} starting", end="")
+        env = {**os.environ, **spec.env}
+        with log.open("ab") as log_fh:
+            log_fh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: "
+                         f"{' '.join(spec.argv)}\n".encode())
+            log_fh.flush()
+            try:
+                popen = subprocess.Popen(
+                    list(spec.argv), stdin=subprocess.DEVNULL, stdout=log_fh,
+                    stderr=subprocess.STDOUT, cwd=spec.cwd, env=env,
+                    start_new_session=True,  # own session + process group: killpg reaches all
+                )
+            except OSError as exc:
+                self._say()
+                raise StackError(f"service {spec.name} could not be started "
+                                 f"({spec.argv[0]}): {exc}") from exc
+        proc = psutil.Process(popen.pid)
+        pidfile.write_text(json.dumps({
+            "pid": popen.pid, "create_time": proc.create_time(), "argv": list(spec.argv),
+        }))
+        try:
+            self._wait_healthy(spec, proc, quiet_ok=False, popen=popen)
+            self._after_start(spec)
+        except BaseException:
+            self._stop_one(spec.name, spec.stop_timeout_s)
+            raise
+        return True
+
+    def _after_start(self, spec: ServiceSpec) -> None:
+        if spec.after_start is None:
+            return
+        try:
+            spec.after_start()
+        except Exception as exc:
+            raise StackError(
+                f"service {spec.name} is running but its setup step failed: {exc}\n"
+                f"log: {self.paths.log(spec.name)}"
+            ) from exc
+
+    def _wait_healthy(self, spec: ServiceSpec, proc: psutil.Process, *, quiet_ok: bool,
+                      popen: subprocess.Popen[bytes] | None = None) -> bool:
+        """Poll ``spec.healthy`` until it passes; raise StackError on timeout or early exit."""
+        t0 = time.monotonic()
+        next_dot = t0 + 1.0
+        next_mark = t0 + 10.0
+        printing = not quiet_ok
+        while True:
+            if self._is_healthy(spec):
+                if printing:
+                    self._say(f" healthy in {time.monotonic() - t0:.1f}s (pid {proc.pid})")
+                return True
+            exited = (popen.poll() is not None) if popen is not None else not proc.is_running()
+            now = time.monotonic()
+            if exited or now - t0 > spec.start_timeout_s:
+                if printing:
+                    self._say()
+                log = self.paths.log(spec.name)
+                what = (f"exited with status {popen.returncode}" if exited and popen is not None
+                        else "exited" if exited
+                        else f"did not become healthy within {spec.start_timeout_s:.0f}s")
+                raise StackError(
+                    f"service {spec.name} {what}. Last {_LOG_TAIL_LINES} lines of its log "
+                    f"{log}:\n{_tail(log, _LOG_TAIL_LINES)}\n(full log: {log})"
+                )
+            if not printing and now - t0 > 2.0:
+                # Running but not (yet) healthy: it may still be starting; show progress.
+                self._say(f"{spec.name:10s} running (pid {proc.pid}), waiting for health", end="")
+                printing = True
+            if printing and now >= next_dot:
+                if now >= next_mark:
+                    self._say(f"{now - t0:.0f}s", end="")
+                    next_mark += 10.0
+                else:
+                    self._say(".", end="")
+                next_dot += 1.0
+            time.sleep(_POLL_S)
+
+    @staticmethod
+    def _is_healthy(spec: ServiceSpec) -> bool:
+        try:
+            return bool(spec.healthy())
+        except Exception as exc:  # a health probe must never crash the supervisor
+            _LOGGER.debug("health check of %s raised %r", spec.name, exc)
+            return False
+
+    # -- down -------------------------------------------------------------------------------------
+
+    def down(self) -> bool:
+        """Stop every service (reverse order, unknown pid files first). True if all stopped."""
+        known = [s.name for s in self.specs]
+        pid_dir = self.paths.pidfile("x").parent
+        others = sorted(p.stem for p in pid_dir.glob("*.pid") if p.stem not in known) \
+            if pid_dir.is_dir() else []
+        timeouts = {s.name: s.stop_timeout_s for s in self.specs}
+        ok = True
+        for name in [*others, *reversed(known)]:
+            ok = self._stop_one(name, timeouts.get(name, 20.0)) and ok
+        return ok
+
+    def _kill_group_leftovers(self, record: dict[str, object]) -> None:
+        """Kill survivors of a dead leader's process group (its pid is the group id)."""
+        pgid = record.get("pid")
+        if isinstance(pgid, int) and pgid > 0:
+            for member in _group_members(pgid):
+                _LOGGER.warning("killing leftover process %s of group %s", member.pid, pgid)
+                try:
+                    member.kill()
+                except psutil.NoSuchProcess:
+                    pass
+
+    def _stop_one(self, name: str, grace_s: float) -> bool:
+        pidfile = self.paths.pidfile(name)
+        record = _read_pidfile(pidfile)
+        if record is None:
+            return True
+        pgid = record.get("pid")
+        if not isinstance(pgid, int) or pgid <= 0:
+            pidfile.unlink(missing_ok=True)
+            return True
+        leader = _live_process(record)
+        # Collect the tree before signalling: a child that left the group is still ours.
+        tree: list[psutil.Process] = []
+        if leader is not None:
+            try:
+                tree = [leader, *leader.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                tree = []
+        members = {p.pid: p for p in [*tree, *_group_members(pgid)]}
+        if not members:
+            pidfile.unlink(missing_ok=True)
+            return True
+        self._say(f"{name:10s} stopping (pid {pgid})", end="")
+        t0 = time.monotonic()
+        self._signal(pgid, members.values(), signal.SIGTERM)
+        _gone, alive = psutil.wait_procs(list(members.values()), timeout=grace_s)
+        if alive:
+            self._say(f" still running after {grace_s:.0f}s, SIGKILL", end="")
+            self._signal(pgid, alive, signal.SIGKILL)
+            _gone, alive = psutil.wait_procs(alive, timeout=5.0)
+        # Reap our own child if this process started it (avoids a zombie in tests).
+        try:
+            os.waitpid(pgid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive += [p for p in _group_members(pgid) if p.pid not in {a.pid for a in alive}]
+        if alive:
+            self._say(f" FAILED: still running: {', '.join(str(p.pid) for p in alive)}")
+            return False
+        pidfile.unlink(missing_ok=True)
+        self._say(f" stopped in {time.monotonic() - t0:.1f}s")
+        return True
+
+    @staticmethod
+    def _signal(pgid: int, procs: Iterable[psutil.Process], sig: signal.Signals) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError as exc:
+            raise StackError(f"not allowed to signal process group {pgid}: {exc}") from exc
+        for proc in procs:  # members that moved to another group
+            try:
+                if os.getpgid(proc.pid) != pgid:
+                    proc.send_signal(sig)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                continue
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def statuses(self) -> list[ServiceStatus]:
+        result = []
+        for spec in self.specs:
+            record = _read_pidfile(self.paths.pidfile(spec.name))
+            proc = _live_process(record) if record else None
+            rss = uptime = None
+            if proc is not None:
+                try:
+                    rss = _tree_rss(proc)
+                    uptime = time.time() - proc.create_time()
+                except psutil.NoSuchProcess:
+                    proc = None
+            healthy = proc is not None and self._is_healthy(spec)
+            result.append(ServiceStatus(spec.name, proc.pid if proc else None, tuple(spec.ports),
+                                        healthy, rss, uptime))
+        return result
+
+    def status(self) -> bool:
+        """Print the status table; True when every service runs and is healthy."""
+        rows = self.statuses()
+        self._say(f"{'service':10s} {'pid':>8s}  {'port(s)':18s} {'healthy':8s} "
+                  f"{'RSS MB':>8s} {'uptime':>9s}")
+        for r in rows:
+            ports = ",".join(str(p) for p in r.ports) or "-"
+            self._say(
+                f"{r.name:10s} {r.pid if r.pid else '-':>8}  {ports:18s} "
+                f"{'yes' if r.healthy else 'NO':8s} "
+                f"{f'{r.rss_mb:.0f}' if r.rss_mb is not None else '-':>8s} "
+                f"{_fmt_duration(r.uptime_s) if r.uptime_s is not None else '-':>9s}"
+            )
+        return bool(rows) and all(r.healthy for r in rows)
+
+    # -- logs -------------------------------------------------------------------------------------
+
+    def log_files(self, service: str | None) -> list[Path]:
+        if service is not None:
+            names = [s.name for s in self.specs]
+            path = self.paths.log(service)
+            if service not in names and not path.exists():
+                raise StackError(f"unknown service '{service}'; known: {', '.join(names)}")
+            return [path]
+        return [self.paths.log(s.name) for s in self.specs if self.paths.log(s.name).exists()]
+
+
+def _fmt_duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
