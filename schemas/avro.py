@@ -1,0 +1,85 @@
+"""The project's Avro schemas (``schemas/*.avsc``): loading, parsing and caching.
+
+``load_schema("telemetry-event")`` returns the fastavro-parsed schema, parsed
+once per process. ``schema_text(name)`` returns the canonical JSON text to
+register in the schema registry (subject ``<topic>-value``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import fastavro
+
+__all__ = [
+    "SCHEMA_DIR",
+    "TELEMETRY_EVENT",
+    "SENSOR_READING",
+    "ALARM",
+    "DEAD_LETTER",
+    "SchemaFileError",
+    "load_schema",
+    "parse_schema",
+    "schema_text",
+    "field_names",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+SCHEMA_DIR = Path(__file__).resolve().parent
+
+# Schema names (file stems) used across the project.
+TELEMETRY_EVENT = "telemetry-event"   # raw_telemetry
+SENSOR_READING = "sensor-reading"     # validated_telemetry
+ALARM = "alarm"                       # alarms
+DEAD_LETTER = "dead-letter"           # telemetry_dlq
+
+ParsedSchema = dict[str, Any]
+
+
+class SchemaFileError(ValueError):
+    """An .avsc file is missing or invalid; the message names the file."""
+
+
+def parse_schema(schema: str | dict[str, Any]) -> ParsedSchema:
+    """Parse a schema given as JSON text or a dict (fresh named-type scope each time)."""
+    raw = json.loads(schema) if isinstance(schema, str) else schema
+    # named_schemas={} keeps each parse independent: two versions of one record
+    # name must not collide in a shared registry of named types.
+    return fastavro.parse_schema(raw, named_schemas={})
+
+
+@functools.cache
+def _load_json(name: str) -> str:
+    path = SCHEMA_DIR / f"{name}.avsc"
+    try:
+        text = path.read_text(encoding="utf-8")
+        json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise SchemaFileError(f"cannot read Avro schema {path}: {exc}") from exc
+    return text
+
+
+@functools.cache
+def load_schema(name: str) -> ParsedSchema:
+    """The parsed schema ``schemas/<name>.avsc`` (cached)."""
+    text = _load_json(name)
+    try:
+        return parse_schema(text)
+    except Exception as exc:  # fastavro raises several types for a bad schema
+        path = SCHEMA_DIR / f"{name}.avsc"
+        raise SchemaFileError(f"invalid Avro schema {path}: {exc}") from exc
+
+
+def schema_text(name: str) -> str:
+    """Compact JSON text of ``schemas/<name>.avsc``, as registered in the registry."""
+    return json.dumps(json.loads(_load_json(name)), separators=(",", ":"))
+
+
+def field_names(name: str) -> tuple[str, ...]:
+    """Top-level field names of ``schemas/<name>.avsc`` in declaration order."""
+    return tuple(f["name"] for f in json.loads(_load_json(name))["fields"])
