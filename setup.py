@@ -20,7 +20,7 @@ setup(
     install_requires=[
         f"apache-beam=={BEAM_VERSION}",
         "fastavro==1.13.1",
-        "confluent-kafka==2.16.1",
+        "confluent-kafka[schemaregistry]==2.16.1",  # SchemaRegistryClient, AvroSerializer
         "paho-mqtt==2.2.0",
         "questdb==6.0.0",
         "flask==3.1.3",
