@@ -1,0 +1,212 @@
+"""REST ingest: ``POST /api/v1/telemetry`` (blueprint :data:`bp`).
+
+Contract (docs/ingestion.md, DESIGN.md "REST API"):
+
+* body: a JSON array of events or one event object, ``Content-Type:
+  application/json`` (else 415), at most :attr:`IngestLimits.max_body_bytes`
+  bytes (else 413, decided from ``Content-Length`` before the body is read) and
+  :attr:`IngestLimits.max_items` items (else 413);
+* each item is validated on its own by :func:`schemas.validation.validate_event`
+  (through :func:`schemas.edge.event_from_item`); a missing ``event_id`` is
+  derived deterministically, so a retried batch creates no duplicate rows;
+* 202 ``{"accepted": n, "rejected": [{"index": i, "errors": [...]}]}`` once
+  Kafka acknowledged *every* accepted event; 400 with the same body when no
+  item is valid; 503 + ``Retry-After`` when Kafka did not acknowledge in time
+  (nothing is claimed accepted; the client retries the whole batch);
+* 401/403/429 come from :func:`api.auth.require_scope` ("write" scope).
+
+Rejected items are also sent, best effort, to ``telemetry_dlq`` (stage
+``ingest``) so operators see them next to the bridge's and pipeline's rejects;
+the client already got the reasons, so a lost dead letter loses no data.
+
+The Kafka producer is created lazily in each worker process (after gunicorn
+forks), from the app's settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+
+from api.auth import require_scope
+from api.errors import ApiError, ServiceUnavailable
+from io_connectors.raw_producer import RawProducer, build_raw_producer
+from runners.settings import Settings, SettingsError, load_settings
+from schemas.edge import dead_letter, event_from_item
+from schemas.validation import SensorRules, default_sensor_rules
+
+__all__ = ["EXTENSION", "IngestLimits", "IngestState", "bp", "init_ingest"]
+
+_LOGGER = logging.getLogger(__name__)
+
+EXTENSION = "dcmms_ingest"
+INGEST_PATH = "/api/v1/telemetry"
+
+bp = Blueprint("ingest", __name__)
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """Request limits; from settings ``[api] ingest_*`` when present."""
+
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_items: int = 10_000
+    # How long a request waits for Kafka's acknowledgements before answering 503.
+    ack_timeout_s: float = 5.0
+    retry_after_s: int = 5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestLimits:
+        def opt(key: str, kind: type, default: Any) -> Any:
+            try:
+                return settings.get("api", key, kind)
+            except SettingsError as exc:
+                if "missing setting" in str(exc):
+                    return default
+                raise
+
+        return cls(
+            max_body_bytes=opt("ingest_max_body_bytes", int, cls.max_body_bytes),
+            max_items=opt("ingest_max_items", int, cls.max_items),
+            ack_timeout_s=opt("ingest_ack_timeout_s", float, cls.ack_timeout_s),
+            retry_after_s=opt("ingest_retry_after_s", int, cls.retry_after_s),
+        )
+
+
+class IngestState:
+    """Per-process ingest resources: the producer (created on first use) and the rules."""
+
+    def __init__(self, settings: Settings | None, *, limits: IngestLimits | None = None,
+                 rules: SensorRules | None = None,
+                 producer: RawProducer | None = None) -> None:
+        self.settings = settings
+        self.limits = limits or (IngestLimits.from_settings(settings) if settings
+                                 else IngestLimits())
+        self.rules = rules or default_sensor_rules()
+        self._producer = producer
+        self._pid = os.getpid() if producer is not None else None
+        self._lock = threading.Lock()
+
+    def producer(self) -> RawProducer:
+        # A producer must not cross fork(): librdkafka's threads do not survive it.
+        if self._producer is not None and self._pid == os.getpid():
+            return self._producer
+        with self._lock:
+            if self._producer is None or self._pid != os.getpid():
+                if self.settings is None:
+                    raise RuntimeError("ingest has neither settings nor a producer")
+                try:
+                    self._producer = build_raw_producer(
+                        self.settings, client_id=f"dcmms-rest-{os.getpid()}",
+                        # Undelivered messages expire instead of piling up while
+                        # Kafka is down; the client was answered 503 long before.
+                        config_overrides={"message.timeout.ms": 60000})
+                except Exception as exc:  # registry or config problem: a 503, logged
+                    _LOGGER.error("cannot create the Kafka producer for ingest: %s", exc)
+                    raise ServiceUnavailable(
+                        "ingest is not ready (Kafka producer or schema registry unavailable)",
+                        self.limits.retry_after_s) from exc
+                self._pid = os.getpid()
+            return self._producer
+
+
+def init_ingest(app: Flask, settings: Settings | None = None, **kwargs: Any) -> None:
+    """Register the blueprint and its state on ``app`` (settings default: load_settings())."""
+    app.extensions[EXTENSION] = IngestState(settings or load_settings(), **kwargs)
+    app.register_blueprint(bp)
+
+
+def _state() -> IngestState:
+    state = current_app.extensions.get(EXTENSION)
+    if state is None:
+        # Blueprint registered without init_ingest: settings from the app or the environment.
+        settings = current_app.config.get("DCMMS_SETTINGS") or load_settings()
+        state = current_app.extensions.setdefault(EXTENSION, IngestState(settings))
+    return state
+
+
+@bp.post(INGEST_PATH)
+@require_scope("write")
+def post_telemetry() -> tuple[Response, int] | Response:
+    state = _state()
+    limits = state.limits
+    length = request.content_length
+    if length is not None and length > limits.max_body_bytes:
+        raise ApiError(413, "payload_too_large",
+                       f"request body of {length} bytes exceeds {limits.max_body_bytes} bytes",
+                       {"max_body_bytes": limits.max_body_bytes,
+                        "max_items": limits.max_items})
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type",
+                       "Content-Type must be application/json",
+                       {"content_type": request.content_type or ""})
+    # Also bounds chunked bodies that carry no Content-Length (werkzeug answers 413).
+    request.max_content_length = limits.max_body_bytes
+    body = request.get_data(cache=False)
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", "request body is not valid UTF-8 JSON",
+                       {"error": str(exc)[:200]}) from None
+
+    items = parsed if isinstance(parsed, list) else [parsed]
+    if not items:
+        raise ApiError(400, "empty_batch", "the array holds no events", {})
+    if len(items) > limits.max_items:
+        raise ApiError(413, "too_many_items",
+                       f"{len(items)} items exceed the limit of {limits.max_items} per request",
+                       {"max_items": limits.max_items, "max_body_bytes": limits.max_body_bytes})
+
+    now_ms = int(time.time() * 1000)
+    accepted: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    dead_letters: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        result = event_from_item(item, now_ms=now_ms, rules=state.rules)
+        if result.event is not None:
+            accepted.append(result.event)
+            continue
+        errors = list(result.errors)
+        rejected.append({"index": index, "errors": errors})
+        dead_letters.append(dead_letter(
+            stage="ingest", reasons=errors, original=_item_bytes(item), source="http",
+            topic=INGEST_PATH, failed_at_ms=now_ms))
+
+    if not accepted:
+        _dead_letter_best_effort(state, dead_letters)
+        return jsonify({"accepted": 0, "rejected": rejected}), 400
+    outcome = state.producer().send_batch(accepted, timeout_s=limits.ack_timeout_s,
+                                          dead_letters=dead_letters)
+    if not outcome.ok:
+        first = next(iter(outcome.failures.values()))
+        _LOGGER.warning("ingest: %d of %d event(s) not acknowledged by Kafka (%s); "
+                        "answering 503", len(outcome.failures), len(accepted), first)
+        raise ServiceUnavailable(
+            "Kafka did not acknowledge the events in time; nothing was accepted, "
+            "retry the whole request (event ids make retries idempotent)",
+            limits.retry_after_s, unacknowledged=len(outcome.failures), reason=first)
+    return jsonify({"accepted": len(accepted), "rejected": rejected}), 202
+
+
+def _dead_letter_best_effort(state: IngestState, records: list[dict[str, Any]]) -> None:
+    try:
+        producer = state.producer()
+    except ServiceUnavailable:
+        _LOGGER.warning("ingest: %d rejected item(s) not dead-lettered (Kafka unavailable)",
+                        len(records))
+        return
+    producer.send_batch([], timeout_s=0.0, dead_letters=records)
+
+def _item_bytes(item: Any) -> bytes:
+    try:
+        return json.dumps(item, ensure_ascii=False, allow_nan=True).encode("utf-8",
+                                                                           "surrogatepass")
+    except (TypeError, ValueError, RecursionError):
+        return repr(item).encode("utf-8", "replace")

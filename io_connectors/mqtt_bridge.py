@@ -1,0 +1,339 @@
+"""MQTT -> Kafka bridge: at-least-once, acknowledged only after Kafka confirmed.
+
+:class:`MqttBridge` subscribes (MQTT 5, QoS 1) to
+``$share/<group>/telemetry/+/+/+`` with a persistent session: a fixed client id,
+``clean_start=False`` and a long session expiry, so messages wait in the
+broker while the bridge is down and several bridges (different client ids,
+same group) share the load.
+
+Flow: paho's network thread only appends each message to an in-memory inbox.
+The bridge thread (:meth:`MqttBridge.run`) drains the inbox in batches,
+turns each payload into an event or a dead letter (:mod:`schemas.edge`),
+produces it asynchronously with the shared :class:`RawProducer`, serves
+delivery reports, and acknowledges MQTT messages (manual acks, PUBACK) in the
+order they arrived, each only once Kafka has confirmed it (the event in
+``raw_telemetry`` or its dead letter in ``telemetry_dlq``). A failed delivery
+is retried with backoff and holds back later acks, so a crash at any moment
+leaves every unconfirmed message unacknowledged in the broker, which resends
+it to the resumed session: duplicates are possible, loss is not.
+
+MQTT packet ids are per connection: acks owed from a previous connection are
+dropped (the broker resends those messages), so an id reused by the broker is
+never acknowledged by mistake.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from io_connectors.raw_producer import RawProducer
+from schemas.edge import SUBSCRIPTION_FILTER, dead_letter, event_from_mqtt
+
+__all__ = ["BridgeConfig", "BridgeStats", "MqttBridge"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_PENDING, _DONE = 0, 1
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Connection and flow-control settings of one bridge instance."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+    # Stable per instance: a restarted bridge resumes its session (and its
+    # queued messages); two live bridges must never share an id.
+    client_id: str
+    share_group: str = "dcmms-bridge"
+    topic_filter: str = SUBSCRIPTION_FILTER
+    session_expiry_s: int = 7 * 24 * 3600
+    # MQTT 5 Receive Maximum: how many unacked QoS1 messages the broker may
+    # have in flight to us. Acks wait for Kafka, so this bounds throughput.
+    receive_maximum: int = 20000
+    keepalive_s: int = 30
+    batch_max: int = 5000
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 30
+    retry_backoff_s: float = 1.0
+    shutdown_flush_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.client_id:
+            raise ValueError("bridge client id is empty (setting [mqtt] bridge_client_id "
+                             "or --client-id)")
+        if not 1 <= self.receive_maximum <= 65535:
+            raise ValueError(f"receive_maximum must be 1..65535, got {self.receive_maximum}")
+        if self.topic_filter.startswith("$share/"):
+            raise ValueError("topic_filter must not include the $share prefix; "
+                             "set share_group instead")
+
+    @property
+    def subscription(self) -> str:
+        return f"$share/{self.share_group}/{self.topic_filter}" if self.share_group \
+            else self.topic_filter
+
+
+@dataclass
+class BridgeStats:
+    """Counters since start (read by logs and tests)."""
+
+    received: int = 0
+    produced: int = 0
+    dead_lettered: int = 0
+    acked: int = 0
+    delivery_failures: int = 0
+    stale_acks_dropped: int = 0
+    connects: int = 0
+
+
+@dataclass
+class _Entry:
+    """One received MQTT message on its way to Kafka."""
+
+    mid: int
+    qos: int
+    generation: int
+    topic: str
+    payload: bytes
+    state: int = _PENDING
+    # What to (re)produce: ("event", record) or ("dlq", record).
+    kind: str = "event"
+    record: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+
+
+class MqttBridge:
+    """Bridge MQTT telemetry into Kafka. Call :meth:`run` (blocking) and :meth:`stop`."""
+
+    def __init__(self, config: BridgeConfig, producer: RawProducer, *, rules: Any,
+                 clock_ms: Callable[[], int] | None = None,
+                 on_ready: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.stats = BridgeStats()
+        self._producer = producer
+        self._rules = rules
+        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self._on_ready = on_ready
+        self._ready_announced = False
+        self._inbox: collections.deque[tuple[int, int, int, str, bytes]] = collections.deque()
+        self._wakeup = threading.Event()
+        self._stop = threading.Event()
+        # Acks must go out in arrival order (MQTT 5 section 4.6).
+        self._pending: collections.deque[_Entry] = collections.deque()
+        self._retry: list[tuple[float, _Entry]] = []
+        self._generation = 0
+        self._gen_lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self._client = self._make_client()
+
+    # -- public API ------------------------------------------------------
+
+    def run(self) -> None:
+        """Connect and bridge until :meth:`stop`; then flush, ack and disconnect."""
+        cfg = self.config
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = cfg.session_expiry_s
+        props.ReceiveMaximum = cfg.receive_maximum
+        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s,
+                                   clean_start=False, properties=props)
+        self._client.loop_start()
+        try:
+            while not self._stop.is_set():
+                self._step()
+            self._shutdown()
+        finally:
+            self._client.loop_stop()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (safe from signal handlers and other threads)."""
+        self._stop.set()
+        self._wakeup.set()
+
+    @property
+    def backlog(self) -> int:
+        """Messages received but not yet acknowledged."""
+        return len(self._inbox) + len(self._pending)
+
+    # -- paho callbacks (network thread: keep them tiny) -------------------
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+                             protocol=mqtt.MQTTv5)
+        client.username_pw_set(cfg.username, cfg.password)
+        client.manual_ack_set(True)
+        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        # paho's own outgoing queue is irrelevant (we only publish acks).
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any,
+                    reason: ReasonCode, _props: Any) -> None:
+        if reason.is_failure:
+            _LOGGER.error("MQTT connection to %s:%d refused: %s (check [mqtt] bridge_username/"
+                          "bridge_password); retrying", self.config.host, self.config.port,
+                          reason)
+            return
+        self.stats.connects += 1
+        _LOGGER.info("MQTT connected to %s:%d as %s (session present: %s)", self.config.host,
+                     self.config.port, self.config.client_id,
+                     getattr(_flags, "session_present", "?"))
+        # Resubscribing on a resumed session is harmless and covers a lost one.
+        client.subscribe(self.config.subscription, options=mqtt.SubscribeOptions(qos=1))
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any,
+                       reason: ReasonCode, _props: Any) -> None:
+        with self._gen_lock:
+            # Packet ids of the old connection are meaningless from now on.
+            self._generation += 1
+        self.subscribed.clear()
+        if not self._stop.is_set():
+            _LOGGER.warning("MQTT disconnected (%s); reconnecting with backoff", reason)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int,
+                      reasons: list[ReasonCode], _props: Any) -> None:
+        failures = [r for r in reasons if r.is_failure]
+        if failures:
+            _LOGGER.error("subscription to %s refused: %s (check the broker ACL for the bridge "
+                          "account)", self.config.subscription, failures)
+            return
+        self.subscribed.set()
+        if not self._ready_announced:
+            self._ready_announced = True
+            if self._on_ready is not None:
+                self._on_ready()
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any,
+                    message: mqtt.MQTTMessage) -> None:
+        # deque.append is atomic; generation read without the lock is fine
+        # because this runs on the same thread that changes it.
+        self._inbox.append((message.mid, message.qos, self._generation,
+                            message._topic.decode("utf-8", "replace"), message.payload))
+        self._wakeup.set()
+
+    # -- bridge thread ---------------------------------------------------
+
+    def _step(self) -> None:
+        took = self._take_batch()
+        self._retry_due()
+        # Serve delivery reports; block briefly only when idle.
+        self._producer.poll(0 if took else 0.005)
+        self._ack_ready()
+        if self._producer.fatal_error:
+            raise RuntimeError(f"Kafka producer failed fatally: {self._producer.fatal_error}")
+        if not took and not self._pending:
+            self._wakeup.wait(0.05)
+            self._wakeup.clear()
+
+    def _take_batch(self) -> int:
+        now_ms = self._clock_ms()
+        taken = 0
+        inbox = self._inbox
+        while inbox and taken < self.config.batch_max:
+            mid, qos, generation, topic, payload = inbox.popleft()
+            taken += 1
+            entry = _Entry(mid, qos, generation, topic, payload)
+            result = event_from_mqtt(payload, topic, now_ms=now_ms, rules=self._rules)
+            if result.event is not None:
+                entry.kind, entry.record = "event", result.event
+            else:
+                entry.kind = "dlq"
+                entry.record = dead_letter(stage="bridge", reasons=list(result.errors),
+                                           original=payload, source="mqtt", topic=topic,
+                                           failed_at_ms=now_ms)
+            self._pending.append(entry)
+            self._send(entry)
+        self.stats.received += taken
+        return taken
+
+    def _send(self, entry: _Entry) -> None:
+        entry.attempts += 1
+
+        def delivered(error: str | None) -> None:
+            if error is None:
+                entry.state = _DONE
+                if entry.kind == "event":
+                    self.stats.produced += 1
+                else:
+                    self.stats.dead_lettered += 1
+                return
+            self.stats.delivery_failures += 1
+            delay = min(self.config.retry_backoff_s * 2 ** min(entry.attempts - 1, 5), 30.0)
+            _LOGGER.warning("delivery of MQTT message from %s failed (attempt %d): %s; "
+                            "retrying in %.1f s", entry.topic, entry.attempts, error, delay)
+            if entry.kind == "event" and error.startswith("Avro encoding failed"):
+                # Not transient: dead-letter it instead of retrying forever.
+                entry.kind = "dlq"
+                entry.record = dead_letter(stage="bridge", reasons=[error],
+                                           original=entry.payload, source="mqtt",
+                                           topic=entry.topic, failed_at_ms=self._clock_ms())
+                delay = 0.0
+            self._retry.append((time.monotonic() + delay, entry))
+
+        if entry.kind == "event":
+            self._producer.produce_event(entry.record, delivered)
+        else:
+            self._producer.produce_dead_letter(
+                entry.record, delivered, key=entry.topic.encode("utf-8", "replace"))
+
+    def _retry_due(self) -> None:
+        if not self._retry:
+            return
+        now = time.monotonic()
+        due = [e for t, e in self._retry if t <= now]
+        if due:
+            self._retry = [(t, e) for t, e in self._retry if t > now]
+            for entry in due:
+                self._send(entry)
+
+    def _ack_ready(self) -> None:
+        pending = self._pending
+        client = self._client
+        with self._gen_lock:
+            generation = self._generation
+            while pending and pending[0].state == _DONE:
+                entry = pending.popleft()
+                if entry.qos == 0:
+                    continue
+                if entry.generation != generation:
+                    # Owed to a connection that is gone; the broker resends it.
+                    self.stats.stale_acks_dropped += 1
+                    continue
+                client.ack(entry.mid, entry.qos)
+                self.stats.acked += 1
+
+    def _shutdown(self) -> None:
+        """Stop taking messages, let Kafka confirm what is in flight, ack it, disconnect."""
+        _LOGGER.info("bridge stopping: %d message(s) awaiting Kafka confirmation",
+                     len(self._pending))
+        deadline = time.monotonic() + self.config.shutdown_flush_s
+        while self._pending and time.monotonic() < deadline:
+            self._retry_due()
+            self._producer.poll(0.05)
+            self._ack_ready()
+        self._producer.flush(max(0.0, deadline - time.monotonic()))
+        self._ack_ready()
+        unconfirmed = len(self._pending)
+        untaken = len(self._inbox)
+        # DISCONNECT is queued behind the PUBACKs, so they reach the broker first.
+        # Messages never acked stay in the session and are redelivered later.
+        self._client.disconnect()
+        _LOGGER.info("bridge stopped: acked %d, %d unconfirmed and %d untaken left for "
+                     "redelivery", self.stats.acked, unconfirmed, untaken)

@@ -1,0 +1,107 @@
+"""Entry point of the MQTT -> Kafka bridge: ``python -m runners.mqtt_bridge``.
+
+Reads the settings (``[mqtt]``, ``[kafka]``, ``[schema_registry]``), refuses
+development credentials under ``DCMMS_ENV=production``, registers the Avro
+schemas, then bridges until SIGTERM/SIGINT, after which it flushes Kafka,
+acknowledges what was delivered and disconnects. Logs ``bridge ready`` once
+the shared subscription is granted (the stack supervisor waits for it).
+
+Optional settings (defaults in brackets): ``[mqtt] bridge_client_id``
+[dcmms-bridge-1], ``bridge_share_group`` [dcmms-bridge],
+``bridge_receive_maximum`` [20000], ``bridge_session_expiry_s`` [604800].
+``--client-id`` overrides the first: every bridge process needs its own,
+stable across restarts so it resumes its broker session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from io_connectors.mqtt_bridge import BridgeConfig, MqttBridge
+from io_connectors.raw_producer import build_raw_producer
+from runners.settings import Settings, SettingsError, load_settings
+from schemas.validation import RulesError, default_sensor_rules
+
+__all__ = ["bridge_config", "main"]
+
+_LOGGER = logging.getLogger("runners.mqtt_bridge")
+
+
+def _optional(settings: Settings, key: str, kind: type, default: Any) -> Any:
+    try:
+        return settings.get("mqtt", key, kind)
+    except SettingsError as exc:
+        if "missing setting" in str(exc):
+            return default
+        raise
+
+
+def bridge_config(settings: Settings, client_id: str | None = None) -> BridgeConfig:
+    """The bridge's MQTT settings; errors name the setting at fault."""
+    return BridgeConfig(
+        host=settings.get("mqtt", "host"),
+        port=settings.get("mqtt", "port", int),
+        username=settings.get("mqtt", "bridge_username"),
+        password=settings.get("mqtt", "bridge_password"),
+        client_id=client_id or _optional(settings, "bridge_client_id", str, "dcmms-bridge-1"),
+        share_group=_optional(settings, "bridge_share_group", str, "dcmms-bridge"),
+        receive_maximum=_optional(settings, "bridge_receive_maximum", int, 20000),
+        session_expiry_s=_optional(settings, "bridge_session_expiry_s", int, 7 * 24 * 3600),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runners.mqtt_bridge",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--client-id", help="stable MQTT client id of this bridge instance "
+                        "(default: [mqtt] bridge_client_id)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        settings.check_production()
+        config = bridge_config(settings, args.client_id)
+        rules = default_sensor_rules()
+    except (SettingsError, RulesError, ValueError) as exc:
+        _LOGGER.error("cannot start the bridge: %s", exc)
+        return 2
+    try:
+        producer = build_raw_producer(settings, client_id=f"dcmms-bridge-{config.client_id}")
+    except Exception as exc:  # registry down or schema refused: say which, exit non-zero
+        _LOGGER.error("cannot create the Kafka producer (registry %s, Kafka %s): %s",
+                      settings.get("schema_registry", "url"),
+                      settings.get("kafka", "bootstrap_servers"), exc)
+        return 3
+
+    bridge = MqttBridge(config, producer, rules=rules,
+                        on_ready=lambda: _LOGGER.info(
+                            "bridge ready: %s subscribed to %s on %s:%d", config.client_id,
+                            config.subscription, config.host, config.port))
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        _LOGGER.info("received %s; shutting down", signal.Signals(signum).name)
+        bridge.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        bridge.run()
+    except RuntimeError as exc:
+        _LOGGER.error("bridge failed: %s", exc)
+        return 1
+    s = bridge.stats
+    _LOGGER.info("bridge exited cleanly: received %d, produced %d, dead-lettered %d, acked %d",
+                 s.received, s.produced, s.dead_lettered, s.acked)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
