@@ -25,13 +25,14 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from runners.settings import Settings
+from runners.settings import Settings, SettingsError
 from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = ["services", "SCHEMAS_TOPIC", "pipeline_topics", "ensure_topics"]
 
 _LOGGER = logging.getLogger(__name__)
 
+# Default of [schema_registry] topic.
 SCHEMAS_TOPIC = "_schemas"
 _JAVA_HINT = "install a JDK 17: apt-get install openjdk-17-jre-headless"
 _JARS_HINT = "run `make jars` (bash scripts/fetch-jars.sh)"
@@ -147,6 +148,10 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     partitions = settings.get("kafka", "partitions", int)
     retention_ms = settings.get("kafka", "retention_ms", int)
     bootstrap = f"{host}:{port}"
+    try:
+        schemas_topic = settings.get("schema_registry", "topic")
+    except SettingsError:
+        schemas_topic = SCHEMAS_TOPIC
     conf_dir = paths.conf("kafka")
     data_dir = paths.data("kafka")
     log_dir = data_dir / "log"
@@ -223,7 +228,7 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
             t: (partitions, {"retention.ms": str(retention_ms)}) for t in pipeline_topics(settings)
         }
         # The schema registry stores schemas here, like Confluent's: keep every key forever.
-        wanted[SCHEMAS_TOPIC] = (1, {"cleanup.policy": "compact", "retention.ms": "-1"})
+        wanted[schemas_topic] = (1, {"cleanup.policy": "compact", "retention.ms": "-1"})
         for action in ensure_topics(bootstrap, wanted):
             _LOGGER.info("kafka topics: %s", action)
 

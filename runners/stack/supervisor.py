@@ -515,12 +515,12 @@ class Supervisor:
     def status(self) -> bool:
         """Print the status table; True when every service runs and is healthy."""
         rows = self.statuses()
-        self._say(f"{'service':10s} {'pid':>8s}  {'port(s)':18s} {'healthy':8s} "
+        self._say(f"{'service':10s} {'pid':>8s}  {'port(s)':20s} {'healthy':8s} "
                   f"{'RSS MB':>8s} {'uptime':>9s}")
         for r in rows:
             ports = ",".join(str(p) for p in r.ports) or "-"
             self._say(
-                f"{r.name:10s} {r.pid if r.pid else '-':>8}  {ports:18s} "
+                f"{r.name:10s} {r.pid if r.pid else '-':>8}  {ports:20s} "
                 f"{'yes' if r.healthy else 'NO':8s} "
                 f"{f'{r.rss_mb:.0f}' if r.rss_mb is not None else '-':>8s} "
                 f"{_fmt_duration(r.uptime_s) if r.uptime_s is not None else '-':>9s}"

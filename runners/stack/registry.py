@@ -1,0 +1,36 @@
+"""The schema registry service (``python -m runners.registry_server``): spec only.
+
+The server itself (a compact Confluent-compatible registry storing schemas in
+the compacted ``[schema_registry] topic`` of Kafka) is
+:mod:`runners.registry_server`; Kafka starts first and creates that topic.
+Health: ``GET /subjects`` answers 200.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import requests
+
+from runners.settings import Settings
+from runners.stack.spec import ServiceSpec, StackPaths
+
+__all__ = ["services"]
+
+
+def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
+    bind_host = settings.get("stack", "bind_host")
+    port = settings.get("schema_registry", "port", int)
+    url = f"http://{bind_host}:{port}/subjects"
+
+    def healthy() -> bool:
+        return requests.get(url, timeout=2.0).status_code == 200
+
+    return [ServiceSpec(
+        name="registry",
+        argv=[sys.executable, "-m", "runners.registry_server"],
+        ports=(port,),
+        healthy=healthy,
+        start_timeout_s=60.0,
+        stop_timeout_s=15.0,
+    )]

@@ -1,0 +1,163 @@
+"""The stack's Mosquitto: password auth, anonymous refused, and the topic ACL.
+
+Runs against the running stack ([mqtt] settings). The sensor account publishes,
+the bridge account subscribes (plain and shared subscriptions); MQTT 5 reason
+codes show what the broker refused.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import uuid
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.reasoncodes import ReasonCode
+
+from runners.settings import load_settings
+from runners.stack.mosquitto import check_login
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = load_settings()
+HOST = SETTINGS.get("mqtt", "host")
+PORT = SETTINGS.get("mqtt", "port", int)
+SENSOR = (SETTINGS.get("mqtt", "sensor_username"), SETTINGS.get("mqtt", "sensor_password"))
+BRIDGE = (SETTINGS.get("mqtt", "bridge_username"), SETTINGS.get("mqtt", "bridge_password"))
+NOT_AUTHORIZED = (5, 135)  # MQTT 3.1.1 CONNACK 5 / MQTT 5 reason 0x87
+
+
+class _Client:
+    """A connected paho client (MQTT 5) whose callbacks land in queues."""
+
+    def __init__(self, user: tuple[str, str]) -> None:
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.acks: queue.Queue[tuple[int, int]] = queue.Queue()
+        self.subacks: queue.Queue[list[ReasonCode]] = queue.Queue()
+        connected: queue.Queue[int] = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"test-{uuid.uuid4().hex[:12]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(*user)
+        self.client.on_connect = lambda c, u, f, rc, p: connected.put(rc.value)
+        self.client.on_message = lambda c, u, m: self.messages.put(m)
+        self.client.on_publish = lambda c, u, mid, rc, p: self.acks.put((mid, rc.value))
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subacks.put(list(rcs))
+        self.client.connect(HOST, PORT, keepalive=30)
+        self.client.loop_start()
+        rc = connected.get(timeout=10)
+        assert rc == 0, f"connect as {user[0]} refused with reason {rc}"
+
+    def subscribe(self, topic: str) -> list[int]:
+        self.client.subscribe(topic, qos=1)
+        return [rc.value for rc in self.subacks.get(timeout=10)]
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        """Publish at QoS 1 and return the PUBACK reason code (0 = accepted)."""
+        info = self.client.publish(topic, payload, qos=1)
+        mid, rc = self.acks.get(timeout=10)
+        assert mid == info.mid
+        return rc
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _broker_up() -> None:
+    if check_login(HOST, PORT, *BRIDGE) == -1:
+        pytest.fail(f"Mosquitto not reachable at {HOST}:{PORT} (settings [mqtt] host/port; "
+                    f"start the stack with `make run`)")
+
+
+@pytest.fixture()
+def sensor() -> Iterator[_Client]:
+    client = _Client(SENSOR)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def bridge() -> Iterator[_Client]:
+    client = _Client(BRIDGE)
+    yield client
+    client.close()
+
+
+def _topic() -> str:
+    return f"telemetry/test-site/asset-{uuid.uuid4().hex[:8]}/s1"
+
+
+def _receive(client: _Client, timeout_s: float = 5.0) -> mqtt.MQTTMessage | None:
+    try:
+        return client.messages.get(timeout=timeout_s)
+    except queue.Empty:
+        return None
+
+
+def test_sensor_publish_reaches_bridge(sensor: _Client, bridge: _Client) -> None:
+    topic = _topic()
+    assert bridge.subscribe(topic) == [1]
+    payload = uuid.uuid4().bytes
+    assert sensor.publish(topic, payload) == 0
+    msg = _receive(bridge)
+    assert msg is not None and (msg.topic, msg.payload) == (topic, payload)
+
+
+def test_shared_subscription_reaches_bridge(sensor: _Client, bridge: _Client) -> None:
+    topic = _topic()
+    assert bridge.subscribe(f"$share/test-{uuid.uuid4().hex[:6]}/{topic}") == [1]
+    payload = uuid.uuid4().bytes
+    assert sensor.publish(topic, payload) == 0
+    msg = _receive(bridge)
+    assert msg is not None and msg.payload == payload
+
+
+def test_empty_credentials_refused() -> None:
+    assert check_login(HOST, PORT, "", "") in NOT_AUTHORIZED
+
+
+def _anonymous_connack() -> int:
+    result: queue.Queue[int] = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"anon-{uuid.uuid4().hex}",
+                         protocol=mqtt.MQTTv311)  # no username at all
+    client.on_connect = lambda c, u, f, rc, p: result.put(rc.value)
+    client.connect(HOST, PORT)
+    client.loop_start()
+    try:
+        return result.get(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_no_username_refused() -> None:
+    assert _anonymous_connack() in NOT_AUTHORIZED
+
+
+def test_wrong_password_refused() -> None:
+    assert check_login(HOST, PORT, SENSOR[0], SENSOR[1] + "-wrong") in NOT_AUTHORIZED
+
+
+def test_sensor_publish_outside_telemetry_refused(sensor: _Client, bridge: _Client) -> None:
+    assert bridge.subscribe("telemetry/#") == [1]
+    # The broker answers the QoS 1 publish with "not authorized" and forwards nothing.
+    assert sensor.publish(f"alarms/test-{uuid.uuid4().hex[:6]}", b"x") == 135
+    assert sensor.publish(f"telemetry-x/{uuid.uuid4().hex[:6]}", b"x") == 135
+    assert _receive(bridge, timeout_s=1.0) is None
+
+
+def test_sensor_cannot_read_and_bridge_cannot_write(sensor: _Client, bridge: _Client) -> None:
+    topic = _topic()
+    sensor.subscribe(topic)  # granted or not, nothing may arrive: sensors only write
+    assert bridge.publish(topic, b"from-bridge") == 135
+    time.sleep(0.2)
+    other = _Client(SENSOR)
+    try:
+        assert other.publish(topic, b"y") == 0
+        assert _receive(sensor, timeout_s=1.0) is None
+    finally:
+        other.close()
