@@ -1,1 +1,105 @@
-"""api layer of the dCMMS telemetry pipeline."""
+"""The REST API (ingest and query): :func:`create_app` builds the Flask app.
+
+Blueprints are registered from :data:`BLUEPRINT_MODULES`; each module exposes
+``bp``. A module of that list that does not exist yet (``api.ingest`` while it
+is being written) is skipped with a log line; one that exists but fails to
+import fails the app.
+
+Settings read (``[api]`` unless noted; optional ones have the default shown):
+
+* ``api_keys`` — ``"key:read+write,key2:read"`` (required)
+* ``rate_limit_per_second`` = 1000, ``rate_limit_burst`` = 2000 — per key and per worker
+* ``public_docs`` = true — openapi.json and the docs page without a key
+* ``questdb_pool_size`` = 4 — PG-wire connections per worker
+* ``[questdb] host``, ``pg_port``, ``pg_user``, ``pg_password``
+* ``[kafka] bootstrap_servers`` — for /readyz
+* ``[pipeline] assets_file`` — for /api/v1/assets
+
+``test_config`` entries override Flask config; besides Flask's own keys it
+accepts ``TELEMETRY_STORE`` (an object with the :class:`api.questdb.TelemetryStore`
+methods), ``READY_CHECKS`` (name -> callable raising when not ready) and
+``ASSETS_FILE`` (a path), so tests can replace QuestDB, Kafka and the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from runners.settings import Settings, SettingsError, load_settings
+
+__all__ = ["BLUEPRINT_MODULES", "create_app"]
+
+_LOGGER = logging.getLogger(__name__)
+
+BLUEPRINT_MODULES = ("api.query", "api.ingest", "api.health", "api.openapi")
+
+
+def _optional(settings: Settings, section: str, key: str, kind: type, default: Any) -> Any:
+    if key not in settings.section(section):
+        return default
+    return settings.get(section, key, kind)
+
+
+def create_app(settings: Settings | None = None,
+               test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the API app from ``settings`` (default: :func:`runners.settings.load_settings`)."""
+    # Imports here keep `import api` free of side effects (prometheus_client reads
+    # PROMETHEUS_MULTIPROC_DIR when first imported, so it must come after gunicorn's config).
+    from api.assets import AssetDirectory
+    from api.auth import EXTENSION as AUTH_EXTENSION
+    from api.auth import ApiKeyStore, AuthConfigError, AuthState, RateLimiter
+    from api.errors import register_error_handlers
+    from api.health import READY_CHECKS_EXTENSION, KafkaCheck, init_metrics
+    from api.openapi import PUBLIC_DOCS_CONFIG
+    from api.query import ASSETS_EXTENSION, STORE_EXTENSION
+    from api.questdb import QuestDBClient, TelemetryStore
+
+    settings = settings or load_settings()
+    test_config = dict(test_config or {})
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep column order in rows
+    app.config["DCMMS_SETTINGS"] = settings
+    app.config[PUBLIC_DOCS_CONFIG] = _optional(settings, "api", "public_docs", bool, True)
+    store = test_config.pop("TELEMETRY_STORE", None)
+    ready_checks = test_config.pop("READY_CHECKS", None)
+    assets_file = test_config.pop("ASSETS_FILE", None)
+    app.config.update(test_config)
+
+    try:
+        keys = ApiKeyStore.from_spec(settings.get("api", "api_keys"),
+                                     settings.origin("api", "api_keys"))
+    except AuthConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    limiter = RateLimiter(_optional(settings, "api", "rate_limit_per_second", float, 1000.0),
+                          _optional(settings, "api", "rate_limit_burst", float, 2000.0))
+    app.extensions[AUTH_EXTENSION] = AuthState(keys, limiter)
+
+    if store is None:
+        client = QuestDBClient(
+            host=settings.get("questdb", "host"), port=settings.get("questdb", "pg_port", int),
+            user=settings.get("questdb", "pg_user"),
+            password=settings.get("questdb", "pg_password"),
+            max_connections=_optional(settings, "api", "questdb_pool_size", int, 4))
+        store = TelemetryStore(client)
+    app.extensions[STORE_EXTENSION] = store
+    app.extensions[ASSETS_EXTENSION] = AssetDirectory(
+        Path(assets_file) if assets_file else settings.path("pipeline", "assets_file"))
+    if ready_checks is None:
+        ready_checks = {"questdb": store.ping,
+                        "kafka": KafkaCheck(settings.get("kafka", "bootstrap_servers"))}
+    app.extensions[READY_CHECKS_EXTENSION] = dict(ready_checks)
+
+    register_error_handlers(app)
+    init_metrics(app)
+    for name in BLUEPRINT_MODULES:
+        if importlib.util.find_spec(name) is None:
+            _LOGGER.info("blueprint module %s not present; skipped", name)
+            continue
+        app.register_blueprint(importlib.import_module(name).bp)
+    return app

@@ -1,0 +1,310 @@
+"""OpenAPI 3.1 description of every endpoint, and a small HTML page rendered from it.
+
+``GET /api/v1/openapi.json`` and ``GET /api/v1/docs`` carry no data, so they are
+public by default (a browser cannot send a bearer key to read the docs); set
+``[api] public_docs = false`` to require the read scope for them too.
+The ingest endpoint (``POST /api/v1/telemetry``) is described here as well.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from api.auth import authenticate
+from api.errors import ApiError
+from api.params import AGGREGATES, DEFAULT_LIMIT, FILLS, INTERVALS, MAX_BUCKETS, MAX_LIMIT
+
+__all__ = ["bp", "build_openapi", "render_docs", "PUBLIC_DOCS_CONFIG"]
+
+_LOGGER = logging.getLogger(__name__)
+
+PUBLIC_DOCS_CONFIG = "DCMMS_PUBLIC_DOCS"
+
+bp = Blueprint("openapi", __name__)
+
+
+def _param(name: str, description: str, schema: dict[str, Any], where: str = "query",
+           required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "description": description,
+            "schema": schema}
+
+
+_STR = {"type": "string", "maxLength": 256}
+_TIME = {"type": "string", "examples": ["2026-01-02T03:04:05Z", "1767323045000"]}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _page(item_ref: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["data", "next_cursor"], "properties": {
+        "data": {"type": "array", "items": {"$ref": item_ref}},
+        "next_cursor": {"type": ["string", "null"],
+                        "description": "Pass as cursor for the next page; null on the last."}}}
+
+
+_READ_ERRORS = {
+    "400": _error("A parameter is invalid; details.parameter names it."),
+    "401": _error("Missing or invalid API key."),
+    "403": _error("The key lacks the read scope."),
+    "429": _error("Over the key's rate limit; see Retry-After."),
+    "503": _error("QuestDB unreachable; see Retry-After."),
+}
+
+_TIME_PARAMS = [
+    _param("start_time", "Inclusive start, ISO 8601 (no offset = UTC) or epoch ms. "
+           "Default: end_time - 24 h.", _TIME),
+    _param("end_time", "Exclusive end, ISO 8601 or epoch ms. Default: now.", _TIME),
+]
+_PAGE_PARAMS = [
+    _param("limit", f"Rows per page, 1..{MAX_LIMIT}.",
+           {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
+    _param("cursor", "Opaque next_cursor of the previous page (same other parameters).",
+           {"type": "string"}),
+    _param("order", "Time order.", {"type": "string", "enum": ["asc", "desc"],
+                                    "default": "asc"}),
+]
+
+_TELEMETRY_GET_DESCRIPTION = (
+    "Readings of the half-open range [start_time, end_time), keyset-paginated on "
+    "(timestamp, event_id). Raw ranges are limited to 31 days. With `interval` the answer is "
+    "one row per calendar-aligned bucket and (asset_id, sensor_id), ordered by "
+    f"(timestamp, asset_id, sensor_id), at most {MAX_BUCKETS} buckets per series; "
+    "`fill` fills empty buckets between the first and last bucket that has data. "
+    "`format=csv` streams every row of the range (at most `limit` rows if given) "
+    "instead of one page. Unknown or repeated parameters are refused (400)."
+)
+
+_INGEST_DESCRIPTION = (
+    "A JSON array of telemetry events (a single object is also accepted), each validated on "
+    "its own. `event_id` is optional: when missing it is derived deterministically from "
+    "(site_id, asset_id, sensor_id, timestamp) so retries create no duplicates. The 202 is sent "
+    "only after Kafka acknowledged every accepted event. Needs the write scope."
+)
+
+
+def build_openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a fresh dict every call)."""
+    ids = [_param(n, f"Only rows with this {n}.", _STR)
+           for n in ("asset_id", "site_id", "sensor_id", "sensor_type")]
+    telemetry_get = {
+        "summary": "Query readings: raw, time buckets or CSV",
+        "description": _TELEMETRY_GET_DESCRIPTION,
+        "operationId": "queryTelemetry",
+        "parameters": [
+            *ids, *_TIME_PARAMS, *_PAGE_PARAMS,
+            _param("interval", "Bucket length.", {"type": "string", "enum": list(INTERVALS)}),
+            _param("agg", "Aggregate per bucket (needs interval).",
+                   {"type": "string", "enum": list(AGGREGATES), "default": "avg"}),
+            _param("fill", "Gap filling of empty buckets (needs interval).",
+                   {"type": "string", "enum": list(FILLS), "default": "none"}),
+            _param("format", "Response format.", {"type": "string", "enum": ["json", "csv"],
+                                                  "default": "json"}),
+        ],
+        "responses": {
+            "200": {"description": "One page (JSON) or the whole range (CSV).", "content": {
+                "application/json": {"schema": {"oneOf": [
+                    _page("#/components/schemas/Reading"), _page("#/components/schemas/Bucket")]}},
+                "text/csv": {"schema": {"type": "string"}}}},
+            **_READ_ERRORS},
+    }
+    telemetry_post = {
+        "summary": "Ingest readings",
+        "description": _INGEST_DESCRIPTION,
+        "operationId": "ingestTelemetry",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "oneOf": [{"$ref": "#/components/schemas/TelemetryEvent"},
+                      {"type": "array", "items": {"$ref": "#/components/schemas/TelemetryEvent"}}]
+        }}}},
+        "responses": {
+            "202": {"description": "At least one event accepted (and acknowledged by Kafka).",
+                    "content": {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/IngestResult"}}}},
+            "400": {"description": "No event accepted (same body as 202), or unparseable JSON.",
+                    "content": {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/IngestResult"}}}},
+            "401": _error("Missing or invalid API key."),
+            "403": _error("The key lacks the write scope."),
+            "413": _error("Body or event count over the documented limits."),
+            "415": _error("Content-Type is not application/json."),
+            "429": _error("Over the key's rate limit; see Retry-After."),
+            "503": _error("Kafka unavailable: nothing was accepted; retry after Retry-After."),
+        },
+    }
+    latest = {
+        "summary": "Latest reading of every sensor of an asset or a site",
+        "operationId": "latestTelemetry",
+        "parameters": [_param("asset_id", "Asset (this or site_id is required).", _STR),
+                       _param("site_id", "Site (this or asset_id is required).", _STR),
+                       _param("sensor_type", "Only sensors of this type.", _STR)],
+        "responses": {"200": {"description": "One row per (asset_id, sensor_id).", "content": {
+            "application/json": {"schema": _page("#/components/schemas/Reading")}}},
+            **_READ_ERRORS},
+    }
+    alarms = {
+        "summary": "Alarm transitions, or the currently active alarms",
+        "description": "Transitions in [start_time, end_time), keyset-paginated on "
+                       "(timestamp, alarm_id, state). With active=true: alarms whose latest "
+                       "transition is RAISED, newest first, no range and no cursor.",
+        "operationId": "listAlarms",
+        "parameters": [
+            *[_param(n, f"Only alarms with this {n}.", _STR)
+              for n in ("site_id", "asset_id", "sensor_id", "severity", "state")],
+            _param("active", "Only currently active alarms.",
+                   {"type": "boolean", "default": False}),
+            *_TIME_PARAMS, *_PAGE_PARAMS],
+        "responses": {"200": {"description": "A page of alarm rows.", "content": {
+            "application/json": {"schema": _page("#/components/schemas/Alarm")}}},
+            **_READ_ERRORS},
+    }
+    asset_list = {
+        "summary": "All assets with metadata and thresholds", "operationId": "listAssets",
+        "responses": {"200": {"description": "Every asset.", "content": {"application/json": {
+            "schema": _page("#/components/schemas/Asset")}}}, **_READ_ERRORS}}
+    asset_one = {
+        "summary": "One asset with metadata and thresholds", "operationId": "getAsset",
+        "parameters": [_param("asset_id", "Asset id.", _STR, "path", True)],
+        "responses": {"200": {"description": "The asset.", "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/Asset"}}}},
+            "404": _error("Unknown asset."), **_READ_ERRORS}}
+    plain = {"security": []}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "dCMMS telemetry API", "version": "1.0.0",
+                 "description": "Ingest and query telemetry of renewable-energy assets. Every "
+                                "/api route needs `Authorization: Bearer <api key>`; errors are "
+                                "JSON {code, message, details}; timestamps are ISO 8601 UTC."},
+        "servers": [{"url": "http://127.0.0.1:3000"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/telemetry": {"get": telemetry_get, "post": telemetry_post},
+            "/api/v1/telemetry/latest": {"get": latest},
+            "/api/v1/alarms": {"get": alarms},
+            "/api/v1/assets": {"get": asset_list},
+            "/api/v1/assets/{asset_id}": {"get": asset_one},
+            "/api/v1/openapi.json": {"get": {"summary": "This document", **plain,
+                                             "responses": {"200": {"description": "OpenAPI"}}}},
+            "/api/v1/docs": {"get": {"summary": "This document as HTML", **plain,
+                                     "responses": {"200": {"description": "HTML"}}}},
+            "/healthz": {"get": {"summary": "Process is up", **plain,
+                                 "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"summary": "QuestDB and Kafka reachable", **plain,
+                                "responses": {"200": {"description": "ready"},
+                                              "503": {"description": "a dependency failed"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", **plain,
+                                 "responses": {"200": {"description": "text exposition"}}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "API key; scopes read / write"}},
+            "schemas": _SCHEMAS,
+        },
+    }
+
+
+_TS = {"type": "string", "format": "date-time", "description": "ISO 8601 UTC (Z)"}
+_NSTR = {"type": ["string", "null"]}
+_NNUM = {"type": ["number", "null"]}
+_SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["code", "message", "details"], "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"},
+        "details": {"type": "object"}}},
+    "Reading": {"type": "object", "properties": {
+        "timestamp": _TS, "event_id": {"type": "string"}, "site_id": _NSTR, "asset_id": _NSTR,
+        "sensor_id": _NSTR, "sensor_type": _NSTR, "value": _NNUM, "unit": _NSTR,
+        "quality_flag": _NSTR, "site_name": _NSTR, "asset_type": _NSTR, "location": _NSTR,
+        "ingested_at": {"type": ["string", "null"], "format": "date-time"}}},
+    "Bucket": {"type": "object", "properties": {
+        "timestamp": {**_TS, "description": "bucket start"}, "asset_id": _NSTR,
+        "sensor_id": _NSTR, "sensor_type": _NSTR, "value": _NNUM}},
+    "Alarm": {"type": "object", "properties": {
+        "timestamp": _TS, "alarm_id": {"type": "string"}, "site_id": _NSTR, "asset_id": _NSTR,
+        "sensor_id": _NSTR, "sensor_type": _NSTR, "severity": _NSTR, "state": _NSTR,
+        "value": _NNUM, "threshold": _NNUM, "reason": _NSTR, "event_id": _NSTR,
+        "ingested_at": {"type": ["string", "null"], "format": "date-time"}}},
+    "Asset": {"type": "object", "required": ["asset_id"], "additionalProperties": True,
+              "properties": {"asset_id": {"type": "string"}, "site_id": {"type": "string"},
+                             "thresholds": {"type": "object"}}},
+    "TelemetryEvent": {"type": "object",
+                       "required": ["timestamp", "site_id", "asset_id", "sensor_id",
+                                    "sensor_type", "value", "unit"],
+                       "properties": {
+                           "event_id": {"type": "string"},
+                           "timestamp": {"type": "integer", "description": "epoch ms"},
+                           "site_id": {"type": "string"}, "asset_id": {"type": "string"},
+                           "sensor_id": {"type": "string"},
+                           "sensor_type": {"type": "string",
+                                           "examples": ["TEMPERATURE", "VOLTAGE", "POWER"]},
+                           "value": {"type": "number"}, "unit": {"type": "string"},
+                           "quality_flag": {"type": "string",
+                                            "examples": ["GOOD", "BAD", "UNCERTAIN"]}}},
+    "IngestResult": {"type": "object", "required": ["accepted", "rejected"], "properties": {
+        "accepted": {"type": "integer"},
+        "rejected": {"type": "array", "items": {"type": "object", "properties": {
+            "index": {"type": "integer"},
+            "errors": {"type": "array", "items": {"type": "string"}}}}}}},
+}
+
+
+def render_docs(doc: dict[str, Any]) -> str:
+    """A self-contained HTML page (no scripts, no external assets) from the document."""
+    e = html.escape
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{e(doc['info']['title'])}</title><style>",
+        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}",
+        "code,.m{font-family:ui-monospace,monospace}.m{font-weight:bold;margin-right:.5rem}",
+        "table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.25rem;",
+        "text-align:left;vertical-align:top}section{margin-bottom:2rem}</style></head><body>",
+        f"<h1>{e(doc['info']['title'])} {e(doc['info']['version'])}</h1>",
+        f"<p>{e(doc['info']['description'])}</p>",
+        "<p>Machine-readable: <a href='/api/v1/openapi.json'>openapi.json</a></p>",
+    ]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            parts.append(f"<section><h2><span class='m'>{e(method.upper())}</span>"
+                         f"<code>{e(path)}</code></h2><p>{e(op.get('summary', ''))}</p>")
+            if op.get("description"):
+                parts.append(f"<p>{e(op['description'])}</p>")
+            if op.get("parameters"):
+                parts.append("<table><tr><th>parameter</th><th>in</th><th>schema</th>"
+                             "<th>description</th></tr>")
+                for p in op["parameters"]:
+                    schema = p["schema"]
+                    shown = ", ".join(schema["enum"]) if "enum" in schema else schema.get("type")
+                    if "default" in schema:
+                        shown = f"{shown} (default {schema['default']})"
+                    parts.append(f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p['in'])}</td>"
+                                 f"<td>{e(str(shown))}</td><td>{e(p['description'])}</td></tr>")
+                parts.append("</table>")
+            responses = "; ".join(f"{code} {r['description']}"
+                                  for code, r in op.get("responses", {}).items())
+            parts.append(f"<p><b>Responses:</b> {e(responses)}</p></section>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def _guard() -> None:
+    if not current_app.config.get(PUBLIC_DOCS_CONFIG, True):
+        key = authenticate()
+        if "read" not in key.scopes:
+            raise ApiError(403, "forbidden", "API key lacks the 'read' scope",
+                           {"required_scope": "read"})
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi_json() -> Response:
+    _guard()
+    return jsonify(build_openapi())
+
+
+@bp.get("/api/v1/docs")
+def docs() -> Response:
+    _guard()
+    return Response(render_docs(build_openapi()), mimetype="text/html")

@@ -1,0 +1,392 @@
+"""Parsing and whitelisting of query parameters: every request value is checked here.
+
+Each parse function takes the request's query arguments (a multi-dict) and
+returns a frozen dataclass, or raises :class:`api.errors.BadParameter` naming
+the parameter. What comes out is safe to hand to :mod:`api.questdb`: free-text
+values (ids, severities) only ever become bind parameters there, and every
+value that shapes the SQL text (interval, aggregate, fill mode, order) is an
+entry of a fixed whitelist here.
+
+Time parameters accept ISO 8601 (``2026-01-02T03:04:05Z``, an offset, or no
+offset meaning UTC) or integer epoch milliseconds. Ranges are half-open:
+``start_time <= timestamp < end_time``. Defaults: ``end_time`` = now,
+``start_time`` = ``end_time`` - 24 h.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from api.errors import BadParameter
+
+__all__ = [
+    "AGGREGATES",
+    "DEFAULT_LIMIT",
+    "DEFAULT_RANGE_US",
+    "FILLS",
+    "INTERVALS",
+    "MAX_BUCKETS",
+    "MAX_LIMIT",
+    "MAX_RAW_RANGE_US",
+    "AlarmQuery",
+    "Cursor",
+    "LatestQuery",
+    "TelemetryQuery",
+    "decode_cursor",
+    "encode_cursor",
+    "format_timestamp",
+    "parse_alarm_query",
+    "parse_latest_query",
+    "parse_telemetry_query",
+    "parse_time",
+    "to_micros",
+]
+
+US_PER_MS = 1_000
+US_PER_S = 1_000_000
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10_000
+DEFAULT_RANGE_US = 24 * 3600 * US_PER_S
+# Raw reads are capped at 31 days per request (pages walk through it with the cursor).
+MAX_RAW_RANGE_US = 31 * 24 * 3600 * US_PER_S
+# Bucketed reads may span more time but at most this many buckets per series.
+MAX_BUCKETS = 100_000
+# Time values outside this window are certainly typos (and would overflow QuestDB's types).
+_MIN_TIME_US = 0
+_MAX_TIME_US = 4_102_444_800 * US_PER_S  # 2100-01-01
+MAX_TEXT_LENGTH = 256
+
+# interval name -> (SAMPLE BY unit text, length in microseconds). The text goes into SQL:
+# it is taken from this table, never from the request.
+INTERVALS: dict[str, tuple[str, int]] = {
+    "1s": ("1s", US_PER_S),
+    "10s": ("10s", 10 * US_PER_S),
+    "1m": ("1m", 60 * US_PER_S),
+    "5m": ("5m", 300 * US_PER_S),
+    "15m": ("15m", 900 * US_PER_S),
+    "1h": ("1h", 3600 * US_PER_S),
+    "6h": ("6h", 6 * 3600 * US_PER_S),
+    "1d": ("1d", 24 * 3600 * US_PER_S),
+}
+AGGREGATES = ("avg", "min", "max", "count", "first", "last")
+FILLS = ("none", "null", "prev", "linear")
+ORDERS = ("asc", "desc")
+FORMATS = ("json", "csv")
+
+_EPOCH_MS = re.compile(r"^[0-9]{1,15}$")
+
+
+class Args(Protocol):
+    """The part of Werkzeug's MultiDict the parsers use."""
+
+    def getlist(self, key: str) -> list[str]: ...
+
+    def keys(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position after the last row of a page: its sort key, and the resolved time range."""
+
+    key: tuple[Any, ...]
+    start_us: int
+    end_us: int
+
+
+@dataclass(frozen=True)
+class TelemetryQuery:
+    asset_id: str | None
+    site_id: str | None
+    sensor_id: str | None
+    sensor_type: str | None
+    start_us: int
+    end_us: int
+    limit: int
+    limit_given: bool
+    order: str
+    interval: str | None
+    agg: str
+    fill: str
+    fmt: str
+    cursor: Cursor | None
+    fingerprint: str
+
+    @property
+    def bucketed(self) -> bool:
+        return self.interval is not None
+
+
+@dataclass(frozen=True)
+class LatestQuery:
+    asset_id: str | None
+    site_id: str | None
+    sensor_type: str | None
+
+
+@dataclass(frozen=True)
+class AlarmQuery:
+    site_id: str | None
+    asset_id: str | None
+    sensor_id: str | None
+    severity: str | None
+    state: str | None
+    active: bool
+    start_us: int
+    end_us: int
+    limit: int
+    order: str
+    cursor: Cursor | None
+    fingerprint: str
+
+
+class _Reader:
+    """Reads single-valued parameters and refuses unknown or repeated ones."""
+
+    def __init__(self, args: Args, allowed: Sequence[str]) -> None:
+        self._args = args
+        unknown = sorted(set(args.keys()) - set(allowed))
+        if unknown:
+            raise BadParameter(unknown[0], "unknown parameter", allowed=sorted(allowed))
+
+    def get(self, name: str) -> str | None:
+        values = self._args.getlist(name)
+        if not values:
+            return None
+        if len(values) > 1:
+            raise BadParameter(name, "given more than once")
+        return values[0]
+
+    def text(self, name: str) -> str | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        if not value.strip():
+            raise BadParameter(name, "must not be empty")
+        if len(value) > MAX_TEXT_LENGTH:
+            raise BadParameter(name, f"longer than {MAX_TEXT_LENGTH} characters")
+        # Control characters (NUL above all) are never part of an id and QuestDB
+        # cannot store NUL in a string literal.
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise BadParameter(name, "contains control characters")
+        return value
+
+    def choice(self, name: str, allowed: Sequence[str], default: str | None) -> str | None:
+        value = self.get(name)
+        if value is None:
+            return default
+        if value not in allowed:
+            raise BadParameter(name, f"must be one of {', '.join(allowed)}", allowed=list(allowed))
+        return value
+
+    def limit(self) -> tuple[int, bool]:
+        value = self.get("limit")
+        if value is None:
+            return DEFAULT_LIMIT, False
+        if not value.isdigit() or len(value) > 6:
+            raise BadParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+        limit = int(value)
+        if not 1 <= limit <= MAX_LIMIT:
+            raise BadParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+        return limit, True
+
+    def fingerprint(self, exclude: Sequence[str]) -> str:
+        """A digest of the parameters that define the result set (a cursor is bound to it)."""
+        items = sorted((k, self._args.getlist(k)) for k in self._args.keys() if k not in exclude)
+        return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def parse_time(value: str, name: str) -> int:
+    """ISO 8601 or epoch milliseconds -> epoch microseconds (UTC)."""
+    value = value.strip()
+    if _EPOCH_MS.match(value):
+        micros = int(value) * US_PER_MS
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise BadParameter(
+                name, "must be ISO 8601 (e.g. 2026-01-02T03:04:05Z) or epoch milliseconds"
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        try:
+            delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
+        except OverflowError:
+            raise BadParameter(name, "out of range") from None
+        micros = (delta.days * 86_400 + delta.seconds) * US_PER_S + delta.microseconds
+    if not _MIN_TIME_US <= micros < _MAX_TIME_US:
+        raise BadParameter(name, "must be between 1970-01-01 and 2100-01-01")
+    return micros
+
+
+def _time_range(reader: _Reader, now_us: int | None) -> tuple[int, int]:
+    now_us = int(time.time() * US_PER_S) if now_us is None else now_us
+    start_text, end_text = reader.get("start_time"), reader.get("end_time")
+    end_us = parse_time(end_text, "end_time") if end_text is not None else now_us
+    start_us = (parse_time(start_text, "start_time") if start_text is not None
+                else max(_MIN_TIME_US, end_us - DEFAULT_RANGE_US))
+    if start_us >= end_us:
+        raise BadParameter("start_time", "must be before end_time (the range is half-open)")
+    return start_us, end_us
+
+
+def encode_cursor(key: Sequence[Any], start_us: int, end_us: int, fingerprint: str) -> str:
+    """Opaque, URL-safe cursor text."""
+    body = json.dumps({"v": 1, "k": list(key), "s": start_us, "e": end_us, "q": fingerprint},
+                      separators=(",", ":"))
+    return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str, fingerprint: str, key_types: Sequence[type]) -> Cursor:
+    """Check and decode a cursor made by :func:`encode_cursor` for the same query."""
+    if len(text) > 4096:
+        raise BadParameter("cursor", "too long")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        body = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise BadParameter("cursor", "not a cursor returned by this API") from None
+    if not isinstance(body, dict) or body.get("v") != 1:
+        raise BadParameter("cursor", "not a cursor returned by this API")
+    if body.get("q") != fingerprint:
+        raise BadParameter("cursor", "belongs to a query with different parameters")
+    key, start_us, end_us = body.get("k"), body.get("s"), body.get("e")
+    valid = (
+        isinstance(key, list) and len(key) == len(key_types)
+        and all(type(v) is t for v, t in zip(key, key_types, strict=True))
+        and all(type(v) is int for v in (start_us, end_us))
+        and _MIN_TIME_US <= start_us < end_us <= _MAX_TIME_US
+        and all(len(v) <= 4 * MAX_TEXT_LENGTH and "\x00" not in v
+                for v in key if isinstance(v, str))
+    )
+    if not valid:
+        raise BadParameter("cursor", "not a cursor returned by this API")
+    return Cursor(tuple(key), start_us, end_us)
+
+
+TELEMETRY_PARAMS = ("asset_id", "site_id", "sensor_id", "sensor_type", "start_time", "end_time",
+                    "limit", "cursor", "order", "interval", "agg", "fill", "format")
+# Sort keys of a page: raw rows (timestamp, event_id); buckets (timestamp, asset_id, sensor_id).
+RAW_KEY_TYPES = (int, str)
+BUCKET_KEY_TYPES = (int, str, str)
+
+
+def parse_telemetry_query(args: Args, now_us: int | None = None) -> TelemetryQuery:
+    """Parameters of ``GET /api/v1/telemetry``."""
+    r = _Reader(args, TELEMETRY_PARAMS)
+    ids = {name: r.text(name) for name in ("asset_id", "site_id", "sensor_id", "sensor_type")}
+    limit, limit_given = r.limit()
+    order = r.choice("order", ORDERS, "asc")
+    interval = r.choice("interval", tuple(INTERVALS), None)
+    agg = r.choice("agg", AGGREGATES, None)
+    fill = r.choice("fill", FILLS, None)
+    fmt = r.choice("format", FORMATS, "json")
+    if interval is None and agg is not None:
+        raise BadParameter("agg", "needs an interval")
+    if interval is None and fill is not None:
+        raise BadParameter("fill", "needs an interval")
+    fingerprint = r.fingerprint(exclude=("cursor", "limit", "format"))
+    cursor_text = r.get("cursor")
+    if cursor_text is not None:
+        types = BUCKET_KEY_TYPES if interval else RAW_KEY_TYPES
+        cursor = decode_cursor(cursor_text, fingerprint, types)
+        # The cursor carries the range resolved on the first page, so a defaulted
+        # end_time ("now") does not move while a client walks the pages.
+        start_us, end_us = cursor.start_us, cursor.end_us
+    else:
+        cursor = None
+        start_us, end_us = _time_range(r, now_us)
+    span = end_us - start_us
+    if interval is None and span > MAX_RAW_RANGE_US:
+        raise BadParameter("start_time", "raw range longer than 31 days; narrow it or "
+                           "use interval", max_days=31)
+    if interval is not None and span // INTERVALS[interval][1] > MAX_BUCKETS:
+        raise BadParameter("interval", f"more than {MAX_BUCKETS} buckets in the range; "
+                           "use a longer interval or a shorter range", max_buckets=MAX_BUCKETS)
+    return TelemetryQuery(
+        asset_id=ids["asset_id"], site_id=ids["site_id"], sensor_id=ids["sensor_id"],
+        sensor_type=ids["sensor_type"], start_us=start_us, end_us=end_us, limit=limit,
+        limit_given=limit_given, order=order or "asc", interval=interval,
+        agg=agg or "avg", fill=fill or "none", fmt=fmt or "json", cursor=cursor,
+        fingerprint=fingerprint,
+    )
+
+
+def parse_latest_query(args: Args) -> LatestQuery:
+    """Parameters of ``GET /api/v1/telemetry/latest``: an asset or a site is required."""
+    r = _Reader(args, ("asset_id", "site_id", "sensor_type"))
+    asset_id, site_id, sensor_type = r.text("asset_id"), r.text("site_id"), r.text("sensor_type")
+    if asset_id is None and site_id is None:
+        raise BadParameter("asset_id", "asset_id or site_id is required")
+    return LatestQuery(asset_id, site_id, sensor_type)
+
+
+ALARM_PARAMS = ("site_id", "asset_id", "sensor_id", "severity", "state", "active",
+                "start_time", "end_time", "limit", "cursor", "order")
+ALARM_KEY_TYPES = (int, str, str)
+
+
+def _bool(reader: _Reader, name: str) -> bool:
+    value = reader.get(name)
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise BadParameter(name, "must be true or false")
+
+
+def parse_alarm_query(args: Args, now_us: int | None = None) -> AlarmQuery:
+    """Parameters of ``GET /api/v1/alarms``.
+
+    With ``active=true`` the answer is the alarms whose latest transition is a
+    raise (no time range, no cursor); otherwise the transitions in the range.
+    """
+    r = _Reader(args, ALARM_PARAMS)
+    texts = {n: r.text(n) for n in ("site_id", "asset_id", "sensor_id", "severity", "state")}
+    active = _bool(r, "active")
+    limit, _ = r.limit()
+    order = r.choice("order", ORDERS, "asc") or "asc"
+    fingerprint = r.fingerprint(exclude=("cursor", "limit"))
+    cursor_text = r.get("cursor")
+    if active and (cursor_text is not None or r.get("start_time") or r.get("end_time")):
+        raise BadParameter("active", "active=true takes no start_time, end_time or cursor")
+    if cursor_text is not None:
+        cursor: Cursor | None = decode_cursor(cursor_text, fingerprint, ALARM_KEY_TYPES)
+        assert cursor is not None
+        start_us, end_us = cursor.start_us, cursor.end_us
+    else:
+        cursor = None
+        start_us, end_us = _time_range(r, now_us)
+    return AlarmQuery(
+        site_id=texts["site_id"], asset_id=texts["asset_id"], sensor_id=texts["sensor_id"],
+        severity=texts["severity"], state=texts["state"], active=active, start_us=start_us,
+        end_us=end_us, limit=limit, order=order, cursor=cursor, fingerprint=fingerprint,
+    )
+
+
+def format_timestamp(value: datetime | None) -> str | None:
+    """QuestDB's naive-UTC datetime -> ISO 8601 with Z (milliseconds unless finer is needed)."""
+    if value is None:
+        return None
+    spec = "milliseconds" if value.microsecond % 1000 == 0 else "microseconds"
+    return value.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def to_micros(value: datetime) -> int:
+    """Naive-UTC (or aware) datetime -> epoch microseconds, exactly (no float)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * US_PER_S + delta.microseconds

@@ -1,0 +1,152 @@
+"""Query blueprint: telemetry (raw, buckets, CSV), latest values, alarms, assets.
+
+Views stay thin: :mod:`api.params` parses and whitelists, the store in
+``app.extensions["dcmms_store"]`` (a :class:`api.questdb.TelemetryStore`)
+runs the queries, and this module shapes responses.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+
+from api.assets import AssetCatalogError, AssetDirectory
+from api.auth import require_scope
+from api.errors import ApiError
+from api.params import (
+    MAX_LIMIT,
+    TelemetryQuery,
+    encode_cursor,
+    parse_alarm_query,
+    parse_latest_query,
+    parse_telemetry_query,
+)
+from io_connectors.questdb_schema import SENSOR_READING_COLUMNS
+
+__all__ = ["bp", "STORE_EXTENSION", "ASSETS_EXTENSION", "BUCKET_CSV_COLUMNS", "RAW_CSV_COLUMNS"]
+
+_LOGGER = logging.getLogger(__name__)
+
+STORE_EXTENSION = "dcmms_store"
+ASSETS_EXTENSION = "dcmms_assets"
+
+RAW_CSV_COLUMNS = SENSOR_READING_COLUMNS
+BUCKET_CSV_COLUMNS = ("timestamp", "asset_id", "sensor_id", "sensor_type", "value")
+
+bp = Blueprint("query", __name__)
+
+
+def _store() -> Any:
+    return current_app.extensions[STORE_EXTENSION]
+
+
+def _cursor(q: Any, key: Sequence[Any] | None) -> str | None:
+    return encode_cursor(key, q.start_us, q.end_us, q.fingerprint) if key else None
+
+
+@bp.get("/api/v1/telemetry")
+@require_scope("read")
+def telemetry() -> Response:
+    """Raw readings or time buckets, one page as JSON or the whole range as CSV."""
+    q = parse_telemetry_query(request.args)
+    after = q.cursor.key if q.cursor else None
+    if q.fmt == "csv":
+        return _csv_response(q, after)
+    page = _store().readings(q, q.limit, after)
+    return jsonify({"data": page.rows, "next_cursor": _cursor(q, page.next_key)})
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(["" if v is None else v for v in values])
+    return out.getvalue()
+
+
+def _csv_response(q: TelemetryQuery, after: Sequence[Any] | None) -> Response:
+    """Stream every row of the range (at most ``limit`` if given) in keyset-paged chunks.
+
+    The first chunk is read before the response starts, so an unreachable
+    QuestDB is still a proper 503; a failure later can only end the stream
+    early (logged), as with any streamed HTTP body.
+    """
+    store = _store()
+    columns = BUCKET_CSV_COLUMNS if q.bucketed else RAW_CSV_COLUMNS
+    remaining = q.limit if q.limit_given else None
+    first = store.readings(q, min(MAX_LIMIT, remaining or MAX_LIMIT), after)
+
+    def generate() -> Iterator[str]:
+        nonlocal remaining
+        page = first
+        yield _csv_line(columns)
+        while True:
+            yield "".join(_csv_line([row[c] for c in columns]) for row in page.rows)
+            if remaining is not None:
+                remaining -= len(page.rows)
+            if page.next_key is None or (remaining is not None and remaining <= 0):
+                return
+            try:
+                page = store.readings(q, min(MAX_LIMIT, remaining or MAX_LIMIT), page.next_key)
+            except Exception:
+                _LOGGER.exception("CSV stream ended early: a chunk query failed")
+                return
+
+    return Response(stream_with_context(generate()), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=telemetry.csv"})
+
+
+@bp.get("/api/v1/telemetry/latest")
+@require_scope("read")
+def latest() -> Response:
+    """Latest reading of every sensor of an asset or a site."""
+    q = parse_latest_query(request.args)
+    return jsonify({"data": _store().latest(q), "next_cursor": None})
+
+
+@bp.get("/api/v1/alarms")
+@require_scope("read")
+def alarms() -> Response:
+    """Alarm transitions in a range, or the currently active alarms (``active=true``)."""
+    q = parse_alarm_query(request.args)
+    page = _store().alarms(q, q.cursor.key if q.cursor else None)
+    return jsonify({"data": page.rows, "next_cursor": _cursor(q, page.next_key)})
+
+
+def _catalog() -> AssetDirectory:
+    return current_app.extensions[ASSETS_EXTENSION]
+
+
+def _assets_unavailable(exc: AssetCatalogError) -> ApiError:
+    _LOGGER.error("%s", exc)
+    return ApiError(503, "assets_unavailable", str(exc), {"setting": "[pipeline] assets_file"},
+                    {"Retry-After": "30"})
+
+
+@bp.get("/api/v1/assets")
+@require_scope("read")
+def assets() -> Response:
+    """Every asset with its metadata and alarm thresholds."""
+    if request.args:
+        name = sorted(request.args.keys())[0]
+        raise ApiError(400, "bad_parameter", f"{name}: unknown parameter", {"parameter": name})
+    try:
+        return jsonify({"data": _catalog().all(), "next_cursor": None})
+    except AssetCatalogError as exc:
+        raise _assets_unavailable(exc) from None
+
+
+@bp.get("/api/v1/assets/<path:asset_id>")
+@require_scope("read")
+def asset(asset_id: str) -> Response:
+    """One asset, or 404."""
+    try:
+        found = _catalog().get(asset_id)
+    except AssetCatalogError as exc:
+        raise _assets_unavailable(exc) from None
+    if found is None:
+        raise ApiError(404, "not_found", "unknown asset", {"asset_id": asset_id[:256]})
+    return jsonify(found)

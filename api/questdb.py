@@ -1,0 +1,381 @@
+"""The one module of the API that talks to QuestDB (PG wire, psycopg2, small pool).
+
+Three layers, each usable alone:
+
+* ``build_*_sql`` — pure functions from a parsed query (:mod:`api.params`) to
+  ``(sql, params)``. The SQL text is assembled only from constants and from
+  whitelisted tokens (interval, aggregate, fill, order); every request value is
+  a parameter.
+* :class:`QuestDBClient` — a thread-safe pool of PG-wire connections, created
+  lazily (after gunicorn forks) and renewed after a fork or a broken connection.
+  Connection failures become :class:`api.errors.ServiceUnavailable` (503).
+* :class:`TelemetryStore` — what the views call: pages of rows as JSON-ready
+  dicts plus the sort key of the last row, for the cursor. Unit tests replace
+  this class with a fake.
+
+Why a custom string adapter: psycopg2 interpolates parameters on the client
+and, because QuestDB does not announce ``standard_conforming_strings``, it
+doubles backslashes, which QuestDB then takes literally (``a\\b`` would never
+match). :class:`_Text` quotes the standard way (only ``'`` is doubled), which
+is exactly QuestDB's literal syntax; NUL is refused earlier by
+:mod:`api.params`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from api.errors import ServiceUnavailable
+from api.params import (
+    INTERVALS,
+    AlarmQuery,
+    LatestQuery,
+    TelemetryQuery,
+    format_timestamp,
+    to_micros,
+)
+from io_connectors.questdb_schema import (
+    ALARM_COLUMNS,
+    ALARMS,
+    SENSOR_READING_COLUMNS,
+    SENSOR_READINGS,
+)
+
+__all__ = [
+    "ALARM_STATE_RAISED",
+    "Page",
+    "QuestDBClient",
+    "TelemetryStore",
+    "build_active_alarms_sql",
+    "build_alarms_sql",
+    "build_bucket_sql",
+    "build_latest_sql",
+    "build_raw_sql",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+# The state value the alarm branch writes for a raise (alarms.state symbol).
+ALARM_STATE_RAISED = "RAISED"
+
+_AGG_SQL = {
+    "avg": "avg(value)",
+    "min": "min(value)",
+    "max": "max(value)",
+    "count": "count()",
+    "first": "first(value)",
+    "last": "last(value)",
+}
+_FILL_SQL = {"none": "", "null": " FILL(NULL)", "prev": " FILL(PREV)", "linear": " FILL(LINEAR)"}
+_ORDER_SQL = {"asc": "ASC", "desc": "DESC"}
+_BUCKET_COLUMNS = ("timestamp", "asset_id", "sensor_id", "sensor_type", "value")
+
+
+class _Text:
+    """A str parameter quoted as a standard SQL literal (see the module docstring)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __conform__(self, proto: Any) -> _Text | None:
+        return self if proto is psycopg2.extensions.ISQLQuote else None
+
+    def getquoted(self) -> bytes:
+        return ("'" + self.value.replace("'", "''") + "'").encode("utf-8")
+
+
+def _adapt(params: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(_Text(p) if isinstance(p, str) else p for p in params)
+
+
+def _filters(pairs: Sequence[tuple[str, str | None]]) -> tuple[str, list[Any]]:
+    """``AND col = %s`` for each given value; column names are constants of the caller."""
+    sql, params = "", []
+    for column, value in pairs:
+        if value is not None:
+            sql += f" AND {column} = %s"
+            params.append(value)
+    return sql, params
+
+
+def _keyset(columns: Sequence[str], key: Sequence[Any], order: str) -> tuple[str, list[Any]]:
+    """Rows strictly after ``key`` in (columns...) order: ``(a > x) OR (a = x AND b > y) ...``."""
+    op = ">" if order == "asc" else "<"
+    terms, params = [], []
+    for i, column in enumerate(columns):
+        eqs = [f"{c} = %s" for c in columns[:i]]
+        terms.append("(" + " AND ".join([*eqs, f"{column} {op} %s"]) + ")")
+        params.extend([*key[:i], key[i]])
+    return " AND (" + " OR ".join(terms) + ")", params
+
+
+def _range(start_us: int, end_us: int, order: str,
+           key: Sequence[Any] | None) -> tuple[str, list[Any]]:
+    """Designated-timestamp range first (QuestDB prunes partitions), narrowed by a cursor."""
+    if key is not None:
+        if order == "asc":
+            start_us = max(start_us, key[0])
+        else:
+            end_us = min(end_us, key[0] + 1)
+    return "timestamp >= %s AND timestamp < %s", [start_us, end_us]
+
+
+def _reading_filters(q: TelemetryQuery) -> tuple[str, list[Any]]:
+    return _filters([("asset_id", q.asset_id), ("site_id", q.site_id),
+                     ("sensor_id", q.sensor_id), ("sensor_type", q.sensor_type)])
+
+
+def build_raw_sql(q: TelemetryQuery, limit: int,
+                  after: Sequence[Any] | None) -> tuple[str, list[Any]]:
+    """Raw readings in (timestamp, event_id) order, after the keyset ``after``."""
+    where, params = _range(q.start_us, q.end_us, q.order, after)
+    extra, extra_params = _reading_filters(q)
+    where += extra
+    params += extra_params
+    if after is not None:
+        keyset, keyset_params = _keyset(("timestamp", "event_id"), after, q.order)
+        where += keyset
+        params += keyset_params
+    direction = _ORDER_SQL[q.order]
+    sql = (f"SELECT {', '.join(SENSOR_READING_COLUMNS)} FROM {SENSOR_READINGS} WHERE {where} "
+           f"ORDER BY timestamp {direction}, event_id {direction} LIMIT %s")
+    return sql, [*params, limit]
+
+
+def build_bucket_sql(q: TelemetryQuery, limit: int,
+                     after: Sequence[Any] | None) -> tuple[str, list[Any]]:
+    """Time buckets per (asset_id, sensor_id) with SAMPLE BY ... ALIGN TO CALENDAR.
+
+    Pages are ordered by (timestamp, asset_id, sensor_id). Without PREV/LINEAR fill
+    a later page starts its scan at the cursor's bucket (buckets are calendar-aligned,
+    so that bucket is computed from the same rows); with them the scan starts at
+    ``start_time`` so that filled values do not depend on where a page begins.
+    """
+    assert q.interval is not None
+    narrow = after if q.fill in ("none", "null") else None
+    where, params = _range(q.start_us, q.end_us, q.order, narrow)
+    if narrow is not None and q.order == "asc":
+        # max(start, bucket start): never read rows before start_time.
+        params[0] = max(q.start_us, after[0])  # type: ignore[index]
+    elif narrow is not None:
+        # desc: the cursor's bucket holds rows up to the bucket's end, not its start.
+        params[1] = min(q.end_us, after[0] + INTERVALS[q.interval][1])  # type: ignore[index]
+    extra, extra_params = _reading_filters(q)
+    where += extra
+    params += extra_params
+    inner = (f"SELECT timestamp, asset_id, sensor_id, sensor_type, {_AGG_SQL[q.agg]} value "
+             f"FROM {SENSOR_READINGS} WHERE {where} "
+             f"SAMPLE BY {INTERVALS[q.interval][0]}{_FILL_SQL[q.fill]} ALIGN TO CALENDAR")
+    outer_where = ""
+    if after is not None:
+        keyset, keyset_params = _keyset(("timestamp", "asset_id", "sensor_id"), after, q.order)
+        outer_where = " WHERE" + keyset[len(" AND"):]
+        params += keyset_params
+    d = _ORDER_SQL[q.order]
+    sql = (f"SELECT {', '.join(_BUCKET_COLUMNS)} FROM ({inner}){outer_where} "
+           f"ORDER BY timestamp {d}, asset_id {d}, sensor_id {d} LIMIT %s")
+    return sql, [*params, limit]
+
+
+def build_latest_sql(q: LatestQuery) -> tuple[str, list[Any]]:
+    """Latest reading of every (asset_id, sensor_id) of an asset or a site."""
+    where, params = _filters([("asset_id", q.asset_id), ("site_id", q.site_id),
+                              ("sensor_type", q.sensor_type)])
+    sql = (f"SELECT {', '.join(SENSOR_READING_COLUMNS)} FROM {SENSOR_READINGS} "
+           f"WHERE {where[len(' AND '):]} LATEST ON timestamp PARTITION BY asset_id, sensor_id")
+    return sql, params
+
+
+def build_alarms_sql(q: AlarmQuery, limit: int,
+                     after: Sequence[Any] | None) -> tuple[str, list[Any]]:
+    """Alarm transitions in the range, in (timestamp, alarm_id, state) order."""
+    where, params = _range(q.start_us, q.end_us, q.order, after)
+    extra, extra_params = _filters([
+        ("site_id", q.site_id), ("asset_id", q.asset_id), ("sensor_id", q.sensor_id),
+        ("severity", q.severity), ("state", q.state)])
+    where += extra
+    params += extra_params
+    if after is not None:
+        keyset, keyset_params = _keyset(("timestamp", "alarm_id", "state"), after, q.order)
+        where += keyset
+        params += keyset_params
+    d = _ORDER_SQL[q.order]
+    sql = (f"SELECT {', '.join(ALARM_COLUMNS)} FROM {ALARMS} WHERE {where} "
+           f"ORDER BY timestamp {d}, alarm_id {d}, state {d} LIMIT %s")
+    return sql, [*params, limit]
+
+
+def build_active_alarms_sql(q: AlarmQuery, limit: int) -> tuple[str, list[Any]]:
+    """Alarms whose latest transition is a raise.
+
+    Only filters that are fixed for an alarm (site, asset, sensor) go inside
+    LATEST ON; severity and state are checked on the latest transition itself.
+    """
+    inner_where, params = _filters([("site_id", q.site_id), ("asset_id", q.asset_id),
+                                    ("sensor_id", q.sensor_id)])
+    inner = f"SELECT {', '.join(ALARM_COLUMNS)} FROM {ALARMS}"
+    if inner_where:
+        inner += f" WHERE {inner_where[len(' AND '):]}"
+    inner += " LATEST ON timestamp PARTITION BY alarm_id"
+    outer, outer_params = _filters([("state", ALARM_STATE_RAISED), ("severity", q.severity),
+                                    ("state", q.state)])
+    sql = (f"SELECT {', '.join(ALARM_COLUMNS)} FROM ({inner}) WHERE {outer[len(' AND '):]} "
+           f"ORDER BY timestamp DESC, alarm_id DESC LIMIT %s")
+    return sql, [*params, *outer_params, limit]
+
+
+class QuestDBClient:
+    """A small pool of PG-wire connections to QuestDB, safe across threads and forks."""
+
+    def __init__(self, host: str, port: int, user: str, password: str,
+                 database: str = "qdb", max_connections: int = 4,
+                 connect_timeout: float = 3.0, acquire_timeout: float = 5.0) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._dsn = dict(host=host, port=port, user=user, password=password, dbname=database,
+                         connect_timeout=max(1, int(connect_timeout)))
+        self.address = f"{host}:{port}"
+        self._max = max_connections
+        self._acquire_timeout = acquire_timeout
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._idle: list[Any] = []
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def _reset_after_fork(self) -> None:
+        # Connections inherited from a parent process must not be shared: drop them.
+        if self._pid != os.getpid():
+            with self._lock:
+                self._idle = []
+                self._slots = threading.BoundedSemaphore(self._max)
+                self._pid = os.getpid()
+
+    def _connect(self) -> Any:
+        try:
+            conn = psycopg2.connect(**self._dsn)
+        except psycopg2.OperationalError as exc:
+            raise ServiceUnavailable(f"QuestDB at {self.address} is unreachable",
+                                     dependency="questdb", error=str(exc).strip()[:200]) from None
+        conn.autocommit = True
+        return conn
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one SELECT and return all its rows."""
+        self._reset_after_fork()
+        slots = self._slots
+        if not slots.acquire(timeout=self._acquire_timeout):
+            raise ServiceUnavailable("all QuestDB connections are busy", dependency="questdb")
+        try:
+            for attempt in (1, 2):
+                with self._lock:
+                    conn = self._idle.pop() if self._idle else None
+                reused = conn is not None
+                if conn is None:
+                    conn = self._connect()
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute(sql, _adapt(params))
+                        rows = cur.fetchall()
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                    conn.close()
+                    if reused and attempt == 1:
+                        continue  # a stale pooled connection (QuestDB restarted): try a fresh one
+                    raise ServiceUnavailable(
+                        f"QuestDB at {self.address} failed during a query",
+                        dependency="questdb", error=str(exc).strip()[:200]) from None
+                except BaseException:
+                    conn.close()
+                    raise
+                with self._lock:
+                    self._idle.append(conn)
+                return rows
+            raise AssertionError("unreachable")
+        finally:
+            slots.release()
+
+    def ping(self) -> None:
+        """Raise :class:`ServiceUnavailable` unless QuestDB answers a trivial query."""
+        self.query("SELECT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+@dataclass(frozen=True)
+class Page:
+    """JSON-ready rows and the sort key of the row after which the next page starts."""
+
+    rows: list[dict[str, Any]]
+    next_key: tuple[Any, ...] | None
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _records(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    return [{c: _json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+
+
+def _page(columns: Sequence[str], rows: list[tuple[Any, ...]], limit: int,
+          key_columns: Sequence[str]) -> Page:
+    """``rows`` was fetched with LIMIT limit+1: a surplus row means another page exists."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_key = None
+    if more and rows:
+        last = dict(zip(columns, rows[-1], strict=True))
+        next_key = tuple(to_micros(last[c]) if c == "timestamp" else last[c]
+                         for c in key_columns)
+    return Page(_records(columns, rows), next_key)
+
+
+class TelemetryStore:
+    """Queries of the API over a :class:`QuestDBClient`."""
+
+    def __init__(self, client: QuestDBClient) -> None:
+        self.client = client
+
+    def readings(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None) -> Page:
+        if q.bucketed:
+            sql, params = build_bucket_sql(q, limit + 1, after)
+            rows = self.client.query(sql, params)
+            return _page(_BUCKET_COLUMNS, rows, limit, ("timestamp", "asset_id", "sensor_id"))
+        sql, params = build_raw_sql(q, limit + 1, after)
+        rows = self.client.query(sql, params)
+        return _page(SENSOR_READING_COLUMNS, rows, limit, ("timestamp", "event_id"))
+
+    def latest(self, q: LatestQuery) -> list[dict[str, Any]]:
+        sql, params = build_latest_sql(q)
+        rows = sorted(self.client.query(sql, params), key=lambda r: (r[3] or "", r[4] or ""))
+        return _records(SENSOR_READING_COLUMNS, rows)
+
+    def alarms(self, q: AlarmQuery, after: Sequence[Any] | None) -> Page:
+        if q.active:
+            sql, params = build_active_alarms_sql(q, q.limit)
+            return Page(_records(ALARM_COLUMNS, self.client.query(sql, params)), None)
+        sql, params = build_alarms_sql(q, q.limit + 1, after)
+        rows = self.client.query(sql, params)
+        return _page(ALARM_COLUMNS, rows, q.limit, ("timestamp", "alarm_id", "state"))
+
+    def ping(self) -> None:
+        self.client.ping()
