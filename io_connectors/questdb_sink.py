@@ -1,0 +1,453 @@
+"""Beam sink writing readings and alarm transitions to QuestDB over ILP/HTTP.
+
+``WriteToQuestDB(table, conf)`` is a PTransform whose output is the
+PCollection of dead letters (``schemas/dead_letter.py`` dicts, stage "sink")
+for rows QuestDB permanently refused. Layers:
+
+- pure row mapping (:func:`reading_row`, :func:`alarm_row`): a pipeline dict
+  becomes an :class:`IlpRow` (symbols, columns, designated timestamp), with
+  symbol columns taken from the DDL in ``io_connectors/questdb_schema.py``;
+- :class:`QuestDBWriter`, a small client wrapper: builds explicit buffers from
+  rows and flushes them (``auto_flush=off``; ``sender.flush(buf)`` keeps the
+  buffer on failure, so nothing is lost). Transient failures (connection
+  refused, timeouts, 5xx) are retried with exponential backoff until
+  ``retry_deadline_s`` and then raised, so the runner retries the bundle;
+  permanent rejections (4xx) are narrowed down by re-sending the batch in
+  halves until the offending rows are alone, and those are returned;
+- ``_WriteToQuestDBFn``: buffers rows per bundle, flushes every
+  ``batch_rows`` and in ``finish_bundle``.
+
+Re-sending rows is safe: both tables have DEDUP UPSERT KEYS, so a row
+written twice is stored once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
+
+from io_connectors.questdb_schema import (
+    ALARM_COLUMNS,
+    ALARMS,
+    DDL_STATEMENTS,
+    SENSOR_READING_COLUMNS,
+    SENSOR_READINGS,
+)
+from schemas.dead_letter import make_dead_letter
+
+__all__ = [
+    "IlpRow",
+    "QuestDBConfigError",
+    "QuestDBUnavailableError",
+    "QuestDBWriter",
+    "RowMappingError",
+    "WriteToQuestDB",
+    "alarm_row",
+    "classify_error",
+    "questdb_conf",
+    "reading_row",
+    "symbol_columns",
+]
+
+_LOGGER = logging.getLogger(__name__)
+_METRICS_NAMESPACE = "dcmms.questdb_sink"
+
+
+class RowMappingError(ValueError):
+    """A pipeline dict cannot become a QuestDB row (missing or mistyped field)."""
+
+
+class QuestDBUnavailableError(RuntimeError):
+    """QuestDB stayed unreachable (or kept failing transiently) past the retry deadline."""
+
+
+class QuestDBConfigError(RuntimeError):
+    """QuestDB refused the request for a reason no retry or row fix can cure (e.g. auth)."""
+
+
+# --- pure row mapping ---------------------------------------------------------------
+
+def symbol_columns(table: str, ddl_statements: Sequence[str] = DDL_STATEMENTS) -> frozenset[str]:
+    """Names of the SYMBOL columns of ``table``, read from its DDL (the single definition)."""
+    for ddl in ddl_statements:
+        if re.search(rf"CREATE TABLE IF NOT EXISTS {re.escape(table)}\b", ddl):
+            return frozenset(re.findall(r"^\s*(\w+)\s+SYMBOL\b", ddl, flags=re.MULTILINE))
+    raise KeyError(f"no DDL for QuestDB table {table!r} in io_connectors/questdb_schema.py")
+
+
+@dataclass(frozen=True)
+class IlpRow:
+    """One ILP line: table, symbols, other columns and the designated timestamp (epoch ns)."""
+
+    table: str
+    symbols: dict[str, str]
+    columns: dict[str, Any]
+    at_ns: int
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+_TIMESTAMP_COLUMNS = frozenset({"ingested_at"})
+_SYMBOLS: dict[str, frozenset[str]] = {}
+
+
+def _symbols_of(table: str) -> frozenset[str]:
+    if table not in _SYMBOLS:
+        _SYMBOLS[table] = symbol_columns(table)
+    return _SYMBOLS[table]
+
+
+def _epoch_ms(record: Mapping[str, Any], name: str) -> int:
+    value = record.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RowMappingError(f"field {name!r} must be epoch milliseconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise RowMappingError(f"field {name!r} must be a non-negative epoch ms, got {value!r}")
+    return int(value)
+
+
+def _to_row(table: str, record: Mapping[str, Any], column_names: Sequence[str],
+            required: Sequence[str]) -> IlpRow:
+    from questdb import TimestampMicros
+
+    if not isinstance(record, Mapping):
+        raise RowMappingError(f"expected a dict, got {type(record).__name__}")
+    missing = [name for name in required if record.get(name) is None]
+    if missing:
+        raise RowMappingError(f"missing required field(s) {missing}")
+    symbols_of_table = _symbols_of(table)
+    at_ns = _epoch_ms(record, "timestamp") * 1_000_000
+    symbols: dict[str, str] = {}
+    columns: dict[str, Any] = {}
+    for name in column_names:
+        if name == "timestamp":
+            continue
+        value = record.get(name)
+        if value is None:
+            continue  # QuestDB stores NULL for an absent column
+        if name in _TIMESTAMP_COLUMNS:
+            columns[name] = TimestampMicros(_epoch_ms(record, name) * 1000)
+        elif name in symbols_of_table:
+            symbols[name] = str(value)
+        else:
+            columns[name] = value
+    return IlpRow(table, symbols, columns, at_ns, record)
+
+
+def reading_row(reading: Mapping[str, Any], table: str = SENSOR_READINGS) -> IlpRow:
+    """A validated, enriched reading (sensor-reading.avsc dict) as a ``sensor_readings`` row."""
+    row = _to_row(table, reading, SENSOR_READING_COLUMNS,
+                  ("timestamp", "event_id", "asset_id", "sensor_id"))
+    value = row.columns.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise RowMappingError(f"field 'value' must be a number, got {value!r}")
+    if "value" in row.columns:
+        row.columns["value"] = float(value)  # an int would be sent as LONG and refused
+    return row
+
+
+def alarm_row(alarm: Mapping[str, Any], table: str = ALARMS) -> IlpRow:
+    """An alarm transition (alarm.avsc dict) as an ``alarms`` row."""
+    row = _to_row(table, alarm, ALARM_COLUMNS, ("timestamp", "alarm_id", "state"))
+    for name in ("value", "threshold"):
+        v = row.columns.get(name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            row.columns[name] = float(v)
+    return row
+
+
+_ROW_MAPPERS: dict[str, Callable[[Mapping[str, Any]], IlpRow]] = {
+    SENSOR_READINGS: reading_row,
+    ALARMS: alarm_row,
+}
+
+
+# --- error classification -------------------------------------------------------------
+
+TRANSIENT = "transient"
+REJECTED = "rejected"
+FATAL = "fatal"
+
+
+def classify_error(exc: Exception) -> str:
+    """``transient`` (retry later), ``rejected`` (the data is at fault) or ``fatal``."""
+    from questdb import QuestDBError, QuestDBErrorCode
+
+    if not isinstance(exc, QuestDBError):
+        return FATAL
+    code = exc.code
+    if code in (QuestDBErrorCode.SocketError, QuestDBErrorCode.CouldNotResolveAddr,
+                QuestDBErrorCode.ConnectTimeout):
+        return TRANSIENT
+    if code == QuestDBErrorCode.AuthError:
+        return FATAL
+    if code == QuestDBErrorCode.ServerFlushError:
+        text = str(exc)
+        status = re.search(r"\b(?:HTTP status|status)[ :]*(\d{3})\b", text)
+        if status:
+            number = int(status.group(1))
+            if number in (401, 403):
+                return FATAL
+            if number in (408, 429) or number >= 500:
+                return TRANSIENT
+            return REJECTED
+        # QuestDB's 400 body is JSON with "code": "invalid" and the line at fault.
+        if '"code":"invalid"' in text or "failed to parse line protocol" in text:
+            return REJECTED
+        if "timed out" in text.lower() or "timeout" in text.lower():
+            return TRANSIENT
+        return TRANSIENT
+    if code in (QuestDBErrorCode.InvalidUtf8, QuestDBErrorCode.InvalidName,
+                QuestDBErrorCode.InvalidTimestamp, QuestDBErrorCode.BadDataFrame):
+        return REJECTED
+    return FATAL
+
+
+# --- client wrapper -----------------------------------------------------------------
+
+def questdb_conf(host: str, http_port: int, request_timeout_ms: int = 30_000) -> str:
+    """ILP/HTTP configuration string with the settings this sink relies on."""
+    # protocol_version=2 avoids a server round trip at connect time, so a sender can be
+    # made while QuestDB is still down; retry_timeout=0 leaves retries to QuestDBWriter
+    # (it counts them and bounds them by its own deadline).
+    return (f"http::addr={host}:{http_port};auto_flush=off;protocol_version=2;"
+            f"retry_timeout=0;request_timeout={request_timeout_ms};")
+
+
+_FORCED_CONF = {"auto_flush": "off"}
+
+
+def _check_conf(conf: str) -> str:
+    if not conf.startswith(("http::", "https::")):
+        raise ValueError(f"QuestDB sink needs an ILP/HTTP conf string (http::addr=...;), "
+                         f"got {conf!r}")
+    pairs = dict(p.split("=", 1) for p in conf.split("::", 1)[1].split(";") if "=" in p)
+    for key, value in _FORCED_CONF.items():
+        if pairs.get(key, value) != value:
+            raise ValueError(f"QuestDB sink conf must have {key}={value}: with auto-flush a "
+                             "failed flush loses the rows")
+    if "auto_flush" not in pairs:
+        conf = conf.rstrip(";") + ";auto_flush=off;"
+    return conf
+
+
+class QuestDBWriter:
+    """Writes rows with explicit buffers; retries transient errors, isolates rejected rows.
+
+    ``write(rows)`` returns ``[(row, reason)]`` for rows QuestDB refused; it
+    raises :class:`QuestDBUnavailableError` when transient errors outlast
+    ``retry_deadline_s`` and :class:`QuestDBConfigError` for fatal ones.
+    """
+
+    def __init__(self, conf: str, retry_deadline_s: float = 300.0,
+                 initial_backoff_s: float = 0.1, max_backoff_s: float = 5.0,
+                 on_retry: Callable[[str], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.conf = _check_conf(conf)
+        self.retry_deadline_s = retry_deadline_s
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.on_retry = on_retry
+        self._sleep = sleep
+        self._sender: Any = None
+        self.requests = 0
+
+    def _ensure_sender(self) -> Any:
+        if self._sender is None:
+            from questdb import Sender
+
+            sender = Sender.from_conf(self.conf)
+            sender.establish()
+            self._sender = sender
+        return self._sender
+
+    def close(self) -> None:
+        if self._sender is not None:
+            try:
+                self._sender.close()
+            except Exception as exc:  # closing a broken connection is not worth failing for
+                _LOGGER.warning("closing QuestDB sender: %s", exc)
+            self._sender = None
+
+    def build_buffer(self, rows: Sequence[IlpRow]) -> tuple[Any, list[IlpRow],
+                                                            list[tuple[IlpRow, str]]]:
+        """A buffer of the rows the client accepts; rows it refuses locally are returned."""
+        from questdb import TimestampNanos
+
+        sender = self._ensure_sender()
+        buf = sender.new_buffer()
+        kept: list[IlpRow] = []
+        refused: list[tuple[IlpRow, str]] = []
+        for row in rows:
+            try:
+                buf.row(row.table, symbols=row.symbols, columns=row.columns,
+                        at=TimestampNanos(row.at_ns))
+            except Exception as exc:  # the client rejects bad names, UTF-8, types: per row
+                refused.append((row, f"QuestDB client refused the row: {exc}"))
+                continue
+            kept.append(row)
+        return buf, kept, refused
+
+    def write(self, rows: Sequence[IlpRow]) -> list[tuple[IlpRow, str]]:
+        if not rows:
+            return []
+        deadline = time.monotonic() + self.retry_deadline_s
+        return self._write(list(rows), deadline)
+
+    def _write(self, rows: list[IlpRow], deadline: float) -> list[tuple[IlpRow, str]]:
+        attempt = 0
+        while True:
+            try:
+                buf, kept, refused = self.build_buffer(rows)
+                if not kept:
+                    return refused
+                self.requests += 1
+                self._sender.flush(buf)
+                return refused
+            except Exception as exc:
+                kind = classify_error(exc)
+                if kind == FATAL:
+                    raise QuestDBConfigError(f"QuestDB refused the write ({self.conf}): "
+                                             f"{exc}") from exc
+                if kind == REJECTED:
+                    rejection = exc
+                    break
+                # Transient: reconnect and back off, until the deadline.
+                self.close()
+                if time.monotonic() >= deadline:
+                    raise QuestDBUnavailableError(
+                        f"QuestDB unavailable for {self.retry_deadline_s:.0f}s "
+                        f"(setting [questdb] host/http_port, conf {self.conf}): {exc}") from exc
+                delay = min(self.max_backoff_s, self.initial_backoff_s * 2 ** attempt)
+                attempt += 1
+                _LOGGER.warning("QuestDB write failed (%s), retry %d in %.2fs", exc, attempt,
+                                delay)
+                if self.on_retry is not None:
+                    self.on_retry(str(exc))
+                self._sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        # Permanent rejection: narrow it down. Good rows re-sent are deduplicated.
+        if len(kept) == 1:
+            return refused + [(kept[0], f"QuestDB rejected the row: {_short(rejection)}")]
+        middle = len(kept) // 2
+        return (refused + self._write(kept[:middle], deadline)
+                + self._write(kept[middle:], deadline))
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    match = re.search(r'"message":"((?:[^"\\]|\\.)*)"', text)
+    if match:
+        return match.group(1).replace("\\n", " ")
+    return text
+
+
+# --- Beam ------------------------------------------------------------------------------
+
+def _dead_letter(record: Any, reason: str, table: str) -> dict[str, Any]:
+    try:
+        original = json.dumps(record, default=repr, sort_keys=True).encode()
+    except (TypeError, ValueError):
+        original = repr(record).encode("utf-8", "backslashreplace")
+    event_id = record.get("event_id") if isinstance(record, Mapping) else None
+    return make_dead_letter("sink", [f"questdb table {table}: {reason}"], original,
+                            source="pipeline", original_format="json",
+                            event_id=event_id if isinstance(event_id, str) else None)
+
+
+class _WriteToQuestDBFn(beam.DoFn):
+    def __init__(self, table: str, conf: str, to_row: Callable[[Mapping[str, Any]], IlpRow],
+                 batch_rows: int, retry_deadline_s: float) -> None:
+        self.table = table
+        self.conf = conf
+        self.to_row = to_row
+        self.batch_rows = batch_rows
+        self.retry_deadline_s = retry_deadline_s
+        self.rows_written = Metrics.counter(_METRICS_NAMESPACE, f"{table}_rows_written")
+        self.retries = Metrics.counter(_METRICS_NAMESPACE, f"{table}_retries")
+        self.dead_lettered = Metrics.counter(_METRICS_NAMESPACE, f"{table}_dead_lettered")
+        self._writer: QuestDBWriter | None = None
+        self._pending: list[tuple[IlpRow, Any, Any]] = []
+
+    def setup(self) -> None:
+        self._writer = QuestDBWriter(self.conf, retry_deadline_s=self.retry_deadline_s,
+                                     on_retry=lambda _reason: self.retries.inc())
+
+    def start_bundle(self) -> None:
+        self._pending = []  # a retried bundle starts clean
+
+    def process(self, element: Any, timestamp: Any = beam.DoFn.TimestampParam,
+                window: Any = beam.DoFn.WindowParam) -> Iterator[WindowedValue]:
+        try:
+            row = self.to_row(element)
+        except RowMappingError as exc:
+            self.dead_lettered.inc()
+            yield WindowedValue(_dead_letter(element, str(exc), self.table), timestamp, [window])
+            return
+        self._pending.append((row, timestamp, window))
+        if len(self._pending) >= self.batch_rows:
+            yield from self._flush()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        yield from self._flush()
+
+    def _flush(self) -> Iterator[WindowedValue]:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        assert self._writer is not None
+        # Rows are frozen dataclasses compared by value; map each back to its element.
+        where = {id(row): (ts, win) for row, ts, win in pending}
+        rejected = self._writer.write([row for row, _ts, _win in pending])
+        self.rows_written.inc(len(pending) - len(rejected))
+        for row, reason in rejected:
+            self.dead_lettered.inc()
+            ts, win = where[id(row)]
+            yield WindowedValue(_dead_letter(dict(row.source), reason, self.table), ts, [win])
+
+    def teardown(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class WriteToQuestDB(beam.PTransform):
+    """Write dicts to a QuestDB table; the output is the dead letters of refused rows.
+
+    ``table`` is ``sensor_readings`` or ``alarms`` (or any table when ``to_row``
+    is given); ``conf`` an ILP/HTTP conf string (see :func:`questdb_conf`).
+    ``batch_rows`` bounds the rows held per flush; ``retry_deadline_s`` how
+    long transient failures are retried before the bundle fails.
+    """
+
+    def __init__(self, table: str, conf: str, *, batch_rows: int = 5000,
+                 retry_deadline_s: float = 300.0,
+                 to_row: Callable[[Mapping[str, Any]], IlpRow] | None = None,
+                 label: str | None = None) -> None:
+        super().__init__(label)
+        if to_row is None:
+            if table not in _ROW_MAPPERS:
+                raise ValueError(f"no row mapping for QuestDB table {table!r}; pass to_row "
+                                 f"(known: {sorted(_ROW_MAPPERS)})")
+            to_row = _ROW_MAPPERS[table]
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+        if retry_deadline_s <= 0:
+            raise ValueError(f"retry_deadline_s must be > 0, got {retry_deadline_s}")
+        self.table = table
+        self.conf = _check_conf(conf)
+        self.to_row = to_row
+        self.batch_rows = batch_rows
+        self.retry_deadline_s = retry_deadline_s
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        return pcoll | f"Write{self.table}" >> beam.ParDo(_WriteToQuestDBFn(
+            self.table, self.conf, self.to_row, self.batch_rows, self.retry_deadline_s))
+
