@@ -1,0 +1,117 @@
+"""Decode Confluent-framed Avro telemetry from Kafka into event envelopes.
+
+Input elements may be: raw ``bytes`` (the value), a ``(key, value)`` pair (what
+``ReadFromKafka`` yields by default), or a record with ``value`` and optionally
+``key``, ``topic``, ``partition``, ``offset`` attributes or keys (what
+``ReadFromKafka(with_metadata=True)`` yields). Output: envelopes
+(:mod:`transforms.common`) whose record has exactly
+``schemas.events.EVENT_FIELDS``, resolved to the current
+``telemetry-event.avsc`` (so records of older and newer compatible writers
+decode).
+
+Undecodable bytes and unknown schema ids become dead letters (stage
+``decode``) on the ``dead_letters`` output, counted as
+``decode_failed.<reason>``; a lookup error other than UnknownSchemaIdError
+(registry down) propagates so the runner retries the bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import apache_beam as beam
+
+from schemas.avro import TELEMETRY_EVENT, ParsedSchema, load_schema
+from schemas.dead_letter import make_dead_letter
+from schemas.events import event_from_avro
+from schemas.wire import SchemaLookup, WireFormatError, decode
+from transforms.common import DEAD_LETTER_TAG, Envelope, counter
+
+__all__ = ["DecodeTelemetry", "unpack_source_record", "decode_source_record"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _field(element: Any, name: str) -> Any:
+    if isinstance(element, Mapping):
+        return element.get(name)
+    return getattr(element, name, None)
+
+
+def unpack_source_record(element: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """``(key, value, meta)`` of a source element (see the module docstring)."""
+    if isinstance(element, bytes | bytearray | memoryview):
+        return None, bytes(element), {"source": "kafka"}
+    if isinstance(element, tuple) and len(element) == 2:
+        return element[0], element[1], {"source": "kafka"}
+    meta: dict[str, Any] = {"source": "kafka"}
+    for name in ("topic", "partition", "offset"):
+        value = _field(element, name)
+        if value is not None:
+            meta[name] = value
+    return _field(element, "key"), _field(element, "value"), meta
+
+
+def decode_source_record(
+    element: Any, schema_for_id: SchemaLookup, reader_schema: ParsedSchema,
+) -> tuple[Envelope | None, dict[str, Any] | None, str | None]:
+    """Pure decode: ``(envelope, None, None)`` or ``(None, dead_letter, reason_code)``."""
+    key, value, meta = unpack_source_record(element)
+    meta["original_format"] = "avro-confluent"
+    if key is not None:
+        meta["key"] = key
+    if isinstance(value, bytearray | memoryview):
+        value = bytes(value)
+    if not isinstance(value, bytes):
+        reason = f"record value must be bytes, got {type(value).__name__}"
+        return None, make_dead_letter("decode", [reason], value, **meta), "not_bytes"
+    try:
+        _schema_id, record = decode(value, schema_for_id, reader_schema)
+    except WireFormatError as exc:
+        return None, make_dead_letter("decode", [str(exc)], value, **meta), exc.reason
+    return (event_from_avro(record), value, meta), None, None
+
+
+class _DecodeFn(beam.DoFn):
+    def __init__(self, schema_lookup: SchemaLookup, reader_schema_name: str) -> None:
+        self._lookup = schema_lookup
+        self._reader_schema_name = reader_schema_name
+        self._reader: ParsedSchema | None = None
+
+    def setup(self) -> None:
+        self._reader = load_schema(self._reader_schema_name)
+
+    def process(self, element: Any):  # type: ignore[override]
+        counter("read").inc()
+        assert self._reader is not None
+        envelope, dead, reason = decode_source_record(element, self._lookup, self._reader)
+        if envelope is not None:
+            yield envelope
+        else:
+            counter(f"decode_failed.{reason}").inc()
+            counter("dead_letters").inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
+
+
+class DecodeTelemetry(beam.PTransform):
+    """Source elements -> event envelopes (main) and dead letters (``dead_letters``).
+
+    ``schema_lookup`` is shipped to the workers, so it must be picklable (e.g.
+    io_connectors.schema_registry.RegistrySchemas, which connects lazily).
+    """
+
+    def __init__(self, schema_lookup: SchemaLookup, *,
+                 reader_schema_name: str = TELEMETRY_EVENT) -> None:
+        super().__init__()
+        if not callable(schema_lookup):
+            raise TypeError("schema_lookup must be callable: schema_id -> parsed writer schema")
+        load_schema(reader_schema_name)  # fail at construction if the schema file is bad
+        self._lookup = schema_lookup
+        self._reader_schema_name = reader_schema_name
+
+    def expand(self, pcoll):
+        return pcoll | "Decode" >> beam.ParDo(
+            _DecodeFn(self._lookup, self._reader_schema_name)
+        ).with_outputs(DEAD_LETTER_TAG, main="events")

@@ -1,0 +1,225 @@
+"""Enrich validated events with asset metadata, from a periodically refreshed side input.
+
+Pure core: :func:`enrich` turns an event into a *reading row* (exactly
+:data:`READING_FIELDS`, i.e. io_connectors.questdb_schema.SENSOR_READING_COLUMNS
+and schemas/sensor-reading.avsc) using an :class:`schemas.assets.AssetCatalog`.
+
+Unknown-asset policy (``unknown_asset_policy``):
+
+* ``dead_letter`` (default): a reading whose asset is not in the catalog goes to
+  the dead-letter output (stage ``enrich``) and can be replayed once the asset
+  is registered. Counter ``enrich_failed.unknown_asset``.
+* ``pass_unenriched``: the reading is stored with site_name, asset_type and
+  location null; it has no thresholds, so only quality-BAD alarms apply.
+  Counter ``unenriched``.
+
+A reading whose site_id contradicts the asset's site is always dead-lettered
+(``enrich_failed.site_mismatch``): it cannot be routed to the right site.
+
+Side input: the catalog PCollection is read ``AsList`` and the newest catalog
+(by ``loaded_at_ms``) wins, so duplicated or accumulated panes are harmless.
+:class:`RefreshingAssetCatalog` reloads the file every ``refresh_seconds`` from a
+``PeriodicImpulse`` in the global window (the "slowly updating side input"
+pattern) and only emits when the file content changed; a file that became
+invalid is logged, counted (``asset_refresh_failed``) and the previous catalog
+stays in force. :class:`StaticAssetCatalog` is the bounded equivalent for
+batch runs and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+from schemas.assets import AssetCatalog, AssetCatalogError, latest_catalog, load_asset_catalog
+from transforms.common import DEAD_LETTER_TAG, Envelope, counter, envelope_dead_letter
+
+__all__ = [
+    "READING_FIELDS",
+    "DEAD_LETTER_POLICY",
+    "PASS_UNENRICHED_POLICY",
+    "UNKNOWN_ASSET_POLICIES",
+    "enrich",
+    "refresh_catalog",
+    "EnrichWithAssets",
+    "StaticAssetCatalog",
+    "RefreshingAssetCatalog",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+READING_FIELDS = (
+    "timestamp", "event_id", "site_id", "asset_id", "sensor_id", "sensor_type", "value",
+    "unit", "quality_flag", "site_name", "asset_type", "location", "ingested_at",
+)
+DEAD_LETTER_POLICY = "dead_letter"
+PASS_UNENRICHED_POLICY = "pass_unenriched"
+UNKNOWN_ASSET_POLICIES = (DEAD_LETTER_POLICY, PASS_UNENRICHED_POLICY)
+
+
+def enrich(event: Mapping[str, Any], catalog: AssetCatalog | None, *, ingested_at_ms: int,
+           policy: str = DEAD_LETTER_POLICY) -> tuple[dict[str, Any] | None, str | None, str]:
+    """Pure: ``(row, None, "")`` or ``(None, reason, reason_code)``.
+
+    ``catalog`` None (no catalog loaded) counts as an empty catalog.
+    """
+    asset = catalog.get(event["asset_id"]) if catalog is not None else None
+    if asset is None:
+        if policy != PASS_UNENRICHED_POLICY:
+            return None, (f"asset_id: unknown asset {event['asset_id']!r} "
+                          f"(not in the asset catalog)"), "unknown_asset"
+        site_name = asset_type = location = None
+    elif asset.site_id != event["site_id"]:
+        return None, (f"site_id: asset {asset.asset_id!r} belongs to site {asset.site_id!r}, "
+                      f"event says {event['site_id']!r}"), "site_mismatch"
+    else:
+        site_name, asset_type, location = asset.site_name, asset.asset_type, asset.location
+    return {
+        "timestamp": event["timestamp"],
+        "event_id": event["event_id"],
+        "site_id": event["site_id"],
+        "asset_id": event["asset_id"],
+        "sensor_id": event["sensor_id"],
+        "sensor_type": event["sensor_type"],
+        "value": event["value"],
+        "unit": event["unit"],
+        "quality_flag": event["quality_flag"],
+        "site_name": site_name,
+        "asset_type": asset_type,
+        "location": location,
+        "ingested_at": ingested_at_ms,
+    }, None, ""
+
+
+def refresh_catalog(path: str | Path, previous_version: str | None, *, now_ms: int
+                    ) -> AssetCatalog | None:
+    """Pure refresh step: the reloaded catalog if the file changed, else None.
+
+    Raises AssetCatalogError (naming the file) when the file is unreadable or invalid.
+    """
+    catalog = load_asset_catalog(path, now_ms=now_ms)
+    return None if catalog.version == previous_version else catalog
+
+
+class _EnrichFn(beam.DoFn):
+    def __init__(self, policy: str, clock: Callable[[], int]) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._last_side: Any = None
+        self._catalog: AssetCatalog | None = None
+
+    def _current(self, catalogs: Sequence[AssetCatalog]) -> AssetCatalog | None:
+        # The side-input list object is stable between refreshes: pick the newest once.
+        if catalogs is not self._last_side:
+            self._last_side = catalogs
+            self._catalog = latest_catalog(catalogs)
+        return self._catalog
+
+    def process(self, envelope: Envelope, catalogs: Sequence[AssetCatalog]):  # type: ignore[override]
+        event = envelope[0]
+        row, reason, code = enrich(event, self._current(catalogs), ingested_at_ms=self._clock(),
+                                   policy=self._policy)
+        if row is not None:
+            if row["site_name"] is None:
+                counter("unenriched").inc()
+            yield row
+            return
+        counter(f"enrich_failed.{code}").inc()
+        counter("dead_letters").inc()
+        yield beam.pvalue.TaggedOutput(
+            DEAD_LETTER_TAG, envelope_dead_letter("enrich", [reason], envelope, event["event_id"]))
+
+
+class EnrichWithAssets(beam.PTransform):
+    """Valid envelopes -> reading rows (main) and dead letters (``dead_letters``).
+
+    ``catalogs`` is a PCollection of AssetCatalog (StaticAssetCatalog or
+    RefreshingAssetCatalog), used as a side input.
+    """
+
+    def __init__(self, catalogs: beam.PCollection, *, unknown_asset_policy: str =
+                 DEAD_LETTER_POLICY, clock: Callable[[], int] | None = None) -> None:
+        super().__init__()
+        if unknown_asset_policy not in UNKNOWN_ASSET_POLICIES:
+            raise ValueError(f"unknown_asset_policy must be one of {UNKNOWN_ASSET_POLICIES}, "
+                             f"got {unknown_asset_policy!r}")
+        self._catalogs = catalogs
+        self._policy = unknown_asset_policy
+        self._clock = clock or _wall_clock_ms
+
+    def expand(self, pcoll):
+        return pcoll | "Enrich" >> beam.ParDo(
+            _EnrichFn(self._policy, self._clock), beam.pvalue.AsList(self._catalogs),
+        ).with_outputs(DEAD_LETTER_TAG, main="readings")
+
+
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StaticAssetCatalog(beam.PTransform):
+    """A one-element PCollection holding ``catalog`` (bounded: batch runs, tests)."""
+
+    def __init__(self, catalog: AssetCatalog) -> None:
+        super().__init__()
+        self._catalog = catalog
+
+    def expand(self, pbegin):
+        return pbegin | "Catalog" >> beam.Create([self._catalog])
+
+
+class _RefreshCatalogFn(beam.DoFn):
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._version: str | None = None
+
+    def process(self, _tick: Any):  # type: ignore[override]
+        try:
+            catalog = refresh_catalog(self._path, self._version, now_ms=_wall_clock_ms())
+        except AssetCatalogError as exc:
+            # Keep the previous catalog in force; an operator sees the error and the counter.
+            counter("asset_refresh_failed").inc()
+            _LOGGER.error("asset catalog refresh failed, keeping version %s: %s",
+                          self._version, exc)
+            return
+        if catalog is not None:
+            self._version = catalog.version
+            counter("asset_refreshes").inc()
+            _LOGGER.info("asset catalog %s loaded: %d assets", catalog.version, len(catalog))
+            yield catalog
+
+
+class RefreshingAssetCatalog(beam.PTransform):
+    """The asset file, reloaded every ``refresh_seconds`` (unbounded: streaming runs).
+
+    The file is loaded once at construction so that a bad file fails the
+    submission with an error naming it, instead of a job that waits forever
+    for its first side input.
+    """
+
+    def __init__(self, path: str | Path, refresh_seconds: float = 60.0) -> None:
+        super().__init__()
+        if refresh_seconds <= 0:
+            raise ValueError(f"refresh_seconds must be > 0, got {refresh_seconds} "
+                             "(setting [pipeline] asset_refresh_seconds)")
+        load_asset_catalog(path)
+        self._path = str(path)
+        self._refresh_seconds = float(refresh_seconds)
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Tick" >> PeriodicImpulse(fire_interval=self._refresh_seconds)
+            | "GlobalPanes" >> beam.WindowInto(
+                window.GlobalWindows(),
+                trigger=trigger.Repeatedly(trigger.AfterCount(1)),
+                accumulation_mode=trigger.AccumulationMode.DISCARDING)
+            | "Load" >> beam.ParDo(_RefreshCatalogFn(self._path))
+        )
