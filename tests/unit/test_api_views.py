@@ -1,0 +1,236 @@
+"""Unit tests of the query views, errors, health, metrics and OpenAPI, with QuestDB faked.
+
+The fake replaces :class:`api.questdb.TelemetryStore` (the boundary to QuestDB):
+it keeps raw rows in memory and pages them the way the store promises
+(filters, half-open range, keyset order), so the views' cursor and CSV logic
+are exercised for real.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from api import create_app
+from api.errors import ServiceUnavailable
+from api.params import AlarmQuery, LatestQuery, TelemetryQuery, format_timestamp
+from api.questdb import Page
+from runners.settings import load_settings
+
+AUTH = {"Authorization": "Bearer dev-api-key"}
+T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
+
+
+def _iso(us: int) -> str:
+    return format_timestamp(datetime(1970, 1, 1) + timedelta(microseconds=us))
+
+
+class FakeStore:
+    """In-memory stand-in for TelemetryStore over raw rows."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+        self.calls: list[tuple[str, Any]] = []
+        self.fail: Exception | None = None
+
+    def _match(self, row: dict[str, Any], q: TelemetryQuery) -> bool:
+        return (q.start_us <= row["_us"] < q.end_us
+                and all(getattr(q, f) in (None, row[f])
+                        for f in ("asset_id", "site_id", "sensor_id", "sensor_type")))
+
+    def readings(self, q: TelemetryQuery, limit: int, after: Any) -> Page:
+        self.calls.append(("readings", q, limit, after))
+        if self.fail:
+            raise self.fail
+        if q.bucketed:
+            return Page([{"timestamp": _iso(T0), "asset_id": "a1", "sensor_id": "s1",
+                          "sensor_type": "POWER", "value": 1.5}], None)
+        desc = q.order == "desc"
+        rows = sorted((r for r in self.rows if self._match(r, q)),
+                      key=lambda r: (r["_us"], r["event_id"]), reverse=desc)
+        if after is not None:
+            key = tuple(after)
+            rows = [r for r in rows if ((r["_us"], r["event_id"]) < key if desc
+                                        else (r["_us"], r["event_id"]) > key)]
+        page = rows[:limit]
+        next_key = (page[-1]["_us"], page[-1]["event_id"]) if len(rows) > limit else None
+        return Page([{k: v for k, v in r.items() if k != "_us"} for r in page], next_key)
+
+    def latest(self, q: LatestQuery) -> list[dict[str, Any]]:
+        self.calls.append(("latest", q))
+        return []
+
+    def alarms(self, q: AlarmQuery, after: Any) -> Page:
+        self.calls.append(("alarms", q, after))
+        return Page([], None)
+
+    def ping(self) -> None:
+        if self.fail:
+            raise self.fail
+
+
+def _rows(n: int = 25) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(n):
+        us = T0 + (i // 3) * 1_000_000  # three rows share each timestamp: keyset needs event_id
+        rows.append({"_us": us, "timestamp": _iso(us), "event_id": f"ev-{i:03d}",
+                     "site_id": "site-1" if i % 2 else "site-2", "asset_id": f"a{i % 3}",
+                     "sensor_id": f"s{i % 5}", "sensor_type": "POWER", "value": float(i),
+                     "unit": "kW", "quality_flag": "GOOD", "site_name": None, "asset_type": None,
+                     "location": None, "ingested_at": None})
+    return rows
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore(_rows())
+
+
+@pytest.fixture
+def app(store: FakeStore, tmp_path: Path) -> Flask:
+    assets = tmp_path / "assets.json"
+    a1 = {"site_id": "site-1", "asset_type": "inverter",
+          "thresholds": {"POWER": {"warning_high": 5}}}
+    assets.write_text(json.dumps({"sites": {"site-1": {"name": "S1", "location": "here"}},
+                                  "assets": {"a1": a1}}))
+    checks = {"questdb": store.ping, "kafka": lambda: None}
+    return create_app(load_settings(), {"TESTING": True, "TELEMETRY_STORE": store,
+                                        "READY_CHECKS": checks, "ASSETS_FILE": str(assets)})
+
+
+RANGE = {"start_time": "2026-01-01T00:00:00Z", "end_time": "2026-01-01T01:00:00Z"}
+
+
+def test_pages_visit_every_row_once(app: Flask, store: FakeStore) -> None:
+    client = app.test_client()
+    for order in ("asc", "desc"):
+        seen, cursor = [], None
+        while True:
+            args = {**RANGE, "limit": "4", "order": order, **({"cursor": cursor} if cursor else {})}
+            body = client.get("/api/v1/telemetry", query_string=args, headers=AUTH).json
+            seen += [r["event_id"] for r in body["data"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        expected = sorted((r["event_id"] for r in store.rows), reverse=order == "desc")
+        assert seen == expected
+
+
+def test_csv_streams_all_rows_in_chunks_and_equals_json(app: Flask, store: FakeStore) -> None:
+    client = app.test_client()
+    response = client.get("/api/v1/telemetry", query_string={**RANGE, "format": "csv"},
+                          headers=AUTH)
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    json_rows = client.get("/api/v1/telemetry", query_string={**RANGE, "limit": "100"},
+                           headers=AUTH).json["data"]
+    assert [r["event_id"] for r in rows] == [r["event_id"] for r in json_rows]
+    assert [float(r["value"]) for r in rows] == [r["value"] for r in json_rows]
+    limited = client.get("/api/v1/telemetry", query_string={**RANGE, "format": "csv",
+                                                              "limit": "7"}, headers=AUTH)
+    assert len(limited.get_data(as_text=True).strip().splitlines()) == 1 + 7
+
+
+def test_bad_parameter_is_400_naming_it(app: Flask) -> None:
+    response = app.test_client().get("/api/v1/telemetry?interval=7m", headers=AUTH)
+    assert response.status_code == 400
+    assert response.json["code"] == "bad_parameter"
+    assert response.json["details"]["parameter"] == "interval"
+
+
+def test_unknown_route_and_method_are_json(app: Flask) -> None:
+    client = app.test_client()
+    missing = client.get("/api/v1/nothing", headers=AUTH)
+    assert missing.status_code == 404 and missing.json["code"] == "not_found"
+    wrong = client.delete("/api/v1/alarms", headers=AUTH)
+    assert wrong.status_code == 405 and set(wrong.json) == {"code", "message", "details"}
+
+
+def test_unexpected_error_is_500_json_without_internals(app: Flask, store: FakeStore) -> None:
+    store.fail = RuntimeError("secret internals")
+    response = app.test_client().get("/api/v1/telemetry", headers=AUTH)
+    assert response.status_code == 500
+    assert response.json["code"] == "internal_error" and "secret" not in response.get_data(True)
+
+
+def test_questdb_down_is_503_with_retry_after(app: Flask, store: FakeStore) -> None:
+    store.fail = ServiceUnavailable("QuestDB at x is unreachable", dependency="questdb")
+    response = app.test_client().get("/api/v1/telemetry", headers=AUTH)
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    ready = app.test_client().get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json["checks"]["questdb"]["ok"] is False
+    assert ready.json["checks"]["kafka"]["ok"] is True
+
+
+def test_health_ready_and_metrics(app: Flask) -> None:
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").json["status"] == "ready"
+    client.get("/api/v1/telemetry", headers=AUTH)
+    client.get("/api/v1/telemetry?limit=0", headers=AUTH)
+    text = client.get("/metrics").get_data(as_text=True)
+    series = 'dcmms_api_requests_total{method="GET",route="/api/v1/telemetry",status="%s"} 1.0'
+    assert series % 200 in text and series % 400 in text
+    assert "dcmms_api_request_duration_seconds_bucket" in text
+
+
+def test_latest_alarms_and_assets(app: Flask, store: FakeStore) -> None:
+    client = app.test_client()
+    assert client.get("/api/v1/telemetry/latest", headers=AUTH).status_code == 400
+    assert client.get("/api/v1/telemetry/latest?site_id=site-1", headers=AUTH).status_code == 200
+    assert store.calls[-1] == ("latest", LatestQuery(None, "site-1", None))
+    assert client.get("/api/v1/alarms?active=true&severity=CRITICAL",
+                      headers=AUTH).status_code == 200
+    assert store.calls[-1][1].active and store.calls[-1][1].severity == "CRITICAL"
+    one = client.get("/api/v1/assets/a1", headers=AUTH)
+    assert one.status_code == 200 and one.json["thresholds"]["POWER"]["warning_high"] == 5
+    assert one.json["site_name"] == "S1"
+    assert client.get("/api/v1/assets", headers=AUTH).json["data"][0]["asset_id"] == "a1"
+    unknown = client.get("/api/v1/assets/nope", headers=AUTH)
+    assert unknown.status_code == 404 and unknown.json["details"]["asset_id"] == "nope"
+
+
+def test_openapi_describes_every_route_including_ingest(app: Flask) -> None:
+    client = app.test_client()
+    doc = client.get("/api/v1/openapi.json").json
+    assert doc["openapi"].startswith("3.1")
+    post = doc["paths"]["/api/v1/telemetry"]["post"]
+    assert {"202", "400", "401", "413", "415", "429", "503"} <= set(post["responses"])
+    routes = {r.rule.replace("<path:asset_id>", "{asset_id}") for r in app.url_map.iter_rules()
+              if r.endpoint != "static"}
+    assert routes - {"/api/v1/telemetry"} <= set(doc["paths"]), routes - set(doc["paths"])
+    page = client.get("/api/v1/docs").get_data(as_text=True)
+    assert "/api/v1/telemetry/latest" in page and "<script" not in page and "https://" not in page
+
+
+_NAMES = st.sampled_from(["asset_id", "site_id", "sensor_id", "sensor_type", "start_time",
+                          "end_time", "limit", "cursor", "order", "interval", "agg", "fill",
+                          "format", "bogus"])
+_VALUES = st.one_of(st.text(max_size=30), st.sampled_from(
+    ["a1", "site-1", "s2", "POWER", "' OR '1'='1", "a1'; DROP TABLE sensor_readings;--",
+     "2026-01-01T00:00:00Z", "1767225600000", "5", "desc", "1m", "csv", "%00", "\\'"]))
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=6))
+def test_random_queries_never_5xx_nor_rows_outside_filters(app: Flask,
+                                                           pairs: list[tuple[str, str]]) -> None:
+    response = app.test_client().get("/api/v1/telemetry", query_string=pairs, headers=AUTH)
+    assert response.status_code in (200, 400), response.get_data(as_text=True)
+    if response.status_code == 400 or response.mimetype != "application/json":
+        return
+    given_filters = {k: v for k, v in pairs if k in ("asset_id", "site_id", "sensor_id")}
+    for row in response.json["data"]:
+        for name, value in given_filters.items():
+            assert row[name] == value
