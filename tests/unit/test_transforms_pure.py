@@ -1,0 +1,265 @@
+"""Pure cores of the transforms: decode, enrich, catalog refresh, dedup model, alarm machine."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.assets import (
+    AssetCatalogError,
+    Thresholds,
+    latest_catalog,
+    load_asset_catalog,
+)
+from schemas.avro import TELEMETRY_EVENT, load_schema
+from schemas.validation import default_sensor_rules
+from schemas.wire import InMemorySchemaLookup, encode
+from transforms.alarms import CLEARED, CRITICAL, RAISED, WARNING, AlarmState, classify, step
+from transforms.decode import decode_source_record, unpack_source_record
+from transforms.dedup import dedup_step, first_copies
+from transforms.enrich import READING_FIELDS, enrich, refresh_catalog
+from transforms.validate import validate_envelope
+
+NOW = 1_800_000_000_000
+EVENT = {"event_id": "e1", "timestamp": NOW, "site_id": "site-001", "asset_id": "asset-001",
+         "sensor_id": "temp-001", "sensor_type": "TEMPERATURE", "value": 72.5,
+         "unit": "celsius", "quality_flag": "GOOD", "source": None}
+
+
+# ---- decode ---------------------------------------------------------------------------------
+
+def test_source_record_shapes():
+    assert unpack_source_record(b"v") == (None, b"v", {"source": "kafka"})
+    assert unpack_source_record((b"k", b"v"))[:2] == (b"k", b"v")
+    row = SimpleNamespace(key=b"k", value=b"v", topic="raw_telemetry", partition=2, offset=9)
+    assert unpack_source_record(row) == (b"k", b"v", {"source": "kafka", "topic":
+                                                      "raw_telemetry", "partition": 2,
+                                                      "offset": 9})
+    assert unpack_source_record({"value": b"v", "offset": 1})[2]["offset"] == 1
+
+
+def test_decode_source_record_good_and_bad():
+    schema = load_schema(TELEMETRY_EVENT)
+    lookup = InMemorySchemaLookup()
+    sid = lookup.register(schema)
+    data = encode(EVENT, sid, schema)
+    env, dead, reason = decode_source_record((b"asset-001", data), lookup, schema)
+    assert dead is None and env == (EVENT, data, {"source": "kafka", "key": b"asset-001",
+                                                  "original_format": "avro-confluent"})
+    for element, code in ((b"\x05junk", "bad_magic"), ((None, None), "not_bytes"),
+                          ((None, "text"), "not_bytes"), (data[:-1], "truncated_body")):
+        env, dead, reason = decode_source_record(element, lookup, schema)
+        assert env is None and reason == code
+        assert dead["stage"] == "decode" and dead["reasons"] and \
+            isinstance(dead["original"], bytes)
+
+
+def test_registry_outage_propagates_instead_of_dead_lettering():
+    def down(_sid):
+        raise ConnectionError("registry down")
+
+    data = encode(EVENT, 1, load_schema(TELEMETRY_EVENT))
+    with pytest.raises(ConnectionError):
+        decode_source_record(data, down, load_schema(TELEMETRY_EVENT))
+
+
+def test_validate_envelope_keeps_original_bytes_in_dead_letters():
+    bad = dict(EVENT, value=float("nan"))
+    env, dead, codes = validate_envelope((bad, b"orig", {"source": "kafka", "offset": 4}),
+                                         now_ms=NOW, rules=default_sensor_rules())
+    assert env is None and codes == ("value.not_finite",)
+    assert (dead["stage"], dead["original"], dead["offset"], dead["event_id"]) == \
+        ("validate", b"orig", 4, "e1")
+
+
+# ---- assets and enrich ----------------------------------------------------------------------
+
+def test_repo_catalog_covers_the_seed_asset_and_bench_assets():
+    catalog = load_asset_catalog()
+    seed = catalog.get("asset-001")
+    assert seed is not None and seed.site_id == "site-001"
+    assert seed.thresholds["TEMPERATURE"].warning_high == 80
+    assert catalog.get("bench-asset-10-100") is not None
+    assert json.dumps(seed.as_dict())  # the API serves this
+
+
+@pytest.mark.parametrize("doc, match", [
+    ({"sites": {}, "assets": {"a": {"site_id": "s", "asset_type": "t"}}}, "site 's'"),
+    ({"sites": {"s": {"name": "S", "location": "L"}},
+      "assets": {"a": {"site_id": "s", "asset_type": "t",
+                       "thresholds": {"TEMPERATURE": {"warning_high": 90,
+                                                      "critical_high": 80}}}}},
+     "critical_high must be >= warning_high"),
+    ({"sites": {"s": {"name": "S", "location": "L"}},
+      "assets": {"a": {"site_id": "s", "asset_type": "t",
+                       "thresholds": {"TEMPERATURE": {"warning_hi": 90}}}}}, "keys among"),
+])
+def test_bad_asset_files_are_refused_with_the_file_named(tmp_path, doc, match):
+    path = tmp_path / "assets.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(AssetCatalogError, match="assets.json") as info:
+        load_asset_catalog(path)
+    assert match in str(info.value)
+
+
+def test_enrich_known_unknown_and_mismatched_assets():
+    catalog = load_asset_catalog()
+    row, reason, _ = enrich(EVENT, catalog, ingested_at_ms=NOW + 5)
+    assert tuple(row) == READING_FIELDS and reason is None
+    assert (row["site_name"], row["asset_type"], row["ingested_at"]) == \
+        ("Solar Farm Alpha", "inverter", NOW + 5)
+    unknown = dict(EVENT, asset_id="asset-999")
+    assert enrich(unknown, catalog, ingested_at_ms=0)[2] == "unknown_asset"
+    assert enrich(unknown, None, ingested_at_ms=0)[2] == "unknown_asset"
+    row, _, _ = enrich(unknown, catalog, ingested_at_ms=0, policy="pass_unenriched")
+    assert row["site_name"] is None and row["asset_id"] == "asset-999"
+    moved = dict(EVENT, site_id="site-002")
+    row, reason, code = enrich(moved, catalog, ingested_at_ms=0, policy="pass_unenriched")
+    assert row is None and code == "site_mismatch" and "site-001" in reason
+
+
+def test_refresh_emits_only_changed_catalogs_and_latest_wins(tmp_path):
+    path = tmp_path / "assets.json"
+    doc = {"sites": {"s": {"name": "S", "location": "L"}},
+           "assets": {"a": {"site_id": "s", "asset_type": "t"}}}
+    path.write_text(json.dumps(doc))
+    first = refresh_catalog(path, None, now_ms=1)
+    assert first is not None and len(first) == 1
+    assert refresh_catalog(path, first.version, now_ms=2) is None
+    doc["assets"]["b"] = {"site_id": "s", "asset_type": "t"}
+    path.write_text(json.dumps(doc))
+    second = refresh_catalog(path, first.version, now_ms=3)
+    assert second is not None and second.version != first.version
+    # Side inputs may deliver duplicated or accumulated panes in any order.
+    assert latest_catalog([second, first, second, first]) is second
+    assert latest_catalog([]) is None
+    path.write_text("{broken")
+    with pytest.raises(AssetCatalogError, match="assets.json"):
+        refresh_catalog(path, second.version, now_ms=4)
+
+
+# ---- dedup ----------------------------------------------------------------------------------
+
+WINDOW = 60_000
+
+
+def test_dedup_step_window_edges():
+    assert dedup_step(None, 0, WINDOW) == (True, WINDOW)
+    assert dedup_step(WINDOW, WINDOW - 1, WINDOW) == (False, WINDOW)
+    assert dedup_step(WINDOW, WINDOW, WINDOW) == (True, 2 * WINDOW)
+
+
+copies = st.lists(st.tuples(st.integers(0, WINDOW - 1), st.sampled_from("abcde")), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(copies, st.randoms())
+def test_dedup_within_a_window_is_order_insensitive_and_idempotent(items, rnd):
+    stream = [(ts, eid, eid) for ts, eid in items]
+    once = first_copies(stream, WINDOW)
+    # Every id appears exactly once: all copies fall inside one window.
+    assert sorted(once) == sorted(set(eid for _, eid in items))
+    shuffled = list(stream)
+    rnd.shuffle(shuffled)
+    assert sorted(first_copies(shuffled, WINDOW)) == sorted(once)
+    again = [(0, eid, eid) for eid in once]
+    assert first_copies(again, WINDOW) == once
+
+
+def test_dedup_lets_a_copy_through_after_the_window():
+    assert first_copies([(0, "a", 1), (59_999, "a", 2), (60_000, "a", 3), (60_001, "a", 4)],
+                        WINDOW) == [1, 3]
+
+
+# ---- alarms ---------------------------------------------------------------------------------
+
+T = Thresholds(warning_low=-20, warning_high=80, critical_low=-30, critical_high=95,
+               hysteresis=2)
+
+
+def reading(ts, value, quality="GOOD", event_id=None):
+    return {"timestamp": ts, "event_id": event_id or f"ev-{ts}", "site_id": "site-001",
+            "asset_id": "asset-001", "sensor_id": "temp-001", "sensor_type": "TEMPERATURE",
+            "value": float(value), "unit": "celsius", "quality_flag": quality,
+            "site_name": "S", "asset_type": "inverter", "location": "L", "ingested_at": ts + 1}
+
+
+def run(values, thresholds=T, quality=None):
+    state, out = AlarmState(), []
+    for i, v in enumerate(values):
+        q = quality[i] if quality else "GOOD"
+        state, transitions = step(state, reading(1000 * (i + 1), v, q), thresholds)
+        out.extend(transitions)
+    return state, out
+
+
+def test_classify_bands():
+    assert classify(80, "GOOD", T)[0] is None
+    assert classify(80.1, "GOOD", T)[:2] == (WARNING, 80)
+    assert classify(96, "GOOD", T)[:2] == (CRITICAL, 95)
+    assert classify(-25, "GOOD", T)[:2] == (WARNING, -20)
+    assert classify(-31, "GOOD", T)[:2] == (CRITICAL, -30)
+    assert classify(20, "BAD", T)[0] == WARNING
+    assert classify(20, "BAD", None)[0] == WARNING
+    assert classify(1e9, "GOOD", None)[0] is None
+
+
+def test_episode_raise_escalate_hysteresis_clear():
+    state, out = run([70, 85, 86, 97, 99, 90, 79, 78.5, 78, 85])
+    summary = [(t["state"], t["severity"], t["value"]) for t in out]
+    assert summary == [(RAISED, WARNING, 85), (RAISED, CRITICAL, 97), (CLEARED, CRITICAL, 78),
+                       (RAISED, WARNING, 85)]
+    first_id = "asset-001:temp-001:2000"
+    assert [t["alarm_id"] for t in out[:3]] == [first_id] * 3
+    assert out[3]["alarm_id"] == "asset-001:temp-001:10000"
+    assert out[2]["threshold"] == 78 and state.active
+
+
+def test_low_band_and_quality_alarms():
+    _, out = run([0, -25, -19, -17.5])
+    assert [(t["state"], t["value"]) for t in out] == [(RAISED, -25), (CLEARED, -17.5)]
+    _, out = run([20, 20, 20, 20], quality=["GOOD", "BAD", "BAD", "GOOD"])
+    assert [(t["state"], t["reason"]) for t in out] == [(RAISED, "quality_flag BAD"),
+                                                         (CLEARED, "value 20 back inside the band"
+                                                          " (clear level -18)")]
+    _, out = run([1e6, 20], thresholds=None, quality=["BAD", "GOOD"])
+    assert [(t["state"], t["threshold"]) for t in out] == [(RAISED, None), (CLEARED, None)]
+
+
+def test_out_of_order_readings_are_not_evaluated():
+    state, out = step(AlarmState(), reading(5000, 85), T)
+    later, none = step(state, reading(4000, 20), T)
+    assert none == [] and later == state
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(-50, 120), st.sampled_from(["GOOD", "BAD", "UNCERTAIN"])),
+                max_size=40))
+def test_alarm_invariants(readings):
+    state, active = AlarmState(), None
+    for i, (value, quality) in enumerate(readings):
+        state, transitions = step(state, reading(1000 * (i + 1), value, quality), T)
+        assert len(transitions) <= 1
+        for t in transitions:
+            if t["state"] == RAISED and active is None:
+                active = t  # a new episode
+            elif t["state"] == RAISED:
+                # Only an escalation may raise inside an open episode, once, to CRITICAL.
+                assert (active["severity"], t["severity"]) == (WARNING, CRITICAL)
+                assert t["alarm_id"] == active["alarm_id"]
+                active = t
+            else:
+                assert active is not None, "a clear without a raise"
+                assert t["alarm_id"] == active["alarm_id"]
+                assert t["severity"] == active["severity"]
+                # Hysteresis: a clear happens only inside the narrowed band, with good quality.
+                assert -18 <= value <= 78 and quality != "BAD"
+                active = None
+        if active is not None and not transitions:
+            sev = classify(value, quality, T)[0]
+            assert sev is None or sev == active["severity"] or sev == WARNING
+        assert state.active == (active is not None)
