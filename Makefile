@@ -27,6 +27,8 @@ system-deps:
 jars:
 	@bash scripts/fetch-jars.sh
 
+# Installs what is missing, starts every service and the pipeline, waits until
+# healthy and prints the endpoints. A failed start stops what it started.
 run: install
 	@$(BIN)/dcmms-telemetry up --with-pipeline
 
@@ -36,8 +38,9 @@ stop:
 status: $(STAMP)
 	@$(BIN)/dcmms-telemetry status
 
+# `make logs` follows every log; `make logs SERVICE=kafka` one service.
 logs: $(STAMP)
-	@$(BIN)/dcmms-telemetry logs
+	@$(BIN)/dcmms-telemetry logs $(SERVICE)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .

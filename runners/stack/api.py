@@ -20,6 +20,8 @@ __all__ = ["services"]
 
 _LOGGER = logging.getLogger(__name__)
 
+GUNICORN_CONF = "api.gunicorn_conf"
+
 
 def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     if importlib.util.find_spec("runners.wsgi") is None:
@@ -32,13 +34,18 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     if workers < 1:
         raise ValueError(f"setting {settings.origin('api', 'workers')} must be >= 1")
     url = f"http://{bind_host}:{port}/healthz"
+    conf = (["-c", f"python:{GUNICORN_CONF}"]
+            if importlib.util.find_spec(GUNICORN_CONF) is not None else [])
 
     def healthy() -> bool:
         return requests.get(url, timeout=2.0).status_code == 200
 
     return [ServiceSpec(
         name="api",
-        argv=[sys.executable, "-m", "gunicorn", "--bind", f"{bind_host}:{port}",
+        # A gunicorn config module of the API (hooks) is used when it exists; the
+        # flags set bind and workers so the port check above and the process agree.
+        argv=[sys.executable, "-m", "gunicorn", *conf,
+              "--bind", f"{bind_host}:{port}",
               "--workers", str(workers), "--graceful-timeout", "10",
               "--access-logfile", "-",
               # The default control socket (~/.gunicorn/gunicorn.ctl) would clash

@@ -48,6 +48,7 @@ __all__ = [
     "paths_from_settings",
     "port_owner",
     "heartbeat_healthy",
+    "log_says_ready",
     "write_heartbeat",
 ]
 
@@ -64,6 +65,8 @@ PIPELINE_MODULE = "pipeline"
 HEARTBEAT_ENV = "DCMMS_HEALTH_FILE"
 
 _POLL_S = 0.5
+# Written to a service's log before each start (see log_says_ready).
+_START_BANNER = "=== dcmms-telemetry: "
 _LOG_TAIL_LINES = 20
 
 
@@ -130,6 +133,19 @@ def heartbeat_healthy(path: Path, pidfile: Path, max_age_s: float = 30.0) -> boo
     return mtime >= proc.create_time() - 1 and time.time() - mtime <= max_age_s
 
 
+def log_says_ready(log: Path, pidfile: Path, marker: str) -> bool:
+    """True when the service's process is alive and logged ``marker`` since it started.
+
+    Only the text after the supervisor's last start banner counts, so a marker
+    from a previous run is ignored.
+    """
+    record = _read_pidfile(pidfile)
+    if record is None or _live_process(record) is None:
+        return False
+    text = _tail(log, 400)
+    return marker in text.rpartition(_START_BANNER)[2]
+
+
 @dataclass(frozen=True)
 class ServiceStatus:
     name: str
@@ -180,6 +196,32 @@ def _group_members(pgid: int) -> list[psutil.Process]:
         except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
             continue
     return members
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until every process exited; return those still alive after ``timeout_s``.
+
+    Polls instead of psutil.wait_procs, whose back-off made every stop of a
+    non-child process take about two seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in procs if _alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        for p in procs:  # reap our own children so they do not linger as zombies
+            try:
+                os.waitpid(p.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        alive = [p for p in alive if _alive(p)]
+    return alive
 
 
 def _tree_rss(proc: psutil.Process) -> float:
@@ -328,7 +370,7 @@ class Supervisor:
         self._say(f"{spec.name:10s} starting", end="")
         env = {**os.environ, **spec.env}
         with log.open("ab") as log_fh:
-            log_fh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: "
+            log_fh.write(f"\n{_START_BANNER}{time.strftime('%Y-%m-%dT%H:%M:%S')} starting: "
                          f"{' '.join(spec.argv)}\n".encode())
             log_fh.flush()
             try:
@@ -459,17 +501,11 @@ class Supervisor:
         self._say(f"{name:10s} stopping (pid {pgid})", end="")
         t0 = time.monotonic()
         self._signal(pgid, members.values(), signal.SIGTERM)
-        _gone, alive = psutil.wait_procs(list(members.values()), timeout=grace_s)
+        alive = _wait_gone(list(members.values()), grace_s)
         if alive:
             self._say(f" still running after {grace_s:.0f}s, SIGKILL", end="")
             self._signal(pgid, alive, signal.SIGKILL)
-            _gone, alive = psutil.wait_procs(alive, timeout=5.0)
-        # Reap our own child if this process started it (avoids a zombie in tests).
-        try:
-            os.waitpid(pgid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            alive = _wait_gone(alive, 5.0)
         alive += [p for p in _group_members(pgid) if p.pid not in {a.pid for a in alive}]
         if alive:
             self._say(f" FAILED: still running: {', '.join(str(p.pid) for p in alive)}")
