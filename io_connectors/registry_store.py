@@ -171,7 +171,7 @@ class KafkaRegistryStore:
         if self.topic in metadata.topics:
             return
         new = NewTopic(self.topic, num_partitions=1, replication_factor=self.replication_factor,
-                       config={"cleanup.policy": "compact"})
+                       config={"cleanup.policy": "compact", "retention.ms": "-1"})
         future = admin.create_topics([new])[self.topic]
         try:
             future.result(timeout=self.timeout_s)
