@@ -105,7 +105,10 @@ def _filters(pairs: Sequence[tuple[str, str | None]]) -> tuple[str, list[Any]]:
     sql, params = "", []
     for column, value in pairs:
         if value is not None:
-            sql += f" AND {column} = %s"
+            # QuestDB 9.3.1 misses rows when an *indexed* symbol is compared with a
+            # literal holding an escaped quote ('a''b'); comparing the text works.
+            target = f"{column}::varchar" if "'" in value else column
+            sql += f" AND {target} = %s"
             params.append(value)
     return sql, params
 
@@ -158,13 +161,14 @@ def build_bucket_sql(q: TelemetryQuery, limit: int,
                      after: Sequence[Any] | None) -> tuple[str, list[Any]]:
     """Time buckets per (asset_id, sensor_id) with SAMPLE BY ... ALIGN TO CALENDAR.
 
-    Pages are ordered by (timestamp, asset_id, sensor_id). Without PREV/LINEAR fill
-    a later page starts its scan at the cursor's bucket (buckets are calendar-aligned,
-    so that bucket is computed from the same rows); with them the scan starts at
-    ``start_time`` so that filled values do not depend on where a page begins.
+    Pages are ordered by (timestamp, asset_id, sensor_id). Without fill a later
+    page starts its scan at the cursor's bucket (buckets are calendar-aligned, so
+    that bucket is computed from the same rows). With fill the scan always starts
+    at ``start_time``: QuestDB fills only between a series' first and last bucket
+    with data, so filled buckets must not depend on where a page begins.
     """
     assert q.interval is not None
-    narrow = after if q.fill in ("none", "null") else None
+    narrow = after if q.fill == "none" else None
     where, params = _range(q.start_us, q.end_us, q.order, narrow)
     if narrow is not None and q.order == "asc":
         # max(start, bucket start): never read rows before start_time.

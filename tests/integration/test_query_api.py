@@ -1,0 +1,372 @@
+"""Contract tests of the query API against a real QuestDB loaded with known data.
+
+QuestDB's address comes from load_settings() ([questdb] host, http_port,
+pg_port; env overrides such as DCMMS_QUESTDB_PG_PORT); the tests fail with a
+clear message when it is unreachable. Tables are created from DDL_STATEMENTS
+when missing. Every run writes its own site/asset ids (a random prefix), so
+runs never see each other's rows or anybody else's. Expected answers are
+computed in Python from the rows the test wrote.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg2
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from questdb import Sender, TimestampNanos
+
+from api import create_app
+from io_connectors.questdb_schema import ALARMS, DDL_STATEMENTS, SENSOR_READINGS
+from runners.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = load_settings()
+HOST = SETTINGS.get("questdb", "host")
+HTTP_PORT = SETTINGS.get("questdb", "http_port", int)
+PG_PORT = SETTINGS.get("questdb", "pg_port", int)
+AUTH = {"Authorization": "Bearer dev-api-key"}
+
+RUN = f"qit{uuid.uuid4().hex[:8]}"
+SITES = [f"{RUN}-site-{s}" for s in range(2)]
+ASSETS = {f"{RUN}-asset-{s}{a}": SITES[s] for s in range(2) for a in range(2)}
+ODD_ASSET = f"{RUN}-a'b\\c\"%_é"  # quoting: must match itself and nothing else
+TYPES = ("TEMPERATURE", "VOLTAGE", "POWER")
+STEP_S = 10
+SPAN_S = 3600
+GAP = (600, 900)  # sensor 2 of every asset is silent here: empty buckets for fill tests
+# An hour that starts two days ago: inside the 90-day TTL of any live table.
+BASE_MS = (int(time.time()) // 3600 - 48) * 3600 * 1000
+
+
+def _iso(ms: int) -> str:
+    return (datetime(1970, 1, 1) + timedelta(milliseconds=ms)).isoformat(
+        timespec="milliseconds") + "Z"
+
+
+def _make_rows() -> list[dict[str, Any]]:
+    rows = []
+    for asset, site in ASSETS.items():
+        for k, sensor_type in enumerate(TYPES):
+            sensor = f"{asset}-sen-{k}"
+            for t in range(0, SPAN_S, STEP_S):
+                if k == 2 and GAP[0] <= t < GAP[1]:
+                    continue
+                rows.append({"ms": BASE_MS + t * 1000, "event_id": f"{sensor}-{t:05d}",
+                             "site_id": site, "asset_id": asset, "sensor_id": sensor,
+                             "sensor_type": sensor_type, "value": (t % 97) * 1.5 + k,
+                             "unit": "u", "quality_flag": "GOOD"})
+    for i in range(5):
+        rows.append({"ms": BASE_MS + i * 1000, "event_id": f"{RUN}-odd-{i}",
+                     "site_id": SITES[0], "asset_id": ODD_ASSET, "sensor_id": f"{RUN}-odd",
+                     "sensor_type": "POWER", "value": float(i), "unit": "u",
+                     "quality_flag": "GOOD"})
+    return rows
+
+
+ROWS = _make_rows()
+A0, A1 = sorted(ASSETS)[:2]
+# (ms offset, alarm_id, asset index, sensor k, severity, state)
+ALARM_SPEC = [
+    (100, "alm-1", 0, 0, "WARNING", "RAISED"),
+    (200, "alm-1", 0, 0, "WARNING", "CLEARED"),
+    (300, "alm-2", 1, 1, "CRITICAL", "RAISED"),
+    (400, "alm-3", 0, 2, "WARNING", "RAISED"),
+    (500, "alm-3", 0, 2, "CRITICAL", "RAISED"),
+]
+
+
+def _alarm_rows() -> list[dict[str, Any]]:
+    out = []
+    for offset_s, alarm, a, k, severity, state in ALARM_SPEC:
+        asset = sorted(ASSETS)[a]
+        out.append({"ms": BASE_MS + offset_s * 1000, "alarm_id": f"{RUN}-{alarm}",
+                    "site_id": ASSETS[asset], "asset_id": asset, "sensor_id": f"{asset}-sen-{k}",
+                    "sensor_type": TYPES[k], "severity": severity, "state": state,
+                    "value": 1.0, "threshold": 0.5, "reason": "test", "event_id": f"{alarm}-ev"})
+    return out
+
+
+ALARM_ROWS = _alarm_rows()
+
+
+def _count(cur: Any, table: str) -> int:
+    cur.execute(f"SELECT count() FROM {table} WHERE site_id IN (%s, %s)", tuple(SITES))
+    return cur.fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[Flask]:
+    try:
+        conn = psycopg2.connect(host=HOST, port=PG_PORT, user=SETTINGS.get("questdb", "pg_user"),
+                                password=SETTINGS.get("questdb", "pg_password"), dbname="qdb",
+                                connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        pytest.fail(f"QuestDB PG wire at {HOST}:{PG_PORT} unreachable ([questdb] pg_port, "
+                    f"DCMMS_QUESTDB_PG_PORT): start the stack (`make run`). {exc}")
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SELECT table_name FROM tables()")
+    existing = {r[0] for r in cur.fetchall()}
+    for table, ddl in zip((SENSOR_READINGS, ALARMS), DDL_STATEMENTS, strict=True):
+        if table not in existing:
+            cur.execute(ddl)
+    with Sender.from_conf(f"http::addr={HOST}:{HTTP_PORT};auto_flush=off;") as sender:
+        for r in ROWS:
+            sender.row(SENSOR_READINGS, symbols={k: r[k] for k in (
+                "site_id", "asset_id", "sensor_id", "sensor_type", "unit", "quality_flag")},
+                columns={"event_id": r["event_id"], "value": r["value"]},
+                at=TimestampNanos(r["ms"] * 1_000_000))
+        for r in ALARM_ROWS:
+            sender.row(ALARMS, symbols={k: r[k] for k in (
+                "site_id", "asset_id", "sensor_id", "sensor_type", "severity", "state")},
+                columns={k: r[k] for k in ("alarm_id", "value", "threshold", "reason",
+                                           "event_id")},
+                at=TimestampNanos(r["ms"] * 1_000_000))
+        sender.flush()
+    deadline = time.monotonic() + 60
+    # WAL tables apply writes asynchronously: wait until every row is visible.
+    while (_count(cur, SENSOR_READINGS), _count(cur, ALARMS)) != (len(ROWS), len(ALARM_ROWS)):
+        assert time.monotonic() < deadline, "test rows did not become visible in QuestDB"
+        time.sleep(0.3)
+    conn.close()
+    yield create_app(SETTINGS, {"TESTING": True})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+RANGE = {"start_time": str(BASE_MS), "end_time": str(BASE_MS + SPAN_S * 1000)}
+
+
+def _all_pages(client: FlaskClient, **params: str) -> list[dict[str, Any]]:
+    out, cursor, pages = [], None, 0
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = client.get("/api/v1/telemetry", query_string=query, headers=AUTH)
+        assert response.status_code == 200, response.json
+        out += response.json["data"]
+        cursor = response.json["next_cursor"]
+        pages += 1
+        assert pages < 10_000
+        if cursor is None:
+            return out
+
+
+def _expected(pred: Any, start_ms: int = BASE_MS, end_ms: int = BASE_MS + SPAN_S * 1000
+              ) -> list[str]:
+    return sorted((r for r in ROWS if start_ms <= r["ms"] < end_ms and pred(r)),
+                  key=lambda r: (r["ms"], r["event_id"]))
+
+
+@pytest.mark.parametrize("name,value", [
+    ("asset_id", A0), ("site_id", SITES[1]), ("sensor_id", f"{A1}-sen-1"),
+    ("sensor_type", "VOLTAGE"), ("asset_id", ODD_ASSET)])
+def test_each_filter(client: FlaskClient, name: str, value: str) -> None:
+    params = {name: value} if name != "sensor_type" else {name: value, "site_id": SITES[0]}
+    rows = _all_pages(client, **RANGE, **params, limit="10000")
+    expected = _expected(lambda r: all(r[k] == v for k, v in params.items()))
+    assert [r["event_id"] for r in rows] == [r["event_id"] for r in expected]
+    assert expected  # the filter matched something
+    assert rows[0]["timestamp"] == _iso(expected[0]["ms"]) and rows[0]["timestamp"].endswith("Z")
+    assert rows[0]["value"] == expected[0]["value"]
+
+
+def test_time_range_is_start_inclusive_end_exclusive(client: FlaskClient) -> None:
+    start, end = BASE_MS + 100_000, BASE_MS + 200_000  # both exactly on reading timestamps
+    for s, e in ((str(start), str(end)), (_iso(start), _iso(end))):
+        rows = _all_pages(client, asset_id=A0, start_time=s, end_time=e)
+        stamps = {r["timestamp"] for r in rows}
+        assert _iso(start) in stamps and _iso(end) not in stamps
+        assert len(rows) == len(_expected(lambda r: r["asset_id"] == A0, start, end))
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_pagination_visits_every_row_exactly_once(client: FlaskClient, order: str) -> None:
+    rows = _all_pages(client, **RANGE, site_id=SITES[0], limit="7", order=order)
+    ids = [r["event_id"] for r in rows]
+    expected = [r["event_id"] for r in _expected(lambda r: r["site_id"] == SITES[0])]
+    assert len(ids) == len(set(ids))
+    assert ids == (expected if order == "asc" else expected[::-1])
+
+
+def _python_buckets(asset: str, interval_s: int, agg: str) -> dict[tuple[int, str], Any]:
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in ROWS:
+        if r["asset_id"] == asset:
+            groups[(r["ms"] - r["ms"] % (interval_s * 1000), r["sensor_id"])].append(r)
+    out = {}
+    for key, rs in groups.items():
+        rs.sort(key=lambda r: r["ms"])
+        values = [r["value"] for r in rs]
+        out[key] = {"avg": sum(values) / len(values), "min": min(values), "max": max(values),
+                    "count": len(values), "first": values[0], "last": values[-1]}[agg]
+    return out
+
+
+@pytest.mark.parametrize("agg", ["avg", "min", "max", "count", "first", "last"])
+@pytest.mark.parametrize("interval,seconds", [("1m", 60), ("15m", 900)])
+def test_buckets_equal_python(client: FlaskClient, agg: str, interval: str, seconds: int) -> None:
+    rows = _all_pages(client, **RANGE, asset_id=A0, interval=interval, agg=agg, limit="13")
+    got = {(int(datetime.fromisoformat(r["timestamp"]).timestamp() * 1000), r["sensor_id"]):
+           r["value"] for r in rows}
+    expected = _python_buckets(A0, seconds, agg)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert math.isclose(got[key], value, rel_tol=1e-9), key
+    keys = [(r["timestamp"], r["asset_id"], r["sensor_id"]) for r in rows]
+    assert keys == sorted(keys) and len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("fill", ["null", "prev", "linear"])
+def test_fill_covers_the_gap(client: FlaskClient, fill: str) -> None:
+    sensor = f"{A0}-sen-2"
+    rows = _all_pages(client, **RANGE, sensor_id=sensor, interval="1m", agg="max", fill=fill,
+                      limit="11")
+    by_minute = {r["timestamp"]: r["value"] for r in rows}
+    assert len(by_minute) == SPAN_S // 60  # gap buckets are present
+    gap_minute = _iso(BASE_MS + 660_000)
+    before = by_minute[_iso(BASE_MS + 540_000)]
+    after = by_minute[_iso(BASE_MS + 900_000)]
+    if fill == "null":
+        assert by_minute[gap_minute] is None
+    elif fill == "prev":
+        assert by_minute[gap_minute] == before
+    else:
+        assert math.isclose(by_minute[gap_minute], before + (after - before) * 2 / 6)
+
+
+@pytest.mark.parametrize("extra", [{}, {"interval": "5m", "agg": "avg"}])
+def test_csv_equals_json(client: FlaskClient, extra: dict[str, str]) -> None:
+    params = {**RANGE, "site_id": SITES[1], **extra}
+    json_rows = _all_pages(client, **params, limit="500")
+    response = client.get("/api/v1/telemetry", query_string={**params, "format": "csv"},
+                          headers=AUTH)
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    csv_rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert len(csv_rows) == len(json_rows) > 0
+    for c, j in zip(csv_rows, json_rows, strict=True):
+        assert c.keys() == j.keys()
+        for key, value in j.items():
+            assert c[key] == ("" if value is None else str(value)), key
+
+
+def test_latest_of_site_and_asset(client: FlaskClient) -> None:
+    last: dict[str, dict[str, Any]] = {}
+    for r in sorted(ROWS, key=lambda r: r["ms"]):
+        if r["site_id"] == SITES[0]:
+            last[r["sensor_id"]] = r
+    response = client.get("/api/v1/telemetry/latest", query_string={"site_id": SITES[0]},
+                          headers=AUTH)
+    assert response.status_code == 200
+    got = {r["sensor_id"]: (r["event_id"], r["value"]) for r in response.json["data"]}
+    assert got == {s: (r["event_id"], r["value"]) for s, r in last.items()}
+    one = client.get("/api/v1/telemetry/latest",
+                     query_string={"asset_id": A0, "sensor_type": "POWER"}, headers=AUTH)
+    assert [r["sensor_id"] for r in one.json["data"]] == [f"{A0}-sen-2"]
+
+
+def test_alarms_range_filters_and_active(client: FlaskClient) -> None:
+    def get(**params: str) -> list[dict[str, Any]]:
+        response = client.get("/api/v1/alarms", query_string=params, headers=AUTH)
+        assert response.status_code == 200, response.json
+        return response.json["data"]
+
+    first = get(**RANGE, site_id=SITES[0], limit="2")
+    rows, cursor = [], None  # walk the cursor, two transitions per page
+    while True:
+        q = {**RANGE, "site_id": SITES[0], "limit": "2", **({"cursor": cursor} if cursor else {})}
+        body = client.get("/api/v1/alarms", query_string=q, headers=AUTH).json
+        rows += body["data"]
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert first == rows[:2]
+    assert [(r["alarm_id"], r["state"], r["severity"]) for r in rows] == [
+        (f"{RUN}-alm-1", "RAISED", "WARNING"), (f"{RUN}-alm-1", "CLEARED", "WARNING"),
+        (f"{RUN}-alm-2", "RAISED", "CRITICAL"), (f"{RUN}-alm-3", "RAISED", "WARNING"),
+        (f"{RUN}-alm-3", "RAISED", "CRITICAL")]
+    assert rows[0]["timestamp"] == _iso(BASE_MS + 100_000)
+    assert [r["alarm_id"] for r in get(**RANGE, asset_id=A1)] == [f"{RUN}-alm-2"]
+    assert [r["alarm_id"] for r in get(**RANGE, site_id=SITES[0], severity="CRITICAL")] == [
+        f"{RUN}-alm-2", f"{RUN}-alm-3"]
+    assert len(get(**RANGE, site_id=SITES[0], state="CLEARED")) == 1
+    assert get(**RANGE, site_id=SITES[1]) == []
+    # Active: latest transition per alarm is a raise; newest first; alm-1 was cleared.
+    active = get(active="true", site_id=SITES[0])
+    assert [(r["alarm_id"], r["severity"]) for r in active] == [
+        (f"{RUN}-alm-3", "CRITICAL"), (f"{RUN}-alm-2", "CRITICAL")]
+    assert get(active="true", site_id=SITES[0], severity="WARNING") == []
+    assert [r["alarm_id"] for r in get(active="true", asset_id=A0)] == [f"{RUN}-alm-3"]
+
+
+def test_auth_failures(client: FlaskClient) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Token dev-api-key"}):
+        response = client.get("/api/v1/telemetry", query_string=RANGE, headers=headers)
+        assert response.status_code == 401 and response.json["code"] == "unauthorized"
+
+
+def test_readyz_reports_questdb(client: FlaskClient) -> None:
+    body = client.get("/readyz").json
+    assert body["checks"]["questdb"]["ok"] is True
+
+
+_INJECTIONS = ["' OR '1'='1", "x' UNION SELECT * FROM alarms --", "'; DROP TABLE sensor_readings;",
+               "\\", "\\'", "''", "%s", "%(x)s", "$1", "é€𝄞", A0 + "' OR asset_id LIKE '%"]
+_FILTER_VALUES = st.one_of(st.sampled_from([*ASSETS, *SITES, ODD_ASSET, *_INJECTIONS]),
+                           st.text(min_size=1, max_size=20))
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_parameters_never_5xx_nor_rows_outside_filters(client: FlaskClient,
+                                                              data: st.DataObject) -> None:
+    params: dict[str, str] = {"site_id": data.draw(st.sampled_from(SITES))}
+    for name in ("asset_id", "sensor_id", "sensor_type"):
+        if data.draw(st.booleans()):
+            params[name] = data.draw(_FILTER_VALUES)
+    for name, strategy in (
+            ("start_time", st.sampled_from([RANGE["start_time"], _iso(BASE_MS + 123_000),
+                                            "' OR 1=1", "1e9", "2026-02-30"])),
+            ("limit", st.sampled_from(["1", "50", "0", "10001", "1;--"])),
+            ("order", st.sampled_from(["asc", "desc", "ASC; DROP"])),
+            ("interval", st.sampled_from(["1m", "1h", "1m) FROM alarms --", "7s"])),
+            ("agg", st.sampled_from(["avg", "count", "sum(value)", "last"])),
+            ("fill", st.sampled_from(["null", "prev", "NONE) --"]))):
+        if data.draw(st.booleans()):
+            params[name] = data.draw(strategy)
+    if "interval" not in params:
+        params.pop("agg", None)
+        params.pop("fill", None)
+    params.setdefault("end_time", RANGE["end_time"])
+    params.setdefault("start_time", RANGE["start_time"])
+    response = client.get("/api/v1/telemetry", query_string=params, headers=AUTH)
+    assert response.status_code in (200, 400), (params, response.get_data(as_text=True)[:300])
+    if response.status_code != 200:
+        assert response.json["details"]["parameter"] in params
+        return
+    start = datetime.fromtimestamp(BASE_MS / 1000, UTC)
+    for row in response.json["data"]:
+        for name in ("asset_id", "sensor_id", "sensor_type", "site_id"):
+            if name in params and name in row:
+                assert row[name] == params[name]
+        if "site_id" not in row:  # buckets: their asset must belong to the site
+            assert ASSETS.get(row["asset_id"], SITES[0] if row["asset_id"] == ODD_ASSET
+                              else None) == params["site_id"]
+        assert datetime.fromisoformat(row["timestamp"]) >= start - timedelta(hours=1)
