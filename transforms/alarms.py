@@ -210,7 +210,6 @@ class _DetectAlarmsFn(beam.DoFn):
         current = AlarmState.from_tuple(state.read())
         if current.last_ts is not None and row["timestamp"] < current.last_ts:
             counter("alarm_readings_out_of_order").inc()
-            return
         new, transitions = step(current, row, thresholds)
         if new != current:
             state.write(new.to_tuple())

@@ -76,13 +76,12 @@ class _DedupFn(beam.DoFn):
         _event_id, row = element
         ts_ms = timestamp.micros // 1000
         keep, new_expiry = dedup_step(expiry.read(), ts_ms, self._window_ms)
-        if not keep:
+        if keep and new_expiry is not None:
+            expiry.write(new_expiry)
+            timer.set(Timestamp(micros=new_expiry * 1000))
+            yield row
+        else:
             counter("duplicates_dropped").inc()
-            return
-        assert new_expiry is not None
-        expiry.write(new_expiry)
-        timer.set(Timestamp(micros=new_expiry * 1000))
-        yield row
 
     @on_timer(_EXPIRE_TIMER)
     def expire(self, expiry=_EXPIRY_PARAM):

@@ -130,11 +130,11 @@ class _EnrichFn(beam.DoFn):
             if row["site_name"] is None:
                 counter("unenriched").inc()
             yield row
-            return
-        counter(f"enrich_failed.{code}").inc()
-        counter("dead_letters").inc()
-        yield beam.pvalue.TaggedOutput(
-            DEAD_LETTER_TAG, envelope_dead_letter("enrich", [reason], envelope, event["event_id"]))
+        else:
+            counter(f"enrich_failed.{code}").inc()
+            counter("dead_letters").inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, envelope_dead_letter(
+                "enrich", [reason or "enrich failed"], envelope, event["event_id"]))
 
 
 class EnrichWithAssets(beam.PTransform):
@@ -188,7 +188,7 @@ class _RefreshCatalogFn(beam.DoFn):
             counter("asset_refresh_failed").inc()
             _LOGGER.error("asset catalog refresh failed, keeping version %s: %s",
                           self._version, exc)
-            return
+            catalog = None
         if catalog is not None:
             self._version = catalog.version
             counter("asset_refreshes").inc()

@@ -51,12 +51,12 @@ class _ValidateFn(beam.DoFn):
         if valid is not None:
             counter("valid").inc()
             yield valid
-            return
-        counter("invalid").inc()
-        counter("dead_letters").inc()
-        for code in codes:
-            counter(f"invalid.{code}").inc()
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
+        else:
+            counter("invalid").inc()
+            counter("dead_letters").inc()
+            for code in codes:
+                counter(f"invalid.{code}").inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
 
 
 class ValidateReadings(beam.PTransform):
