@@ -9,7 +9,7 @@ the shared subscription is granted (the stack supervisor waits for it).
 Optional settings (defaults in brackets): ``[mqtt] bridge_client_id``
 [dcmms-bridge-1], ``bridge_share_group`` [dcmms-bridge],
 ``bridge_receive_maximum`` [20000], ``bridge_session_expiry_s`` [604800].
-``--client-id`` overrides the first: every bridge process needs its own,
+``--client-id`` and ``--share-group`` override the first two: every bridge process needs its own,
 stable across restarts so it resumes its broker session.
 """
 
@@ -42,7 +42,8 @@ def _optional(settings: Settings, key: str, kind: type, default: Any) -> Any:
         raise
 
 
-def bridge_config(settings: Settings, client_id: str | None = None) -> BridgeConfig:
+def bridge_config(settings: Settings, client_id: str | None = None,
+                  share_group: str | None = None) -> BridgeConfig:
     """The bridge's MQTT settings; errors name the setting at fault."""
     return BridgeConfig(
         host=settings.get("mqtt", "host"),
@@ -50,7 +51,8 @@ def bridge_config(settings: Settings, client_id: str | None = None) -> BridgeCon
         username=settings.get("mqtt", "bridge_username"),
         password=settings.get("mqtt", "bridge_password"),
         client_id=client_id or _optional(settings, "bridge_client_id", str, "dcmms-bridge-1"),
-        share_group=_optional(settings, "bridge_share_group", str, "dcmms-bridge"),
+        share_group=share_group or _optional(settings, "bridge_share_group", str,
+                                             "dcmms-bridge"),
         receive_maximum=_optional(settings, "bridge_receive_maximum", int, 20000),
         session_expiry_s=_optional(settings, "bridge_session_expiry_s", int, 7 * 24 * 3600),
     )
@@ -61,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--client-id", help="stable MQTT client id of this bridge instance "
                         "(default: [mqtt] bridge_client_id)")
+    parser.add_argument("--share-group", help="MQTT 5 shared-subscription group "
+                        "(default: [mqtt] bridge_share_group or dcmms-bridge)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -68,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         settings.check_production()
-        config = bridge_config(settings, args.client_id)
+        config = bridge_config(settings, args.client_id, args.share_group)
         rules = default_sensor_rules()
     except (SettingsError, RulesError, ValueError) as exc:
         _LOGGER.error("cannot start the bridge: %s", exc)
