@@ -25,6 +25,7 @@ forks), from the app's settings.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -114,6 +115,8 @@ class IngestState:
                         "ingest is not ready (Kafka producer or schema registry unavailable)",
                         self.limits.retry_after_s) from exc
                 self._pid = os.getpid()
+                # Dead letters are not awaited per request: flush them at worker exit.
+                atexit.register(self._producer.close, 5.0)
             return self._producer
 
 
