@@ -244,7 +244,8 @@ def port_owner(port: int) -> str:
                 if conn.pid:
                     try:
                         proc = psutil.Process(conn.pid)
-                        return f"pid {conn.pid} ({' '.join(proc.cmdline())[:120]})"
+                        cmd = " ".join(" ".join(proc.cmdline()).split())
+                        return f"pid {conn.pid} ({cmd[:120]})"
                     except psutil.NoSuchProcess:
                         return f"pid {conn.pid}"
                 return "another process"
@@ -317,6 +318,15 @@ class Supervisor:
         """Start every service not already healthy, in order; on failure stop what was started."""
         started: list[ServiceSpec] = []
         t0 = time.monotonic()
+        # Pre-flight for every service that is not running: report all taken ports and
+        # missing tools at once, before anything starts.
+        problems: list[str] = []
+        for spec in self.specs:
+            record = _read_pidfile(self.paths.pidfile(spec.name))
+            if record is None or _live_process(record) is None:
+                problems += self._preflight(spec)
+        if problems:
+            raise StackError("\n".join(problems))
         try:
             for spec in self.specs:
                 if self._start_one(spec):
@@ -346,13 +356,7 @@ class Supervisor:
             self._kill_group_leftovers(record)
             pidfile.unlink(missing_ok=True)
 
-        problems = _missing_tools(spec)
-        for port in spec.ports:
-            if _port_taken(self.bind_host, port):
-                problems.append(
-                    f"port {port} needed by service {spec.name} is taken by {port_owner(port)}; "
-                    f"stop that process or change the port in the configuration"
-                )
+        problems = self._preflight(spec)  # again: a port may have been taken meanwhile
         if problems:
             raise StackError("\n".join(problems))
 
@@ -394,6 +398,16 @@ class Supervisor:
             self._stop_one(spec.name, spec.stop_timeout_s)
             raise
         return True
+
+    def _preflight(self, spec: ServiceSpec) -> list[str]:
+        problems = _missing_tools(spec)
+        for port in spec.ports:
+            if _port_taken(self.bind_host, port):
+                problems.append(
+                    f"port {port} needed by service {spec.name} is taken by {port_owner(port)}; "
+                    f"stop that process or change the port in the configuration"
+                )
+        return problems
 
     def _after_start(self, spec: ServiceSpec) -> None:
         if spec.after_start is None:

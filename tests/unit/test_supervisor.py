@@ -231,3 +231,16 @@ def test_heartbeat_health(paths: StackPaths, tmp_path: Path) -> None:
     write_heartbeat(beat)
     assert not heartbeat_healthy(beat, paths.pidfile("svc"))  # no process: not healthy
 
+
+
+def test_all_preflight_problems_reported_before_anything_starts(paths: StackPaths) -> None:
+    first = _http_service("first", _free_port())
+    port = _free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        sup = Supervisor([first, _http_service("second", port)], paths, out=io.StringIO())
+        with pytest.raises(StackError, match=f"port {port} needed by service second"):
+            sup.up()
+    assert not paths.pidfile("first").exists()
+    assert not paths.log("first").exists()  # never started
