@@ -71,7 +71,13 @@ def decode_source_record(
         _schema_id, record = decode(value, schema_for_id, reader_schema)
     except WireFormatError as exc:
         return None, make_dead_letter("decode", [str(exc)], value, **meta), exc.reason
-    return (event_from_avro(record), value, meta), None, None
+    # Resolved to the event schema, the record already has exactly EVENT_FIELDS.
+    event = record if reader_schema is _event_schema() else event_from_avro(record)
+    return (event, value, meta), None, None
+
+
+def _event_schema() -> ParsedSchema:
+    return load_schema(TELEMETRY_EVENT)
 
 
 class _DecodeFn(beam.DoFn):

@@ -172,3 +172,29 @@ def test_rules_file_settings_are_used(tmp_path):
         ("value.out_of_range",)
     assert validate_event(seed_event(sensor_type="POWER", unit="kw"), now_ms=NOW,
                           rules=rules).codes == ("sensor_type.unknown",)
+
+
+plain_events = st.fixed_dictionaries({
+    "event_id": st.sampled_from(["e-1", "", "e 1", "x" * 129]),
+    "timestamp": st.integers(NOW - 91 * 86_400_000, NOW + 400_000),
+    "site_id": st.sampled_from(["site-001", "s\u00e9"]),
+    "asset_id": st.just("asset-001"), "sensor_id": st.just("t1"),
+    "sensor_type": st.sampled_from(["TEMPERATURE", "temperature", "UNKNOWN", "POWER"]),
+    "value": st.floats(-1e3, 1e3) | st.sampled_from([math.nan, math.inf, -math.inf]),
+    "unit": st.sampled_from(["celsius", "C", "kw", "volt", " c"]),
+}, optional={"quality_flag": st.sampled_from(["GOOD", "bad", None, "X"]),
+             "source": st.sampled_from([None, "mqtt", "y" * 65])})
+
+
+@settings(max_examples=400, deadline=None)
+@given(plain_events)
+def test_fast_path_agrees_with_the_full_rules(raw):
+    from schemas.validation import _fast_path, _validate_full
+
+    fast = _fast_path(raw, NOW, RULES)
+    full = _validate_full(raw, NOW, RULES, True)
+    if fast is not None:
+        assert full.ok and full.event == fast
+    if full.ok and raw["sensor_type"] == "TEMPERATURE" and raw["unit"] == "celsius" \
+            and raw.get("quality_flag", "GOOD") in ("GOOD", "UNKNOWN"):
+        assert fast is not None  # the common case really takes the fast path

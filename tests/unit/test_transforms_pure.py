@@ -263,3 +263,28 @@ def test_alarm_invariants(readings):
             sev = classify(value, quality, T)[0]
             assert sev is None or sev == active["severity"] or sev == WARNING
         assert state.active == (active is not None)
+
+
+def test_refresh_dofn_emits_on_change_and_keeps_the_last_good_catalog(tmp_path):
+    from transforms.enrich import RefreshingAssetCatalog, _RefreshCatalogFn
+
+    path = tmp_path / "assets.json"
+    doc = {"sites": {"s": {"name": "S", "location": "L"}},
+           "assets": {"a": {"site_id": "s", "asset_type": "t"}}}
+    path.write_text(json.dumps(doc))
+    fn = _RefreshCatalogFn(str(path))
+    first = list(fn.process(0))
+    assert len(first) == 1 and first[0].get("a") is not None
+    assert list(fn.process(1)) == []                 # unchanged file: nothing new
+    path.write_text("{broken")
+    assert list(fn.process(2)) == []                 # broken file: previous stays in force
+    doc["assets"]["b"] = {"site_id": "s", "asset_type": "t"}
+    path.write_text(json.dumps(doc))
+    (second,) = list(fn.process(3))
+    assert second.get("b") is not None and second.version != first[0].version
+
+    with pytest.raises(ValueError, match="asset_refresh_seconds"):
+        RefreshingAssetCatalog(path, refresh_seconds=0)
+    path.write_text("{broken")
+    with pytest.raises(AssetCatalogError, match="assets.json"):
+        RefreshingAssetCatalog(path, refresh_seconds=60)
