@@ -95,6 +95,22 @@ def _is_parsed(schema: Any) -> bool:
     return isinstance(schema, dict) and "__fastavro_parsed" in schema
 
 
+# (id(writer), id(reader)) -> (writer, reader, equal). Holding the schemas keeps the ids
+# valid; writers come from a lookup cache, so the table stays as small as the registry.
+_SAME: dict[tuple[int, int], tuple[ParsedSchema, ParsedSchema, bool]] = {}
+
+
+def _same_schema(writer: ParsedSchema, reader: ParsedSchema) -> bool:
+    if writer is reader:
+        return True
+    hit = _SAME.get((id(writer), id(reader)))
+    if hit is None:
+        hit = (writer, reader, writer == reader)
+        if len(_SAME) < 10_000:
+            _SAME[(id(writer), id(reader))] = hit
+    return hit[2]
+
+
 def encode(record: Mapping[str, Any], schema_id: int, schema: ParsedSchema) -> bytes:
     """Frame ``record`` written with ``schema`` (parsed) under ``schema_id``.
 
@@ -138,8 +154,9 @@ def decode(
     if len(body) == 0:
         raise WireFormatError("truncated_body", f"schema id {schema_id}: empty Avro body")
     stream = io.BytesIO(body)
-    # Resolution is skipped when writer and reader are the same object (common case: fast).
-    reader = None if reader_schema is None or reader_schema is writer else reader_schema
+    # Resolution costs ~2 us per record: skip it when the writer equals the reader.
+    reader = None if reader_schema is None or _same_schema(writer, reader_schema) \
+        else reader_schema
     try:
         record = fastavro.schemaless_reader(stream, writer, reader)
     except (EOFError, struct.error) as exc:
