@@ -75,10 +75,24 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
             f"pg.password={pg_password}",
             f"line.tcp.net.bind.to={bind_host}:{ilp_port}",
             "line.udp.enabled=false",
+            # Otherwise every query start is logged: the API and health checks would
+            # fill the log (completions and errors are still logged).
+            "log.sql.query.progress.exe=false",
             # No phoning home: this machine only reaches package registries.
             "telemetry.enabled=false",
             # Two-core machines: leave cores to Kafka, Flink and Python.
             "shared.worker.count=2",
+            # Prometheus metrics on the min server (http://<bind_host>:9003/metrics).
+            "metrics.enabled=true",
+            "",
+        ]))
+        # QuestDB logs every finished query at INFO: keep errors and the advisory lines
+        # (start-up, listeners) only, so queries from the API do not fill the log.
+        (conf / "log.conf").write_text("\n".join([
+            "# Written by runners/stack/questdb.py on every start.",
+            "writers=stdout",
+            "w.stdout.class=io.questdb.log.LogConsoleWriter",
+            "w.stdout.level=ERROR,CRITICAL,ADVISORY",
             "",
         ]))
 

@@ -161,3 +161,61 @@ def test_sensor_cannot_read_and_bridge_cannot_write(sensor: _Client, bridge: _Cl
         assert _receive(sensor, timeout_s=1.0) is None
     finally:
         other.close()
+
+
+def _session_client(client_id: str, clean: bool) -> tuple[mqtt.Client, queue.Queue[bytes]]:
+    """A bridge-account client with a persistent session (MQTT 5, 5-minute expiry)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    received: queue.Queue[bytes] = queue.Queue()
+    connected: queue.Queue[tuple[int, bool]] = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5)
+    client.username_pw_set(*BRIDGE)
+    client.on_connect = lambda c, u, f, rc, p: connected.put((rc.value, f.session_present))
+    client.on_message = lambda c, u, m: received.put(m.payload)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 300
+    client.connect(HOST, PORT, keepalive=30, clean_start=clean, properties=props)
+    client.loop_start()
+    rc, _present = connected.get(timeout=10)
+    assert rc == 0
+    return client, received
+
+
+def test_persistent_session_keeps_backlog_while_bridge_is_away(sensor: _Client) -> None:
+    """What the bridge relies on: QoS 1 messages wait in the broker while it is disconnected."""
+    client_id = f"test-session-{uuid.uuid4().hex[:8]}"
+    base = f"telemetry/test-site/asset-{uuid.uuid4().hex[:8]}"
+    client, _ = _session_client(client_id, clean=True)
+    subscribed: queue.Queue[int] = queue.Queue()
+    client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.put(rcs[0].value)
+    client.subscribe(f"{base}/#", qos=1)
+    assert subscribed.get(timeout=10) == 1
+    client.disconnect()
+    client.loop_stop()
+
+    count = 2000  # above Mosquitto's default max_queued_messages (1000)
+    for i in range(count):
+        assert sensor.publish(f"{base}/s1", str(i).encode()) == 0
+
+    client, received = _session_client(client_id, clean=False)
+    try:
+        got = set()
+        deadline = time.monotonic() + 30
+        while len(got) < count and time.monotonic() < deadline:
+            try:
+                got.add(int(received.get(timeout=1)))
+            except queue.Empty:
+                continue
+        assert got == set(range(count)), f"{count - len(got)} queued messages lost"
+    finally:
+        # End the session so it does not keep queueing in the broker.
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = 0
+        client.disconnect(properties=props)
+        client.loop_stop()
