@@ -186,6 +186,25 @@ def _live_process(record: dict[str, object]) -> psutil.Process | None:
         return None
 
 
+def _group_is_ours(record: dict[str, object]) -> bool:
+    """Whether the process group named in ``record`` can still be the one we started.
+
+    Linux never hands out a pid that is still in use as a process group id, so
+    if another process now owns the leader's pid, our group is entirely gone
+    and that pid's group belongs to someone else: never signal it.
+    """
+    pid = record.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if _live_process(record) is not None:
+        return True
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _group_members(pgid: int) -> list[psutil.Process]:
     """Every live process whose process group is ``pgid`` (the leader may already be gone)."""
     members = []
@@ -483,7 +502,7 @@ class Supervisor:
     def _kill_group_leftovers(self, record: dict[str, object]) -> None:
         """Kill survivors of a dead leader's process group (its pid is the group id)."""
         pgid = record.get("pid")
-        if isinstance(pgid, int) and pgid > 0:
+        if isinstance(pgid, int) and pgid > 0 and _group_is_ours(record):
             for member in _group_members(pgid):
                 _LOGGER.warning("killing leftover process %s of group %s", member.pid, pgid)
                 try:
@@ -497,7 +516,7 @@ class Supervisor:
         if record is None:
             return True
         pgid = record.get("pid")
-        if not isinstance(pgid, int) or pgid <= 0:
+        if not isinstance(pgid, int) or pgid <= 0 or not _group_is_ours(record):
             pidfile.unlink(missing_ok=True)
             return True
         leader = _live_process(record)

@@ -244,3 +244,18 @@ def test_all_preflight_problems_reported_before_anything_starts(paths: StackPath
             sup.up()
     assert not paths.pidfile("first").exists()
     assert not paths.log("first").exists()  # never started
+
+
+def test_reused_pid_is_never_signalled(paths: StackPaths) -> None:
+    """A pid file whose pid now belongs to another process (other start time) is stale."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                 start_new_session=True)
+    try:
+        paths.pidfile("web").parent.mkdir(parents=True)
+        paths.pidfile("web").write_text(json.dumps({"pid": bystander.pid, "create_time": 1.0}))
+        assert Supervisor([], paths, out=io.StringIO()).down() is True
+        assert not paths.pidfile("web").exists()
+        assert bystander.poll() is None  # untouched
+    finally:
+        bystander.kill()
+        bystander.wait()
