@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.check_production()
             sup = _supervisor(args.with_pipeline)
             sup.up()
-            _print_endpoints(settings)
+            _print_endpoints(settings, {s.name for s in sup.specs})
             return 0
         if args.command == "down":
             # Always include the pipeline so a stack started with it is fully stopped.
@@ -109,25 +109,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _print_endpoints(settings: Settings) -> None:
+def _print_endpoints(settings: Settings, running: set[str]) -> None:
     host = settings.get("stack", "bind_host")
     q = settings.section("questdb")
     lines = [
-        ("Kafka bootstrap", settings.get("kafka", "bootstrap_servers")),
-        ("Schema registry", settings.get("schema_registry", "url")),
-        ("QuestDB console/HTTP", f"http://{q.get('host', host)}:{q.get('http_port')}"),
-        ("QuestDB PG wire", f"postgresql://{q.get('pg_user')}@{q.get('host', host)}:"
-                            f"{q.get('pg_port')}/qdb"),
-        ("QuestDB ILP TCP", f"{q.get('host', host)}:{q.get('ilp_tcp_port')}"),
-        ("MQTT", f"mqtt://{settings.get('mqtt', 'host')}:{settings.get('mqtt', 'port')} "
-                 f"(user {settings.get('mqtt', 'sensor_username')})"),
-        ("Flink web UI", f"http://{host}:{settings.get('flink', 'web_ui_port')}"),
-        ("REST API", f"http://{host}:{settings.get('api', 'port')}/api/v1 "
-                     f"(health http://{host}:{settings.get('api', 'port')}/healthz)"),
+        ("kafka", "Kafka bootstrap", settings.get("kafka", "bootstrap_servers")),
+        ("registry", "Schema registry", settings.get("schema_registry", "url")),
+        ("questdb", "QuestDB console/HTTP", f"http://{q.get('host', host)}:{q.get('http_port')}"),
+        ("questdb", "QuestDB PG wire", f"postgresql://{q.get('pg_user')}@{q.get('host', host)}:"
+                                       f"{q.get('pg_port')}/qdb"),
+        ("questdb", "QuestDB ILP TCP", f"{q.get('host', host)}:{q.get('ilp_tcp_port')}"),
+        ("mosquitto", "MQTT", f"mqtt://{settings.get('mqtt', 'host')}:"
+                              f"{settings.get('mqtt', 'port')} "
+                              f"(user {settings.get('mqtt', 'sensor_username')})"),
+        ("flink", "Flink web UI", f"http://{host}:{settings.get('flink', 'web_ui_port')}"),
+        ("api", "REST API", f"http://{host}:{settings.get('api', 'port')}/api/v1 "
+                            f"(health http://{host}:{settings.get('api', 'port')}/healthz)"),
     ]
     print("\nendpoints:")
-    for name, value in lines:
-        print(f"  {name:22s} {value}")
+    for service, name, value in lines:
+        if service in running:
+            print(f"  {name:22s} {value}")
 
 
 if __name__ == "__main__":
