@@ -167,3 +167,37 @@ def test_unknown_policy_is_refused_at_construction():
                 p, source=beam.Create([b""]), schema_lookup=InMemorySchemaLookup(),
                 asset_catalog=StaticAssetCatalog(load_asset_catalog()),
                 rules=default_sensor_rules(), unknown_asset_policy="ignore")
+
+
+def test_streaming_graph_builds_with_readable_unique_labels(tmp_path):
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.pipeline import PipelineVisitor
+
+    from transforms.enrich import RefreshingAssetCatalog
+
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    p = beam.Pipeline(options=options)
+    build_telemetry_pipeline(
+        p, source=beam.Create([b""]), schema_lookup=InMemorySchemaLookup(),
+        asset_catalog=RefreshingAssetCatalog("config/assets.json", refresh_seconds=60),
+        rules=default_sensor_rules(),
+        sinks=TelemetrySinks(validated=[_CollectingSink("ToKafka"), _CollectingSink("ToQuestDB")],
+                             dead_letters=[_CollectingSink("ToDlq")]))
+
+    labels: list[str] = []
+
+    class Collect(PipelineVisitor):
+        def enter_composite_transform(self, node):
+            labels.append(node.full_label)
+
+        def visit_transform(self, node):
+            labels.append(node.full_label)
+
+    p.visit(Collect())
+    top = {label.split("/")[0] for label in labels if label}
+    assert {"ReadRawTelemetry", "LoadAssetCatalog", "DecodeAvro", "ValidateReadings",
+            "EnrichWithAssets", "DeduplicateByEventId", "DetectAlarms", "FlattenDeadLetters",
+            "WriteValidated1_ToKafka", "WriteValidated2_ToQuestDB",
+            "WriteDeadLetters_ToDlq"} <= top
+    assert "LoadAssetCatalog/Tick" in labels and "LoadAssetCatalog/Load" in labels
