@@ -326,10 +326,17 @@ class Supervisor:
         self.paths = paths
         self.bind_host = bind_host
         self._out = out if out is not None else sys.stdout
+        self._midline = False
 
     def _say(self, text: str = "", end: str = "\n") -> None:
         self._out.write(text + end)
         self._out.flush()
+        self._midline = end == ""
+
+    def _start_line(self) -> None:
+        """End a progress line (dots) before printing something else."""
+        if self._midline:
+            self._say()
 
     # -- up ---------------------------------------------------------------------------------------
 
@@ -351,6 +358,7 @@ class Supervisor:
                 if self._start_one(spec):
                     started.append(spec)
         except BaseException:
+            self._start_line()
             if started:
                 self._say(f"stopping what this 'up' started: {', '.join(s.name for s in started)}")
                 for spec in reversed(started):
@@ -531,6 +539,7 @@ class Supervisor:
         if not members:
             pidfile.unlink(missing_ok=True)
             return True
+        self._start_line()
         self._say(f"{name:10s} stopping (pid {pgid})", end="")
         t0 = time.monotonic()
         self._signal(pgid, members.values(), signal.SIGTERM)
