@@ -204,7 +204,9 @@ class RefreshingAssetCatalog(beam.PTransform):
     for its first side input.
     """
 
-    def __init__(self, path: str | Path, refresh_seconds: float = 60.0) -> None:
+    def __init__(self, path: str | Path, refresh_seconds: float = 60.0, *,
+                 stop_timestamp: float | None = None) -> None:
+        """``stop_timestamp`` (epoch s) makes the refresh bounded: for tests and benchmarks."""
         super().__init__()
         if refresh_seconds <= 0:
             raise ValueError(f"refresh_seconds must be > 0, got {refresh_seconds} "
@@ -212,11 +214,14 @@ class RefreshingAssetCatalog(beam.PTransform):
         load_asset_catalog(path)
         self._path = str(path)
         self._refresh_seconds = float(refresh_seconds)
+        self._stop_timestamp = stop_timestamp
 
     def expand(self, pbegin):
+        stop = {} if self._stop_timestamp is None else {
+            "start_timestamp": time.time(), "stop_timestamp": self._stop_timestamp}
         return (
             pbegin
-            | "Tick" >> PeriodicImpulse(fire_interval=self._refresh_seconds)
+            | "Tick" >> PeriodicImpulse(fire_interval=self._refresh_seconds, **stop)
             | "GlobalPanes" >> beam.WindowInto(
                 window.GlobalWindows(),
                 trigger=trigger.Repeatedly(trigger.AfterCount(1)),

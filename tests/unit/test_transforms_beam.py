@@ -3,6 +3,10 @@ metrics counters, dead-letter outputs."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -16,10 +20,10 @@ from schemas.avro import TELEMETRY_EVENT, load_schema
 from schemas.validation import default_sensor_rules
 from schemas.wire import InMemorySchemaLookup, encode
 from transforms.alarms import DetectAlarms
-from transforms.common import DEAD_LETTER_TAG, METRICS_NAMESPACE
+from transforms.common import DEAD_LETTER_TAG, METRICS_NAMESPACE, make_envelope
 from transforms.decode import DecodeTelemetry
 from transforms.dedup import DeduplicateByEventId
-from transforms.enrich import StaticAssetCatalog
+from transforms.enrich import EnrichWithAssets, RefreshingAssetCatalog, StaticAssetCatalog
 from transforms.validate import ValidateReadings
 
 NOW = 1_800_000_000_000
@@ -141,3 +145,43 @@ def test_decode_and_validate_count_rejects_by_reason():
     assert found["decode_failed.unknown_schema_id"] == 1
     assert found["invalid.value.not_finite"] == 1 and found["invalid.unit.not_allowed"] == 1
     assert found["dead_letters"] == 3
+
+
+_FIRST_CATALOG_SEEN = threading.Event()
+_CATALOG_TYPES: list[str] = []
+
+
+def _note_catalog(catalog) -> None:
+    _CATALOG_TYPES.append(catalog.get("a").asset_type)
+    _FIRST_CATALOG_SEEN.set()
+
+
+def test_refreshing_catalog_picks_up_a_changed_file_without_restart(tmp_path):
+    """PeriodicImpulse-driven refresh, bounded by a stop time so the DirectRunner finishes."""
+    path = tmp_path / "assets.json"
+    doc = {"sites": {"s": {"name": "S", "location": "L"}},
+           "assets": {"a": {"site_id": "s", "asset_type": "before"}}}
+    path.write_text(json.dumps(doc))
+    _FIRST_CATALOG_SEEN.clear()
+    _CATALOG_TYPES.clear()
+
+    def edit_after_first_load() -> None:
+        if _FIRST_CATALOG_SEEN.wait(30):
+            doc["assets"]["a"]["asset_type"] = "after"
+            path.write_text(json.dumps(doc))
+
+    editor = threading.Thread(target=edit_after_first_load, daemon=True)
+    editor.start()
+    event = {"event_id": "e", "timestamp": NOW, "site_id": "s", "asset_id": "a",
+             "sensor_id": "x", "sensor_type": "POWER", "value": 1.0, "unit": "kw",
+             "quality_flag": "GOOD", "source": None}
+    with TestPipeline() as p:
+        catalogs = p | "Catalog" >> RefreshingAssetCatalog(
+            path, refresh_seconds=0.25, stop_timestamp=time.time() + 3)
+        catalogs | "Note" >> beam.Map(_note_catalog)
+        out = p | beam.Create([make_envelope(event)]) | EnrichWithAssets(catalogs)
+        assert_that(out.readings | beam.Map(lambda r: r["asset_type"]), equal_to(["after"]),
+                    label="CheckLatestCatalogUsed")
+    editor.join(1)
+    # Loaded once, then once more after the edit; unchanged ticks emit nothing.
+    assert _CATALOG_TYPES == ["before", "after"]
