@@ -6,7 +6,8 @@ normalised event (a dict with exactly the fields of
 ``schemas/telemetry-event.avsc``, ready for Avro encoding) or every reason it
 was rejected. It never raises.
 
-Rules: required fields present and of the right type; identifiers bounded
+Rules: required fields present and of the right type; optional ``source``
+in the identifier charset; identifiers bounded
 (128 chars) in the charset ``[A-Za-z0-9._:-]`` (starting alphanumeric);
 sensor type known (``UNKNOWN`` is rejected); value a finite number in the
 plausible range of its sensor type and unit; unit allowed for the sensor type
@@ -223,8 +224,9 @@ def _fast_path(raw: Any, now_ms: int, rules: SensorRules) -> dict[str, Any] | No
     lo, hi = rule.range_for(canonical)
     if not (lo <= value <= hi and math.isfinite(value)):
         return None
-    if qf not in QUALITY_FLAGS or not (source is None or (type(source) is str
-                                                         and len(source) <= MAX_SOURCE_LENGTH)):
+    if qf not in QUALITY_FLAGS or not (
+            source is None or (type(source) is str and len(source) <= MAX_SOURCE_LENGTH
+                               and _ID_RE.fullmatch(source) is not None)):
         return None
     site_id, asset_id, sensor_id = get("site_id"), get("asset_id"), get("sensor_id")
     for ident in (event_id, site_id, asset_id, sensor_id):
@@ -362,8 +364,11 @@ def _validate_full(raw: Any, now_ms: int, rules: SensorRules, fill_event_id: boo
     source = raw.get("source")
     if source is None:
         out["source"] = None
-    elif not isinstance(source, str) or len(source) > MAX_SOURCE_LENGTH:
-        reasons.append(f"source: must be a string of at most {MAX_SOURCE_LENGTH} characters")
+    elif (not isinstance(source, str) or len(source) > MAX_SOURCE_LENGTH
+          or _ID_RE.fullmatch(source) is None):
+        # Same charset as the ids: a free string could hold lone surrogates that Avro
+        # cannot encode, which would fail the producer after validation said yes.
+        reasons.append(f"source: must be up to {MAX_SOURCE_LENGTH} letters, digits or . _ : -")
         codes.append("source.type")
     else:
         out["source"] = source

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.avro import TELEMETRY_EVENT, load_schema
 from schemas.events import EVENT_FIELDS, derive_event_id
 from schemas.validation import (
     RulesError,
@@ -17,6 +18,7 @@ from schemas.validation import (
     load_sensor_rules,
     validate_event,
 )
+from schemas.wire import encode
 
 NOW = 1_800_000_000_000
 RULES = default_sensor_rules()
@@ -85,6 +87,11 @@ def test_quality_flag_defaults_to_unknown():
     ({"value": -80.5}, "value.out_of_range"),
     ({"quality_flag": "MEH"}, "quality_flag.unknown"),
     ({"source": ["mqtt"]}, "source.type"),
+    ({"source": "\ud800"}, "source.type"),
+    ({"sensor_id": "s" * 1_000_000}, "sensor_id.length"),
+    ({"sensor_type": "T" * 1_000_000}, "sensor_type.unknown"),
+    ({"unit": "\u00b0" * 1_000_000}, "unit.length"),
+    ({"value": {"nested": [1, {"x": None}]}}, "value.type"),
 ])
 def test_each_rule_rejects_with_its_reason(changes, code):
     result = check(seed_event(**changes))
@@ -136,6 +143,8 @@ def test_validator_never_raises_and_returns_event_or_reasons(raw):
     assert isinstance(result, ValidationResult)
     if result.ok:
         assert result.reasons == () and tuple(result.event) == EVENT_FIELDS
+        # Whatever validation accepts, Avro can encode.
+        encode(result.event, 1, load_schema(TELEMETRY_EVENT))
         assert math.isfinite(result.event["value"])
         # A valid event validates again to itself (normalisation is idempotent).
         assert check(result.event).event == result.event
