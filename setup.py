@@ -31,6 +31,9 @@ setup(
         "requests==2.34.2",
         # Process inspection for `dcmms-telemetry status` and benchmark resources.
         "psutil==7.2.2",
+        # Query API: /metrics aggregated over gunicorn workers; fast JSON for large pages.
+        "prometheus-client==0.26.0",
+        "orjson==3.13.0",
     ],
     extras_require={
         "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
