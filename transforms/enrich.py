@@ -179,10 +179,13 @@ class _RefreshCatalogFn(beam.DoFn):
     def __init__(self, path: str) -> None:
         self._path = path
         self._version: str | None = None
+        self._last_loaded_ms = 0
 
     def process(self, _tick: Any):  # type: ignore[override]
+        # Strictly increasing load times: latest_catalog must never face a tie.
+        now_ms = max(_wall_clock_ms(), self._last_loaded_ms + 1)
         try:
-            catalog = refresh_catalog(self._path, self._version, now_ms=_wall_clock_ms())
+            catalog = refresh_catalog(self._path, self._version, now_ms=now_ms)
         except AssetCatalogError as exc:
             # Keep the previous catalog in force; an operator sees the error and the counter.
             counter("asset_refresh_failed").inc()
@@ -191,6 +194,7 @@ class _RefreshCatalogFn(beam.DoFn):
             catalog = None
         if catalog is not None:
             self._version = catalog.version
+            self._last_loaded_ms = catalog.loaded_at_ms
             counter("asset_refreshes").inc()
             _LOGGER.info("asset catalog %s loaded: %d assets", catalog.version, len(catalog))
             yield catalog

@@ -4,7 +4,6 @@ metrics counters, dead-letter outputs."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import apache_beam as beam
@@ -147,13 +146,16 @@ def test_decode_and_validate_count_rejects_by_reason():
     assert found["dead_letters"] == 3
 
 
-_FIRST_CATALOG_SEEN = threading.Event()
 _CATALOG_TYPES: list[str] = []
+_EDIT: dict[str, object] = {}
 
 
-def _note_catalog(catalog) -> None:
+def _note_catalog_and_edit_file(catalog) -> None:
+    """Runs fused after the refresh step: the first catalog triggers an edit of the file,
+    so the next tick, whenever it comes, must load the edited version."""
     _CATALOG_TYPES.append(catalog.get("a").asset_type)
-    _FIRST_CATALOG_SEEN.set()
+    if len(_CATALOG_TYPES) == 1:
+        _EDIT["path"].write_text(json.dumps(_EDIT["doc"]))  # type: ignore[attr-defined]
 
 
 def test_refreshing_catalog_picks_up_a_changed_file_without_restart(tmp_path):
@@ -162,26 +164,18 @@ def test_refreshing_catalog_picks_up_a_changed_file_without_restart(tmp_path):
     doc = {"sites": {"s": {"name": "S", "location": "L"}},
            "assets": {"a": {"site_id": "s", "asset_type": "before"}}}
     path.write_text(json.dumps(doc))
-    _FIRST_CATALOG_SEEN.clear()
     _CATALOG_TYPES.clear()
-
-    def edit_after_first_load() -> None:
-        if _FIRST_CATALOG_SEEN.wait(30):
-            doc["assets"]["a"]["asset_type"] = "after"
-            path.write_text(json.dumps(doc))
-
-    editor = threading.Thread(target=edit_after_first_load, daemon=True)
-    editor.start()
+    _EDIT.update(path=path, doc={**doc, "assets": {"a": {"site_id": "s",
+                                                         "asset_type": "after"}}})
     event = {"event_id": "e", "timestamp": NOW, "site_id": "s", "asset_id": "a",
              "sensor_id": "x", "sensor_type": "POWER", "value": 1.0, "unit": "kw",
              "quality_flag": "GOOD", "source": None}
     with TestPipeline() as p:
         catalogs = p | "Catalog" >> RefreshingAssetCatalog(
-            path, refresh_seconds=0.25, stop_timestamp=time.time() + 3)
-        catalogs | "Note" >> beam.Map(_note_catalog)
+            path, refresh_seconds=0.25, stop_timestamp=time.time() + 2)
+        catalogs | "NoteAndEdit" >> beam.Map(_note_catalog_and_edit_file)
         out = p | beam.Create([make_envelope(event)]) | EnrichWithAssets(catalogs)
         assert_that(out.readings | beam.Map(lambda r: r["asset_type"]), equal_to(["after"]),
                     label="CheckLatestCatalogUsed")
-    editor.join(1)
     # Loaded once, then once more after the edit; unchanged ticks emit nothing.
     assert _CATALOG_TYPES == ["before", "after"]
