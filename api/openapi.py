@@ -142,7 +142,11 @@ def build_openapi() -> dict[str, Any]:
         "operationId": "latestTelemetry",
         "parameters": [_param("asset_id", "Asset (this or site_id is required).", _STR),
                        _param("site_id", "Site (this or asset_id is required).", _STR),
-                       _param("sensor_type", "Only sensors of this type.", _STR)],
+                       _param("sensor_type", "Only sensors of this type.", _STR),
+                       _param("max_age", "Look back this far for each sensor's latest reading "
+                              "(<n>m, <n>h or <n>d, at most 90d); sensors silent for longer are "
+                              "not listed.", {"type": "string", "default": "24h",
+                                              "pattern": "^[1-9][0-9]{0,4}[mhd]$"})],
         "responses": {"200": {"description": "One row per (asset_id, sensor_id).", "content": {
             "application/json": {"schema": _page("#/components/schemas/Reading")}}},
             **_READ_ERRORS},

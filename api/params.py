@@ -130,6 +130,7 @@ class LatestQuery:
     asset_id: str | None
     site_id: str | None
     sensor_type: str | None
+    since_us: int = 0  # only readings at or after this time (now - max_age)
 
 
 @dataclass(frozen=True)
@@ -321,13 +322,32 @@ def parse_telemetry_query(args: Args, now_us: int | None = None) -> TelemetryQue
     )
 
 
-def parse_latest_query(args: Args) -> LatestQuery:
-    """Parameters of ``GET /api/v1/telemetry/latest``: an asset or a site is required."""
-    r = _Reader(args, ("asset_id", "site_id", "sensor_type"))
+_MAX_AGE = re.compile(r"^([1-9][0-9]{0,4})([mhd])$")
+_AGE_UNIT_US = {"m": 60 * US_PER_S, "h": 3600 * US_PER_S, "d": 86_400 * US_PER_S}
+DEFAULT_MAX_AGE = "24h"
+MAX_MAX_AGE_US = 90 * 86_400 * US_PER_S  # the tables' TTL: nothing older exists
+
+
+def parse_latest_query(args: Args, now_us: int | None = None) -> LatestQuery:
+    """Parameters of ``GET /api/v1/telemetry/latest``: an asset or a site is required.
+
+    ``max_age`` (``<n>m``, ``<n>h`` or ``<n>d``, default 24h, at most 90d) bounds how far
+    back a sensor's latest reading is looked for: QuestDB then reads only that
+    time range instead of all 90 days, and sensors silent for longer are left out.
+    """
+    r = _Reader(args, ("asset_id", "site_id", "sensor_type", "max_age"))
     asset_id, site_id, sensor_type = r.text("asset_id"), r.text("site_id"), r.text("sensor_type")
     if asset_id is None and site_id is None:
         raise BadParameter("asset_id", "asset_id or site_id is required")
-    return LatestQuery(asset_id, site_id, sensor_type)
+    max_age = r.get("max_age") or DEFAULT_MAX_AGE
+    match = _MAX_AGE.match(max_age)
+    if not match:
+        raise BadParameter("max_age", "must look like 30m, 24h or 7d")
+    age_us = int(match.group(1)) * _AGE_UNIT_US[match.group(2)]
+    if age_us > MAX_MAX_AGE_US:
+        raise BadParameter("max_age", "at most 90d (the retention)")
+    now_us = int(time.time() * US_PER_S) if now_us is None else now_us
+    return LatestQuery(asset_id, site_id, sensor_type, max(0, now_us - age_us))
 
 
 ALARM_PARAMS = ("site_id", "asset_id", "sensor_id", "severity", "state", "active",
@@ -380,8 +400,9 @@ def format_timestamp(value: datetime | None) -> str | None:
     """QuestDB's naive-UTC datetime -> ISO 8601 with Z (milliseconds unless finer is needed)."""
     if value is None:
         return None
-    spec = "milliseconds" if value.microsecond % 1000 == 0 else "microseconds"
-    return value.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+    if value.microsecond % 1000 == 0:
+        return value.isoformat(timespec="milliseconds") + "Z"
+    return value.isoformat(timespec="microseconds") + "Z"
 
 
 def to_micros(value: datetime) -> int:

@@ -29,7 +29,6 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg2
@@ -195,11 +194,12 @@ def build_bucket_sql(q: TelemetryQuery, limit: int,
 
 def build_latest_sql(q: LatestQuery) -> tuple[str, list[Any]]:
     """Latest reading of every (asset_id, sensor_id) of an asset or a site."""
+    # The time bound first: without it QuestDB reads every row of the site (all 90 days).
     where, params = _filters([("asset_id", q.asset_id), ("site_id", q.site_id),
                               ("sensor_type", q.sensor_type)])
     sql = (f"SELECT {', '.join(SENSOR_READING_COLUMNS)} FROM {SENSOR_READINGS} "
-           f"WHERE {where[len(' AND '):]} LATEST ON timestamp PARTITION BY asset_id, sensor_id")
-    return sql, params
+           f"WHERE timestamp >= %s{where} LATEST ON timestamp PARTITION BY asset_id, sensor_id")
+    return sql, [q.since_us, *params]
 
 
 def build_alarms_sql(q: AlarmQuery, limit: int,
@@ -328,16 +328,27 @@ class Page:
     next_key: tuple[Any, ...] | None
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return format_timestamp(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+# Per-column conversion to JSON values; columns not listed pass through unchanged.
+_CONVERTERS: dict[str, Any] = {
+    "timestamp": format_timestamp, "ingested_at": format_timestamp,
+    "value": _finite, "threshold": _finite,
+}
 
 
 def _records(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-    return [{c: _json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+    # Hot path (thousands of rows per page): convert only the columns that need it.
+    converters = [(i, _CONVERTERS[c]) for i, c in enumerate(columns) if c in _CONVERTERS]
+    out = []
+    for row in rows:
+        values = list(row)
+        for i, convert in converters:
+            values[i] = convert(values[i])
+        out.append(dict(zip(columns, values)))  # noqa: B905 - row width is the column count
+    return out
 
 
 def _page(columns: Sequence[str], rows: list[tuple[Any, ...]], limit: int,

@@ -271,13 +271,18 @@ def test_latest_of_site_and_asset(client: FlaskClient) -> None:
     for r in sorted(ROWS, key=lambda r: r["ms"]):
         if r["site_id"] == SITES[0]:
             last[r["sensor_id"]] = r
-    response = client.get("/api/v1/telemetry/latest", query_string={"site_id": SITES[0]},
-                          headers=AUTH)
+    # The test rows are ~2 days old: the default max_age (24h) leaves them out.
+    stale = client.get("/api/v1/telemetry/latest", query_string={"site_id": SITES[0]},
+                       headers=AUTH)
+    assert stale.status_code == 200 and stale.json["data"] == []
+    response = client.get("/api/v1/telemetry/latest",
+                          query_string={"site_id": SITES[0], "max_age": "7d"}, headers=AUTH)
     assert response.status_code == 200
     got = {r["sensor_id"]: (r["event_id"], r["value"]) for r in response.json["data"]}
     assert got == {s: (r["event_id"], r["value"]) for s, r in last.items()}
     one = client.get("/api/v1/telemetry/latest",
-                     query_string={"asset_id": A0, "sensor_type": "POWER"}, headers=AUTH)
+                     query_string={"asset_id": A0, "sensor_type": "POWER", "max_age": "3d"},
+                     headers=AUTH)
     assert [r["sensor_id"] for r in one.json["data"]] == [f"{A0}-sen-2"]
 
 

@@ -127,6 +127,20 @@ def test_latest_needs_asset_or_site() -> None:
     assert P.parse_latest_query(MultiDict({"site_id": "s"})).site_id == "s"
 
 
+@pytest.mark.parametrize("value,ok", [("30m", True), ("24h", True), ("90d", True),
+                                      ("91d", False), ("0h", False), ("1w", False),
+                                      ("1h; --", False)])
+def test_latest_max_age(value: str, ok: bool) -> None:
+    args = MultiDict({"site_id": "s", "max_age": value})
+    if ok:
+        q = P.parse_latest_query(args, now_us=NOW_US)
+        assert NOW_US - 90 * 86_400 * 10**6 <= q.since_us < NOW_US
+    else:
+        with pytest.raises(BadParameter) as info:
+            P.parse_latest_query(args, now_us=NOW_US)
+        assert info.value.parameter == "max_age"
+
+
 def test_active_alarms_take_no_range() -> None:
     assert P.parse_alarm_query(MultiDict({"active": "true"})).active
     with pytest.raises(BadParameter) as info:

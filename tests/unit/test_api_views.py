@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,11 @@ def test_latest_alarms_and_assets(app: Flask, store: FakeStore) -> None:
     client = app.test_client()
     assert client.get("/api/v1/telemetry/latest", headers=AUTH).status_code == 400
     assert client.get("/api/v1/telemetry/latest?site_id=site-1", headers=AUTH).status_code == 200
-    assert store.calls[-1] == ("latest", LatestQuery(None, "site-1", None))
+    latest = store.calls[-1][1]
+    assert (latest.asset_id, latest.site_id, latest.sensor_type) == (None, "site-1", None)
+    assert abs(latest.since_us - (time.time() - 86_400) * 1e6) < 60e6  # default max_age 24h
+    assert client.get("/api/v1/telemetry/latest?site_id=s&max_age=91d",
+                      headers=AUTH).status_code == 400
     assert client.get("/api/v1/alarms?active=true&severity=CRITICAL",
                       headers=AUTH).status_code == 200
     assert store.calls[-1][1].active and store.calls[-1][1].severity == "CRITICAL"
