@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,25 +79,23 @@ def init_metrics(app: Flask) -> None:
 
 
 class KafkaCheck:
-    """Readiness check: the Kafka cluster at ``bootstrap_servers`` returns metadata."""
+    """Readiness check: the Kafka cluster at ``bootstrap_servers`` returns metadata.
+
+    A client is made per check and dropped after it: a long-lived one would keep
+    reconnecting (and logging) in the background while Kafka is down.
+    """
 
     def __init__(self, bootstrap_servers: str, timeout: float = 2.0) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.timeout = timeout
-        self._admin = None
-        self._pid = -1
-        self._lock = threading.Lock()
 
     def __call__(self) -> None:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        with self._lock:
-            if self._admin is None or self._pid != os.getpid():
-                self._admin = AdminClient({"bootstrap.servers": self.bootstrap_servers,
-                                           "socket.timeout.ms": int(self.timeout * 1000)})
-                self._pid = os.getpid()
-            admin = self._admin
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers,
+                             "socket.timeout.ms": int(self.timeout * 1000),
+                             "reconnect.backoff.ms": 500, "logger": _LOGGER})
         try:
             metadata = admin.list_topics(timeout=self.timeout)
         except KafkaException as exc:
