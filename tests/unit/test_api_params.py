@@ -203,6 +203,10 @@ def test_request_values_never_reach_the_sql_text(asset: str, site: str, event: s
     assert sql == sql_placeholder
     assert asset in params and site in params and event in params
     assert sql.count("%s") == len(params)
+    if interval is None:
+        probe, probe_params = Q.build_raw_probe_sql(q, 10, after)
+        assert probe == Q.build_raw_probe_sql(placeholder, 10, after_placeholder)[0]
+        assert probe.count("%s") == len(probe_params) and event in probe_params
 
 
 def test_text_parameters_are_quoted_the_standard_way() -> None:
