@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from runners.settings import load_settings
-from runners.stack.kafka import SCHEMAS_TOPIC, pipeline_topics
+from runners.stack.kafka import SCHEMAS_TOPIC, ensure_topics, pipeline_topics
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +105,20 @@ def test_same_key_lands_in_same_partition(admin: AdminClient) -> None:
                          on_delivery=lambda err, msg: partitions.add(msg.partition()))
     assert producer.flush(15) == 0
     assert len(partitions) == 1
+
+
+def test_ensure_topics_creates_then_updates_retention_and_grows(admin: AdminClient) -> None:
+    """What `up` does on every start: create, then align config and partitions, idempotently."""
+    topic = f"test-ensure-{uuid.uuid4().hex[:8]}"
+    try:
+        assert ensure_topics(BOOTSTRAP, {topic: (1, {"retention.ms": "60000"})}) == \
+            [f"created {topic}"]
+        actions = ensure_topics(BOOTSTRAP, {topic: (3, {"retention.ms": "120000"})})
+        assert actions == [f"grew {topic} to 3 partitions"]
+        assert ensure_topics(BOOTSTRAP, {topic: (3, {"retention.ms": "120000"})}) == []
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        configs = admin.describe_configs([resource])[resource].result(timeout=10)
+        assert configs["retention.ms"].value == "120000"
+        assert len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 3
+    finally:
+        admin.delete_topics([topic])[topic].result(timeout=10)
