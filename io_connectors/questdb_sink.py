@@ -97,6 +97,8 @@ class IlpRow:
 
 
 _TIMESTAMP_COLUMNS = frozenset({"ingested_at"})
+# 2262-04-11, the last instant a signed 64-bit nanosecond timestamp can hold.
+_MAX_EPOCH_MS = 9_223_372_036_854
 _SYMBOLS: dict[str, frozenset[str]] = {}
 
 
@@ -110,8 +112,11 @@ def _epoch_ms(record: Mapping[str, Any], name: str) -> int:
     value = record.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RowMappingError(f"field {name!r} must be epoch milliseconds, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise RowMappingError(f"field {name!r} must be a non-negative epoch ms, got {value!r}")
+    # QuestDB timestamps are signed 64-bit microseconds/nanoseconds: bound the input so
+    # the conversion can never overflow inside the client.
+    if not math.isfinite(value) or not 0 <= value <= _MAX_EPOCH_MS:
+        raise RowMappingError(
+            f"field {name!r} must be an epoch ms between 0 and {_MAX_EPOCH_MS}, got {value!r}")
     return int(value)
 
 

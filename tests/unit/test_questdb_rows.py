@@ -79,7 +79,7 @@ def test_alarm_row_and_int_values_become_doubles() -> None:
 @pytest.mark.parametrize(("change", "message"), [
     ({"event_id": None}, "event_id"),
     ({"timestamp": "yesterday"}, "timestamp"),
-    ({"timestamp": -1}, "non-negative"),
+    ({"timestamp": -1}, "between 0 and"),
     ({"timestamp": math.nan}, "timestamp"),
     ({"value": "hot"}, "value"),
     ({"ingested_at": True}, "ingested_at"),
