@@ -1,0 +1,59 @@
+"""Pipeline options of the telemetry job, with defaults taken from config/local.toml.
+
+Every option can be given on the command line; what is not given comes from
+the settings file (and its DCMMS_* environment overrides), so the local stack
+and a production deployment differ only in configuration.
+"""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from runners.settings import Settings
+
+__all__ = ["TelemetryOptions", "telemetry_defaults"]
+
+
+def telemetry_defaults(settings: Settings) -> dict[str, object]:
+    """Defaults for :class:`TelemetryOptions` drawn from the settings file."""
+    return {
+        "bootstrap_servers": settings.get("kafka", "bootstrap_servers"),
+        "raw_topic": settings.get("kafka", "topic_raw"),
+        "validated_topic": settings.get("kafka", "topic_validated"),
+        "alarms_topic": settings.get("kafka", "topic_alarms"),
+        "dlq_topic": settings.get("kafka", "topic_dlq"),
+        "consumer_group": settings.get("pipeline", "consumer_group"),
+        "registry_url": settings.get("schema_registry", "url"),
+        "questdb_host": settings.get("questdb", "host"),
+        "questdb_http_port": settings.get("questdb", "http_port", int),
+        "assets_file": str(settings.path("pipeline", "assets_file")),
+        "asset_refresh_seconds": settings.get("pipeline", "asset_refresh_seconds", float),
+        "unknown_asset_policy": settings.get("pipeline", "unknown_asset_policy"),
+        "sensor_rules_file": str(settings.path("pipeline", "sensor_rules_file")),
+        "dedup_window_seconds": settings.get("pipeline", "dedup_window_seconds", float),
+        "sink_batch_rows": settings.get("pipeline", "sink_batch_rows", int),
+    }
+
+
+class TelemetryOptions(PipelineOptions):
+    """Where the job reads and writes, and how it processes."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001 - Beam's signature
+        add = parser.add_argument
+        add("--bootstrap_servers", help="Kafka bootstrap servers")
+        add("--raw_topic", help="topic the job reads (Confluent Avro telemetry events)")
+        add("--validated_topic", help="topic for validated, enriched readings")
+        add("--alarms_topic", help="topic for alarm transitions")
+        add("--dlq_topic", help="topic for dead letters")
+        add("--consumer_group", help="Kafka consumer group of the job")
+        add("--registry_url", help="schema registry URL")
+        add("--questdb_host", help="QuestDB host (ILP over HTTP)")
+        add("--questdb_http_port", type=int, help="QuestDB HTTP port")
+        add("--assets_file", help="asset metadata JSON used for enrichment")
+        add("--asset_refresh_seconds", type=float, help="how often the asset file is re-read")
+        add("--unknown_asset_policy", choices=("dead_letter", "pass_unenriched"),
+            help="what happens to readings of assets not in the asset file")
+        add("--sensor_rules_file", help="per-sensor-type ranges and units (JSON)")
+        add("--dedup_window_seconds", type=float, help="event-time dedup window by event_id")
+        add("--sink_batch_rows", type=int, help="rows per QuestDB flush")
