@@ -327,6 +327,7 @@ class Supervisor:
         self.bind_host = bind_host
         self._out = out if out is not None else sys.stdout
         self._midline = False
+        self._w = max([10, *(len(n) for n in names)])  # name column width
 
     def _say(self, text: str = "", end: str = "\n") -> None:
         self._out.write(text + end)
@@ -374,12 +375,12 @@ class Supervisor:
             proc = _live_process(record)
             if proc is not None:
                 self._wait_healthy(spec, proc, quiet_ok=True)  # raises when it gives up
-                self._say(f"{spec.name:10s} already running (pid {proc.pid}), healthy")
+                self._say(f"{spec.name:{self._w}s} already running (pid {proc.pid}), healthy")
                 # Setup steps are idempotent: re-run them so config changes (retention,
                 # new tables) reach a running stack too.
                 self._after_start(spec)
                 return False
-            self._say(f"{spec.name:10s} removing stale pid file {pidfile}")
+            self._say(f"{spec.name:{self._w}s} removing stale pid file {pidfile}")
             self._kill_group_leftovers(record)
             pidfile.unlink(missing_ok=True)
 
@@ -398,7 +399,7 @@ class Supervisor:
             except Exception as exc:
                 raise StackError(f"preparing service {spec.name} failed: {exc}") from exc
 
-        self._say(f"{spec.name:10s} starting", end="")
+        self._say(f"{spec.name:{self._w}s} starting", end="")
         env = {**os.environ, **spec.env}
         with log.open("ab") as log_fh:
             log_fh.write(f"\n{_START_BANNER}{time.strftime('%Y-%m-%dT%H:%M:%S')} starting: "
@@ -474,7 +475,8 @@ class Supervisor:
                 )
             if not printing and now - t0 > 2.0:
                 # Running but not (yet) healthy: it may still be starting; show progress.
-                self._say(f"{spec.name:10s} running (pid {proc.pid}), waiting for health", end="")
+                self._say(f"{spec.name:{self._w}s} running (pid {proc.pid}), waiting for health",
+                          end="")
                 printing = True
             if printing and now >= next_dot:
                 if now >= next_mark:
@@ -540,7 +542,7 @@ class Supervisor:
             pidfile.unlink(missing_ok=True)
             return True
         self._start_line()
-        self._say(f"{name:10s} stopping (pid {pgid})", end="")
+        self._say(f"{name:{self._w}s} stopping (pid {pgid})", end="")
         t0 = time.monotonic()
         self._signal(pgid, members.values(), signal.SIGTERM)
         alive = _wait_gone(list(members.values()), grace_s)
@@ -593,12 +595,12 @@ class Supervisor:
     def status(self) -> bool:
         """Print the status table; True when every service runs and is healthy."""
         rows = self.statuses()
-        self._say(f"{'service':10s} {'pid':>8s}  {'port(s)':20s} {'healthy':8s} "
+        self._say(f"{'service':{self._w}s} {'pid':>8s}  {'port(s)':20s} {'healthy':8s} "
                   f"{'RSS MB':>8s} {'uptime':>9s}")
         for r in rows:
             ports = ",".join(str(p) for p in r.ports) or "-"
             self._say(
-                f"{r.name:10s} {r.pid if r.pid else '-':>8}  {ports:20s} "
+                f"{r.name:{self._w}s} {r.pid if r.pid else '-':>8}  {ports:20s} "
                 f"{'yes' if r.healthy else 'NO':8s} "
                 f"{f'{r.rss_mb:.0f}' if r.rss_mb is not None else '-':>8s} "
                 f"{_fmt_duration(r.uptime_s) if r.uptime_s is not None else '-':>9s}"
