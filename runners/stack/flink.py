@@ -1,0 +1,216 @@
+"""Beam's Flink job server and the Python worker pool, without Docker.
+
+``flink-jobserver`` runs ``org.apache.beam.runners.flink.FlinkJobServerDriver``
+from the classpath resolved by ``jars/flink/pom.xml`` (Beam 2.70.0, Flink
+1.19; Maven Central serves no shaded job-server jar). It serves the job API
+(``[flink] job_port``), artifact staging (``artifact_port``) and a Java
+expansion service (``expansion_port``). Each submitted job runs in its own
+local Flink mini cluster inside that JVM; the Flink web UI (``web_ui_port``)
+exists while a job runs (it is that job's mini cluster's REST endpoint).
+
+``beam-worker-pool`` runs the Python SDK harness pool the jobs use with
+``--environment_type=EXTERNAL --environment_config=localhost:<worker_pool_port>``,
+so a streaming job does not depend on the process that submitted it.
+
+Flink configuration lives in ``<run>/conf/flink/`` (written on every start from
+config/local.toml; edit that, not the files). Checkpoints go to
+``<run>/data/flink/checkpoints/<job id>/chk-N`` and are kept when a job is
+cancelled or the job server dies. :func:`job_submission_args` gives the
+arguments that make a submission resume from the newest retained checkpoint
+(``--savepoint_path`` is ignored by the job server for its ``[local]`` cluster,
+so the restore path goes into a per-job Flink conf dir instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from runners.settings import REPO_ROOT, Settings
+from runners.stack.spec import ServiceSpec, StackPaths
+
+__all__ = [
+    "services",
+    "job_submission_args",
+    "latest_checkpoint",
+    "write_flink_conf",
+    "JOB_SERVER_MAIN",
+    "JAVA_OPENS",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+JOB_SERVER_MAIN = "org.apache.beam.runners.flink.FlinkJobServerDriver"
+_JAVA_HINT = "install a JDK 17: apt-get install openjdk-17-jre-headless"
+_JARS_HINT = "run `make jars` (bash scripts/fetch-jars.sh)"
+# A jar that must be in the classpath directory; its absence means the jars were not fetched.
+_MARKER_JAR = "beam-runners-flink-1.19-2.70.0.jar"
+
+# Flink 1.19 on Java 17 reflects into these packages (Kryo, the closure cleaner, netty).
+JAVA_OPENS = [
+    f"--add-opens=java.base/{pkg}=ALL-UNNAMED"
+    for pkg in ("java.lang", "java.lang.reflect", "java.lang.invoke", "java.util",
+                "java.util.concurrent", "java.util.concurrent.atomic",
+                "java.util.concurrent.locks", "java.io", "java.net", "java.nio",
+                "sun.nio.ch", "sun.nio.cs", "java.text", "java.time", "java.math",
+                "java.security", "sun.security.action", "sun.util.calendar",
+                "jdk.internal.misc")
+] + ["--add-opens=java.sql/java.sql=ALL-UNNAMED"]
+
+# Logging through slf4j-simple to stderr (the supervisor's log file): warnings, plus
+# job submissions and checkpoints, which an operator wants to see.
+_LOG_PROPS = [
+    "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+    "-Dorg.slf4j.simpleLogger.showDateTime=true",
+    "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS",
+    "-Dorg.slf4j.simpleLogger.log.org.apache.beam.runners.jobsubmission=info",
+    "-Dorg.slf4j.simpleLogger.log.org.apache.beam.runners.flink.FlinkJobInvoker=info",
+    "-Dorg.slf4j.simpleLogger.log.org.apache.flink.runtime.checkpoint.CheckpointCoordinator=info",
+    # Python SDK harness log lines forwarded to the runner.
+    "-Dorg.slf4j.simpleLogger.log.org.apache.beam.runners.fnexecution.logging=info",
+]
+
+
+def _checkpoint_root(paths: StackPaths) -> Path:
+    return paths.data("flink") / "checkpoints"
+
+
+def write_flink_conf(conf_dir: Path, settings: Settings, paths: StackPaths, *,
+                     web_ui_port: int | None = None, restore_from: Path | None = None) -> Path:
+    """Write ``flink-conf.yaml`` into ``conf_dir`` and return the directory.
+
+    ``web_ui_port`` None uses ``[flink] web_ui_port``; 0 lets the job's mini
+    cluster pick a free port (for extra jobs next to the pipeline, e.g. tests).
+    ``restore_from`` is a retained checkpoint or savepoint directory to start from.
+    """
+    bind_host = settings.get("stack", "bind_host")
+    port = settings.get("flink", "web_ui_port", int) if web_ui_port is None else web_ui_port
+    data = paths.data("flink")
+    lines = [
+        "# Written by runners/stack/flink.py; edit config/local.toml instead.",
+        # The mini cluster's REST endpoint and web UI; 8081 belongs to the schema registry.
+        f"rest.bind-address: {bind_host}",
+        f"rest.address: {bind_host}",
+        f"rest.bind-port: {port}",
+        f"rest.port: {port}",
+        "state.backend.type: hashmap",
+        f"state.checkpoints.dir: {(_checkpoint_root(paths)).as_uri()}",
+        f"state.savepoints.dir: {(data / 'savepoints').as_uri()}",
+        # Keep checkpoints when a job is cancelled or the job server dies: they are the
+        # restart points (see job_submission_args).
+        "execution.checkpointing.externalized-checkpoint-retention: RETAIN_ON_CANCELLATION",
+        "state.checkpoints.num-retained: 3",
+        f"taskmanager.numberOfTaskSlots: {max(2, settings.get('flink', 'parallelism', int))}",
+        f"parallelism.default: {settings.get('flink', 'parallelism', int)}",
+        f"io.tmp.dirs: {data / 'tmp'}",
+    ]
+    if restore_from is not None:
+        lines += [
+            f"execution.savepoint.path: {restore_from.as_uri()}",
+            # Operators removed from the pipeline since the checkpoint must not block a restart.
+            "execution.savepoint.ignore-unclaimed-state: true",
+        ]
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    (data / "tmp").mkdir(parents=True, exist_ok=True)
+    (conf_dir / "flink-conf.yaml").write_text("\n".join(lines) + "\n")
+    return conf_dir
+
+
+def latest_checkpoint(checkpoint_root: Path) -> Path | None:
+    """The newest completed checkpoint (a ``chk-N`` dir with ``_metadata``) under any job."""
+    candidates = [meta.parent for meta in checkpoint_root.glob("*/chk-*/_metadata")]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda chk: (chk / "_metadata").stat().st_mtime)
+
+
+def job_submission_args(settings: Settings, paths: StackPaths, *, name: str = "pipeline",
+                        restore: bool = True, web_ui_port: int | None = None) -> list[str]:
+    """Extra pipeline arguments for a job submitted to the job server.
+
+    Writes a per-job Flink conf dir ``<run>/conf/flink/jobs/<name>`` and returns
+    ``["--flink_conf_dir=..."]``. With ``restore`` the job starts from the
+    newest retained checkpoint (Kafka offsets, dedup and alarm state) when there
+    is one. Jobs other than the pipeline pass ``restore=False`` and
+    ``web_ui_port=0`` so they neither take the pipeline's state nor its UI port.
+    """
+    restore_from = latest_checkpoint(_checkpoint_root(paths)) if restore else None
+    if restore_from is not None:
+        _LOGGER.info("job %s resumes from checkpoint %s", name, restore_from)
+    conf_dir = write_flink_conf(paths.conf("flink") / "jobs" / name, settings, paths,
+                                web_ui_port=web_ui_port, restore_from=restore_from)
+    return [f"--flink_conf_dir={conf_dir}"]
+
+
+def _grpc_ready(target: str, timeout_s: float = 2.0) -> bool:
+    """True when a gRPC server answers at ``target`` (an HTTP/2 handshake, no log noise)."""
+    import grpc  # a dependency of apache-beam
+
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
+
+
+def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
+    bind_host = settings.get("stack", "bind_host")
+    job_port = settings.get("flink", "job_port", int)
+    artifact_port = settings.get("flink", "artifact_port", int)
+    expansion_port = settings.get("flink", "expansion_port", int)
+    web_ui_port = settings.get("flink", "web_ui_port", int)
+    pool_port = settings.get("flink", "worker_pool_port", int)
+    # Optional [flink] job_server_heap (default 1g): each job's mini cluster lives in this JVM.
+    heap = str(settings.section("flink").get("job_server_heap", "1g"))
+    jars = paths.jars("flink")
+    conf_dir = paths.conf("flink") / "server"
+    artifacts = paths.data("flink") / "artifacts"
+
+    def prepare() -> None:
+        if not (jars / _MARKER_JAR).exists():
+            raise RuntimeError(f"Flink job server jars not found in {jars}: {_JARS_HINT}")
+        artifacts.mkdir(parents=True, exist_ok=True)
+        _checkpoint_root(paths).mkdir(parents=True, exist_ok=True)
+        write_flink_conf(conf_dir, settings, paths)
+
+    job_server = ServiceSpec(
+        name="flink-jobserver",
+        argv=["java", f"-Xmx{heap}", "-XX:+ExitOnOutOfMemoryError", *JAVA_OPENS, *_LOG_PROPS,
+              "-cp", f"{jars}/*", JOB_SERVER_MAIN,
+              "--job-host", bind_host,
+              "--job-port", str(job_port),
+              "--artifact-port", str(artifact_port),
+              "--expansion-port", str(expansion_port),
+              "--artifacts-dir", str(artifacts),
+              "--flink-master", "[local]",
+              "--flink-conf-dir", str(conf_dir)],
+        # The web UI port is bound by each job's mini cluster, not at start: check it too.
+        ports=(job_port, artifact_port, expansion_port, web_ui_port),
+        healthy=lambda: _grpc_ready(f"{bind_host}:{job_port}"),
+        start_timeout_s=60.0,
+        stop_timeout_s=20.0,
+        prepare=prepare,
+        requires={"java": _JAVA_HINT},
+    )
+
+    venv_bin = str(Path(sys.executable).parent)
+    worker_pool = ServiceSpec(
+        name="beam-worker-pool",
+        argv=[sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+              f"--service_port={pool_port}"],
+        ports=(pool_port,),
+        # The pool starts SDK workers as `python -c ...` from PATH: put this venv first so
+        # workers import the same Beam and the project's modules.
+        env={"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+             "PYTHONPATH": str(REPO_ROOT)},
+        cwd=REPO_ROOT,
+        healthy=lambda: _grpc_ready(f"localhost:{pool_port}"),
+        start_timeout_s=30.0,
+        stop_timeout_s=10.0,
+    )
+    return [job_server, worker_pool]

@@ -1,0 +1,163 @@
+"""A Beam job on the real Flink job server reads Kafka and writes QuestDB.
+
+Proves the whole no-Docker path: the job server from the classpath jars, the
+Python worker pool (EXTERNAL environment), :class:`ReadRawTelemetry` reading a
+topic unbounded with checkpointing on, and a QuestDB DoFn flushing in
+``finish_bundle``. Addresses come from load_settings() ([kafka],
+[questdb], [flink], [stack] run_dir); each run uses its own topic, consumer
+group and table, and cancels its job at the end.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import pytest
+import requests
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from io_connectors.kafka_source import KafkaRecord, ReadRawTelemetry
+from runners.settings import load_settings
+from runners.stack.flink import _grpc_ready, job_submission_args
+from runners.stack.supervisor import paths_from_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.flink]
+
+SETTINGS = load_settings()
+BOOTSTRAP = SETTINGS.get("kafka", "bootstrap_servers")
+QDB_HOST = SETTINGS.get("questdb", "host")
+QDB_HTTP = SETTINGS.get("questdb", "http_port", int)
+JOB_PORT = SETTINGS.get("flink", "job_port", int)
+POOL_PORT = SETTINGS.get("flink", "worker_pool_port", int)
+N_RECORDS = 20
+WAIT_S = 180.0
+
+
+def _exec(query: str) -> dict[str, Any]:
+    resp = requests.get(f"http://{QDB_HOST}:{QDB_HTTP}/exec", params={"query": query}, timeout=10)
+    body = resp.json()
+    if resp.status_code != 200 or "error" in body:
+        raise AssertionError(f"QuestDB rejected {query!r}: {body.get('error', resp.text[:300])}")
+    return body
+
+
+class _WriteRecordsToQuestDB(beam.DoFn):
+    """Test sink: one row per Kafka record, buffered and flushed in finish_bundle."""
+
+    def __init__(self, conf: str, table: str) -> None:
+        self._conf = conf
+        self._table = table
+
+    def setup(self) -> None:
+        from questdb import Sender
+
+        self._sender = Sender.from_conf(self._conf)
+        self._sender.establish()
+        self._buf = self._sender.new_buffer()
+
+    def process(self, rec: KafkaRecord) -> None:
+        from questdb import TimestampNanos
+
+        self._buf.row(self._table, symbols={"k": (rec.key or b"").decode()},
+                      columns={"v": rec.value.decode(), "p": rec.partition, "o": rec.offset},
+                      at=TimestampNanos(rec.timestamp_ms * 1_000_000))
+
+    def finish_bundle(self) -> None:
+        if len(self._buf):
+            self._sender.flush(self._buf)  # clears the buffer only on success
+
+    def teardown(self) -> None:
+        self._sender.close()
+
+
+@pytest.fixture()
+def topic() -> Iterator[str]:
+    name = f"it_flink_{uuid.uuid4().hex[:10]}"
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    try:
+        for fut in admin.create_topics([NewTopic(name, 2, 1)], operation_timeout=30).values():
+            fut.result(timeout=30)
+    except Exception as exc:  # noqa: BLE001 - any failure here means Kafka is not usable
+        pytest.fail(f"Kafka not usable at {BOOTSTRAP} (setting [kafka] bootstrap_servers; "
+                    f"start the stack with `make run`): {exc}")
+    yield name
+    admin.delete_topics([name])
+
+
+@pytest.fixture()
+def table() -> Iterator[str]:
+    name = f"it_flink_{uuid.uuid4().hex[:10]}"
+    try:
+        _exec(f"CREATE TABLE {name} (k SYMBOL, v VARCHAR, p INT, o LONG, ts TIMESTAMP) "
+              "TIMESTAMP(ts) PARTITION BY DAY WAL")
+    except requests.RequestException as exc:
+        pytest.fail(f"QuestDB not reachable at {QDB_HOST}:{QDB_HTTP} (settings [questdb] host, "
+                    f"http_port; start the stack with `make run`): {exc}")
+    yield name
+    _exec(f"DROP TABLE IF EXISTS {name}")
+
+
+def _produce(topic: str, n: int) -> set[tuple[str, str]]:
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "acks": "all"})
+    sent: set[tuple[str, str]] = set()
+    errors: list[str] = []
+    for i in range(n):
+        key, value = f"asset-{i % 3}", f"reading-{i}"
+        producer.produce(topic, key=key.encode(), value=value.encode(),
+                         on_delivery=lambda err, _msg: errors.append(str(err)) if err else None)
+        sent.add((key, value))
+    assert producer.flush(30) == 0 and not errors, f"Kafka did not acknowledge: {errors}"
+    return sent
+
+
+def test_flink_job_reads_kafka_and_writes_questdb(topic: str, table: str) -> None:
+    for name, target in (("job server ([flink] job_port)", f"localhost:{JOB_PORT}"),
+                         ("Beam worker pool ([flink] worker_pool_port)", f"localhost:{POOL_PORT}")):
+        if not _grpc_ready(target, timeout_s=5.0):
+            pytest.fail(f"Flink {name} not answering at {target}; start the stack with `make run`")
+    sent = _produce(topic, N_RECORDS)
+
+    run_id = topic.removeprefix("it_flink_")
+    options = PipelineOptions([
+        "--runner=PortableRunner",
+        f"--job_endpoint=localhost:{JOB_PORT}",
+        "--environment_type=EXTERNAL",
+        f"--environment_config=localhost:{POOL_PORT}",
+        "--streaming",
+        "--checkpointing_interval=5000",
+        "--parallelism=1",
+        f"--job_name=it-flink-kafka-questdb-{run_id}",
+        # Its own Flink conf: no restore from the pipeline's checkpoints, any free UI port.
+        *job_submission_args(SETTINGS, paths_from_settings(SETTINGS), name=f"it-{run_id}",
+                             restore=False, web_ui_port=0),
+    ])
+    pipeline = beam.Pipeline(options=options)
+    _ = (pipeline
+         | "Read" >> ReadRawTelemetry(BOOTSTRAP, topic, group_id=f"it-{run_id}",
+                                      start_from="earliest", max_poll_seconds=0.5)
+         | "Write" >> beam.ParDo(_WriteRecordsToQuestDB(
+             f"http::addr={QDB_HOST}:{QDB_HTTP};auto_flush=off;", table)))
+    result = pipeline.run()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        rows: list[list[Any]] = []
+        while time.monotonic() < deadline:
+            state = result.state
+            assert state not in (PipelineState.FAILED, PipelineState.CANCELLED,
+                                 PipelineState.DONE), f"Flink job ended early: {state}"
+            rows = _exec(f"SELECT k, v FROM {table}")["dataset"]
+            if len(rows) >= N_RECORDS:
+                break
+            time.sleep(1.0)
+        got = [(k, v) for k, v in rows]
+        assert len(got) == N_RECORDS, f"{len(got)} of {N_RECORDS} rows reached QuestDB: {got}"
+        assert set(got) == sent
+    finally:
+        result.cancel()
