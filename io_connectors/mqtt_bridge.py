@@ -45,6 +45,10 @@ __all__ = ["BridgeConfig", "BridgeStats", "MqttBridge"]
 _LOGGER = logging.getLogger(__name__)
 
 _PENDING, _DONE = 0, 1
+# on_healthy is called at this interval while healthy() holds (stack heartbeat).
+HEALTH_INTERVAL_S = 5.0
+# A message unconfirmed by Kafka for this long means the bridge is stuck.
+STALL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class _Entry:
     kind: str = "event"
     record: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
+    born: float = field(default_factory=time.monotonic)
 
 
 class MqttBridge:
@@ -121,7 +126,8 @@ class MqttBridge:
 
     def __init__(self, config: BridgeConfig, producer: RawProducer, *, rules: Any,
                  clock_ms: Callable[[], int] | None = None,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None,
+                 on_healthy: Callable[[], None] | None = None) -> None:
         self.config = config
         self.stats = BridgeStats()
         self._producer = producer
@@ -129,6 +135,8 @@ class MqttBridge:
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._on_ready = on_ready
         self._ready_announced = False
+        self._on_healthy = on_healthy
+        self._next_health = 0.0
         self._inbox: collections.deque[tuple[int, int, int, str, bytes]] = collections.deque()
         self._wakeup = threading.Event()
         self._stop = threading.Event()
@@ -238,9 +246,20 @@ class MqttBridge:
         self._ack_ready()
         if self._producer.fatal_error:
             raise RuntimeError(f"Kafka producer failed fatally: {self._producer.fatal_error}")
+        if self._on_healthy is not None and time.monotonic() >= self._next_health:
+            self._next_health = time.monotonic() + HEALTH_INTERVAL_S
+            if self.healthy():
+                self._on_healthy()
         if not took and not self._pending:
             self._wakeup.wait(0.05)
             self._wakeup.clear()
+
+    def healthy(self) -> bool:
+        """Subscribed, and Kafka confirms messages (none waits longer than STALL_S)."""
+        if not self.subscribed.is_set():
+            return False
+        pending = self._pending
+        return not pending or time.monotonic() - pending[0].born < STALL_S
 
     def _take_batch(self) -> int:
         now_ms = self._clock_ms()

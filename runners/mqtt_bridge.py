@@ -4,7 +4,9 @@ Reads the settings (``[mqtt]``, ``[kafka]``, ``[schema_registry]``), refuses
 development credentials under ``DCMMS_ENV=production``, registers the Avro
 schemas, then bridges until SIGTERM/SIGINT, after which it flushes Kafka,
 acknowledges what was delivered and disconnects. Logs ``bridge ready`` once
-the shared subscription is granted (the stack supervisor waits for it).
+the shared subscription is granted (the stack supervisor waits for it) and,
+when ``DCMMS_HEALTH_FILE`` is set, touches that file every few seconds while
+subscribed and Kafka keeps confirming deliveries.
 
 Optional settings (defaults in brackets): ``[mqtt] bridge_client_id``
 [dcmms-bridge-1], ``bridge_share_group`` [dcmms-bridge],
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -26,6 +29,7 @@ from typing import Any
 from io_connectors.mqtt_bridge import BridgeConfig, MqttBridge
 from io_connectors.raw_producer import build_raw_producer
 from runners.settings import Settings, SettingsError, load_settings
+from runners.stack.supervisor import HEARTBEAT_ENV, write_heartbeat
 from schemas.validation import RulesError, default_sensor_rules
 
 __all__ = ["bridge_config", "main"]
@@ -85,10 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       settings.get("kafka", "bootstrap_servers"), exc)
         return 3
 
+    # The stack supervisor judges health by this file's age (runners/stack/bridge.py).
+    heartbeat_file = os.environ.get(HEARTBEAT_ENV)
     bridge = MqttBridge(config, producer, rules=rules,
                         on_ready=lambda: _LOGGER.info(
                             "bridge ready: %s subscribed to %s on %s:%d", config.client_id,
-                            config.subscription, config.host, config.port))
+                            config.subscription, config.host, config.port),
+                        on_healthy=(lambda: write_heartbeat(heartbeat_file))
+                        if heartbeat_file else None)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         _LOGGER.info("received %s; shutting down", signal.Signals(signum).name)

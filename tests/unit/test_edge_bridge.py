@@ -143,3 +143,18 @@ def test_shutdown_acks_delivered_and_disconnects(bridge: Any) -> None:
 def test_config_rejects_empty_client_id() -> None:
     with pytest.raises(ValueError, match="bridge_client_id"):
         BridgeConfig(host="h", port=1, username="u", password="p", client_id="")
+
+
+def test_health_needs_subscription_and_timely_kafka_confirmations(bridge: Any) -> None:
+    b, producer, _ = bridge
+    assert not b.healthy(), "not subscribed yet"
+    b.subscribed.set()
+    assert b.healthy()
+    deliver(b, 1)
+    b._step()
+    assert b.healthy()
+    b._pending[0].born -= 60  # unconfirmed by Kafka for a minute: stuck
+    assert not b.healthy()
+    producer.sent[0][2](None)
+    b._step()
+    assert b.healthy()
