@@ -116,8 +116,15 @@ class IngestState:
                         self.limits.retry_after_s) from exc
                 self._pid = os.getpid()
                 # Dead letters are not awaited per request: flush them at worker exit.
-                atexit.register(self._producer.close, 5.0)
+                atexit.register(self.close, 5.0)
             return self._producer
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush and drop this process's producer (worker exit, tests)."""
+        atexit.unregister(self.close)
+        producer, self._producer = self._producer, None
+        if producer is not None and self._pid == os.getpid():
+            producer.close(timeout_s)
 
 
 def init_ingest(app: Flask, settings: Settings | None = None, **kwargs: Any) -> None:

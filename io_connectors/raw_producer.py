@@ -46,6 +46,8 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
+_ERROR_LOG_INTERVAL_S = 30.0
+
 # Called once per message with None (delivered) or a human-readable error.
 DeliveryCallback = Callable[[str | None], None]
 ValueEncoder = Callable[[Mapping[str, Any]], bytes]
@@ -137,6 +139,8 @@ class RawProducer:
         self._encode_event = event_encoder
         self._encode_dead_letter = dead_letter_encoder
         self._fatal: str | None = None
+        self._bootstrap = bootstrap_servers
+        self._last_error_log = -_ERROR_LOG_INTERVAL_S
         config = producer_config(bootstrap_servers, client_id, config_overrides)
         config["error_cb"] = self._on_error
         self._producer = producer if producer is not None else Producer(config)
@@ -260,7 +264,11 @@ class RawProducer:
             _LOGGER.error("fatal Kafka producer error: %s", err.str())
         else:
             # Transient (broker down, transport): librdkafka reconnects with backoff.
-            _LOGGER.warning("Kafka producer: %s", err.str())
+            # It reports every attempt; log at most one line per interval.
+            now = time.monotonic()
+            if now - self._last_error_log >= _ERROR_LOG_INTERVAL_S:
+                self._last_error_log = now
+                _LOGGER.warning("Kafka producer (%s): %s", self._bootstrap, err.str())
 
 
 def build_raw_producer(settings: Settings, *, client_id: str,

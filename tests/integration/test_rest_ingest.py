@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from werkzeug.serving import make_server
 
 from api import create_app
+from api.ingest import EXTENSION
 from runners.settings import Settings, load_settings
 from tests.integration.test_mqtt_bridge import _require_services, consume
 
@@ -55,6 +56,7 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         app = create_app(settings, {"TELEMETRY_STORE": object(), "READY_CHECKS": {}})
+        self._app = app
         self._server = make_server("127.0.0.1", 0, app, threaded=True)
         self.port = self._server.server_port
         self.url = f"http://127.0.0.1:{self.port}{URL_PATH}"
@@ -64,6 +66,9 @@ class Server:
     def close(self) -> None:
         self._server.shutdown()
         self._thread.join(10)
+        state = self._app.extensions.get(EXTENSION)
+        if state is not None:
+            state.close(2.0)
 
 
 @pytest.fixture(scope="module", autouse=True)
