@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -81,13 +82,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, RulesError, ValueError) as exc:
         _LOGGER.error("cannot start the bridge: %s", exc)
         return 2
-    try:
-        producer = build_raw_producer(settings, client_id=f"dcmms-bridge-{config.client_id}")
-    except Exception as exc:  # registry down or schema refused: say which, exit non-zero
-        _LOGGER.error("cannot create the Kafka producer (registry %s, Kafka %s): %s",
-                      settings.get("schema_registry", "url"),
-                      settings.get("kafka", "bootstrap_servers"), exc)
-        return 3
+    stopping = threading.Event()
+    bridge: MqttBridge | None = None
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        _LOGGER.info("received %s; shutting down", signal.Signals(signum).name)
+        stopping.set()
+        if bridge is not None:
+            bridge.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    # The registry (or Kafka behind it) may start after us: retry with backoff.
+    delay = 1.0
+    while True:
+        try:
+            producer = build_raw_producer(settings,
+                                          client_id=f"dcmms-bridge-{config.client_id}")
+            break
+        except Exception as exc:  # noqa: BLE001 - reported, then retried
+            _LOGGER.error("cannot register schemas / create the Kafka producer (registry %s, "
+                          "Kafka %s): %s; retrying in %.0f s",
+                          settings.get("schema_registry", "url"),
+                          settings.get("kafka", "bootstrap_servers"), exc, delay)
+            if stopping.wait(delay):
+                return 0
+            delay = min(delay * 2, 30.0)
 
     # The stack supervisor judges health by this file's age (runners/stack/bridge.py).
     heartbeat_file = os.environ.get(HEARTBEAT_ENV)
@@ -98,12 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         on_healthy=(lambda: write_heartbeat(heartbeat_file))
                         if heartbeat_file else None)
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        _LOGGER.info("received %s; shutting down", signal.Signals(signum).name)
-        bridge.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    if stopping.is_set():
+        return 0
     try:
         bridge.run()
     except RuntimeError as exc:
