@@ -100,7 +100,7 @@ def event_from_mqtt(payload: bytes, topic: str, *, now_ms: int, rules: SensorRul
                           f"(expected {expected!r})")
     if errors:
         return EdgeResult(None, tuple(errors))
-    raw.setdefault("source", "mqtt")
+    raw["source"] = "mqtt"  # the edge knows the path; a client cannot claim another
     return _complete_and_validate(raw, now_ms=now_ms, rules=rules)
 
 
@@ -109,7 +109,7 @@ def event_from_item(item: Any, *, now_ms: int, rules: SensorRules) -> EdgeResult
     if not isinstance(item, dict):
         return EdgeResult(None, (f"item must be a JSON object, got {_json_type(item)}",))
     raw = dict(item)
-    raw.setdefault("source", "http")
+    raw["source"] = "http"
     return _complete_and_validate(raw, now_ms=now_ms, rules=rules)
 
 

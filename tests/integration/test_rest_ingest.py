@@ -209,8 +209,9 @@ json_values = st.recursive(
     | st.floats(allow_nan=False) | st.text(),
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=8),
     max_leaves=25)
-event_like = st.fixed_dictionaries({}, optional={k: json_values | st.just(v)
-                                                 for k, v in event().items()})
+event_like = st.fixed_dictionaries({}, optional={
+    k: json_values | st.just(v)
+    for k, v in {**event(), "event_id": "e-1", "quality_flag": "GOOD", "source": "x"}.items()})
 
 
 @settings(max_examples=150, deadline=None,

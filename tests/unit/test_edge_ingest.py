@@ -140,7 +140,8 @@ json_values = st.recursive(
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=8),
     max_leaves=25)
 fields = st.fixed_dictionaries({}, optional={
-    k: json_values | st.just(v) for k, v in event().items()})
+    k: json_values | st.just(v)
+    for k, v in {**event(), "event_id": "e-1", "quality_flag": "GOOD", "source": "x"}.items()})
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

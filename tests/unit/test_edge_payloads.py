@@ -120,3 +120,14 @@ def test_mqtt_never_raises_and_always_explains(raw: bytes, topic: str) -> None:
         # Whatever passed must be encodable as the raw_telemetry schema.
         fastavro.schemaless_writer(io.BytesIO(), avro.load_schema(avro.TELEMETRY_EVENT),
                                    result.event)
+
+
+def test_source_is_set_by_the_edge_not_the_client() -> None:
+    # A client-chosen source could even be a lone surrogate that Avro cannot encode.
+    item = {"site_id": "site-1", "asset_id": "asset-001", "sensor_id": "s1",
+            "sensor_type": "TEMPERATURE", "timestamp": NOW - 1000, "value": 21.5,
+            "unit": "celsius", "source": "\ud800"}
+    rest = event_from_item(item, now_ms=NOW, rules=RULES).event
+    mqtt = event_from_mqtt(payload(source="\ud800"), TOPIC, now_ms=NOW, rules=RULES).event
+    assert rest is not None and rest["source"] == "http"
+    assert mqtt is not None and mqtt["source"] == "mqtt"
