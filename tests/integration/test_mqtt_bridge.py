@@ -324,3 +324,30 @@ def test_sigterm_flushes_acks_and_exits_cleanly(bridge: BridgeProcess,
     records = consume(RAW_TOPIC, lambda r: len({e["event_id"] for k, e in r
                                                 if k == asset.encode()}) >= total, 60)
     assert len({e["event_id"] for k, e in records if k == asset.encode()}) == total
+
+
+def test_two_bridges_in_one_share_group_split_the_load(tmp_path: Path,
+                                                       publisher: Publisher) -> None:
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    bridges = [BridgeProcess(tmp_path, f"{group}-{i}", group) for i in range(2)]
+    try:
+        for b in bridges:
+            b.start()
+        total, asset = 1000, "asset-shared"
+        base = int(time.time() * 1000) - 20_000
+        publisher.wait_all([publisher.publish(topic_for(asset), reading(f"s-{i}", base + i))
+                            for i in range(total)])
+        records = consume(RAW_TOPIC, lambda r: len({e["event_id"] for k, e in r
+                                                    if k == asset.encode()}) >= total, 60)
+        assert len({e["event_id"] for k, e in records if k == asset.encode()}) == total
+        received = []
+        for b in bridges:
+            b.signal(signal.SIGTERM)
+            assert b.wait(30) == 0, b.log()
+            line = [ln for ln in b.log().splitlines() if "bridge exited cleanly" in ln][-1]
+            received.append(int(line.split("received ")[1].split(",")[0]))
+        assert all(n > 0 for n in received), f"one bridge got nothing: {received}"
+        assert sum(received) >= total
+    finally:
+        for b in bridges:
+            b.kill()
