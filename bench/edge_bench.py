@@ -176,7 +176,7 @@ def bench_mqtt(args: argparse.Namespace) -> None:
             bridges.append((subprocess.Popen(
                 [sys.executable, "-m", "runners.mqtt_bridge", "--client-id",
                  f"bench-{run}-{b}", "--share-group", f"bench-{run}",
-                 "--log-level", args.bridge_log_level],
+                 "--session-expiry-s", "60", "--log-level", args.bridge_log_level],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
         time.sleep(args.bridge_startup_s)  # at WARNING level there is no "ready" line
         per = args.messages // args.publishers

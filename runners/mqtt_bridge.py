@@ -48,7 +48,8 @@ def _optional(settings: Settings, key: str, kind: type, default: Any) -> Any:
 
 
 def bridge_config(settings: Settings, client_id: str | None = None,
-                  share_group: str | None = None) -> BridgeConfig:
+                  share_group: str | None = None,
+                  session_expiry_s: int | None = None) -> BridgeConfig:
     """The bridge's MQTT settings; errors name the setting at fault."""
     return BridgeConfig(
         host=settings.get("mqtt", "host"),
@@ -59,7 +60,8 @@ def bridge_config(settings: Settings, client_id: str | None = None,
         share_group=share_group or _optional(settings, "bridge_share_group", str,
                                              "dcmms-bridge"),
         receive_maximum=_optional(settings, "bridge_receive_maximum", int, 20000),
-        session_expiry_s=_optional(settings, "bridge_session_expiry_s", int, 7 * 24 * 3600),
+        session_expiry_s=session_expiry_s if session_expiry_s is not None
+        else _optional(settings, "bridge_session_expiry_s", int, 7 * 24 * 3600),
     )
 
 
@@ -70,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default: [mqtt] bridge_client_id)")
     parser.add_argument("--share-group", help="MQTT 5 shared-subscription group "
                         "(default: [mqtt] bridge_share_group or dcmms-bridge)")
+    parser.add_argument("--session-expiry-s", type=int,
+                        help="broker session expiry (default: [mqtt] bridge_session_expiry_s or "
+                        "7 days); short for throw-away bridges (tests, benchmarks) so their "
+                        "sessions do not keep queueing telemetry after they are gone")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -77,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         settings.check_production()
-        config = bridge_config(settings, args.client_id, args.share_group)
+        config = bridge_config(settings, args.client_id, args.share_group,
+                               args.session_expiry_s)
         rules = default_sensor_rules()
     except (SettingsError, RulesError, ValueError) as exc:
         _LOGGER.error("cannot start the bridge: %s", exc)

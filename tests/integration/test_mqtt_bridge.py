@@ -94,7 +94,10 @@ class BridgeProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "runners.mqtt_bridge", "--client-id", self.client_id,
-                 "--share-group", self.share_group], cwd=REPO_ROOT, env=env,
+                 "--share-group", self.share_group,
+                 # Long enough to survive the kill/restart, short enough that the
+                 # broker forgets this throw-away session (and stops queueing for it).
+                 "--session-expiry-s", "120"], cwd=REPO_ROOT, env=env,
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
