@@ -40,12 +40,6 @@ _LOGGER = logging.getLogger(__name__)
 BLUEPRINT_MODULES = ("api.query", "api.ingest", "api.health", "api.openapi")
 
 
-def _optional(settings: Settings, section: str, key: str, kind: type, default: Any) -> Any:
-    if key not in settings.section(section):
-        return default
-    return settings.get(section, key, kind)
-
-
 def create_app(settings: Settings | None = None,
                test_config: dict[str, Any] | None = None) -> Flask:
     """Build the API app from ``settings`` (default: :func:`runners.settings.load_settings`)."""
@@ -66,7 +60,7 @@ def create_app(settings: Settings | None = None,
     app = Flask(__name__)
     app.json = OrjsonProvider(app)  # keeps column order in rows; fast for large pages
     app.config["DCMMS_SETTINGS"] = settings
-    app.config[PUBLIC_DOCS_CONFIG] = _optional(settings, "api", "public_docs", bool, True)
+    app.config[PUBLIC_DOCS_CONFIG] = settings.get("api", "public_docs", bool, True)
     store = test_config.pop("TELEMETRY_STORE", None)
     ready_checks = test_config.pop("READY_CHECKS", None)
     assets_file = test_config.pop("ASSETS_FILE", None)
@@ -77,8 +71,8 @@ def create_app(settings: Settings | None = None,
                                      settings.origin("api", "api_keys"))
     except AuthConfigError as exc:
         raise SettingsError(str(exc)) from None
-    limiter = RateLimiter(_optional(settings, "api", "rate_limit_per_second", float, 1000.0),
-                          _optional(settings, "api", "rate_limit_burst", float, 2000.0))
+    limiter = RateLimiter(settings.get("api", "rate_limit_per_second", float, 1000.0),
+                          settings.get("api", "rate_limit_burst", float, 2000.0))
     app.extensions[AUTH_EXTENSION] = AuthState(keys, limiter)
 
     if store is None:
@@ -86,7 +80,7 @@ def create_app(settings: Settings | None = None,
             host=settings.get("questdb", "host"), port=settings.get("questdb", "pg_port", int),
             user=settings.get("questdb", "pg_user"),
             password=settings.get("questdb", "pg_password"),
-            max_connections=_optional(settings, "api", "questdb_pool_size", int, 4))
+            max_connections=settings.get("api", "questdb_pool_size", int, 4))
         store = TelemetryStore(client)
     app.extensions[STORE_EXTENSION] = store
     app.extensions[ASSETS_EXTENSION] = AssetDirectory(

@@ -39,7 +39,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from api.auth import require_scope
 from api.errors import ApiError, ServiceUnavailable
 from io_connectors.raw_producer import RawProducer, build_raw_producer
-from runners.settings import Settings, SettingsError, load_settings
+from runners.settings import Settings, load_settings
 from schemas.edge import dead_letter, event_from_item
 from schemas.validation import SensorRules, default_sensor_rules
 
@@ -65,19 +65,11 @@ class IngestLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestLimits:
-        def opt(key: str, kind: type, default: Any) -> Any:
-            try:
-                return settings.get("api", key, kind)
-            except SettingsError as exc:
-                if "missing setting" in str(exc):
-                    return default
-                raise
-
         return cls(
-            max_body_bytes=opt("ingest_max_body_bytes", int, cls.max_body_bytes),
-            max_items=opt("ingest_max_items", int, cls.max_items),
-            ack_timeout_s=opt("ingest_ack_timeout_s", float, cls.ack_timeout_s),
-            retry_after_s=opt("ingest_retry_after_s", int, cls.retry_after_s),
+            max_body_bytes=settings.get("api", "ingest_max_body_bytes", int, cls.max_body_bytes),
+            max_items=settings.get("api", "ingest_max_items", int, cls.max_items),
+            ack_timeout_s=settings.get("api", "ingest_ack_timeout_s", float, cls.ack_timeout_s),
+            retry_after_s=settings.get("api", "ingest_retry_after_s", int, cls.retry_after_s),
         )
 
 

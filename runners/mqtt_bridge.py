@@ -25,7 +25,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
 
 from io_connectors.mqtt_bridge import BridgeConfig, MqttBridge
 from io_connectors.raw_producer import build_raw_producer
@@ -38,15 +37,6 @@ __all__ = ["bridge_config", "main"]
 _LOGGER = logging.getLogger("runners.mqtt_bridge")
 
 
-def _optional(settings: Settings, key: str, kind: type, default: Any) -> Any:
-    try:
-        return settings.get("mqtt", key, kind)
-    except SettingsError as exc:
-        if "missing setting" in str(exc):
-            return default
-        raise
-
-
 def bridge_config(settings: Settings, client_id: str | None = None,
                   share_group: str | None = None,
                   session_expiry_s: int | None = None) -> BridgeConfig:
@@ -56,12 +46,12 @@ def bridge_config(settings: Settings, client_id: str | None = None,
         port=settings.get("mqtt", "port", int),
         username=settings.get("mqtt", "bridge_username"),
         password=settings.get("mqtt", "bridge_password"),
-        client_id=client_id or _optional(settings, "bridge_client_id", str, "dcmms-bridge-1"),
-        share_group=share_group or _optional(settings, "bridge_share_group", str,
+        client_id=client_id or settings.get("mqtt", "bridge_client_id", str, "dcmms-bridge-1"),
+        share_group=share_group or settings.get("mqtt", "bridge_share_group", str,
                                              "dcmms-bridge"),
-        receive_maximum=_optional(settings, "bridge_receive_maximum", int, 20000),
+        receive_maximum=settings.get("mqtt", "bridge_receive_maximum", int, 20000),
         session_expiry_s=session_expiry_s if session_expiry_s is not None
-        else _optional(settings, "bridge_session_expiry_s", int, 7 * 24 * 3600),
+        else settings.get("mqtt", "bridge_session_expiry_s", int, 7 * 24 * 3600),
     )
 
 

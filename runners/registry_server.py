@@ -365,17 +365,12 @@ def create_app(registry: SchemaRegistry) -> Flask:
     return app
 
 
-def _optional(settings: Any, section: str, key: str, kind: type, default: Any) -> Any:
-    """A setting that older config files may lack."""
-    return settings.get(section, key, kind) if key in settings.section(section) else default
-
-
 def build_registry(settings: Any) -> SchemaRegistry:
     """Start the store (replaying the topic) and return the registry, from settings."""
     store = KafkaRegistryStore(
         settings.get("kafka", "bootstrap_servers"),
-        topic=_optional(settings, "schema_registry", "topic", str, "_schemas"),
-        replication_factor=_optional(settings, "schema_registry", "replication_factor", int, 1),
+        topic=settings.get("schema_registry", "topic", str, "_schemas"),
+        replication_factor=settings.get("schema_registry", "replication_factor", int, 1),
     )
     level = settings.get("schema_registry", "compatibility")
     try:

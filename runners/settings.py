@@ -27,6 +27,9 @@ DEV_DEFAULTS: dict[tuple[str, str], str] = {
 }
 
 
+_REQUIRED = object()
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the setting and its source."""
 
@@ -54,10 +57,13 @@ class Settings:
         env = self._env_overrides.get((section, key))
         return f"environment variable {env}" if env else f"[{section}] {key} in {self.source}"
 
-    def get(self, section: str, key: str, kind: type = str) -> Any:
+    def get(self, section: str, key: str, kind: type = str, default: Any = _REQUIRED) -> Any:
+        """The setting converted to ``kind``; ``default`` (if given) when it is absent."""
         try:
             raw = self._values[section][key]
         except KeyError:
+            if default is not _REQUIRED:
+                return default
             raise SettingsError(
                 f"missing setting [{section}] {key} in {self.source} "
                 f"(or environment variable {env_name(section, key)})"
@@ -119,9 +125,14 @@ def load_settings(path: str | os.PathLike[str] | None = None,
     for section, entries in values.items():
         if not isinstance(entries, dict):
             raise SettingsError(f"{source}: top-level key {section!r} must be a [section]")
-        for key in entries:
-            name = env_name(section, key)
-            if name in environ:
-                entries[key] = environ[name]
-                overrides[(section, key)] = name
+        # Longest section names first would matter only for prefixes of one another
+        # (none today); keys absent from the file can still be set by environment.
+        prefix = env_name(section, "")
+        for name, value in environ.items():
+            if name.startswith(prefix) and len(name) > len(prefix):
+                key = name[len(prefix):].lower()
+                if not any(name.startswith(env_name(other, "")) and len(other) > len(section)
+                           for other in values if other != section):
+                    entries[key] = value
+                    overrides[(section, key)] = name
     return Settings(values, source, overrides)

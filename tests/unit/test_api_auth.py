@@ -23,11 +23,14 @@ class _Clock:
 
 
 def _settings(tmp_path: Path, api_keys: str, extra: str = "") -> object:
-    text = Path(load_settings().source).read_text()
+    """The repo's settings with [api] api_keys and the ``extra`` "key = value" lines replaced."""
     path = tmp_path / "settings.toml"
-    path.write_text(text.replace('api_keys = "dev-api-key:read+write"',
-                                 f'api_keys = "{api_keys}"\n{extra}'))
-    return load_settings(path, environ={})
+    path.write_text(Path(load_settings().source).read_text())
+    environ = {env_name("api", "api_keys"): api_keys}
+    for line in filter(None, extra.splitlines()):
+        key, value = (part.strip() for part in line.split("=", 1))
+        environ[env_name("api", key)] = value
+    return load_settings(path, environ=environ)
 
 
 class _NoStore:
@@ -131,7 +134,7 @@ def test_keys_never_appear_in_logs(tmp_path: Path, caplog: pytest.LogCaptureFixt
 
 
 def test_bad_key_setting_fails_app_creation_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match=r"\[api\] api_keys"):
+    with pytest.raises(SettingsError, match=r"DCMMS_API_API_KEYS|\[api\] api_keys"):
         create_app(_settings(tmp_path, "k1:superuser"), {"TELEMETRY_STORE": _NoStore()})
 
 
