@@ -1,0 +1,140 @@
+"""Entry point of the telemetry job: ``python -m runners.run_pipeline [--runner ...]``.
+
+``--runner=FlinkRunner`` (the default of the local stack) submits a streaming
+job to the Flink job server started by ``dcmms-telemetry up``; every Beam flag
+can be passed through. ``--runner=DirectRunner`` runs in-process for quick
+local checks. Options that are not given come from config/local.toml
+(see runners.pipeline_options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult
+
+from io_connectors.kafka_sink import WriteToKafkaTopic
+from io_connectors.kafka_source import ReadRawTelemetry
+from io_connectors.questdb_schema import ALARMS, SENSOR_READINGS
+from io_connectors.questdb_sink import WriteToQuestDB, questdb_conf
+from io_connectors.schema_registry import RegistrySchemas
+from pipelines.telemetry import TelemetrySinks, build_telemetry_pipeline
+from runners.pipeline_options import TelemetryOptions, telemetry_defaults
+from runners.settings import Settings, SettingsError, load_settings
+from schemas.avro import ALARM, DEAD_LETTER, SENSOR_READING
+from schemas.validation import load_sensor_rules
+from transforms.enrich import RefreshingAssetCatalog
+
+__all__ = ["JOB_NAME", "build_sinks", "flink_defaults", "make_options", "run", "main"]
+
+JOB_NAME = "dcmms-telemetry"
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def flink_defaults(settings: Settings) -> list[str]:
+    """Beam flags for the local Flink job server (no Docker, no downloads)."""
+    return [
+        "--runner=FlinkRunner",
+        f"--job_endpoint=localhost:{settings.get('flink', 'job_port', int)}",
+        "--environment_type=EXTERNAL",
+        f"--environment_config=localhost:{settings.get('flink', 'worker_pool_port', int)}",
+        "--streaming",
+        f"--parallelism={settings.get('flink', 'parallelism', int)}",
+        f"--checkpointing_interval={settings.get('flink', 'checkpointing_interval_ms', int)}",
+        f"--max_bundle_size={settings.get('flink', 'max_bundle_size', int)}",
+        f"--max_bundle_time_mills={settings.get('flink', 'max_bundle_time_ms', int)}",
+        f"--job_name={JOB_NAME}",
+    ]
+
+
+def make_options(argv: Sequence[str], settings: Settings) -> PipelineOptions:
+    """Pipeline options: explicit argv wins over settings-derived defaults."""
+    argv = list(argv)
+    if not any(a.startswith("--runner") for a in argv) or "--runner=FlinkRunner" in argv:
+        argv = flink_defaults(settings) + [a for a in argv if a != "--runner=FlinkRunner"]
+    options = PipelineOptions(argv)
+    telemetry = options.view_as(TelemetryOptions)
+    for name, value in telemetry_defaults(settings).items():
+        if getattr(telemetry, name, None) is None:
+            setattr(telemetry, name, value)
+    return options
+
+
+def build_sinks(opts: TelemetryOptions) -> TelemetrySinks:
+    """Kafka and QuestDB sinks of the job, from its options."""
+    conf = questdb_conf(opts.questdb_host, opts.questdb_http_port)
+    kafka = opts.bootstrap_servers
+    registry = opts.registry_url
+    return TelemetrySinks(
+        validated=(
+            WriteToKafkaTopic(opts.validated_topic, kafka, schema_name=SENSOR_READING,
+                              registry_url=registry, label="ToKafkaValidated"),
+            WriteToQuestDB(SENSOR_READINGS, conf, batch_rows=opts.sink_batch_rows,
+                           label="ToQuestDBReadings"),
+        ),
+        alarms=(
+            WriteToKafkaTopic(opts.alarms_topic, kafka, schema_name=ALARM,
+                              registry_url=registry, label="ToKafkaAlarms"),
+            WriteToQuestDB(ALARMS, conf, batch_rows=opts.sink_batch_rows,
+                           label="ToQuestDBAlarms"),
+        ),
+        dead_letters=(
+            WriteToKafkaTopic(opts.dlq_topic, kafka, schema_name=DEAD_LETTER,
+                              registry_url=registry, key_fn=_dead_letter_key,
+                              label="ToKafkaDeadLetters"),
+        ),
+    )
+
+
+def _dead_letter_key(record: dict) -> bytes | None:
+    key = record.get("key")
+    return key if isinstance(key, bytes) else None
+
+
+def run(argv: Sequence[str] = (), settings: Settings | None = None) -> PipelineResult:
+    """Build and run the job; returns the PipelineResult (non-blocking on Flink)."""
+    settings = settings or load_settings()
+    settings.check_production()
+    options = make_options(argv, settings)
+    opts = options.view_as(TelemetryOptions)
+    streaming = options.view_as(StandardOptions).streaming
+    pipeline = beam.Pipeline(options=options)
+    build_telemetry_pipeline(
+        pipeline,
+        source=ReadRawTelemetry(opts.bootstrap_servers, opts.raw_topic, opts.consumer_group),
+        schema_lookup=RegistrySchemas(opts.registry_url),
+        asset_catalog=RefreshingAssetCatalog(opts.assets_file, opts.asset_refresh_seconds),
+        rules=load_sensor_rules(opts.sensor_rules_file),
+        sinks=build_sinks(opts),
+        unknown_asset_policy=opts.unknown_asset_policy,
+        dedup_window_seconds=opts.dedup_window_seconds,
+    )
+    _LOGGER.info("submitting telemetry job (streaming=%s, runner=%s)", streaming,
+                 options.view_as(StandardOptions).runner)
+    return pipeline.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
+    parser.add_argument("--wait", action="store_true",
+                        help="block until the job ends (default: return once submitted)")
+    known, beam_args = parser.parse_known_args(argv if argv is not None else sys.argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        result = run(beam_args)
+    except SettingsError as exc:
+        print(f"run_pipeline: {exc}", file=sys.stderr)
+        return 2
+    if known.wait:
+        result.wait_until_finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
