@@ -1,0 +1,41 @@
+"""Pipeline options: settings give the defaults, the command line wins."""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
+
+from runners.pipeline_options import TelemetryOptions
+from runners.run_pipeline import JOB_NAME, build_sinks, make_options
+from runners.settings import load_settings
+
+SETTINGS = load_settings(environ={})
+
+
+def test_flink_is_the_default_with_local_job_server_and_worker_pool() -> None:
+    options = make_options([], SETTINGS)
+    assert options.view_as(StandardOptions).runner == "FlinkRunner"
+    assert options.view_as(StandardOptions).streaming
+    portable = options.view_as(PortableOptions)
+    assert portable.job_endpoint == "localhost:8099"
+    # EXTERNAL: no Docker container and no download for the Python SDK harness.
+    assert portable.environment_type == "EXTERNAL"
+    assert portable.environment_config == "localhost:50000"
+    assert options.get_all_options()["job_name"] == JOB_NAME
+
+
+def test_settings_fill_telemetry_options_and_argv_wins() -> None:
+    options = make_options(["--runner=DirectRunner", "--raw_topic=other_raw"], SETTINGS)
+    assert options.view_as(StandardOptions).runner == "DirectRunner"
+    opts = options.view_as(TelemetryOptions)
+    assert opts.raw_topic == "other_raw"
+    assert opts.validated_topic == "validated_telemetry"
+    assert opts.bootstrap_servers == "127.0.0.1:9092"
+    assert opts.dedup_window_seconds == 60.0
+    assert opts.assets_file.endswith("config/assets.json")
+
+
+def test_sinks_cover_kafka_and_questdb_for_each_output() -> None:
+    sinks = build_sinks(make_options([], SETTINGS).view_as(TelemetryOptions))
+    assert [s.label for s in sinks.validated] == ["ToKafkaValidated", "ToQuestDBReadings"]
+    assert [s.label for s in sinks.alarms] == ["ToKafkaAlarms", "ToQuestDBAlarms"]
+    assert [s.label for s in sinks.dead_letters] == ["ToKafkaDeadLetters"]
