@@ -19,6 +19,10 @@ cancelled or the job server dies. :func:`job_submission_args` gives the
 arguments that make a submission resume from the newest retained checkpoint
 (``--savepoint_path`` is ignored by the job server for its ``[local]`` cluster,
 so the restore path goes into a per-job Flink conf dir instead).
+
+Stopping a job: ``PipelineResult.cancel()`` (the Beam job API) marks the job
+CANCELLED but leaves the Flink job of a ``[local]`` job server running, with its
+SDK workers; :func:`cancel_jobs` cancels through the job's Flink REST endpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from runners.settings import REPO_ROOT, Settings
@@ -36,6 +41,8 @@ __all__ = [
     "job_submission_args",
     "latest_checkpoint",
     "write_flink_conf",
+    "cancel_jobs",
+    "running_jobs",
     "JOB_SERVER_MAIN",
     "JAVA_OPENS",
 ]
@@ -142,6 +149,47 @@ def job_submission_args(settings: Settings, paths: StackPaths, *, name: str = "p
     conf_dir = write_flink_conf(paths.conf("flink") / "jobs" / name, settings, paths,
                                 web_ui_port=web_ui_port, restore_from=restore_from)
     return [f"--flink_conf_dir={conf_dir}"]
+
+
+def running_jobs(rest_url: str, timeout_s: float = 5.0) -> list[dict[str, object]]:
+    """Jobs of the Flink mini cluster at ``rest_url`` (``http://host:web_ui_port``), any state."""
+    import requests
+
+    resp = requests.get(f"{rest_url}/jobs/overview", timeout=timeout_s)
+    resp.raise_for_status()
+    return list(resp.json().get("jobs", []))
+
+
+def cancel_jobs(rest_url: str, job_name: str, wait_s: float = 60.0) -> int:
+    """Cancel every unfinished Flink job named ``job_name``; return how many were cancelled.
+
+    ``rest_url`` is the job's mini cluster (``http://host:web_ui_port``). Waits
+    until the mini cluster, which shuts down with its only job, stops answering:
+    a job submitted while the previous one's SDK environment is still being torn
+    down was seen to stall without processing anything. Raises RuntimeError when
+    the job does not stop in time. Retained checkpoints stay on disk
+    (RETAIN_ON_CANCELLATION) as restart points.
+    """
+    import requests
+
+    try:
+        jobs = running_jobs(rest_url)
+    except requests.ConnectionError:
+        return 0
+    jids = [str(job["jid"]) for job in jobs if job.get("name") == job_name
+            and job.get("state") not in ("CANCELED", "FINISHED", "FAILED")]
+    for jid in jids:
+        requests.patch(f"{rest_url}/jobs/{jid}", params={"mode": "cancel"}, timeout=10)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            running_jobs(rest_url, timeout_s=2.0)
+        except requests.ConnectionError:
+            return len(jids)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Flink job {job_name!r} at {rest_url} did not stop "
+                               f"within {wait_s:.0f} s")
+        time.sleep(0.5)
 
 
 def _grpc_ready(target: str, timeout_s: float = 2.0) -> bool:

@@ -10,8 +10,10 @@ group and table, and cancels its job at the end.
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from io_connectors.kafka_source import KafkaRecord, ReadRawTelemetry
 from runners.settings import load_settings
-from runners.stack.flink import _grpc_ready, job_submission_args
+from runners.stack.flink import _grpc_ready, cancel_jobs, job_submission_args, running_jobs
 from runners.stack.supervisor import paths_from_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
@@ -38,6 +40,8 @@ JOB_PORT = SETTINGS.get("flink", "job_port", int)
 POOL_PORT = SETTINGS.get("flink", "worker_pool_port", int)
 N_RECORDS = 20
 WAIT_S = 180.0
+# A job that has delivered nothing after this long is taken as stalled (see _submit's caller).
+STALL_S = 45.0
 
 
 def _exec(query: str) -> dict[str, Any]:
@@ -117,14 +121,19 @@ def _produce(topic: str, n: int) -> set[tuple[str, str]]:
     return sent
 
 
-def test_flink_job_reads_kafka_and_writes_questdb(topic: str, table: str) -> None:
-    for name, target in (("job server ([flink] job_port)", f"localhost:{JOB_PORT}"),
-                         ("Beam worker pool ([flink] worker_pool_port)", f"localhost:{POOL_PORT}")):
-        if not _grpc_ready(target, timeout_s=5.0):
-            pytest.fail(f"Flink {name} not answering at {target}; start the stack with `make run`")
-    sent = _produce(topic, N_RECORDS)
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    run_id = topic.removeprefix("it_flink_")
+
+def _submit(topic: str, table: str, attempt: int) -> tuple[Any, str, str]:
+    """Submit the read->write job; return (result, its Flink REST URL, its job name)."""
+    run_id = f"{topic.removeprefix('it_flink_')}-{attempt}"
+    job_name = f"it-flink-kafka-questdb-{run_id}"
+    # The job's own mini cluster REST port (not the pipeline's 8082): the test cancels
+    # through it, since PipelineResult.cancel() leaves a [local] Flink job running.
+    rest_port = _free_port()
     options = PipelineOptions([
         "--runner=PortableRunner",
         f"--job_endpoint=localhost:{JOB_PORT}",
@@ -133,10 +142,10 @@ def test_flink_job_reads_kafka_and_writes_questdb(topic: str, table: str) -> Non
         "--streaming",
         "--checkpointing_interval=5000",
         "--parallelism=1",
-        f"--job_name=it-flink-kafka-questdb-{run_id}",
-        # Its own Flink conf: no restore from the pipeline's checkpoints, any free UI port.
+        f"--job_name={job_name}",
+        # Its own Flink conf: no restore from the pipeline's checkpoints, its own UI port.
         *job_submission_args(SETTINGS, paths_from_settings(SETTINGS), name=f"it-{run_id}",
-                             restore=False, web_ui_port=0),
+                             restore=False, web_ui_port=rest_port),
     ])
     pipeline = beam.Pipeline(options=options)
     _ = (pipeline
@@ -144,20 +153,48 @@ def test_flink_job_reads_kafka_and_writes_questdb(topic: str, table: str) -> Non
                                       start_from="earliest", max_poll_seconds=0.5)
          | "Write" >> beam.ParDo(_WriteRecordsToQuestDB(
              f"http::addr={QDB_HOST}:{QDB_HTTP};auto_flush=off;", table)))
-    result = pipeline.run()
+    return pipeline.run(), f"http://127.0.0.1:{rest_port}", job_name
+
+
+def _wait_rows(result: Any, table: str, want: int, wait_s: float) -> list[tuple[str, str]]:
+    deadline = time.monotonic() + wait_s
+    rows: list[list[Any]] = []
+    while time.monotonic() < deadline:
+        state = result.state
+        assert state not in (PipelineState.FAILED, PipelineState.CANCELLED,
+                             PipelineState.DONE), f"Flink job ended early: {state}"
+        rows = _exec(f"SELECT k, v FROM {table}")["dataset"]
+        if len(rows) >= want:
+            break
+        time.sleep(1.0)
+    return [(k, v) for k, v in rows]
+
+
+def test_flink_job_reads_kafka_and_writes_questdb(topic: str, table: str) -> None:
+    for name, target in (("job server ([flink] job_port)", f"localhost:{JOB_PORT}"),
+                         ("Beam worker pool ([flink] worker_pool_port)", f"localhost:{POOL_PORT}")):
+        if not _grpc_ready(target, timeout_s=5.0):
+            pytest.fail(f"Flink {name} not answering at {target}; start the stack with `make run`")
+    sent = _produce(topic, N_RECORDS)
+
+    result, rest_url, job_name = _submit(topic, table, attempt=1)
     try:
-        deadline = time.monotonic() + WAIT_S
-        rows: list[list[Any]] = []
-        while time.monotonic() < deadline:
-            state = result.state
-            assert state not in (PipelineState.FAILED, PipelineState.CANCELLED,
-                                 PipelineState.DONE), f"Flink job ended early: {state}"
-            rows = _exec(f"SELECT k, v FROM {table}")["dataset"]
-            if len(rows) >= N_RECORDS:
-                break
-            time.sleep(1.0)
-        got = [(k, v) for k, v in rows]
+        got = _wait_rows(result, table, N_RECORDS, STALL_S)
+        if not got:
+            # Known issue (docs/decisions/0001-beam-flink-kafka.md): about one submission in
+            # five on this job server runs without ever processing a bundle. Resubmit once;
+            # a broken component still fails, since the second job must deliver everything.
+            warnings.warn(f"Flink job {job_name} processed nothing in {STALL_S:.0f} s; "
+                          "resubmitting once", stacklevel=1)
+            result.cancel()
+            cancel_jobs(rest_url, job_name)
+            result, rest_url, job_name = _submit(topic, table, attempt=2)
+            got = _wait_rows(result, table, N_RECORDS, WAIT_S)
         assert len(got) == N_RECORDS, f"{len(got)} of {N_RECORDS} rows reached QuestDB: {got}"
         assert set(got) == sent
+        assert any(job["name"] == job_name and job["state"] == "RUNNING"
+                   for job in running_jobs(rest_url)), "the streaming job is not RUNNING on Flink"
     finally:
         result.cancel()
+        cancelled = cancel_jobs(rest_url, job_name)
+    assert cancelled == 1, f"expected to cancel 1 Flink job named {job_name}, cancelled {cancelled}"
