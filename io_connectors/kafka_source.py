@@ -28,7 +28,8 @@ an offset range ``[start, inf)``:
 Each output is a :class:`KafkaRecord` (key, value, topic, partition, offset,
 timestamp_ms); downstream dead-letter records can cite topic/partition/offset.
 Partitions are listed when the job starts: partitions added later are not
-read until the job is resubmitted.
+read until the job is resubmitted. Consumers are cached per worker process
+(shared by all instances of the DoFn) and live as long as that process.
 """
 
 from __future__ import annotations
