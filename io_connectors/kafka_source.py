@@ -334,12 +334,25 @@ class ReadRawTelemetry(beam.PTransform):
       idle_watermark_lag_s: an idle partition's watermark trails wall time by
         this much, so event-time windows still close when no data arrives.
       consumer_config: extra librdkafka settings (security, fetch sizes...).
+      expansion_service: ``host:port`` of a Java expansion service started with
+        ``--defaultEnvironmentType=EMBEDDED --experiments=use_deprecated_read``
+        (``runners.stack.flink``'s ``kafka-expansion`` service). When given, the
+        read is Beam's KafkaIO as a runner-native Flink source: watermarks
+        advance (event-time windows and timers fire), offsets are checkpointed
+        and committed on checkpoint completion, state stays small. Use it on
+        Flink. Without it the Python splittable DoFn below is used (DirectRunner,
+        or a machine without the Java side); on Flink 2.70 that one leaves the
+        watermark at -inf and its checkpoints grow (see the decision note).
+        ``max_records_per_call``, ``max_poll_seconds``, ``idle_watermark_lag_s``
+        apply to the Python reader only; ``consumer_config`` values must be
+        strings for KafkaIO.
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, group_id: str, *,
                  start_from: str = "earliest", max_records_per_call: int = 20000,
                  max_poll_seconds: float = 1.0, idle_watermark_lag_s: float = 5.0,
-                 consumer_config: Mapping[str, Any] | None = None) -> None:
+                 consumer_config: Mapping[str, Any] | None = None,
+                 expansion_service: str | None = None) -> None:
         super().__init__()
         if not bootstrap_servers or not isinstance(bootstrap_servers, str):
             raise ValueError("ReadRawTelemetry: bootstrap_servers must be 'host:port[,...]'")
@@ -359,8 +372,11 @@ class ReadRawTelemetry(beam.PTransform):
         self._max_records = max_records_per_call
         self._max_poll_seconds = max_poll_seconds
         self._idle_lag = idle_watermark_lag_s
+        self._expansion_service = expansion_service
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        if self._expansion_service:
+            return self._expand_kafkaio(pbegin)
         read_fn = _ReadPartitionFn(self._config, self._start_from, self._max_records,
                                    self._max_poll_seconds, self._idle_lag)
         return (
@@ -369,3 +385,37 @@ class ReadRawTelemetry(beam.PTransform):
             | "ListPartitions" >> beam.ParDo(_ListPartitionsFn(self._config, (self._topic,)))
             | "ReadPartitions" >> beam.ParDo(read_fn).with_output_types(KafkaRecord)
         )
+
+    def _expand_kafkaio(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        from apache_beam.io.kafka import ReadFromKafka
+
+        # KafkaIO's consumer: committed offsets of the group first, else start_from.
+        java_config = {k: str(v) for k, v in self._config.items()
+                       if k in ("bootstrap.servers", "group.id")}
+        java_config.update({"auto.offset.reset": self._start_from,
+                            "enable.auto.commit": "false"})
+        return (
+            pbegin
+            | "KafkaIO" >> ReadFromKafka(
+                consumer_config=java_config,
+                topics=[self._topic],
+                # Offsets are committed when the checkpoint holding them completes.
+                commit_offset_in_finalize=True,
+                timestamp_policy=ReadFromKafka.create_time_policy,
+                with_metadata=True,
+                expansion_service=self._expansion_service)
+            | "ToKafkaRecord" >> beam.Map(_row_to_record).with_output_types(KafkaRecord)
+        )
+
+
+def _row_to_record(row: Any) -> KafkaRecord:
+    """KafkaIO's metadata Row (topic, partition, offset, timestamp, key, value) as a record."""
+    value = row.value
+    return KafkaRecord(
+        key=bytes(row.key) if row.key is not None else None,
+        value=bytes(value) if value is not None else b"",
+        topic=str(row.topic),
+        partition=int(row.partition),
+        offset=int(row.offset),
+        timestamp_ms=int(row.timestamp),
+    )

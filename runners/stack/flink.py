@@ -44,12 +44,15 @@ __all__ = [
     "cancel_jobs",
     "running_jobs",
     "JOB_SERVER_MAIN",
+    "EXPANSION_MAIN",
+    "expansion_address",
     "JAVA_OPENS",
 ]
 
 _LOGGER = logging.getLogger(__name__)
 
 JOB_SERVER_MAIN = "org.apache.beam.runners.flink.FlinkJobServerDriver"
+EXPANSION_MAIN = "org.apache.beam.sdk.expansion.service.ExpansionService"
 _JAVA_HINT = "install a JDK 17: apt-get install openjdk-17-jre-headless"
 _JARS_HINT = "run `make jars` (bash scripts/fetch-jars.sh)"
 # A jar that must be in the classpath directory; its absence means the jars were not fetched.
@@ -151,6 +154,11 @@ def job_submission_args(settings: Settings, paths: StackPaths, *, name: str = "p
     return [f"--flink_conf_dir={conf_dir}"]
 
 
+def expansion_address(settings: Settings) -> str:
+    """``host:port`` of the kafka-expansion service, for ReadRawTelemetry(expansion_service=...)."""
+    return f"localhost:{settings.get('flink', 'expansion_port', int)}"
+
+
 def running_jobs(rest_url: str, timeout_s: float = 5.0) -> list[dict[str, object]]:
     """Jobs of the Flink mini cluster at ``rest_url`` (``http://host:web_ui_port``), any state."""
     import requests
@@ -233,16 +241,33 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
               "--job-host", bind_host,
               "--job-port", str(job_port),
               "--artifact-port", str(artifact_port),
-              "--expansion-port", str(expansion_port),
+              # Its built-in expansion service would give Java transforms a DOCKER
+              # environment; kafka-expansion below owns the expansion port instead.
+              "--expansion-port", "0",
               "--artifacts-dir", str(artifacts),
               "--flink-master", "[local]",
               "--flink-conf-dir", str(conf_dir)],
         # The web UI port is bound by each job's mini cluster, not at start: check it too.
-        ports=(job_port, artifact_port, expansion_port, web_ui_port),
+        ports=(job_port, artifact_port, web_ui_port),
         healthy=lambda: _grpc_ready(f"{bind_host}:{job_port}"),
         start_timeout_s=60.0,
         stop_timeout_s=20.0,
         prepare=prepare,
+        requires={"java": _JAVA_HINT},
+    )
+
+    # KafkaIO for ReadRawTelemetry(expansion_service=...): Java transforms run EMBEDDED in
+    # the job server JVM; use_deprecated_read makes KafkaIO a runner-native Flink source
+    # (the SDF form stalls on backlogs and holds the watermark on this runner).
+    expansion = ServiceSpec(
+        name="kafka-expansion",
+        argv=["java", "-Xmx256m", "-XX:+ExitOnOutOfMemoryError", *JAVA_OPENS, *_LOG_PROPS,
+              "-cp", f"{jars}/*", EXPANSION_MAIN, str(expansion_port),
+              "--defaultEnvironmentType=EMBEDDED", "--experiments=use_deprecated_read"],
+        ports=(expansion_port,),
+        healthy=lambda: _grpc_ready(f"localhost:{expansion_port}"),
+        start_timeout_s=60.0,
+        stop_timeout_s=10.0,
         requires={"java": _JAVA_HINT},
     )
 
@@ -261,4 +286,4 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         start_timeout_s=30.0,
         stop_timeout_s=10.0,
     )
-    return [job_server, worker_pool]
+    return [job_server, expansion, worker_pool]

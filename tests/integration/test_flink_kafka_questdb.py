@@ -1,9 +1,9 @@
 """A Beam job on the real Flink job server reads Kafka and writes QuestDB.
 
 Proves the whole no-Docker path: the job server from the classpath jars, the
-Python worker pool (EXTERNAL environment), :class:`ReadRawTelemetry` reading a
-topic unbounded with checkpointing on, and a QuestDB DoFn flushing in
-``finish_bundle``. Addresses come from load_settings() ([kafka],
+Python worker pool (EXTERNAL environment), the KafkaIO expansion service,
+:class:`ReadRawTelemetry` reading a topic unbounded with checkpointing on,
+and a QuestDB DoFn flushing in ``finish_bundle``. Addresses come from load_settings() ([kafka],
 [questdb], [flink], [stack] run_dir); each run uses its own topic, consumer
 group and table, and cancels its job at the end.
 """
@@ -27,7 +27,13 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from io_connectors.kafka_source import KafkaRecord, ReadRawTelemetry
 from runners.settings import load_settings
-from runners.stack.flink import _grpc_ready, cancel_jobs, job_submission_args, running_jobs
+from runners.stack.flink import (
+    _grpc_ready,
+    cancel_jobs,
+    expansion_address,
+    job_submission_args,
+    running_jobs,
+)
 from runners.stack.supervisor import paths_from_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
@@ -150,7 +156,8 @@ def _submit(topic: str, table: str, attempt: int) -> tuple[Any, str, str]:
     pipeline = beam.Pipeline(options=options)
     _ = (pipeline
          | "Read" >> ReadRawTelemetry(BOOTSTRAP, topic, group_id=f"it-{run_id}",
-                                      start_from="earliest", max_poll_seconds=0.5)
+                                      start_from="earliest",
+                                      expansion_service=expansion_address(SETTINGS))
          | "Write" >> beam.ParDo(_WriteRecordsToQuestDB(
              f"http::addr={QDB_HOST}:{QDB_HTTP};auto_flush=off;", table)))
     return pipeline.run(), f"http://127.0.0.1:{rest_port}", job_name
@@ -172,6 +179,8 @@ def _wait_rows(result: Any, table: str, want: int, wait_s: float) -> list[tuple[
 
 def test_flink_job_reads_kafka_and_writes_questdb(topic: str, table: str) -> None:
     for name, target in (("job server ([flink] job_port)", f"localhost:{JOB_PORT}"),
+                         ("Kafka expansion service ([flink] expansion_port)",
+                          expansion_address(SETTINGS)),
                          ("Beam worker pool ([flink] worker_pool_port)", f"localhost:{POOL_PORT}")):
         if not _grpc_ready(target, timeout_s=5.0):
             pytest.fail(f"Flink {name} not answering at {target}; start the stack with `make run`")
