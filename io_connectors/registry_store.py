@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -179,6 +180,17 @@ class KafkaRegistryStore:
             # Another process may have created it meanwhile; anything else is fatal.
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise RegistryStoreError(f"cannot create topic {self.topic}: {exc}") from None
+        # A new topic's partition is not usable until its leader is known: reading its
+        # watermarks right away fails with "Unknown partition".
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            topic = admin.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
+            if topic is not None and not topic.error and topic.partitions and all(
+                    p.leader >= 0 for p in topic.partitions.values()):
+                return
+            time.sleep(0.1)
+        raise RegistryStoreError(f"topic {self.topic} has no partition leader after "
+                                 f"{self.timeout_s:.0f} s (Kafka at {self.bootstrap_servers})")
 
     def _replay(self, state: RegistryState) -> int:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
