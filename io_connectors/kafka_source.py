@@ -1,16 +1,21 @@
 """Unbounded Kafka source for the Beam pipeline: :class:`ReadRawTelemetry`.
 
-Why not ``apache_beam.io.kafka.ReadFromKafka``: the cross-language KafkaIO
-runs here (expanded in the Flink job server, Java side EMBEDDED, no Docker),
-but on the portable Flink runner its splittable DoFn only ends a bundle when a
-poll comes back empty, and the runner cannot hand the bundle's output on
-before the bundle ends. With a backlog of ~250k records per partition the job
-stalls for good (reproduced twice; a 25k backlog drained). A job that restarts
-after an outage always meets such a backlog. See
-docs/decisions/0001-beam-flink-kafka.md.
+On Flink, pass ``expansion_service`` (``runners.stack.flink.expansion_address``):
+the read is then Beam's KafkaIO (cross-language ``ReadFromKafka``) expanded by
+the stack's ``kafka-expansion`` service with ``--defaultEnvironmentType=EMBEDDED
+--experiments=use_deprecated_read``, which the Flink runner runs as a native
+source inside the job server: no Docker, watermarks that advance, offsets in
+Flink checkpoints and committed to the group when a checkpoint completes. The
+splittable-DoFn form of KafkaIO stalls on this runner once a partition has a
+large backlog; see docs/decisions/0001-beam-flink-kafka.md.
 
-This source is a Python splittable DoFn, one restriction per partition over
-an offset range ``[start, inf)``:
+Without ``expansion_service`` a Python reader is used (DirectRunner, or no
+Java side). On the Flink runner of Beam 2.70 that reader's watermark does not
+propagate (event-time windows and timers downstream never fire) and its
+checkpoint state grows with every self-checkpoint, so do not use it there.
+
+The Python reader is a splittable DoFn, one restriction per partition over an
+offset range ``[start, inf)``:
 
 * each call reads at most ``max_records_per_call`` records or for at most
   ``max_poll_seconds``, then defers the remainder (a self-checkpoint), so
