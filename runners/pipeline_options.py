@@ -57,3 +57,7 @@ class TelemetryOptions(PipelineOptions):
         add("--sensor_rules_file", help="per-sensor-type ranges and units (JSON)")
         add("--dedup_window_seconds", type=float, help="event-time dedup window by event_id")
         add("--sink_batch_rows", type=int, help="rows per QuestDB flush")
+        add("--kafka_expansion_service",
+            help="host:port of the KafkaIO expansion service: Kafka is then read by Beam's "
+                 "Java KafkaIO as a native Flink source (the Flink default); without it, by "
+                 "the Python reader (DirectRunner only, see docs/decisions/0001)")

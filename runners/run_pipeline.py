@@ -26,6 +26,7 @@ from io_connectors.schema_registry import RegistrySchemas
 from pipelines.telemetry import TelemetrySinks, build_telemetry_pipeline
 from runners.pipeline_options import TelemetryOptions, telemetry_defaults
 from runners.settings import Settings, SettingsError, load_settings
+from runners.stack.flink import expansion_address
 from schemas.avro import ALARM, DEAD_LETTER, SENSOR_READING
 from schemas.validation import load_sensor_rules
 from transforms.enrich import RefreshingAssetCatalog
@@ -63,6 +64,11 @@ def make_options(argv: Sequence[str], settings: Settings) -> PipelineOptions:
     for name, value in telemetry_defaults(settings).items():
         if getattr(telemetry, name, None) is None:
             setattr(telemetry, name, value)
+    if (options.view_as(StandardOptions).runner == "FlinkRunner"
+            and telemetry.kafka_expansion_service is None):
+        # The Python reader's watermark does not advance on the portable Flink runner,
+        # so event-time timers (dedup expiry) would never fire there.
+        telemetry.kafka_expansion_service = expansion_address(settings)
     return options
 
 
@@ -107,7 +113,8 @@ def run(argv: Sequence[str] = (), settings: Settings | None = None) -> PipelineR
     pipeline = beam.Pipeline(options=options)
     build_telemetry_pipeline(
         pipeline,
-        source=ReadRawTelemetry(opts.bootstrap_servers, opts.raw_topic, opts.consumer_group),
+        source=ReadRawTelemetry(opts.bootstrap_servers, opts.raw_topic, opts.consumer_group,
+                                expansion_service=opts.kafka_expansion_service),
         schema_lookup=RegistrySchemas(opts.registry_url),
         asset_catalog=RefreshingAssetCatalog(opts.assets_file, opts.asset_refresh_seconds),
         rules=load_sensor_rules(opts.sensor_rules_file),

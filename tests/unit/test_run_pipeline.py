@@ -21,6 +21,8 @@ def test_flink_is_the_default_with_local_job_server_and_worker_pool() -> None:
     assert portable.environment_type == "EXTERNAL"
     assert portable.environment_config == "localhost:50000"
     assert options.get_all_options()["job_name"] == JOB_NAME
+    # Kafka is read by KafkaIO through the local expansion service (no Docker).
+    assert options.view_as(TelemetryOptions).kafka_expansion_service == "localhost:8097"
 
 
 def test_settings_fill_telemetry_options_and_argv_wins() -> None:
@@ -32,6 +34,7 @@ def test_settings_fill_telemetry_options_and_argv_wins() -> None:
     assert opts.bootstrap_servers == "127.0.0.1:9092"
     assert opts.dedup_window_seconds == 60.0
     assert opts.assets_file.endswith("config/assets.json")
+    assert opts.kafka_expansion_service is None  # the Python reader off Flink
 
 
 def test_sinks_cover_kafka_and_questdb_for_each_output() -> None:
