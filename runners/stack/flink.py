@@ -13,8 +13,9 @@ exists while a job runs (it is that job's mini cluster's REST endpoint).
 so a streaming job does not depend on the process that submitted it.
 
 Flink configuration lives in ``<run>/conf/flink/`` (written on every start from
-config/local.toml; edit that, not the files). Checkpoints go to
-``<run>/data/flink/checkpoints/<job id>/chk-N`` and are kept when a job is
+config/local.toml; edit that, not the files). The pipeline's checkpoints go to
+``<run>/data/flink/checkpoints/<job id>/chk-N``, those of other jobs (tests,
+benchmarks) to ``checkpoints/jobs/<name>/<job id>/chk-N``; they are kept when a job is
 cancelled or the job server dies. :func:`job_submission_args` gives the
 arguments that make a submission resume from the newest retained checkpoint
 (``--savepoint_path`` is ignored by the job server for its ``[local]`` cluster,
@@ -40,6 +41,8 @@ __all__ = [
     "services",
     "job_submission_args",
     "latest_checkpoint",
+    "job_checkpoint_dir",
+    "PIPELINE_JOB",
     "write_flink_conf",
     "cancel_jobs",
     "running_jobs",
@@ -87,13 +90,31 @@ def _checkpoint_root(paths: StackPaths) -> Path:
     return paths.data("flink") / "checkpoints"
 
 
+# The stack's own job keeps the original layout <checkpoints>/<job id>/chk-N.
+PIPELINE_JOB = "pipeline"
+
+
+def job_checkpoint_dir(paths: StackPaths, name: str = PIPELINE_JOB) -> Path:
+    """Where the job submitted as ``name`` keeps its checkpoints (``<dir>/<job id>/chk-N``).
+
+    Every other job (tests, benchmarks) gets ``<checkpoints>/jobs/<name>``: a
+    restore then only ever sees that job's own checkpoints, and the pipeline
+    never resumes from a test job's state (other topics, other operators).
+    """
+    root = _checkpoint_root(paths)
+    return root if name == PIPELINE_JOB else root / "jobs" / name
+
+
 def write_flink_conf(conf_dir: Path, settings: Settings, paths: StackPaths, *,
-                     web_ui_port: int | None = None, restore_from: Path | None = None) -> Path:
+                     web_ui_port: int | None = None, restore_from: Path | None = None,
+                     checkpoint_dir: Path | None = None) -> Path:
     """Write ``flink-conf.yaml`` into ``conf_dir`` and return the directory.
 
     ``web_ui_port`` None uses ``[flink] web_ui_port``; 0 lets the job's mini
     cluster pick a free port (for extra jobs next to the pipeline, e.g. tests).
     ``restore_from`` is a retained checkpoint or savepoint directory to start from.
+    ``checkpoint_dir`` (default: the pipeline's, see :func:`job_checkpoint_dir`)
+    receives the job's checkpoints.
     """
     bind_host = settings.get("stack", "bind_host")
     port = settings.get("flink", "web_ui_port", int) if web_ui_port is None else web_ui_port
@@ -106,7 +127,7 @@ def write_flink_conf(conf_dir: Path, settings: Settings, paths: StackPaths, *,
         f"rest.bind-port: {port}",
         f"rest.port: {port}",
         "state.backend.type: hashmap",
-        f"state.checkpoints.dir: {(_checkpoint_root(paths)).as_uri()}",
+        f"state.checkpoints.dir: {(checkpoint_dir or _checkpoint_root(paths)).as_uri()}",
         f"state.savepoints.dir: {(data / 'savepoints').as_uri()}",
         # Keep checkpoints when a job is cancelled or the job server dies: they are the
         # restart points (see job_submission_args).
@@ -129,7 +150,8 @@ def write_flink_conf(conf_dir: Path, settings: Settings, paths: StackPaths, *,
 
 
 def latest_checkpoint(checkpoint_root: Path) -> Path | None:
-    """The newest completed checkpoint (a ``chk-N`` dir with ``_metadata``) under any job."""
+    """The newest completed checkpoint (a ``chk-N`` dir with ``_metadata``) of any job id
+    directly under ``checkpoint_root`` (one job name's dir, see :func:`job_checkpoint_dir`)."""
     candidates = [meta.parent for meta in checkpoint_root.glob("*/chk-*/_metadata")]
     if not candidates:
         return None
@@ -143,14 +165,19 @@ def job_submission_args(settings: Settings, paths: StackPaths, *, name: str = "p
     Writes a per-job Flink conf dir ``<run>/conf/flink/jobs/<name>`` and returns
     ``["--flink_conf_dir=..."]``. With ``restore`` the job starts from the
     newest retained checkpoint (Kafka offsets, dedup and alarm state) when there
-    is one. Jobs other than the pipeline pass ``restore=False`` and
-    ``web_ui_port=0`` so they neither take the pipeline's state nor its UI port.
+    is one. Checkpoints are kept per ``name`` (:func:`job_checkpoint_dir`), so a
+    restore only takes checkpoints of earlier jobs submitted under the same
+    name. Jobs other than the pipeline pass a name of their own and
+    ``web_ui_port=0`` (or a free port) so they take neither the pipeline's
+    state nor its UI port.
     """
-    restore_from = latest_checkpoint(_checkpoint_root(paths)) if restore else None
+    checkpoint_dir = job_checkpoint_dir(paths, name)
+    restore_from = latest_checkpoint(checkpoint_dir) if restore else None
     if restore_from is not None:
         _LOGGER.info("job %s resumes from checkpoint %s", name, restore_from)
     conf_dir = write_flink_conf(paths.conf("flink") / "jobs" / name, settings, paths,
-                                web_ui_port=web_ui_port, restore_from=restore_from)
+                                web_ui_port=web_ui_port, restore_from=restore_from,
+                                checkpoint_dir=checkpoint_dir)
     return [f"--flink_conf_dir={conf_dir}"]
 
 
