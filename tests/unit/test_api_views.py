@@ -53,8 +53,12 @@ class FakeStore:
         if self.fail:
             raise self.fail
         if q.bucketed:
-            return Page([{"timestamp": _iso(T0), "asset_id": "a1", "sensor_id": "s1",
-                          "sensor_type": "POWER", "value": 1.5}], None)
+            # One canned bucket, returned only when it matches the filters like a real store.
+            bucket = {"timestamp": _iso(T0), "site_id": "site-1", "asset_id": "a1",
+                      "sensor_id": "s1", "sensor_type": "POWER", "value": 1.5}
+            matches = all(getattr(q, f) in (None, bucket[f])
+                          for f in ("asset_id", "site_id", "sensor_id", "sensor_type"))
+            return Page([bucket] if matches else [], None)
         desc = q.order == "desc"
         rows = sorted((r for r in self.rows if self._match(r, q)),
                       key=lambda r: (r["_us"], r["event_id"]), reverse=desc)
