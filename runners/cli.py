@@ -122,7 +122,7 @@ def _print_endpoints(settings: Settings, running: set[str]) -> None:
         ("mosquitto", "MQTT", f"mqtt://{settings.get('mqtt', 'host')}:"
                               f"{settings.get('mqtt', 'port')} "
                               f"(user {settings.get('mqtt', 'sensor_username')})"),
-        ("flink", "Flink web UI", f"http://{host}:{settings.get('flink', 'web_ui_port')}"),
+        ("pipeline", "Flink web UI (job)", f"http://{host}:{settings.get('flink', 'web_ui_port')}"),
         ("api", "REST API", f"http://{host}:{settings.get('api', 'port')}/api/v1 "
                             f"(health http://{host}:{settings.get('api', 'port')}/healthz)"),
     ]
