@@ -3,6 +3,8 @@
     dcmms-telemetry up [--with-pipeline]   start every service (idempotent), wait until healthy
     dcmms-telemetry down                   stop everything, leave no process behind
     dcmms-telemetry status                 table of services; exit 0 only if all are healthy
+    dcmms-telemetry restart SERVICE        stop one service and start it again (until healthy)
+    dcmms-telemetry kill SERVICE [-s SIG]  crash drill: SIGKILL one service's process group
     dcmms-telemetry logs [service] [-n N] [--no-follow]
 
 Settings come from config/local.toml (or DCMMS_CONFIG) with DCMMS_<SECTION>_<KEY>
@@ -43,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also submit the telemetry pipeline to Flink")
     sub.add_parser("down", help="stop every service of the stack")
     sub.add_parser("status", help="show services, pids, ports, health, memory, uptime")
+    restart = sub.add_parser("restart", help="stop one service and start it again")
+    restart.add_argument("service")
+    kill = sub.add_parser("kill", help="send a signal (default SIGKILL) to one service")
+    kill.add_argument("service")
+    kill.add_argument("-s", "--signal", default="KILL", help="signal name (default KILL)")
     logs = sub.add_parser("logs", help="show (and follow) service logs")
     logs.add_argument("service", nargs="?", help="one service (default: all)")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines of history (default 50)")
@@ -89,6 +96,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             sup = _supervisor(with_pipeline=_pipeline_running(), quiet_missing=True)
             return 0 if sup.status() else 1
+        if args.command == "restart":
+            load_settings().check_production()
+            _supervisor(with_pipeline=True, quiet_missing=True).restart(args.service)
+            return 0
+        if args.command == "kill":
+            name = args.signal.upper()
+            try:
+                sig = signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+            except KeyError:
+                print(f"unknown signal {args.signal!r}", file=sys.stderr)
+                return 2
+            pgid = _supervisor(with_pipeline=True, quiet_missing=True).kill(args.service, sig)
+            if pgid is None:
+                print(f"{args.service} is not running", file=sys.stderr)
+                return 1
+            print(f"sent {sig.name} to {args.service} (process group {pgid})")
+            return 0
         if args.command == "logs":
             sup = _supervisor(with_pipeline=True, quiet_missing=True)
             files = sup.log_files(args.service)

@@ -23,7 +23,9 @@ __all__ = ["services", "run_ddl", "exec_sql", "QUESTDB_JAR", "MIN_HTTP_PORT"]
 _LOGGER = logging.getLogger(__name__)
 
 QUESTDB_JAR = "questdb-9.3.1.jar"
-# QuestDB's "min" HTTP server (health/metrics); QuestDB's default port, bound to bind_host.
+# QuestDB's "min" HTTP server (health/metrics): default of the optional setting
+# [questdb] min_http_port (QuestDB's own default), bound to bind_host. A setting so a
+# second stack (make chaos) can run beside the first.
 MIN_HTTP_PORT = 9003
 _JAVA_HINT = "install a JDK 17: apt-get install openjdk-17-jre-headless"
 
@@ -54,6 +56,7 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     http_port = settings.get("questdb", "http_port", int)
     pg_port = settings.get("questdb", "pg_port", int)
     ilp_port = settings.get("questdb", "ilp_tcp_port", int)
+    min_port = settings.get("questdb", "min_http_port", int, MIN_HTTP_PORT)
     pg_user = settings.get("questdb", "pg_user")
     pg_password = settings.get("questdb", "pg_password")
     root = paths.data("questdb")
@@ -69,7 +72,7 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         (conf / "server.conf").write_text("\n".join([
             "# Written by runners/stack/questdb.py on every start; edit config/local.toml instead.",
             f"http.bind.to={bind_host}:{http_port}",
-            f"http.min.net.bind.to={bind_host}:{MIN_HTTP_PORT}",
+            f"http.min.net.bind.to={bind_host}:{min_port}",
             f"pg.net.bind.to={bind_host}:{pg_port}",
             f"pg.user={pg_user}",
             f"pg.password={pg_password}",
@@ -82,7 +85,7 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
             "telemetry.enabled=false",
             # Two-core machines: leave cores to Kafka, Flink and Python.
             "shared.worker.count=2",
-            # Prometheus metrics on the min server (http://<bind_host>:9003/metrics).
+            # Prometheus metrics on the min server (http://<bind_host>:<min_http_port>/metrics).
             "metrics.enabled=true",
             "",
         ]))
@@ -106,7 +109,7 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
               "-XX:+ExitOnOutOfMemoryError",
               "--add-exports", "java.base/jdk.internal.math=io.questdb",
               "-p", str(jar), "-m", "io.questdb/io.questdb.ServerMain", "-d", str(root)],
-        ports=(http_port, pg_port, ilp_port, MIN_HTTP_PORT),
+        ports=(http_port, pg_port, ilp_port, min_port),
         healthy=healthy,
         start_timeout_s=90.0,
         stop_timeout_s=30.0,

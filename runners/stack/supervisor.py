@@ -573,6 +573,39 @@ class Supervisor:
             except (ProcessLookupError, psutil.NoSuchProcess):
                 continue
 
+    # -- one service (crash drills, recovery) ----------------------------------------------------
+
+    def spec(self, name: str) -> ServiceSpec:
+        for spec in self.specs:
+            if spec.name == name:
+                return spec
+        raise StackError(f"unknown service '{name}'; known: "
+                         f"{', '.join(s.name for s in self.specs)}")
+
+    def restart(self, name: str) -> None:
+        """Stop ``name`` (if it runs, dead or alive) and start it again; wait until healthy."""
+        spec = self.spec(name)
+        if not self._stop_one(name, spec.stop_timeout_s):
+            raise StackError(f"service {name} could not be stopped; see {self.paths.log(name)}")
+        self._start_one(spec)
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> int | None:
+        """Send ``sig`` to the process group of ``name`` (a crash drill); return the group id.
+
+        The pid file stays, so ``status`` shows the service as down and ``up`` or
+        ``restart`` clean up and start it again.
+        """
+        self.spec(name)
+        record = _read_pidfile(self.paths.pidfile(name))
+        if record is None or _live_process(record) is None:
+            return None
+        pgid = record["pid"]
+        assert isinstance(pgid, int)
+        leader = _live_process(record)
+        tree = [leader, *leader.children(recursive=True)] if leader is not None else []
+        self._signal(pgid, tree, sig)
+        return pgid
+
     # -- status -----------------------------------------------------------------------------------
 
     def statuses(self) -> list[ServiceStatus]:
