@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 # The venv is rebuilt when setup.py changes (its hash names the stamp file).
 STAMP := $(VENV)/.installed-$(shell sha1sum setup.py | cut -c1-12)
 
-.PHONY: install venv system-deps jars run stop status logs test test-unit test-integration lint clean
+.PHONY: install venv system-deps jars run stop status logs test test-unit test-integration lint clean \
+	bench bench-quick bench-deps
 
 install: $(STAMP) system-deps jars
 
@@ -52,6 +53,17 @@ test-unit: $(STAMP)
 # runs every test, then stops what it started.
 test: install
 	@bash scripts/run-tests.sh
+
+# Benchmarks (never part of `make test`): against the local stack, started if
+# it is down; results in bench/results/, see docs/benchmarks.md.
+bench-deps: install
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[bench]'
+
+bench: bench-deps
+	@$(BIN)/python -m bench --mode full
+
+bench-quick: bench-deps
+	@$(BIN)/python -m bench --mode quick
 
 clean: stop
 	rm -rf .run

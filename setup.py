@@ -38,6 +38,8 @@ setup(
     extras_require={
         "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
         "dev": ["pytest==9.2.0", "hypothesis==6.170.17", "ruff==0.17.6"],
+        # `make bench` only: the results chart and profiles of the Python stages.
+        "bench": ["matplotlib==3.11.2", "py-spy==0.4.3"],
     },
     entry_points={
         "console_scripts": [

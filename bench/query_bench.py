@@ -106,8 +106,14 @@ def _table_count(cur: Any) -> int:
     return int(cur.fetchone()[0])
 
 
-def load(settings: Settings, fleet: Fleet, rows: int, days: float, end_ms: int) -> dict[str, Any]:
-    """Write ``rows`` readings ending at ``end_ms``; return send and visibility rates."""
+def load(settings: Settings, fleet: Fleet, rows: int, days: float, end_ms: int,
+         event_prefix: str | None = None) -> dict[str, Any]:
+    """Write ``rows`` readings ending at ``end_ms``; return send and visibility rates.
+
+    Event ids are ``<event_prefix>-<i>`` (default: the fleet prefix); give each
+    load its own prefix when adding rows to an already loaded fleet.
+    """
+    id_prefix = event_prefix or fleet.prefix
     conn = _connect(settings)
     cur = conn.cursor()
     cur.execute("SELECT table_name FROM tables()")
@@ -130,7 +136,7 @@ def load(settings: Settings, fleet: Fleet, rows: int, days: float, end_ms: int) 
         for i in range(rows):
             j = i % n_sensors
             buf.row(SENSOR_READINGS, symbols=symbols[j],
-                    columns={"event_id": f"{fleet.prefix}-{i}", "value": (i % 1000) * 0.1 + j},
+                    columns={"event_id": f"{id_prefix}-{i}", "value": (i % 1000) * 0.1 + j},
                     at=TimestampNanos(start_ns + int(i * step_ns)))
             if len(buf) >= 16 * 1024 * 1024:
                 sender.flush(buf)  # clears the buffer only on success

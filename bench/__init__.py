@@ -1,0 +1,1 @@
+"""Benchmark harness of the dCMMS telemetry pipeline (`make bench`, docs/benchmarks.md)."""

@@ -1,0 +1,255 @@
+"""Anchors: what the same payloads cost without our pipeline, measured in the same run.
+
+* ``kafka_raw``: confluent-kafka produces N Avro records (the edge's producer
+  settings, Confluent framing, the same fleet items) to a scratch topic, then
+  one consumer reads them all back; events/s = N / (produce + consume time).
+* ``questdb_raw``: the official client writes N rows over ILP/HTTP in batches
+  into ``bench_raw_readings`` (the sensor_readings DDL under another name, so
+  WAL + DEDUP are on); rows/s = N / time until all rows are visible.
+* ``direct_peer``: the pipeline a user might write instead: a paho subscriber
+  (QoS 1, auto-ack) writing straight to ``bench_direct_readings`` over ILP/HTTP,
+  no Kafka, no Beam, no validation. It runs as a child process; the harness
+  drives it with the same MQTT load generator on its own topic root
+  ``telemetry/benchdirect-<run>/...`` (five levels, so the stack's bridge,
+  which subscribes ``telemetry/+/+/+``, never sees these messages).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import threading
+import time
+from typing import Any
+
+import requests
+
+from bench.loadgen import fleet_item
+from io_connectors.questdb_schema import DDL_STATEMENTS, SENSOR_READINGS
+from runners.settings import Settings
+
+__all__ = ["kafka_raw", "questdb_raw", "start_direct_peer", "stop_direct_peer", "create_like",
+           "qdb_exec", "RAW_TABLE", "DIRECT_TABLE"]
+
+_LOGGER = logging.getLogger(__name__)
+
+RAW_TABLE = "bench_raw_readings"
+DIRECT_TABLE = "bench_direct_readings"
+
+
+def qdb_exec(settings: Settings, sql: str, timeout: float = 60.0) -> list[list[Any]]:
+    """Run ``sql`` through QuestDB's /exec; the dataset rows. Only harness-built SQL goes here."""
+    url = (f"http://{settings.get('questdb', 'host')}:{settings.get('questdb', 'http_port', int)}"
+           "/exec")
+    r = requests.get(url, params={"query": sql}, timeout=timeout)
+    body = r.json()
+    if r.status_code != 200 or "error" in body:
+        raise RuntimeError(f"QuestDB /exec failed for {sql[:120]!r}: {body.get('error', r.text)}")
+    return body.get("dataset", [])
+
+
+def create_like(settings: Settings, table: str, fresh: bool = True) -> None:
+    """(Re)create ``table`` with the sensor_readings DDL (same columns, WAL, DEDUP, TTL)."""
+    if fresh:
+        qdb_exec(settings, f"DROP TABLE IF EXISTS {table}")
+    ddl = DDL_STATEMENTS[0].replace(f"EXISTS {SENSOR_READINGS} (", f"EXISTS {table} (", 1)
+    if table not in ddl:
+        raise RuntimeError("sensor_readings DDL changed shape: cannot derive the bench table")
+    qdb_exec(settings, ddl)
+
+
+def _items(n: int, prefix: str) -> list[dict[str, Any]]:
+    now = int(time.time() * 1000)
+    return [fleet_item(f"{prefix}{i}", i, now - n + i) for i in range(n)]
+
+
+def kafka_raw(settings: Settings, n: int, run: str) -> dict[str, Any]:
+    """Produce then consume ``n`` Avro telemetry records on a scratch topic."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from io_connectors.raw_producer import producer_config
+    from schemas.avro import TELEMETRY_EVENT, load_schema
+    from schemas.edge import event_from_item
+    from schemas.validation import load_sensor_rules
+    from schemas.wire import encode
+
+    bootstrap = settings.get("kafka", "bootstrap_servers")
+    topic = f"bench_anchor_{run}"
+    partitions = settings.get("kafka", "partitions", int)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result()
+    schema = load_schema(TELEMETRY_EVENT)
+    rules = load_sensor_rules()
+    now = int(time.time() * 1000)
+    records = []
+    for item in _items(n, f"k{run}-"):
+        event = event_from_item(item, now_ms=now, rules=rules).event
+        assert event is not None, "bench fleet item failed validation"
+        records.append((event["asset_id"].encode(), encode(event, 1, schema)))
+    try:
+        producer = Producer(producer_config(bootstrap, f"bench-anchor-{run}"))
+        delivered = [0]
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is None:
+                delivered[0] += 1
+
+        t0 = time.perf_counter()
+        for key, value in records:
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+        producer.flush(120)
+        produce_s = time.perf_counter() - t0
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-anchor-{run}",
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        got = 0
+        t1 = time.perf_counter()
+        deadline = t1 + 300
+        while got < delivered[0] and time.perf_counter() < deadline:
+            for msg in consumer.consume(10000, timeout=1.0):
+                if msg.error() is None:
+                    got += 1
+        consume_s = time.perf_counter() - t1
+        consumer.close()
+    finally:
+        for future in admin.delete_topics([topic]).values():
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - clean-up only
+                pass
+    return {"events": n, "delivered": delivered[0], "consumed": got,
+            "produce_eps": round(n / produce_s), "consume_eps": round(got / consume_s),
+            "kafka_raw_eps": round(got / (produce_s + consume_s))}
+
+
+def questdb_raw(settings: Settings, n: int, run: str, batch: int = 10000) -> dict[str, Any]:
+    """Write ``n`` rows in batches of ``batch`` over ILP/HTTP into RAW_TABLE; time to visible."""
+    from questdb import Sender, TimestampNanos
+
+    create_like(settings, RAW_TABLE)
+    items = _items(n, f"q{run}-")
+    conf = (f"http::addr={settings.get('questdb', 'host')}:"
+            f"{settings.get('questdb', 'http_port', int)};auto_flush=off;request_timeout=120000;")
+    t0 = time.perf_counter()
+    with Sender.from_conf(conf) as sender:
+        buf = sender.new_buffer()
+        for i, it in enumerate(items, 1):
+            buf.row(RAW_TABLE,
+                    symbols={"site_id": it["site_id"], "asset_id": it["asset_id"],
+                             "sensor_id": it["sensor_id"], "sensor_type": it["sensor_type"],
+                             "unit": it["unit"], "quality_flag": it["quality_flag"],
+                             "asset_type": "inverter"},
+                    columns={"event_id": it["event_id"], "value": it["value"],
+                             "site_name": "Bench Site", "location": "Benchmark region",
+                             "ingested_at": TimestampNanos.now()},
+                    at=TimestampNanos(it["timestamp"] * 1_000_000))
+            if i % batch == 0:
+                sender.flush(buf)
+        sender.flush(buf)
+    sent_s = time.perf_counter() - t0
+    while True:
+        count = int(qdb_exec(settings, f"SELECT count() FROM {RAW_TABLE}")[0][0])
+        if count >= n or time.perf_counter() - t0 > 300:
+            break
+        time.sleep(0.2)
+    visible_s = time.perf_counter() - t0
+    return {"rows": n, "visible": count, "batch": batch, "send_rows_per_s": round(n / sent_s),
+            "questdb_raw_rows_per_s": round(count / visible_s)}
+
+
+def _direct_peer(settings_env: dict[str, Any], topic_filter: str, client_id: str,
+                 ready: Any, stop: Any) -> None:
+    """Child process: subscribe, write every message to DIRECT_TABLE (flush 1,000 rows / 100 ms)."""
+    import paho.mqtt.client as mqtt
+    from questdb import Sender, TimestampNanos
+
+    lock = threading.Lock()
+    conf = (f"http::addr={settings_env['qdb_host']}:{settings_env['qdb_http']};"
+            "auto_flush=off;request_timeout=60000;")
+    pending = [0]  # rows in buf (the client's Buffer has no row count)
+    with Sender.from_conf(conf) as sender:
+        buf = sender.new_buffer()
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            try:
+                _root, _run, site, asset, kind = msg.topic.split("/")
+                data = json.loads(msg.payload)
+                row = dict(symbols={"site_id": site, "asset_id": asset,
+                                    "sensor_id": str(data["sensor_id"]), "sensor_type": kind,
+                                    "unit": str(data.get("unit", "")),
+                                    "quality_flag": str(data.get("quality_flag", "GOOD"))},
+                           columns={"event_id": str(data["event_id"]),
+                                    "value": float(data["value"]),
+                                    "ingested_at": TimestampNanos.now()},
+                           at=TimestampNanos(int(data["timestamp"]) * 1_000_000))
+            except (ValueError, KeyError, TypeError):
+                return  # a direct peer has no dead-letter path: that is part of the comparison
+            with lock:
+                buf.row(DIRECT_TABLE, **row)
+                pending[0] += 1
+
+        def on_subscribe(*_a: Any) -> None:
+            ready.set()
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5)
+        client.username_pw_set(settings_env["user"], settings_env["password"])
+        client.on_message = on_message
+        client.on_subscribe = on_subscribe
+        client.on_connect = lambda c, *_a: c.subscribe(topic_filter, qos=1)
+        client.connect(settings_env["mqtt_host"], settings_env["mqtt_port"], keepalive=60)
+        client.loop_start()
+        last = time.monotonic()
+        while not stop.is_set():
+            time.sleep(0.01)
+            with lock:
+                due = pending[0] > 0 and (pending[0] >= 1000 or time.monotonic() - last > 0.1)
+                if due:
+                    try:
+                        sender.flush(buf)
+                        pending[0] = 0
+                    except Exception:  # noqa: BLE001 - keep the rows, retry next turn
+                        pass
+                    last = time.monotonic()
+        client.disconnect()
+        client.loop_stop()
+        with lock:
+            if pending[0]:
+                sender.flush(buf)
+
+
+def start_direct_peer(settings: Settings, run: str) -> tuple[Any, Any, str]:
+    """Create DIRECT_TABLE fresh and start the peer; (process, stop event, topic root)."""
+    create_like(settings, DIRECT_TABLE)
+    root = f"telemetry/benchdirect-{run}"
+    env = {"qdb_host": settings.get("questdb", "host"),
+           "qdb_http": settings.get("questdb", "http_port", int),
+           "mqtt_host": settings.get("mqtt", "host"),
+           "mqtt_port": settings.get("mqtt", "port", int),
+           "user": settings.get("mqtt", "bridge_username"),
+           "password": settings.get("mqtt", "bridge_password")}
+    ctx = mp.get_context("fork")
+    ready, stop = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_direct_peer, args=(env, f"{root}/#", f"bench-direct-{run}",
+                                                  ready, stop), daemon=True)
+    proc.start()
+    if not ready.wait(30):
+        stop.set()
+        proc.join(5)
+        raise RuntimeError("direct peer did not subscribe within 30 s (check [mqtt] bridge_*)")
+    return proc, stop, root
+
+
+def stop_direct_peer(proc: Any, stop: Any) -> None:
+    stop.set()
+    proc.join(20)
+    if proc.is_alive():
+        proc.terminate()

@@ -1,0 +1,648 @@
+"""`make bench` / `make bench-quick`: the whole benchmark against the local stack.
+
+Phases (each with its own CPU/RSS figures, see bench/resources.py):
+
+1. ``preflight``: the stack is up (``dcmms-telemetry up --with-pipeline`` if not,
+   and then stopped again at the end: a stack the benchmark did not start is
+   never torn down) and one probe per path goes through end to end.
+2. ``anchors``: raw Kafka, raw QuestDB, the direct MQTT->QuestDB peer (stepped).
+3. ``mqtt`` and ``rest``: stepped offered rates through the pipeline. Each step
+   runs ``step_seconds``, then waits up to ``drain_seconds`` for every accepted
+   event to be stored; the harness counts ``event_id LIKE '<step prefix>%'`` in
+   sensor_readings. Lag is measured as sent minus stored rows over time (the
+   pipeline's KafkaIO commits consumer offsets only on checkpoints, every 60 s,
+   too coarse to see a trend in a step). Probes (10/s, their own sensor id) are
+   polled through ``GET /api/v1/telemetry`` every 100 ms: sent -> queryable.
+   Stepping stops at the first step not held; a 10,000 events/s step is always
+   run so the latency at 10k is measured (and labelled not held if it is not).
+4. ``query``: bench/query_bench.py's load and measurement on the ``qbench``
+   fleet in sensor_readings (reused when present).
+
+Writes bench/results/<UTC timestamp>.json, bench/results/latest.json (keys:
+bench/report.py REQUIRED_KEYS) and latest.png / <timestamp>.png, prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+from bench import anchors, report
+from bench.loadgen import GeneratorConfig, fleet_item, mqtt_message, run_load
+from bench.resources import ResourceSampler
+from io_connectors.questdb_schema import SENSOR_READINGS
+from runners.settings import REPO_ROOT, Settings, load_settings
+
+__all__ = ["main", "ModeConfig", "mode_config"]
+
+_LOGGER = logging.getLogger(__name__)
+RESULTS = REPO_ROOT / "bench" / "results"
+PROBE_ASSET = ("bench-site-01", "bench-asset-01-001")
+
+
+@dataclass(frozen=True)
+class ModeConfig:
+    """Durations and sizes of one mode."""
+
+    mode: str
+    step_seconds: float
+    drain_seconds: float
+    kafka_events: int
+    questdb_rows: int
+    query_min_rows: int       # reuse the qbench fleet when it holds at least this many rows
+    query_load_rows: int      # else load this many
+    query_requests: int
+
+
+def mode_config(mode: str) -> ModeConfig:
+    if mode == "quick":
+        return ModeConfig("quick", 12, 25, 100_000, 300_000, 1_000_000, 3_000_000, 60)
+    if mode == "full":
+        return ModeConfig("full", 60, 90, 1_000_000, 2_000_000, 50_000_000, 50_000_000, 300)
+    raise ValueError(f"mode must be quick or full, got {mode!r}")
+
+
+def say(msg: str) -> None:
+    """Progress line on stdout (the harness is interactive)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- stack ----------------------------------------------------------------
+
+def _cli() -> list[str]:
+    return [str(Path(sys.executable).parent / "dcmms-telemetry")]
+
+
+def ensure_stack() -> bool:
+    """True only if no service was running before and this call started the stack.
+
+    A stack with any live service is someone's (other sessions share it): it is
+    brought up idempotently when parts are unhealthy, but never stopped by us.
+    """
+    out = subprocess.run([*_cli(), "status"], capture_output=True, text=True, cwd=REPO_ROOT)
+    rows = [line.split() for line in out.stdout.splitlines()[1:] if line.strip()]
+    live = {r[0] for r in rows if len(r) > 1 and r[1].isdigit()}
+    healthy = {r[0] for r in rows if len(r) > 3 and r[3] == "yes"}
+    if {"api", "bridge", "pipeline", "kafka", "questdb", "mosquitto"} <= healthy:
+        return False
+    say(f"stack not fully healthy (live: {sorted(live)}, healthy: {sorted(healthy)}): "
+        "dcmms-telemetry up --with-pipeline")
+    subprocess.run([*_cli(), "up", "--with-pipeline"], check=True, cwd=REPO_ROOT)
+    return not live
+
+
+def machine_info() -> dict[str, Any]:
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total
+    return {"cores": os.cpu_count(), "memory": mem, "memory_gib": round(mem / 2**30, 1),
+            "cpu_model": model, "load_avg_before": [round(x, 2) for x in os.getloadavg()]}
+
+
+def git_sha() -> tuple[str, bool]:
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                         cwd=REPO_ROOT).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], cwd=REPO_ROOT
+                           ).returncode != 0
+    return sha, dirty
+
+
+# -- counting -------------------------------------------------------------
+
+def _ts_filter(since_ms: int) -> str:
+    return f"timestamp >= cast({int(since_ms) * 1000} as timestamp)"
+
+
+def count_rows(settings: Settings, table: str, prefix: str, since_ms: int,
+               distinct: bool = False) -> tuple[int, int]:
+    """(rows, distinct event_ids) of ``table`` whose event_id starts with ``prefix``."""
+    what = "count(), count_distinct(event_id)" if distinct else "count(), 0"
+    row = anchors.qdb_exec(settings, f"SELECT {what} FROM {table} WHERE {_ts_filter(since_ms)}"
+                                     f" AND event_id LIKE '{prefix}%'")[0]
+    return int(row[0]), int(row[1] or 0)
+
+
+class DlqCounter:
+    """Sum of the end offsets of the dead-letter topic (all sources: others share the stack)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Consumer
+
+        self.topic = settings.get("kafka", "topic_dlq")
+        self.consumer = Consumer({"bootstrap.servers": settings.get("kafka", "bootstrap_servers"),
+                                  "group.id": "bench-dlq-watermarks"})
+
+    def total(self) -> int:
+        from confluent_kafka import TopicPartition
+
+        meta = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic]
+        return sum(self.consumer.get_watermark_offsets(TopicPartition(self.topic, p),
+                                                       timeout=10)[1]
+                   for p in meta.partitions)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+# -- probes ---------------------------------------------------------------
+
+class Probes:
+    """Probe events every ``interval_s`` through ``send``; ``fetch(since_ms)`` lists visible ids."""
+
+    def __init__(self, name: str, send: Callable[[str, int], None],
+                 fetch: Callable[[int], list[str]], interval_s: float = 0.1,
+                 poll_s: float = 0.1) -> None:
+        self.name = name
+        self.send, self.fetch = send, fetch
+        self.interval_s, self.poll_s = interval_s, poll_s
+        self.sent: dict[str, int] = {}
+        self.seen: dict[str, int] = {}
+        self.since_ms = int(time.time() * 1000)
+        self.errors = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._send_loop, daemon=True),
+                         threading.Thread(target=self._poll_loop, daemon=True)]
+        self._n = 0
+        self._tag = uuid.uuid4().hex[:6]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def _send_loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._n += 1
+            eid = f"p{self._tag}-{self._n}"
+            now = int(time.time() * 1000)
+            try:
+                self.send(eid, now)
+                with self._lock:
+                    self.sent[eid] = now
+            except Exception:  # noqa: BLE001 - a failed probe is counted, not fatal
+                self.errors += 1
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                ids = self.fetch(self.since_ms)
+            except Exception:  # noqa: BLE001 - the API may be busy; keep polling
+                self.errors += 1
+                continue
+            now = int(time.time() * 1000)
+            with self._lock:
+                for eid in ids:
+                    if eid in self.sent and eid not in self.seen:
+                        self.seen[eid] = now
+
+    def window(self, t0_ms: int, t1_ms: int, until_ms: int) -> dict[str, Any]:
+        """Latencies of probes sent in [t0, t1); unseen ones count as ``until - sent``."""
+        with self._lock:
+            lat = []
+            unseen = 0
+            for eid, sent in self.sent.items():
+                if t0_ms <= sent < t1_ms:
+                    if eid in self.seen:
+                        lat.append(self.seen[eid] - sent)
+                    else:
+                        unseen += 1
+                        lat.append(until_ms - sent)
+        return {**report.percentiles(lat), "n": len(lat), "unseen": unseen,
+                "lower_bound": unseen > 0}
+
+
+def _api(settings: Settings) -> tuple[str, str]:
+    key = os.environ.get("DCMMS_BENCH_API_KEY") or settings.get("api", "api_keys").split(
+        ",")[0].rpartition(":")[0]
+    return f"http://127.0.0.1:{settings.get('api', 'port', int)}", key
+
+
+def make_probes(settings: Settings, path: str, run: str, topic_root: str = "telemetry") -> Probes:
+    """Probes for ``path`` (mqtt, rest, direct), sensor id ``probe-<run>-<path>``."""
+    site, asset = PROBE_ASSET
+    sensor = f"probe-{run}-{path}"
+    base_url, key = _api(settings)
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {key}"
+
+    def item(eid: str, ts: int) -> dict[str, Any]:
+        return {**fleet_item(eid, 0, ts), "site_id": site, "asset_id": asset,
+                "sensor_id": sensor, "sensor_type": "TEMPERATURE", "unit": "C", "value": 21.0}
+
+    if path == "rest":
+        post = requests.Session()
+        post.headers["Authorization"] = f"Bearer {key}"
+
+        def send(eid: str, ts: int) -> None:
+            r = post.post(f"{base_url}/api/v1/telemetry", json=[item(eid, ts)], timeout=10)
+            if r.status_code != 202:
+                raise RuntimeError(f"probe POST: HTTP {r.status_code}")
+    else:
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=f"bench-probe-{run}-{path}", protocol=mqtt.MQTTv5)
+        client.username_pw_set(settings.get("mqtt", "sensor_username"),
+                               settings.get("mqtt", "sensor_password"))
+        client.connect(settings.get("mqtt", "host"), settings.get("mqtt", "port", int), 60)
+        client.loop_start()
+
+        def send(eid: str, ts: int) -> None:
+            topic, payload = mqtt_message(item(eid, ts), topic_root)
+            client.publish(topic, payload, qos=1)
+
+    if path == "direct":
+        def fetch(since_ms: int) -> list[str]:
+            rows = anchors.qdb_exec(settings, f"SELECT event_id FROM {anchors.DIRECT_TABLE} WHERE "
+                                              f"{_ts_filter(since_ms)} AND sensor_id = '{sensor}'",
+                                    timeout=10)
+            return [r[0] for r in rows]
+    else:
+        def fetch(since_ms: int) -> list[str]:
+            r = session.get(f"{base_url}/api/v1/telemetry",
+                            params={"sensor_id": sensor, "start_time": str(since_ms),
+                                    "end_time": str(int(time.time() * 1000) + 600_000),
+                                    "limit": "10000"}, timeout=10)
+            r.raise_for_status()
+            return [row["event_id"] for row in r.json()["data"]]
+
+    return Probes(path, send, fetch)
+
+
+# -- steps ----------------------------------------------------------------
+
+def run_step(settings: Settings, mc: ModeConfig, path: str, rate: int, index: int, run: str,
+             probes: Probes, dlq: DlqCounter | None, gen: dict[str, Any]) -> dict[str, Any]:
+    """One offered rate on one path; returns the step record (see report.judge_step)."""
+    table = anchors.DIRECT_TABLE if path == "direct" else SENSOR_READINGS
+    prefix = f"b{run}{path[0]}{index}-"
+    cfg = GeneratorConfig(path="rest" if path == "rest" else "mqtt", rate=rate,
+                          seconds=mc.step_seconds, id_prefix=prefix, **gen)
+    since_ms = int(time.time() * 1000) - 5000
+    probes.since_ms = since_ms
+    dlq0 = dlq.total() if dlq else 0
+    backlog: list[tuple[float, float]] = []
+    live_sent = [0]
+    stop = threading.Event()
+
+    def sample_backlog() -> None:
+        while not stop.wait(2.0):
+            try:
+                stored, _ = count_rows(settings, table, prefix, since_ms)
+            except Exception:  # noqa: BLE001 - a slow count just skips one sample
+                continue
+            backlog.append((time.monotonic(), float(live_sent[0] - stored)))
+            say(f"  {path} {rate:>6,}/s  sent {live_sent[0]:>9,}  stored {stored:>9,}  "
+                f"backlog {live_sent[0] - stored:>8,}")
+
+    def tick(sent: int) -> None:
+        live_sent[0] = sent
+
+    sampler = threading.Thread(target=sample_backlog, daemon=True)
+    t0 = time.monotonic()
+    t0_ms = int(time.time() * 1000) + 1500  # workers start 1.5 s after run_load begins
+    sampler.start()
+    load, workers = run_load(cfg, on_tick=tick)
+    live_sent[0] = load.sent
+    t1_ms = int(time.time() * 1000)
+    t_end = time.monotonic()
+    # drain: wait until everything accepted is stored (or no progress / timeout)
+    stored = 0
+    last_progress, last_stored = time.monotonic(), -1
+    while True:
+        stored, _ = count_rows(settings, table, prefix, since_ms)
+        if stored >= load.accepted:
+            break
+        if stored != last_stored:
+            last_progress, last_stored = time.monotonic(), stored
+        if (time.monotonic() - t_end > mc.drain_seconds
+                or time.monotonic() - last_progress > 20):
+            break
+        time.sleep(0.5)
+    drain_s = time.monotonic() - t_end
+    stop.set()
+    sampler.join(timeout=5)
+    time.sleep(0.5)  # last probes become visible
+    rows, distinct = count_rows(settings, table, prefix, since_ms, distinct=True)
+    backlog_rel = [(t - t0 - 1.5, b) for t, b in backlog]
+    held, reasons = report.judge_step(
+        offered=rate, seconds=mc.step_seconds, sent=load.sent, accepted=load.accepted,
+        stored=distinct, duplicates=rows - distinct, generator_short=load.generator_short,
+        backlog=backlog_rel)
+    e2e = probes.window(t0_ms, t1_ms, int(time.time() * 1000))
+    step = {
+        "path": path, "offered": rate, "seconds": mc.step_seconds, "id_prefix": prefix,
+        "target": load.target, "sent": load.sent, "accepted": load.accepted,
+        "failed": load.failed, "stored": distinct, "rows": rows, "duplicated": rows - distinct,
+        "dead_lettered_all_sources": (dlq.total() - dlq0) if dlq else None,
+        "achieved_eps": round(load.accepted / mc.step_seconds),
+        "stored_eps": round(distinct / (mc.step_seconds + drain_s)),
+        "drain_s": round(drain_s, 1), "backlog": [(round(t, 1), b) for t, b in backlog_rel],
+        "e2e_ms": e2e, "held": held, "reasons": reasons,
+        "generator_cpu_s": load.generator_cpu_s,
+        "generator_max_cpu_util": load.generator_max_cpu_util,
+        "generator_saturated": load.generator_saturated, "generator_short": load.generator_short,
+        "generator_errors": load.errors,
+        "rest_request_ms": report.percentiles([x for w in workers for x in w.request_ms])
+        if path == "rest" else None,
+    }
+    say(f"{path} {rate:,}/s: accepted {load.accepted:,} stored {distinct:,} dup {rows - distinct}"
+        f" drain {drain_s:.1f}s e2e p50/p99 {e2e['p50']}/{e2e['p99']} ms gen cpu "
+        f"{load.generator_max_cpu_util:.0%} -> "
+        f"{'HELD' if held else 'not held: ' + '; '.join(reasons)}")
+    return step
+
+
+def run_path(settings: Settings, mc: ModeConfig, path: str, run: str, rates: list[int],
+             probes: Probes, dlq: DlqCounter | None, gen: dict[str, Any]) -> list[dict[str, Any]]:
+    """Step up until a step is not held; always include a 10k step (latency at 10k)."""
+    steps: list[dict[str, Any]] = []
+    for i, rate in enumerate(rates):
+        step = run_step(settings, mc, path, rate, i, run, probes, dlq, gen)
+        steps.append(step)
+        if not step["held"]:
+            if path != "direct" and rate < 10_000 and 10_000 in rates:
+                _wait_drained(settings, path, step, 120)
+                steps.append(run_step(settings, mc, path, 10_000, len(rates), run, probes, dlq,
+                                      gen))
+            _wait_drained(settings, path, steps[-1], 180)
+            break
+    return steps
+
+
+def _wait_drained(settings: Settings, path: str, step: dict[str, Any], timeout_s: float) -> None:
+    """Let a failed step's backlog clear so it does not leak into the next measurement."""
+    table = anchors.DIRECT_TABLE if path == "direct" else SENSOR_READINGS
+    deadline = time.monotonic() + timeout_s
+    since = int(time.time() * 1000) - 3_600_000
+    while time.monotonic() < deadline:
+        stored, _ = count_rows(settings, table, step["id_prefix"], since)
+        if stored >= step["accepted"]:
+            return
+        say(f"  waiting for the {path} backlog to drain: {step['accepted'] - stored:,} left")
+        time.sleep(5)
+
+
+def summarise_path(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    held = [s for s in steps if s["held"]]
+    best = max(held, key=lambda s: s["offered"]) if held else None
+    at10k = next((s for s in steps if s["offered"] == 10_000), None)
+    empty = {"p50": None, "p95": None, "p99": None}
+    return {
+        "sustained_eps": best["offered"] if best else 0,
+        "sustained_achieved_eps": best["achieved_eps"] if best else None,
+        "e2e_ms": ({k: best["e2e_ms"][k] for k in ("p50", "p95", "p99")} if best else empty),
+        "e2e_ms_at_10k": ({k: at10k["e2e_ms"][k] for k in ("p50", "p95", "p99", "n", "unseen")}
+                          if at10k else empty),
+        "held_10k": at10k["held"] if at10k else None,
+    }
+
+
+# -- query ----------------------------------------------------------------
+
+def run_query(settings: Settings, mc: ModeConfig) -> dict[str, Any]:
+    from bench import query_bench
+
+    fleet = query_bench.Fleet("qbench", 20, 25, 8)
+    sites = ",".join(f"'{fleet.site(s)}'" for s in range(fleet.sites))
+    row = anchors.qdb_exec(settings, f"SELECT count(), min(timestamp), max(timestamp) FROM "
+                                     f"{SENSOR_READINGS} WHERE site_id IN ({sites})",
+                           timeout=300)[0]
+    existing = int(row[0])
+    reused = existing >= mc.query_min_rows
+    load_info = None
+    if not reused:
+        rows = max(mc.query_load_rows - existing, 1_000_000)
+        say(f"query: loading {rows:,} rows into {SENSOR_READINGS} (qbench fleet, 89.5 days)")
+        end_ms = int(time.time() // 60 * 60_000)
+        load_info = query_bench.load(settings, fleet, rows, 89.5, end_ms,
+                                     event_prefix=f"qbench{end_ms}")
+        row = anchors.qdb_exec(settings, f"SELECT count(), min(timestamp), max(timestamp) FROM "
+                                         f"{SENSOR_READINGS} WHERE site_id IN ({sites})",
+                               timeout=300)[0]
+    else:
+        say(f"query: reusing {existing:,} qbench rows already in {SENSOR_READINGS}")
+    count = int(row[0])
+    lo = dt.datetime.fromisoformat(row[1].replace("Z", "+00:00")).timestamp() * 1000
+    hi = dt.datetime.fromisoformat(row[2].replace("Z", "+00:00")).timestamp() * 1000
+    days = (hi - lo) / query_bench.DAY_MS
+    base_url, key = _api(settings)
+    measured = query_bench.measure(base_url, settings, fleet, days, int(hi), mc.query_requests,
+                                   max(5, mc.query_requests // 10), 1, key)
+
+    def pick(name: str) -> dict[str, float]:
+        return {"p50": measured[name]["p50_ms"], "p99": measured[name]["p99_ms"]}
+
+    return {"rows": count, "reused": reused, "days": round(days, 2), "load": load_info,
+            "requests_per_kind": mc.query_requests, "raw_1d_ms": pick("raw_day"),
+            "bucket_1d_ms": pick("bucket_day"), "latest_ms": pick("latest"), "detail": measured}
+
+
+# -- main -----------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("quick", "full"), default="quick")
+    parser.add_argument("--paths", default="direct,mqtt,rest",
+                        help="comma list of direct, mqtt, rest (stepped phases to run)")
+    parser.add_argument("--skip-anchors", action="store_true", help="no raw Kafka/QuestDB anchor")
+    parser.add_argument("--skip-query", action="store_true")
+    parser.add_argument("--steps", default=None, help="override the offered rates, e.g. 2000,5000")
+    parser.add_argument("--step-seconds", type=float, default=None)
+    parser.add_argument("--processes", type=int, default=4, help="generator processes per step")
+    parser.add_argument("--connections", type=int, default=4, help="MQTT connections per process")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+
+    mc = mode_config(args.mode)
+    if args.step_seconds:
+        mc = ModeConfig(**{**asdict(mc), "step_seconds": args.step_seconds})
+    settings = load_settings()
+    started = dt.datetime.now(dt.UTC)
+    run = uuid.uuid4().hex[:6]
+    sha, dirty = git_sha()
+    machine = machine_info()
+    say(f"bench {mc.mode} run {run}: {machine['cores']} cores, load avg "
+        f"{machine['load_avg_before']}, git {sha[:10]}{' (dirty)' if dirty else ''}")
+    stack_started = ensure_stack()
+    sampler = ResourceSampler(settings.path("stack", "run_dir") / "pids")
+    sampler.start()
+    base_url, key = _api(settings)
+    gen = {"processes": args.processes, "connections": args.connections,
+           "mqtt_host": settings.get("mqtt", "host"),
+           "mqtt_port": settings.get("mqtt", "port", int),
+           "mqtt_username": settings.get("mqtt", "sensor_username"),
+           "mqtt_password": settings.get("mqtt", "sensor_password"),
+           "rest_url": f"{base_url}/api/v1/telemetry", "api_key": key}
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    result: dict[str, Any] = {
+        "git_sha": sha, "git_dirty": dirty, "started_at": started.isoformat(timespec="seconds"),
+        "mode": mc.mode, "run_id": run, "step_seconds": mc.step_seconds,
+        "drain_seconds": mc.drain_seconds, "machine": machine,
+        "stack_started_by_bench": stack_started,
+        "generator": {k: gen[k] for k in ("processes", "connections")} | {
+            "inflight_per_connection": 1000, "rest_batch": 1000, "probe_interval_ms": 100,
+            "probe_poll_ms": 100},
+        "anchors": {"kafka_raw_eps": None, "questdb_raw_rows_per_s": None,
+                    "direct_bridge_eps": None,
+                    "direct_bridge_e2e_ms": {"p50": None, "p95": None, "p99": None}},
+        "pipeline": {"lag_method": "sent minus stored rows over time (KafkaIO commits offsets "
+                                   "only on checkpoints)"},
+        "query": {"rows": None, "raw_1d_ms": {"p50": None, "p99": None},
+                  "bucket_1d_ms": {"p50": None, "p99": None},
+                  "latest_ms": {"p50": None, "p99": None}},
+        "steps": [],
+    }
+    dlq = DlqCounter(settings)
+    try:
+        sampler.phase("preflight")
+        for path in ("mqtt", "rest"):
+            if path in paths:
+                _preflight(settings, path, run)
+        if not args.skip_anchors:
+            sampler.phase("anchor_kafka")
+            say(f"anchor: raw Kafka, {mc.kafka_events:,} Avro records")
+            kr = anchors.kafka_raw(settings, mc.kafka_events, run)
+            result["anchors"]["kafka_raw_eps"] = kr["kafka_raw_eps"]
+            result["anchors"]["kafka_raw"] = kr
+            say(f"  {kr}")
+            sampler.phase("anchor_questdb")
+            say(f"anchor: raw QuestDB, {mc.questdb_rows:,} rows over ILP/HTTP")
+            qr = anchors.questdb_raw(settings, mc.questdb_rows, run)
+            result["anchors"]["questdb_raw_rows_per_s"] = qr["questdb_raw_rows_per_s"]
+            result["anchors"]["questdb_raw"] = qr
+            say(f"  {qr}")
+        rates_override = [int(x) for x in args.steps.split(",")] if args.steps else None
+        for path in paths:
+            sampler.phase(f"{path}_steps" if path != "direct" else "anchor_direct")
+            rates = rates_override or report.rate_steps(mc.mode, path)
+            say(f"{path}: steps {rates} x {mc.step_seconds:.0f} s")
+            gen_path = dict(gen)
+            peer = None
+            if path == "direct":
+                proc, stop, root = anchors.start_direct_peer(settings, run)
+                sampler.add("direct-peer", proc.pid)
+                peer = (proc, stop)
+                gen_path["topic_root"] = root
+                probes = make_probes(settings, path, run, root)
+            else:
+                probes = make_probes(settings, path, run)
+            probes.start()
+            try:
+                steps = run_path(settings, mc, path, run, rates, probes,
+                                 dlq if path != "direct" else None, gen_path)
+            finally:
+                probes.stop()
+                if peer:
+                    anchors.stop_direct_peer(*peer)
+                    sampler.remove("direct-peer")
+            result["steps"].extend(steps)
+            summary = summarise_path(steps)
+            if path == "direct":
+                result["anchors"]["direct_bridge_eps"] = summary["sustained_eps"]
+                result["anchors"]["direct_bridge_e2e_ms"] = summary["e2e_ms"]
+                result["anchors"]["direct_bridge"] = summary
+            else:
+                result["pipeline"][path] = summary
+        for path in ("mqtt", "rest"):
+            result["pipeline"].setdefault(path, summarise_path([]))
+        _zero_loss(settings, result)
+        if not args.skip_query:
+            sampler.phase("query")
+            result["query"] = run_query(settings, mc)
+    finally:
+        sampler.stop()
+        dlq.close()
+        result["resources"] = sampler.totals()
+        result["resources_by_phase"] = sampler.by_phase()
+        result["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+        result["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        _write(result, args.output_dir, started)
+        if stack_started:
+            say("stopping the stack this benchmark started")
+            subprocess.run([*_cli(), "down"], cwd=REPO_ROOT)
+    missing = report.missing_keys(result)
+    if missing:
+        say(f"WARNING: result lacks keys {missing}")
+    return 0
+
+
+def _preflight(settings: Settings, path: str, run: str) -> None:
+    """One probe must go through end to end within 120 s, else the stack is not working."""
+    probes = make_probes(settings, path, f"{run}pre")
+    probes.interval_s = 1.0
+    probes.start()
+    deadline = time.monotonic() + 120
+    try:
+        while not probes.seen:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"preflight: no {path} probe became queryable within 120 s "
+                                 "(is the Flink job running? `dcmms-telemetry status`)")
+            time.sleep(0.5)
+    finally:
+        probes.stop()
+    say(f"preflight: {path} probe queryable")
+
+
+def _zero_loss(settings: Settings, result: dict[str, Any]) -> None:
+    """Final recount over every pipeline step: sent, accepted, stored, duplicated, lost."""
+    steps = [s for s in result["steps"] if s["path"] in ("mqtt", "rest")]
+    since = int(time.time() * 1000) - 6 * 3_600_000
+    stored = dup = 0
+    for s in steps:
+        rows, distinct = count_rows(settings, SENSOR_READINGS, s["id_prefix"], since, True)
+        s["stored_final"] = distinct
+        stored += distinct
+        dup += rows - distinct
+    pipe = result["pipeline"]
+    pipe["sent"] = sum(s["sent"] for s in steps)
+    pipe["accepted"] = sum(s["accepted"] for s in steps)
+    pipe["stored"] = stored
+    pipe["duplicated"] = dup
+    pipe["lost_events"] = max(0, pipe["accepted"] - stored)
+    pipe["dead_lettered"] = sum(s["dead_lettered_all_sources"] or 0 for s in steps)
+
+
+def _write(result: dict[str, Any], out_dir: Path, started: dt.datetime) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    png = out_dir / f"{stamp}.png"
+    if report.draw_chart(result, png):
+        result["chart"] = str(png.relative_to(REPO_ROOT)) if png.is_relative_to(REPO_ROOT) \
+            else str(png)
+        (out_dir / "latest.png").write_bytes(png.read_bytes())
+    text = json.dumps(result, indent=2, default=str)
+    (out_dir / f"{stamp}.json").write_text(text)
+    (out_dir / "latest.json").write_text(text)
+    print()
+    print(report.format_table(result))
+    print()
+    say(f"wrote {out_dir / (stamp + '.json')} and latest.json")

@@ -1,0 +1,265 @@
+"""Pure parts of the benchmark report: percentiles, step verdicts, ratios, JSON keys, table, chart.
+
+Everything here is deterministic and unit-tested (tests/unit/test_bench_report.py);
+the chart needs matplotlib (the ``bench`` extra) and is skipped with a warning
+when it is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "percentiles", "backlog_slope", "judge_step", "rate_steps", "ratio_rows",
+    "REQUIRED_KEYS", "missing_keys", "format_table", "draw_chart",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+# Dotted keys latest.json must hold (issue 6 item 7); resources.<component> is checked apart.
+REQUIRED_KEYS = (
+    "git_sha", "started_at", "machine.cores", "machine.memory", "machine.cpu_model",
+    "anchors.kafka_raw_eps", "anchors.questdb_raw_rows_per_s", "anchors.direct_bridge_eps",
+    "anchors.direct_bridge_e2e_ms.p99",
+    "pipeline.mqtt.sustained_eps", "pipeline.mqtt.e2e_ms.p50", "pipeline.mqtt.e2e_ms.p95",
+    "pipeline.mqtt.e2e_ms.p99",
+    "pipeline.rest.sustained_eps", "pipeline.rest.e2e_ms.p50", "pipeline.rest.e2e_ms.p95",
+    "pipeline.rest.e2e_ms.p99",
+    "pipeline.lost_events", "query.rows",
+    "query.raw_1d_ms.p50", "query.raw_1d_ms.p99", "query.bucket_1d_ms.p50",
+    "query.bucket_1d_ms.p99", "query.latest_ms.p50", "query.latest_ms.p99",
+)
+
+
+def percentiles(samples: Sequence[float], points: Sequence[float] = (50, 95, 99)
+                ) -> dict[str, float | None]:
+    """Nearest-rank percentiles ``{"p50": ..}`` of ``samples``; None for an empty sample."""
+    ordered = sorted(samples)
+    out: dict[str, float | None] = {}
+    for p in points:
+        key = f"p{p:g}"
+        if not ordered:
+            out[key] = None
+            continue
+        # nearest rank: the smallest value with at least p % of the samples <= it
+        rank = max(1, -(-len(ordered) * p // 100))
+        out[key] = round(float(ordered[int(min(rank, len(ordered))) - 1]), 2)
+    return out
+
+
+def backlog_slope(samples: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope (events/s per s) of ``(t, backlog)`` samples; 0 with < 3 samples."""
+    if len(samples) < 3:
+        return 0.0
+    n = len(samples)
+    mt = sum(t for t, _ in samples) / n
+    mb = sum(b for _, b in samples) / n
+    var = sum((t - mt) ** 2 for t, _ in samples)
+    if var == 0:
+        return 0.0
+    return sum((t - mt) * (b - mb) for t, b in samples) / var
+
+
+def judge_step(*, offered: float, seconds: float, sent: int, accepted: int, stored: int,
+               duplicates: int, generator_short: bool,
+               backlog: Sequence[tuple[float, float]], growth_tolerance: float = 0.05
+               ) -> tuple[bool, list[str]]:
+    """Did the pipeline hold ``offered`` events/s? Returns (held, reasons it did not).
+
+    Held means: the generator delivered >= 95 % of the offered load and the edge
+    accepted it, every accepted event is stored once, and the backlog (accepted
+    minus stored) did not grow over the second half of the step by more than
+    ``growth_tolerance`` x offered per second.
+    """
+    reasons: list[str] = []
+    if generator_short:
+        reasons.append("generator sent < 95 % of the offered events (see generator CPU)")
+    if accepted < 0.95 * offered * seconds:
+        reasons.append(f"edge accepted {accepted} < 95 % of {offered * seconds:.0f} offered")
+    if accepted < sent:
+        reasons.append(f"{sent - accepted} sent events not acknowledged")
+    if stored < accepted:
+        reasons.append(f"{accepted - stored} accepted events not stored within the drain time")
+    if duplicates:
+        reasons.append(f"{duplicates} duplicate rows")
+    half = [s for s in backlog if backlog and s[0] >= backlog[0][0] + seconds / 2
+            and s[0] <= backlog[0][0] + seconds]
+    slope = backlog_slope(half)
+    if slope > growth_tolerance * offered:
+        reasons.append(f"backlog grew {slope:.0f} events/s per s in the second half")
+    return not reasons, reasons
+
+
+def rate_steps(mode: str, path: str) -> list[int]:
+    """Offered rates (events/s) tried in order for ``path`` in ``mode`` (quick/full)."""
+    if mode not in ("quick", "full"):
+        raise ValueError(f"mode must be quick or full, got {mode!r}")
+    if mode == "quick":
+        return [2000, 5000, 10000] if path != "direct" else [5000, 10000, 20000]
+    return [2000, 5000, 10000, 15000, 20000, 30000, 50000]
+
+
+def _get(d: Mapping[str, Any], dotted: str) -> Any:
+    cur: Any = d
+    for part in dotted.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            raise KeyError(dotted)
+        cur = cur[part]
+    return cur
+
+
+def missing_keys(result: Mapping[str, Any]) -> list[str]:
+    """Required keys absent from ``result`` (values may be None when not measured)."""
+    missing = []
+    for key in REQUIRED_KEYS:
+        try:
+            _get(result, key)
+        except KeyError:
+            missing.append(key)
+    resources = result.get("resources")
+    if not isinstance(resources, Mapping) or not resources:
+        missing.append("resources.<component>")
+    else:
+        for comp, usage in resources.items():
+            for k in ("cpu_s", "rss_mb_peak"):
+                if not isinstance(usage, Mapping) or k not in usage:
+                    missing.append(f"resources.{comp}.{k}")
+    return missing
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 3)
+
+
+def ratio_rows(result: Mapping[str, Any]) -> list[tuple[str, float | None, str, float | None,
+                                                         float | None]]:
+    """(figure, value, anchor name, anchor value, ratio) for every pipeline figure x anchor."""
+    anchors = result["anchors"]
+    throughput_anchors = [("kafka raw eps", anchors.get("kafka_raw_eps")),
+                          ("questdb raw rows/s", anchors.get("questdb_raw_rows_per_s")),
+                          ("direct bridge eps", anchors.get("direct_bridge_eps"))]
+    rows: list[tuple[str, float | None, str, float | None, float | None]] = []
+    for path in ("mqtt", "rest"):
+        if path not in result["pipeline"]:
+            continue
+        eps = result["pipeline"][path].get("sustained_eps")
+        for name, value in throughput_anchors:
+            rows.append((f"{path} sustained eps", eps, name, value, _ratio(eps, value)))
+        p99 = result["pipeline"][path]["e2e_ms"].get("p99")
+        direct_p99 = anchors.get("direct_bridge_e2e_ms", {}).get("p99")
+        rows.append((f"{path} e2e p99 ms", p99, "direct bridge e2e p99 ms", direct_p99,
+                     _ratio(p99, direct_p99)))
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """Human-readable summary: steps, headline figures, ratios, query, resources."""
+    lines = [f"dCMMS telemetry benchmark ({result.get('mode')} mode) {result.get('started_at')} "
+             f"git {str(result.get('git_sha'))[:10]} load avg before "
+             f"{result['machine'].get('load_avg_before')}"]
+    lines.append("")
+    lines.append(f"{'path':8} {'offered':>8} {'accepted':>9} {'stored':>9} {'eps':>8} "
+                 f"{'e2e p50':>8} {'p95':>7} {'p99':>7} {'gen cpu':>7} held")
+    for step in result.get("steps", []):
+        e2e = step.get("e2e_ms", {})
+        lines.append(
+            f"{step['path']:8} {step['offered']:>8,} {step['accepted']:>9,} {step['stored']:>9,} "
+            f"{_fmt(step.get('achieved_eps')):>8} {_fmt(e2e.get('p50')):>8} "
+            f"{_fmt(e2e.get('p95')):>7} {_fmt(e2e.get('p99')):>7} "
+            f"{_fmt(step.get('generator_max_cpu_util')):>7} "
+            f"{'yes' if step['held'] else 'no: ' + '; '.join(step['reasons'])[:80]}")
+    lines.append("")
+    a, p, q = result["anchors"], result["pipeline"], result["query"]
+    lines.append(f"anchors: kafka raw {_fmt(a.get('kafka_raw_eps'))} eps | questdb raw "
+                 f"{_fmt(a.get('questdb_raw_rows_per_s'))} rows/s | direct bridge "
+                 f"{_fmt(a.get('direct_bridge_eps'))} eps, e2e p99 "
+                 f"{_fmt(a.get('direct_bridge_e2e_ms', {}).get('p99'))} ms")
+    for path in ("mqtt", "rest"):
+        if path not in p:
+            continue
+        e = p[path]["e2e_ms"]
+        lines.append(f"pipeline {path}: sustained {_fmt(p[path].get('sustained_eps'))} eps, "
+                     f"e2e p50/p95/p99 {_fmt(e.get('p50'))}/{_fmt(e.get('p95'))}/"
+                     f"{_fmt(e.get('p99'))} ms at that rate; at 10k/s "
+                     f"{_fmt(p[path].get('e2e_ms_at_10k', {}).get('p99'))} ms p99 "
+                     f"(held: {p[path].get('held_10k')})")
+    lines.append(f"zero loss: sent {p.get('sent')}, accepted {p.get('accepted')}, stored "
+                 f"{p.get('stored')}, duplicated {p.get('duplicated')}, lost "
+                 f"{p.get('lost_events')}, dead-lettered (all sources) {p.get('dead_lettered')}")
+    lines.append(f"query on {_fmt(q.get('rows'))} rows: raw 1d p50/p99 "
+                 f"{_fmt(q['raw_1d_ms'].get('p50'))}/{_fmt(q['raw_1d_ms'].get('p99'))} ms, "
+                 f"bucket 1d {_fmt(q['bucket_1d_ms'].get('p50'))}/"
+                 f"{_fmt(q['bucket_1d_ms'].get('p99'))} ms, latest "
+                 f"{_fmt(q['latest_ms'].get('p50'))}/{_fmt(q['latest_ms'].get('p99'))} ms")
+    lines.append("")
+    lines.append(f"{'pipeline figure':22} {'value':>10}  {'anchor':26} {'value':>10} {'ratio':>7}")
+    for fig, val, anchor, aval, ratio in ratio_rows(result):
+        lines.append(f"{fig:22} {_fmt(val):>10}  {anchor:26} {_fmt(aval):>10} {_fmt(ratio):>7}")
+    lines.append("")
+    lines.append(f"{'component':18} {'cpu s':>8} {'peak RSS MB':>12}")
+    for comp, usage in sorted(result.get("resources", {}).items()):
+        lines.append(f"{comp:18} {usage['cpu_s']:>8.1f} {usage['rss_mb_peak']:>12.0f}")
+    return "\n".join(lines)
+
+
+def draw_chart(result: Mapping[str, Any], path: Path) -> bool:
+    """Offered vs achieved rate and e2e percentiles per step; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _LOGGER.warning("matplotlib missing (pip install -e '.[bench]'): no chart")
+        return False
+    steps = result.get("steps", [])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=80)
+    colors = {"mqtt": "tab:blue", "rest": "tab:orange", "direct": "tab:green"}
+    for name, color in colors.items():
+        mine = [s for s in steps if s["path"] == name]
+        if not mine:
+            continue
+        xs = [s["offered"] for s in mine]
+        ax1.plot(xs, [s["stored_eps"] for s in mine], "o-", color=color, label=f"{name} stored")
+        for s in mine:
+            if not s["held"]:
+                ax1.plot(s["offered"], s["stored_eps"], "x", color="red", markersize=10)
+        for pct, style in (("p50", ":"), ("p95", "--"), ("p99", "-")):
+            ys = [s.get("e2e_ms", {}).get(pct) for s in mine]
+            pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+            if pts:
+                ax2.plot([x for x, _ in pts], [y for _, y in pts], style, marker=".",
+                         color=color, label=f"{name} {pct}")
+    top = max((s["offered"] for s in steps), default=1)
+    ax1.plot([0, top], [0, top], color="grey", linewidth=0.8, label="offered = achieved")
+    ax1.set_xlabel("offered events/s")
+    ax1.set_ylabel("stored events/s (x = not held)")
+    ax1.set_title("Offered vs achieved")
+    ax1.legend(fontsize=7)
+    ax2.set_xlabel("offered events/s")
+    ax2.set_ylabel("sent -> queryable, ms")
+    ax2.set_yscale("log")
+    ax2.set_title("End-to-end latency")
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"dCMMS bench {result.get('mode')} {result.get('started_at')}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True

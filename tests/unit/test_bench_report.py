@@ -1,0 +1,159 @@
+"""Unit tests of the benchmark's pure parts: percentiles, verdicts, ratios, JSON keys, steps."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from bench import report
+from bench.loadgen import (
+    FLEET_SENSORS,
+    WorkerResult,
+    due_count,
+    fleet_item,
+    mqtt_message,
+    summarise_workers,
+)
+
+
+def _result() -> dict[str, Any]:
+    pct = {"p50": 1.0, "p95": 2.0, "p99": 3.0}
+    return {
+        "git_sha": "abc", "started_at": "2026-01-01T00:00:00+00:00", "mode": "quick",
+        "machine": {"cores": 2, "memory": 1, "cpu_model": "x", "load_avg_before": [0.1]},
+        "anchors": {"kafka_raw_eps": 100_000, "questdb_raw_rows_per_s": 50_000,
+                    "direct_bridge_eps": 20_000, "direct_bridge_e2e_ms": dict(pct)},
+        "pipeline": {"mqtt": {"sustained_eps": 10_000, "e2e_ms": dict(pct)},
+                     "rest": {"sustained_eps": 5_000, "e2e_ms": {**pct, "p99": 6.0}},
+                     "lost_events": 0},
+        "query": {"rows": 10, "raw_1d_ms": {"p50": 1, "p99": 2},
+                  "bucket_1d_ms": {"p50": 1, "p99": 2}, "latest_ms": {"p50": 1, "p99": 2}},
+        "resources": {"kafka": {"cpu_s": 1.0, "rss_mb_peak": 2.0}},
+        "steps": [],
+    }
+
+
+def test_percentiles_nearest_rank() -> None:
+    samples = list(range(1, 101))  # 1..100
+    assert report.percentiles(samples) == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+    assert report.percentiles([7.0]) == {"p50": 7.0, "p95": 7.0, "p99": 7.0}
+    assert report.percentiles([]) == {"p50": None, "p95": None, "p99": None}
+    assert report.percentiles([3, 1, 2], (50,)) == {"p50": 2.0}
+
+
+def test_backlog_slope() -> None:
+    assert report.backlog_slope([(0, 0), (1, 100), (2, 200)]) == pytest.approx(100)
+    assert report.backlog_slope([(0, 50), (1, 50), (2, 50)]) == 0
+    assert report.backlog_slope([(0, 1), (1, 2)]) == 0  # too few samples
+
+
+def _judge(**kw: Any) -> tuple[bool, list[str]]:
+    args = dict(offered=1000, seconds=10, sent=10_000, accepted=10_000, stored=10_000,
+                duplicates=0, generator_short=False,
+                backlog=[(t, 500.0) for t in range(0, 11)])
+    args.update(kw)
+    return report.judge_step(**args)
+
+
+def test_judge_step_held() -> None:
+    assert _judge() == (True, [])
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"stored": 9_990}, "not stored"),
+    ({"duplicates": 3}, "duplicate"),
+    ({"generator_short": True}, "generator"),
+    ({"accepted": 9_000, "stored": 9_000}, "accepted"),
+    ({"backlog": [(t, 200.0 * t) for t in range(0, 11)]}, "backlog grew"),
+])
+def test_judge_step_not_held(change: dict[str, Any], needle: str) -> None:
+    held, reasons = _judge(**change)
+    assert not held
+    assert any(needle in r for r in reasons), reasons
+
+
+def test_judge_step_ignores_backlog_growth_in_first_half() -> None:
+    # ramp-up in the first half, flat in the second: held
+    backlog = [(t, min(t, 5) * 100.0) for t in range(0, 11)]
+    assert _judge(backlog=backlog)[0]
+
+
+def test_rate_steps() -> None:
+    for mode in ("quick", "full"):
+        for path in ("mqtt", "rest", "direct"):
+            steps = report.rate_steps(mode, path)
+            assert steps == sorted(steps) and len(set(steps)) == len(steps)
+        assert 10_000 in report.rate_steps(mode, "mqtt")
+        assert 10_000 in report.rate_steps(mode, "rest")
+    assert max(report.rate_steps("full", "mqtt")) >= 50_000
+    with pytest.raises(ValueError, match="quick or full"):
+        report.rate_steps("slow", "mqtt")
+
+
+def test_due_count() -> None:
+    assert due_count(1000, 0.0, 500) == 0
+    assert due_count(1000, 0.25, 500) == 250
+    assert due_count(1000, 10, 500) == 500
+    assert due_count(0, 5, 500) == 0
+
+
+def test_ratio_rows() -> None:
+    rows = {(fig, anchor): ratio for fig, _v, anchor, _a, ratio in report.ratio_rows(_result())}
+    assert rows[("mqtt sustained eps", "kafka raw eps")] == 0.1
+    assert rows[("rest sustained eps", "direct bridge eps")] == 0.25
+    assert rows[("rest e2e p99 ms", "direct bridge e2e p99 ms")] == 2.0
+    res = _result()
+    res["anchors"]["kafka_raw_eps"] = None
+    rows = {(f, a): r for f, _v, a, _a, r in report.ratio_rows(res)}
+    assert rows[("mqtt sustained eps", "kafka raw eps")] is None
+
+
+def test_missing_keys() -> None:
+    assert report.missing_keys(_result()) == []
+    broken = copy.deepcopy(_result())
+    del broken["pipeline"]["rest"]["e2e_ms"]["p95"]
+    del broken["machine"]["cpu_model"]
+    broken["resources"]["api"] = {"cpu_s": 1.0}
+    assert set(report.missing_keys(broken)) == {"pipeline.rest.e2e_ms.p95", "machine.cpu_model",
+                                                 "resources.api.rss_mb_peak"}
+    assert "resources.<component>" in report.missing_keys({**_result(), "resources": {}})
+
+
+def test_format_table_mentions_every_headline() -> None:
+    text = report.format_table(_result())
+    for needle in ("kafka raw 100,000", "sustained 10,000", "query on 10 rows", "kafka"):
+        assert needle in text
+
+
+def test_fleet_items_use_catalog_ids_and_valid_events() -> None:
+    from schemas.assets import load_asset_catalog
+    from schemas.edge import event_from_item, event_from_mqtt
+    from schemas.validation import load_sensor_rules
+
+    catalog = load_asset_catalog()
+    rules = load_sensor_rules()
+    ids = set()
+    for n in range(0, FLEET_SENSORS, 97):
+        item = fleet_item(f"e{n}", n, 1_767_225_600_000)
+        info = catalog.get(item["asset_id"])
+        assert info is not None and info.site_id == item["site_id"], item
+        assert event_from_item(item, now_ms=item["timestamp"], rules=rules).ok
+        topic, payload = mqtt_message(item)
+        assert event_from_mqtt(payload, topic, now_ms=item["timestamp"], rules=rules).ok
+        assert json.loads(payload)["event_id"] == f"e{n}"
+        ids.add(item["sensor_id"])
+    assert len(ids) == len(range(0, FLEET_SENSORS, 97))
+
+
+def test_summarise_workers_flags() -> None:
+    ok = [WorkerResult(0, 100, 100, 100, 0, 1.0, 10.0),
+          WorkerResult(1, 100, 100, 100, 0, 2.0, 10.0)]
+    load = summarise_workers(20, 10, ok)
+    assert (load.sent, load.accepted, load.generator_saturated, load.generator_short) == \
+        (200, 200, False, False)
+    hot = [WorkerResult(0, 100, 90, 90, 0, 9.5, 10.0)]
+    load = summarise_workers(10, 10, hot)
+    assert load.generator_saturated and load.generator_short
