@@ -582,12 +582,20 @@ class Supervisor:
         raise StackError(f"unknown service '{name}'; known: "
                          f"{', '.join(s.name for s in self.specs)}")
 
-    def restart(self, name: str) -> None:
-        """Stop ``name`` (if it runs, dead or alive) and start it again; wait until healthy."""
+    def stop_service(self, name: str) -> None:
+        """Stop one service (SIGTERM, SIGKILL after its grace period)."""
         spec = self.spec(name)
         if not self._stop_one(name, spec.stop_timeout_s):
             raise StackError(f"service {name} could not be stopped; see {self.paths.log(name)}")
-        self._start_one(spec)
+
+    def start_service(self, name: str) -> None:
+        """Start one service unless it runs healthy (a stale pid file is cleaned up)."""
+        self._start_one(self.spec(name))
+
+    def restart(self, name: str) -> None:
+        """Stop ``name`` (if it runs, dead or alive) and start it again; wait until healthy."""
+        self.stop_service(name)
+        self.start_service(name)
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> int | None:
         """Send ``sig`` to the process group of ``name`` (a crash drill); return the group id.

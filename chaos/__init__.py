@@ -1,0 +1,9 @@
+"""Crash, back-pressure and bad-input drills of the telemetry stack (``make chaos``).
+
+``python -m chaos`` brings up a second stack under the :data:`chaos.profile.CHAOS_PROFILE`
+environment (own run directory and ports), runs the scenarios of
+:mod:`chaos.scenarios` under steady load from :mod:`chaos.traffic`, checks
+every acknowledged event with :mod:`chaos.verify`, fuzzes every entry point
+with :mod:`chaos.badinput`, prints the results table and stops the stack.
+See docs/reliability.md.
+"""
