@@ -2,13 +2,14 @@
 
 ::
 
-    source -> DecodeTelemetry -> ValidateReadings -> EnrichWithAssets(catalog side input)
+    source -> DecodeTelemetry -> ValidateReadings -> EnrichWithAssets(asset catalog)
            -> DeduplicateByEventId -> validated sinks
-                                   -> DetectAlarms -> alarm sinks
+           -> DetectAlarms -> alarm sinks
     dead letters of every stage (+ those returned by sinks) -> Flatten -> dead-letter sinks
 
 ``build_telemetry_pipeline`` only wires steps: the runners hand in the Kafka
-source, the Kafka/QuestDB sinks and a RefreshingAssetCatalog; tests hand in
+source, the Kafka/QuestDB sinks and a FileAssetCatalog (worker-side, refreshed;
+no side input, see transforms.enrich for why); tests hand in
 ``beam.Create`` / ``TestStream`` and read the returned PCollections.
 
 Row shapes given to sinks:
@@ -19,6 +20,15 @@ Row shapes given to sinks:
   (= questdb_schema.ALARM_COLUMNS, schemas/alarm.avsc);
 * dead-letter sinks: dicts with exactly ``schemas.dead_letter.DEAD_LETTER_FIELDS``
   (schemas/dead-letter.avsc).
+
+DetectAlarms reads the enriched readings *before* dedup: dedup is keyed by
+event_id, and on a parallel runner (Flink, parallelism > 1) that shuffle
+reorders the readings of one sensor, which the alarm state machine then skips
+as out of order (a replayed backlog raised no alarm at all). Upstream of dedup
+there is no shuffle: a sensor's readings come from one Kafka partition (key
+asset_id) through one chain of operators, in order, into DetectAlarms' own
+keyed exchange. Duplicates are harmless to the state machine (a copy repeats a
+reading it has already evaluated, so it changes no state and emits nothing).
 
 A validated or alarm sink may return a PCollection of dead letters (e.g.
 rows QuestDB rejected permanently); those are flattened into the dead-letter
@@ -39,7 +49,7 @@ from transforms.alarms import DetectAlarms
 from transforms.common import DEAD_LETTER_TAG
 from transforms.decode import DecodeTelemetry
 from transforms.dedup import DeduplicateByEventId
-from transforms.enrich import DEAD_LETTER_POLICY, EnrichWithAssets
+from transforms.enrich import DEAD_LETTER_POLICY, EnrichWithAssets, FileAssetCatalog
 from transforms.validate import ValidateReadings, wall_clock_ms
 
 __all__ = ["TelemetrySinks", "TelemetryOutputs", "build_telemetry_pipeline"]
@@ -81,7 +91,7 @@ def build_telemetry_pipeline(
     *,
     source: beam.PTransform,
     schema_lookup: SchemaLookup,
-    asset_catalog: beam.PTransform,
+    asset_catalog: beam.PTransform | FileAssetCatalog,
     rules: SensorRules,
     sinks: TelemetrySinks = TelemetrySinks(),
     unknown_asset_policy: str = DEAD_LETTER_POLICY,
@@ -92,13 +102,15 @@ def build_telemetry_pipeline(
 
     ``source``: PTransform producing Kafka-like elements (see transforms.decode).
     ``schema_lookup``: picklable schema_id -> writer schema (schemas.wire.SchemaLookup).
-    ``asset_catalog``: PTransform producing AssetCatalog elements
-    (transforms.enrich.RefreshingAssetCatalog or StaticAssetCatalog).
+    ``asset_catalog``: a transforms.enrich.FileAssetCatalog, or a PTransform
+    producing AssetCatalog elements used as a side input (StaticAssetCatalog,
+    RefreshingAssetCatalog).
     ``clock``: epoch-ms clock for validation and ``ingested_at`` (tests pin it).
     """
     pbegin = root if isinstance(root, beam.pvalue.PBegin) else beam.pvalue.PBegin(root)
     raw = pbegin | "ReadRawTelemetry" >> source
-    catalogs = pbegin | "LoadAssetCatalog" >> asset_catalog
+    catalogs = (asset_catalog if isinstance(asset_catalog, FileAssetCatalog)
+                else pbegin | "LoadAssetCatalog" >> asset_catalog)
 
     decoded = raw | "DecodeAvro" >> DecodeTelemetry(schema_lookup)
     validated = decoded.events | "ValidateReadings" >> ValidateReadings(rules, clock=clock)
@@ -106,7 +118,7 @@ def build_telemetry_pipeline(
         catalogs, unknown_asset_policy=unknown_asset_policy, clock=clock)
     readings = enriched.readings | "DeduplicateByEventId" >> DeduplicateByEventId(
         dedup_window_seconds)
-    alarms = readings | "DetectAlarms" >> DetectAlarms(catalogs)
+    alarms = enriched.readings | "DetectAlarms" >> DetectAlarms(catalogs)
 
     sink_dead = _apply_sinks(readings, sinks.validated, "WriteValidated")
     sink_dead += _apply_sinks(alarms, sinks.alarms, "WriteAlarms")

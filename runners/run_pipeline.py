@@ -29,7 +29,7 @@ from runners.settings import Settings, SettingsError, load_settings
 from runners.stack.flink import expansion_address
 from schemas.avro import ALARM, DEAD_LETTER, SENSOR_READING
 from schemas.validation import load_sensor_rules
-from transforms.enrich import RefreshingAssetCatalog
+from transforms.enrich import FileAssetCatalog
 
 __all__ = ["JOB_NAME", "build_sinks", "flink_defaults", "make_options", "run", "main"]
 
@@ -116,7 +116,7 @@ def run(argv: Sequence[str] = (), settings: Settings | None = None) -> PipelineR
         source=ReadRawTelemetry(opts.bootstrap_servers, opts.raw_topic, opts.consumer_group,
                                 expansion_service=opts.kafka_expansion_service),
         schema_lookup=RegistrySchemas(opts.registry_url),
-        asset_catalog=RefreshingAssetCatalog(opts.assets_file, opts.asset_refresh_seconds),
+        asset_catalog=FileAssetCatalog(opts.assets_file, opts.asset_refresh_seconds),
         rules=load_sensor_rules(opts.sensor_rules_file),
         sinks=build_sinks(opts),
         unknown_asset_policy=opts.unknown_asset_policy,

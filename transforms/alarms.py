@@ -40,8 +40,9 @@ import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from schemas.assets import AssetCatalog, Thresholds, latest_catalog
+from schemas.assets import AssetCatalog, Thresholds
 from transforms.common import counter
+from transforms.enrich import FileAssetCatalog, _CatalogUser, catalog_input
 
 __all__ = [
     "ALARM_FIELDS",
@@ -183,16 +184,16 @@ def sensor_key(reading: Mapping[str, Any]) -> str:
     return f"{reading['site_id']}/{reading['asset_id']}/{reading['sensor_id']}"
 
 
-class _AttachThresholdsFn(beam.DoFn):
-    def __init__(self) -> None:
+class _AttachThresholdsFn(_CatalogUser, beam.DoFn):
+    def __init__(self, file_catalog: FileAssetCatalog | None = None) -> None:
+        self._file = file_catalog
         self._last_side: Any = None
         self._catalog: AssetCatalog | None = None
 
-    def process(self, row: dict[str, Any], catalogs: Sequence[AssetCatalog]):  # type: ignore[override]
-        if catalogs is not self._last_side:
-            self._last_side = catalogs
-            self._catalog = latest_catalog(catalogs)
-        asset = self._catalog.get(row["asset_id"]) if self._catalog is not None else None
+    def process(self, row: dict[str, Any],  # type: ignore[override]
+                catalogs: Sequence[AssetCatalog] | None = None):
+        catalog = self._current(catalogs)
+        asset = catalog.get(row["asset_id"]) if catalog is not None else None
         thresholds = asset.thresholds.get(row["sensor_type"]) if asset is not None else None
         yield sensor_key(row), (row, thresholds)
 
@@ -221,17 +222,19 @@ class _DetectAlarmsFn(beam.DoFn):
 
 
 class DetectAlarms(beam.PTransform):
-    """Reading rows -> alarm transitions; thresholds come from the asset catalog side input."""
+    """Reading rows -> alarm transitions; thresholds come from the asset catalog
+    (a FileAssetCatalog or a side-input PCollection, see transforms.enrich)."""
 
-    def __init__(self, catalogs: beam.PCollection) -> None:
+    def __init__(self, catalogs: beam.PCollection | FileAssetCatalog) -> None:
         super().__init__()
         self._catalogs = catalogs
 
     def expand(self, pcoll):
+        file_catalog, side = catalog_input(self._catalogs)
         return (
             pcoll
             | "KeyBySensor" >> beam.ParDo(
-                _AttachThresholdsFn(), beam.pvalue.AsList(self._catalogs)
+                _AttachThresholdsFn(file_catalog), *side
             ).with_output_types(beam.typehints.KV[str, beam.typehints.Any])
             | "StateMachine" >> beam.ParDo(_DetectAlarmsFn())
         )

@@ -16,8 +16,20 @@ Unknown-asset policy (``unknown_asset_policy``):
 A reading whose site_id contradicts the asset's site is always dead-lettered
 (``enrich_failed.site_mismatch``): it cannot be routed to the right site.
 
-Side input: the catalog PCollection is read ``AsList`` and the newest catalog
-(by ``loaded_at_ms``) wins, so duplicated or accumulated panes are harmless.
+Where the catalog comes from (``catalogs`` of EnrichWithAssets and DetectAlarms):
+
+* a :class:`FileAssetCatalog` (what the streaming job uses): every worker
+  process keeps the file's catalog in memory and re-reads the file at most
+  every ``refresh_seconds`` (only when its content changed, counted as
+  ``asset_refreshes``). No side input: on the Beam 2.70 portable Flink runner
+  an operator holding side-input state cannot take a checkpoint (its broadcast
+  state is snapshotted with a coder that does not match the stored bytes:
+  ``ClassCastException: [B cannot be cast to WindowedValue``), so every
+  checkpoint of a job with a side input failed and the job restarted;
+* a PCollection of AssetCatalog (side input, read ``AsList``; the newest
+  catalog by ``loaded_at_ms`` wins, so duplicated or accumulated panes are
+  harmless): :class:`StaticAssetCatalog` for batch runs and tests, or
+  :class:`RefreshingAssetCatalog` on runners that checkpoint side inputs.
 :class:`RefreshingAssetCatalog` reloads the file every ``refresh_seconds`` from a
 ``PeriodicImpulse`` in the global window (the "slowly updating side input"
 pattern) and only emits when the file content changed; a file that became
@@ -29,6 +41,7 @@ batch runs and tests.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,6 +62,8 @@ __all__ = [
     "enrich",
     "refresh_catalog",
     "EnrichWithAssets",
+    "FileAssetCatalog",
+    "catalog_input",
     "StaticAssetCatalog",
     "RefreshingAssetCatalog",
 ]
@@ -108,21 +123,118 @@ def refresh_catalog(path: str | Path, previous_version: str | None, *, now_ms: i
     return None if catalog.version == previous_version else catalog
 
 
-class _EnrichFn(beam.DoFn):
-    def __init__(self, policy: str, clock: Callable[[], int]) -> None:
-        self._policy = policy
-        self._clock = clock
-        self._last_side: Any = None
-        self._catalog: AssetCatalog | None = None
+class _CachedCatalog:
+    """One file's catalog in one worker process, and when the file was last looked at."""
 
-    def _current(self, catalogs: Sequence[AssetCatalog]) -> AssetCatalog | None:
+    def __init__(self) -> None:
+        self.catalog: AssetCatalog | None = None
+        self.checked_at = -float("inf")
+        self.lock = threading.Lock()
+
+
+# Shared by every DoFn instance of a worker process (the SDK harness makes many): one
+# load per file and refresh period, not one per instance. Key: the file path.
+_FILE_CATALOGS: dict[str, _CachedCatalog] = {}
+_FILE_CATALOGS_LOCK = threading.Lock()
+
+
+class FileAssetCatalog:
+    """The asset file as a worker-side catalog, re-read at most every ``refresh_seconds``.
+
+    Picklable (only the path and the period travel to the workers). The file is
+    loaded once at construction so that a bad file fails the submission with
+    an error naming it. A file that later becomes invalid is logged and
+    counted (``asset_refresh_failed``) and the previous catalog stays in force.
+    """
+
+    def __init__(self, path: str | Path, refresh_seconds: float = 60.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        if refresh_seconds <= 0:
+            raise ValueError(f"refresh_seconds must be > 0, got {refresh_seconds} "
+                             "(setting [pipeline] asset_refresh_seconds)")
+        load_asset_catalog(path)
+        self.path = str(path)
+        self.refresh_seconds = float(refresh_seconds)
+        self._monotonic = monotonic
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "refresh_seconds": self.refresh_seconds}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self.refresh_seconds = state["refresh_seconds"]
+        self._monotonic = time.monotonic
+
+    def current(self) -> AssetCatalog | None:
+        """The catalog in force now (None only if the file never loaded in this process)."""
+        with _FILE_CATALOGS_LOCK:
+            cached = _FILE_CATALOGS.setdefault(self.path, _CachedCatalog())
+        now = self._monotonic()
+        if now - cached.checked_at < self.refresh_seconds:
+            return cached.catalog
+        with cached.lock:
+            if now - cached.checked_at >= self.refresh_seconds:
+                self._refresh(cached)
+                cached.checked_at = self._monotonic()
+        return cached.catalog
+
+    def _refresh(self, cached: _CachedCatalog) -> None:
+        previous = cached.catalog
+        now_ms = max(_wall_clock_ms(), previous.loaded_at_ms + 1 if previous else 0)
+        try:
+            catalog = refresh_catalog(self.path, previous.version if previous else None,
+                                      now_ms=now_ms)
+        except AssetCatalogError as exc:
+            counter("asset_refresh_failed").inc()
+            _LOGGER.error("asset catalog refresh failed, keeping version %s: %s",
+                          previous.version if previous else None, exc)
+            return
+        if catalog is not None:
+            cached.catalog = catalog
+            counter("asset_refreshes").inc()
+            _LOGGER.info("asset catalog %s loaded from %s: %d assets", catalog.version,
+                         self.path, len(catalog))
+
+
+def catalog_input(catalogs: beam.PCollection | FileAssetCatalog
+                  ) -> tuple[FileAssetCatalog | None, tuple[Any, ...]]:
+    """``(file catalog or None, side-input args)`` for a ParDo that needs the catalog."""
+    if isinstance(catalogs, FileAssetCatalog):
+        return catalogs, ()
+    return None, (beam.pvalue.AsList(catalogs),)
+
+
+class _CatalogUser:
+    """Mixin of the DoFns that read the catalog: from a FileAssetCatalog or a side input."""
+
+    _file: FileAssetCatalog | None
+    _last_side: Any
+    _catalog: AssetCatalog | None
+
+    def _current(self, catalogs: Sequence[AssetCatalog] | None) -> AssetCatalog | None:
+        # getattr: a DoFn pickled by an older submitter (no _file) may run on a worker
+        # pool that already has this code.
+        file_catalog = getattr(self, "_file", None)
+        if file_catalog is not None:
+            return file_catalog.current()
         # The side-input list object is stable between refreshes: pick the newest once.
         if catalogs is not self._last_side:
             self._last_side = catalogs
-            self._catalog = latest_catalog(catalogs)
+            self._catalog = latest_catalog(catalogs or ())
         return self._catalog
 
-    def process(self, envelope: Envelope, catalogs: Sequence[AssetCatalog]):  # type: ignore[override]
+
+class _EnrichFn(_CatalogUser, beam.DoFn):
+    def __init__(self, policy: str, clock: Callable[[], int],
+                 file_catalog: FileAssetCatalog | None = None) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._file = file_catalog
+        self._last_side: Any = None
+        self._catalog: AssetCatalog | None = None
+
+    def process(self, envelope: Envelope,  # type: ignore[override]
+                catalogs: Sequence[AssetCatalog] | None = None):
         event = envelope[0]
         row, reason, code = enrich(event, self._current(catalogs), ingested_at_ms=self._clock(),
                                    policy=self._policy)
@@ -140,11 +252,12 @@ class _EnrichFn(beam.DoFn):
 class EnrichWithAssets(beam.PTransform):
     """Valid envelopes -> reading rows (main) and dead letters (``dead_letters``).
 
-    ``catalogs`` is a PCollection of AssetCatalog (StaticAssetCatalog or
-    RefreshingAssetCatalog), used as a side input.
+    ``catalogs`` is a :class:`FileAssetCatalog` (streaming jobs) or a
+    PCollection of AssetCatalog (StaticAssetCatalog or RefreshingAssetCatalog)
+    used as a side input; see the module docstring.
     """
 
-    def __init__(self, catalogs: beam.PCollection, *, unknown_asset_policy: str =
+    def __init__(self, catalogs: beam.PCollection | FileAssetCatalog, *, unknown_asset_policy: str =
                  DEAD_LETTER_POLICY, clock: Callable[[], int] | None = None) -> None:
         super().__init__()
         if unknown_asset_policy not in UNKNOWN_ASSET_POLICIES:
@@ -155,8 +268,9 @@ class EnrichWithAssets(beam.PTransform):
         self._clock = clock or _wall_clock_ms
 
     def expand(self, pcoll):
+        file_catalog, side = catalog_input(self._catalogs)
         return pcoll | "Enrich" >> beam.ParDo(
-            _EnrichFn(self._policy, self._clock), beam.pvalue.AsList(self._catalogs),
+            _EnrichFn(self._policy, self._clock, file_catalog), *side,
         ).with_outputs(DEAD_LETTER_TAG, main="readings")
 
 
