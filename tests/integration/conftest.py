@@ -1,0 +1,234 @@
+"""Shared fixtures of the integration tests: Kafka topics, QuestDB queries, Flink jobs.
+
+Addresses come from load_settings() (config/local.toml + DCMMS_* overrides).
+A service that does not answer FAILS the test with a message naming the
+setting, never skips it.
+
+``flink_job`` submits the REAL telemetry job (runners.run_pipeline.run) with
+options isolated from the stack's own ``dcmms-telemetry`` job: the caller
+passes its own topics, consumer group and assets file; the fixture adds a
+unique job name, a per-name Flink conf and checkpoint dir
+(runners.stack.flink.job_submission_args) and a free REST port, and cancels
+every job it submitted through Flink REST at teardown (PipelineResult.cancel()
+does not stop a [local] Flink job).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+
+from runners.settings import Settings, load_settings
+from runners.stack.flink import _grpc_ready, cancel_jobs, expansion_address, job_submission_args
+from runners.stack.supervisor import paths_from_settings
+
+__all__ = [
+    "FlinkJob",
+    "free_port",
+    "qdb_exec",
+    "require_flink",
+    "create_topics",
+    "flink_metrics",
+    "flink_metric_names",
+    "wait_for",
+    "wait_for_quietly",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def qdb_exec(settings: Settings, query: str) -> dict[str, Any]:
+    """Run ``query`` on QuestDB's /exec; fails the test with the setting names when unreachable."""
+    host, port = settings.get("questdb", "host"), settings.get("questdb", "http_port", int)
+    try:
+        resp = requests.get(f"http://{host}:{port}/exec", params={"query": query}, timeout=10)
+    except requests.RequestException as exc:
+        pytest.fail(f"QuestDB not reachable at {host}:{port} (settings [questdb] host, "
+                    f"http_port; start the stack with `make run`): {exc}")
+    body = resp.json()
+    if resp.status_code != 200 or "error" in body:
+        raise AssertionError(f"QuestDB rejected {query!r}: {body.get('error', resp.text[:300])}")
+    return body
+
+
+def require_flink(settings: Settings) -> None:
+    """Fail (not skip) when the job server, the expansion service or the worker pool is down."""
+    job_port = settings.get("flink", "job_port", int)
+    for name, target in (
+            ("job server ([flink] job_port)", f"localhost:{job_port}"),
+            ("Kafka expansion service ([flink] expansion_port)", expansion_address(settings)),
+            ("Beam worker pool ([flink] worker_pool_port)",
+             f"localhost:{settings.get('flink', 'worker_pool_port', int)}")):
+        if not _grpc_ready(target, timeout_s=5.0):
+            pytest.fail(f"Flink {name} not answering at {target}; start the stack with `make run`")
+
+
+def create_topics(settings: Settings, names_partitions: dict[str, int]) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    bootstrap = settings.get("kafka", "bootstrap_servers")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        futures = admin.create_topics([NewTopic(n, p, 1) for n, p in names_partitions.items()],
+                                      operation_timeout=30)
+        for fut in futures.values():
+            fut.result(timeout=30)
+    except Exception as exc:  # noqa: BLE001 - any failure here means Kafka is not usable
+        pytest.fail(f"Kafka not usable at {bootstrap} (setting [kafka] bootstrap_servers; "
+                    f"start the stack with `make run`): {exc}")
+
+
+def delete_topics(settings: Settings, names: Sequence[str]) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    AdminClient({"bootstrap.servers": settings.get("kafka", "bootstrap_servers")}
+                ).delete_topics(list(names))
+
+
+@dataclass
+class FlinkJob:
+    """A submitted job: its Beam result, its mini cluster's REST URL and its Flink name."""
+
+    result: Any
+    rest_url: str
+    job_name: str
+    conf_name: str
+
+    def flink_job_id(self) -> str | None:
+        try:
+            jobs = requests.get(f"{self.rest_url}/jobs/overview", timeout=5).json()["jobs"]
+        except requests.RequestException:
+            return None
+        ids = [j["jid"] for j in jobs if j["name"] == self.job_name and j["state"] == "RUNNING"]
+        return ids[0] if ids else None
+
+    def state(self) -> str | None:
+        try:
+            jobs = requests.get(f"{self.rest_url}/jobs/overview", timeout=5).json()["jobs"]
+        except requests.RequestException:
+            return None
+        states = [j["state"] for j in jobs if j["name"] == self.job_name]
+        return states[0] if states else None
+
+    def cancel(self) -> int:
+        return cancel_jobs(self.rest_url, self.job_name)
+
+
+def flink_metrics(job: FlinkJob, suffixes: Sequence[str]) -> dict[str, float]:
+    """Sum of the Beam user counters ending in each of ``suffixes`` over every vertex.
+
+    The Flink runner reports Beam counters as Flink operator metrics whose names
+    end in ``<namespace>.<counter>`` (e.g. ``dcmms.telemetry.duplicates_dropped``);
+    ``GET /jobs/<jid>/vertices/<vid>/metrics`` lists them, ``?get=a,b`` reads them
+    (summed over subtasks with ``/subtasks/metrics?get=...&agg=sum``).
+    """
+    jid = job.flink_job_id()
+    if jid is None:
+        return {}
+    base = f"{job.rest_url}/jobs/{jid}"
+    totals = dict.fromkeys(suffixes, 0.0)
+    for vertex in requests.get(base, timeout=5).json()["vertices"]:
+        vid = vertex["id"]
+        names = [m["id"] for m in requests.get(f"{base}/vertices/{vid}/subtasks/metrics",
+                                               timeout=5).json()]
+        wanted = [n for n in names if any(n.endswith(s) for s in suffixes)]
+        if not wanted:
+            continue
+        values = requests.get(f"{base}/vertices/{vid}/subtasks/metrics",
+                              params={"get": ",".join(wanted), "agg": "sum"}, timeout=5).json()
+        for item in values:
+            for suffix in suffixes:
+                if item["id"].endswith(suffix):
+                    totals[suffix] += float(item.get("sum", 0))
+    return totals
+
+
+def flink_metric_names(job: FlinkJob, contains: str = "dcmms") -> list[str]:
+    """Names of the job's operator metrics containing ``contains`` (for failure messages)."""
+    jid = job.flink_job_id()
+    if jid is None:
+        return []
+    base = f"{job.rest_url}/jobs/{jid}"
+    names: list[str] = []
+    for vertex in requests.get(base, timeout=5).json()["vertices"]:
+        names += [m["id"] for m in requests.get(
+            f"{base}/vertices/{vertex['id']}/subtasks/metrics", timeout=5).json()
+            if contains in m["id"]]
+    return names
+
+
+@pytest.fixture()
+def flink_job() -> Iterator[Callable[..., FlinkJob]]:
+    """Factory ``submit(argv, name=None, restore=False) -> FlinkJob`` for the telemetry job.
+
+    ``argv`` are run_pipeline arguments (topics, consumer group, assets file...).
+    ``name`` (default: unique) names the job and its checkpoint dir: pass the same
+    name with ``restore=True`` to resume from that job's newest checkpoint.
+    Every job submitted is cancelled at teardown.
+    """
+    from runners.run_pipeline import run
+
+    settings = load_settings()
+    require_flink(settings)
+    paths = paths_from_settings(settings)
+    submitted: list[FlinkJob] = []
+
+    def submit(argv: Sequence[str], name: str | None = None, restore: bool = False) -> FlinkJob:
+        conf_name = name or f"it-{uuid.uuid4().hex[:8]}"
+        job_name = f"{conf_name}-{len(submitted) + 1}"
+        port = free_port()
+        extra = job_submission_args(settings, paths, name=conf_name, restore=restore,
+                                    web_ui_port=port)
+        result = run(["--runner=FlinkRunner", f"--job_name={job_name}", *argv, *extra],
+                     settings)
+        job = FlinkJob(result, f"http://127.0.0.1:{port}", job_name, conf_name)
+        submitted.append(job)
+        return job
+
+    try:
+        yield submit
+    finally:
+        for job in submitted:
+            try:
+                job.cancel()
+            except Exception as exc:  # noqa: BLE001 - keep cancelling the others
+                _LOGGER.error("could not cancel Flink job %s: %s", job.job_name, exc)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float, interval_s: float = 1.0
+             ) -> Any:
+    """Poll ``check`` until it returns a truthy value; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
+
+
+def wait_for_quietly(check: Callable[[], Any], timeout_s: float, interval_s: float = 1.0) -> Any:
+    """Like :func:`wait_for` but returns the last (falsy) result on timeout instead of failing."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval_s)
+    return last
