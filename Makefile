@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The venv is rebuilt when setup.py changes (its hash names the stamp file).
 STAMP := $(VENV)/.installed-$(shell sha1sum setup.py | cut -c1-12)
 
-.PHONY: install venv system-deps jars run stop status logs test test-unit test-integration lint clean \
+.PHONY: install venv system-deps jars run stop status logs test test-unit test-integration lint clean chaos \
 	bench bench-quick bench-deps
 
 install: $(STAMP) system-deps jars
@@ -67,3 +67,10 @@ bench-quick: bench-deps
 
 clean: stop
 	rm -rf .run
+
+# Crash, back-pressure and bad-input drills on a second stack of its own (the chaos
+# profile: .run-chaos, ports 1xxxx; see docs/reliability.md). Never part of `make test`.
+# Ends with the results table; fails if anything was lost, doubled or crashed.
+# Options: make chaos CHAOS_ARGS="--scenarios bridge-sigkill --bad-cases 1000"
+chaos: install
+	@$(BIN)/python -m chaos $(CHAOS_ARGS)

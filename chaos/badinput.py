@@ -77,20 +77,21 @@ _json = st.recursive(_scalars, lambda inner: st.one_of(
     max_leaves=12)
 
 
-def _valid_event(tag: str, n: int) -> dict[str, Any]:
+def _valid_event(tag: str, n: int, place: tuple[str, str] = (VALID_SITE, VALID_ASSET)
+                 ) -> dict[str, Any]:
     return {"event_id": f"{tag}-{n}", "timestamp": int(time.time() * 1000),
-            "site_id": VALID_SITE, "asset_id": VALID_ASSET, "sensor_id": f"{tag}-s",
+            "site_id": place[0], "asset_id": place[1], "sensor_id": f"{tag}-s",
             "sensor_type": "TEMPERATURE", "value": 21.5, "unit": "celsius",
             "quality_flag": "GOOD"}
 
 
 @st.composite
-def _mutated_event(draw: st.DrawFn, tag: str) -> Any:
+def _mutated_event(draw: st.DrawFn, tag: str, place: tuple[str, str]) -> Any:
     """A valid event with some fields removed or replaced by anything (or not an event)."""
     kind = draw(st.integers(0, 9))
     if kind == 0:
         return draw(_json)
-    event = _valid_event(tag, draw(st.integers(0, 10**9)))
+    event = _valid_event(tag, draw(st.integers(0, 10**9)), place)
     for name in draw(st.lists(st.sampled_from(_FIELDS + ("extra",)), max_size=3, unique=True)):
         if draw(st.booleans()):
             event.pop(name, None)
@@ -106,17 +107,17 @@ _level = st.text(alphabet=st.characters(blacklist_characters="/+#\x00\x7f",
 
 
 @st.composite
-def _mqtt_case(draw: st.DrawFn, tag: str) -> tuple[str, bytes]:
-    item = draw(_mutated_event(tag))
+def _mqtt_case(draw: st.DrawFn, tag: str, place: tuple[str, str]) -> tuple[str, bytes]:
+    item = draw(_mutated_event(tag, place))
     if draw(st.integers(0, 4)) == 0:
         topic = f"telemetry/{draw(_level)}/{draw(_level)}/{draw(_level)}"
     elif isinstance(item, dict):
-        topic = (f"telemetry/{item.get('site_id', VALID_SITE)}/"
-                 f"{item.get('asset_id', VALID_ASSET)}/{item.get('sensor_type', 'TEMPERATURE')}")
+        topic = (f"telemetry/{item.get('site_id', place[0])}/"
+                 f"{item.get('asset_id', place[1])}/{item.get('sensor_type', 'TEMPERATURE')}")
         topic = topic if all(c not in topic for c in "+#\x00") and len(topic) < 1000 \
-            else f"telemetry/{VALID_SITE}/{VALID_ASSET}/TEMPERATURE"
+            else f"telemetry/{place[0]}/{place[1]}/TEMPERATURE"
     else:
-        topic = f"telemetry/{VALID_SITE}/{VALID_ASSET}/TEMPERATURE"
+        topic = f"telemetry/{place[0]}/{place[1]}/TEMPERATURE"
     if draw(st.integers(0, 5)) == 0:
         payload = draw(st.binary(max_size=200))
     else:
@@ -126,7 +127,7 @@ def _mqtt_case(draw: st.DrawFn, tag: str) -> tuple[str, bytes]:
 
 
 @st.composite
-def _rest_body(draw: st.DrawFn, tag: str) -> tuple[str, bytes]:
+def _rest_body(draw: st.DrawFn, tag: str, place: tuple[str, str]) -> tuple[str, bytes]:
     """(content type, body)."""
     ctype = draw(st.sampled_from(["application/json"] * 8 + [
         "text/plain", "application/json; charset=latin-1", "",
@@ -136,7 +137,7 @@ def _rest_body(draw: st.DrawFn, tag: str) -> tuple[str, bytes]:
         return ctype, draw(st.binary(max_size=300))
     if form == 1:
         return ctype, json.dumps(draw(_json), allow_nan=True).encode()
-    items = draw(st.lists(_mutated_event(tag), min_size=0, max_size=5))
+    items = draw(st.lists(_mutated_event(tag, place), min_size=0, max_size=5))
     body: Any = items if form > 2 or len(items) != 1 else items[0]
     return ctype, json.dumps(body, allow_nan=True, ensure_ascii=False).encode(
         "utf-8", "surrogatepass")
@@ -247,6 +248,9 @@ class Target:
     storage: bool                     # the pipeline runs: check QuestDB, not only Kafka
     pids: Callable[[], dict[str, int]]
     questdb_url: str = ""
+    # site and asset of the valid events (the chaos stack: a catalogued asset, so they are
+    # stored; make test: unknown ids, so a shared stack's pipeline dead-letters them).
+    place: tuple[str, str] = (VALID_SITE, VALID_ASSET)
 
     @classmethod
     def from_settings(cls, settings: Settings, storage: bool,
@@ -398,6 +402,8 @@ def _entry_mqtt(target: Target, cases: int, tag: str, result: EntryResult) -> No
     client.max_inflight_messages_set(500)
     connected = threading.Event()
     client.on_connect = lambda _c, _u, _f, rc, _p: connected.set() if rc.value == 0 else None
+    disconnects: list[str] = []
+    client.on_disconnect = lambda _c, _u, _f, rc, _p: disconnects.append(str(rc))
     client.connect(s.get("mqtt", "host"), s.get("mqtt", "port", int), keepalive=30)
     client.loop_start()
     if not connected.wait(15):
@@ -416,10 +422,10 @@ def _entry_mqtt(target: Target, cases: int, tag: str, result: EntryResult) -> No
         topic, payload = case
         counter["n"] += 1
         if counter["n"] % SENTINEL_EVERY == 0:
-            event = _valid_event(f"{tag}-sentinel", counter["n"])
+            event = _valid_event(f"{tag}-sentinel", counter["n"], target.place)
             sentinels.add(event["event_id"])
             result.sentinels_sent += 1
-            infos.append((client.publish(f"telemetry/{VALID_SITE}/{VALID_ASSET}/TEMPERATURE",
+            infos.append((client.publish(f"telemetry/{target.place[0]}/{target.place[1]}/TEMPERATURE",
                                          json.dumps(event), qos=1), "sentinel", b""))
         try:
             info = client.publish(topic, payload, qos=1)
@@ -431,15 +437,22 @@ def _entry_mqtt(target: Target, cases: int, tag: str, result: EntryResult) -> No
             result.problems.append(f"publish failed locally: {mqtt.error_string(info.rc)}")
             return
         infos.append((info, topic, payload))
+        deadline = time.monotonic() + 30
         while len(infos) - sum(1 for i, _t, _p in infos[-600:] if i.is_published()) > 400:
+            if time.monotonic() > deadline:
+                result.problems.append("the broker stopped acknowledging publishes")
+                break
             time.sleep(0.01)
 
-    _run_given(_mqtt_case(tag), cases, one)
+    _run_given(_mqtt_case(tag, target.place), cases, one)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not all(i.is_published() for i, _t, _p in infos):
         time.sleep(0.2)
+    client.on_disconnect = None  # our own disconnect below is not a finding
     client.loop_stop()
     client.disconnect()
+    if disconnects:
+        result.problems.append(f"the broker dropped the publisher: {disconnects[:3]}")
     now_ms = int(time.time() * 1000)
     for info, topic, payload in infos:
         code = acks.get(info.mid, -1)
@@ -474,7 +487,7 @@ def _entry_rest_body(target: Target, cases: int, tag: str, result: EntryResult) 
         ctype, body = case
         result.cases += 1
         if result.cases % SENTINEL_EVERY == 0:
-            event = _valid_event(f"{tag}-sentinel", result.cases)
+            event = _valid_event(f"{tag}-sentinel", result.cases, target.place)
             if _post(session, target, [event], auth) == 202:
                 sentinels.add(event["event_id"])
             result.sentinels_sent += 1
@@ -489,7 +502,7 @@ def _entry_rest_body(target: Target, cases: int, tag: str, result: EntryResult) 
                                        f"the edge rules accept {len(accepted)}")
             valid.update(accepted)
 
-    _run_given(_rest_body(tag), cases, one)
+    _run_given(_rest_body(tag, target.place), cases, one)
     result.valid_expected = len(valid)
     result.valid_ids, result.sentinel_ids = valid, sentinels
 
@@ -501,7 +514,7 @@ def _entry_rest_headers(target: Target, cases: int, tag: str, result: EntryResul
 
     def one(headers: dict[str, str]) -> None:
         result.cases += 1
-        event = _valid_event(f"{tag}-h", result.cases)
+        event = _valid_event(f"{tag}-h", result.cases, target.place)
         try:
             resp = _request(session, "POST", f"{target.api_url}/api/v1/telemetry",
                             headers=headers, data=json.dumps([event]).encode())
@@ -512,7 +525,7 @@ def _entry_rest_headers(target: Target, cases: int, tag: str, result: EntryResul
         if resp.status_code == 202:
             valid.add(event["event_id"])
         if result.cases % SENTINEL_EVERY == 0:
-            sentinel = _valid_event(f"{tag}-sentinel", result.cases)
+            sentinel = _valid_event(f"{tag}-sentinel", result.cases, target.place)
             result.sentinels_sent += 1
             if _post(session, target, [sentinel],
                      {"Authorization": f"Bearer {target.api_key}"}) == 202:
@@ -563,7 +576,7 @@ def _entry_raw_kafka(target: Target, cases: int, tag: str, result: EntryResult) 
         producer.produce(topic, value=data, key=f"{tag}".encode(), on_delivery=report)
         producer.poll(0)
         if result.cases % SENTINEL_EVERY == 0:
-            event = _valid_event(f"{tag}-sentinel", result.cases)
+            event = _valid_event(f"{tag}-sentinel", result.cases, target.place)
             event["source"] = "http"
             if raw_producer.send_batch([event], timeout_s=30).ok:
                 sentinels.add(event["event_id"])
