@@ -47,7 +47,8 @@ def test_percentiles_nearest_rank() -> None:
 def test_backlog_slope() -> None:
     assert report.backlog_slope([(0, 0), (1, 100), (2, 200)]) == pytest.approx(100)
     assert report.backlog_slope([(0, 50), (1, 50), (2, 50)]) == 0
-    assert report.backlog_slope([(0, 1), (1, 2)]) == 0  # too few samples
+    assert report.backlog_slope([(0, 1), (1, 3)]) == pytest.approx(2)
+    assert report.backlog_slope([(0, 1)]) == 0  # too few samples
 
 
 def _judge(**kw: Any) -> tuple[bool, list[str]]:
@@ -73,6 +74,11 @@ def test_judge_step_not_held(change: dict[str, Any], needle: str) -> None:
     held, reasons = _judge(**change)
     assert not held
     assert any(needle in r for r in reasons), reasons
+
+
+def test_judge_step_catches_growth_with_two_late_samples() -> None:
+    held, reasons = _judge(backlog=[(0.5, 0.0), (3, 100.0), (7.5, 9_000.0), (9.5, 17_000.0)])
+    assert not held and "backlog grew" in reasons[0]
 
 
 def test_judge_step_ignores_backlog_growth_in_first_half() -> None:
