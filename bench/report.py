@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = [
     "percentiles", "backlog_slope", "judge_step", "rate_steps", "ratio_rows",
-    "REQUIRED_KEYS", "missing_keys", "format_table", "draw_chart",
+    "REQUIRED_KEYS", "missing_keys", "format_table", "format_markdown", "draw_chart", "main",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -266,3 +266,75 @@ def draw_chart(result: Mapping[str, Any], path: Path) -> bool:
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def format_markdown(result: Mapping[str, Any]) -> str:
+    """The headline figures and ratios as Markdown tables (docs/benchmarks.md)."""
+    m, a, p, q = result["machine"], result["anchors"], result["pipeline"], result["query"]
+    dirty = " (dirty tree)" if result.get("git_dirty") else ""
+    out = [f"Run `{result.get('mode')}` mode, {result.get('started_at')}, git "
+           f"`{str(result.get('git_sha'))[:10]}`{dirty}"
+           f"; {m.get('cores')} cores, {m.get('memory', 0) / 2**30:.0f} GiB, {m.get('cpu_model')}; "
+           f"load average before {m.get('load_avg_before')}, after {m.get('load_avg_after')}.",
+           "", "| figure | value |", "|---|---|"]
+    rows = [("raw Kafka, produce + consume (events/s)", a.get("kafka_raw_eps")),
+            ("raw QuestDB, ILP/HTTP (rows/s)", a.get("questdb_raw_rows_per_s")),
+            ("direct MQTT->QuestDB peer, sustained (events/s)", a.get("direct_bridge_eps")),
+            ("direct peer e2e p99 (ms)", a.get("direct_bridge_e2e_ms", {}).get("p99"))]
+    for path in ("mqtt", "rest"):
+        if path not in p:
+            continue
+        e = p[path]["e2e_ms"]
+        rows.append((f"pipeline {path}, sustained (events/s)", p[path].get("sustained_eps")))
+        rows.append((f"pipeline {path} e2e p50 / p95 / p99 (ms) at "
+                     f"{_fmt(p[path].get('e2e_ms_offered_eps'))}/s"
+                     f"{'' if p[path].get('e2e_ms_step_held') else ' (not held)'}",
+                     f"{_fmt(e.get('p50'))} / {_fmt(e.get('p95'))} / {_fmt(e.get('p99'))}"))
+        t = p[path].get("e2e_ms_at_10k", {})
+        rows.append((f"pipeline {path} e2e p50 / p99 (ms) at 10,000/s "
+                     f"(held: {p[path].get('held_10k')})",
+                     f"{_fmt(t.get('p50'))} / {_fmt(t.get('p99'))}"))
+    rows.append(("sent / accepted / stored / duplicated / lost",
+                 f"{_fmt(p.get('sent'))} / {_fmt(p.get('accepted'))} / {_fmt(p.get('stored'))}"
+                 f" / {_fmt(p.get('duplicated'))} / {_fmt(p.get('lost_events'))}"))
+    rows.append((f"query rows ({q.get('days')} days)", q.get("rows")))
+    for kind, label in (("raw_1d_ms", "raw day"), ("bucket_1d_ms", "1-min buckets of a day"),
+                        ("latest_ms", "latest of a site")):
+        rows.append((f"query {label} p50 / p99 (ms)",
+                     f"{_fmt(q[kind].get('p50'))} / {_fmt(q[kind].get('p99'))}"))
+    out += [f"| {k} | {_fmt(v)} |" for k, v in rows]
+    out += ["", "| pipeline figure | value | anchor | anchor value | ratio |",
+            "|---|---|---|---|---|"]
+    out += [f"| {f} | {_fmt(v)} | {an} | {_fmt(av)} | {_fmt(r)} |"
+            for f, v, an, av, r in ratio_rows(result)]
+    out += ["", "| path | offered/s | accepted | stored | e2e p50 / p99 ms | generator CPU "
+            "| held |", "|---|---|---|---|---|---|---|"]
+    for s in result.get("steps", []):
+        e = s.get("e2e_ms", {})
+        out.append(f"| {s['path']} | {s['offered']:,} | {s['accepted']:,} | {s['stored']:,} | "
+                   f"{_fmt(e.get('p50'))} / {_fmt(e.get('p99'))} | "
+                   f"{s.get('generator_max_cpu_util', 0):.0%} | "
+                   f"{'yes' if s['held'] else 'no: ' + '; '.join(s['reasons'])} |")
+    out += ["", "| component | CPU s | peak RSS MB |", "|---|---|---|"]
+    out += [f"| {c} | {u['cpu_s']:.1f} | {u['rss_mb_peak']:.0f} |"
+            for c, u in sorted(result.get("resources", {}).items())]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.report [results.json] [--markdown]``: print a stored result."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report")
+    parser.add_argument("path", nargs="?", type=Path,
+                        default=Path(__file__).resolve().parent / "results" / "latest.json")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    result = json.loads(args.path.read_text())
+    print(format_markdown(result) if args.markdown else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

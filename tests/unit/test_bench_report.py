@@ -163,3 +163,12 @@ def test_summarise_workers_flags() -> None:
     hot = [WorkerResult(0, 100, 90, 90, 0, 9.5, 10.0)]
     load = summarise_workers(10, 10, hot)
     assert load.generator_saturated and load.generator_short
+
+
+def test_format_markdown_has_ratio_and_headline_rows() -> None:
+    res = _result()
+    res["pipeline"]["mqtt"].update({"e2e_ms_offered_eps": 10_000, "e2e_ms_step_held": True})
+    text = report.format_markdown(res)
+    assert "| mqtt sustained eps | 10,000 | kafka raw eps | 100,000 | 0.10 |" in text
+    assert "| pipeline rest, sustained (events/s) | 5,000 |" in text
+    assert "(not held)" in text  # rest has no held step recorded
