@@ -8,7 +8,8 @@ Generated under ``<run>/conf/mosquitto`` on every start from ``[mqtt]``:
   bridge is down.
 * ``passwd`` (made with ``mosquitto_passwd``): the sensor account and the bridge
   account.
-* ``acl``: the sensor account may only publish under ``telemetry/#``; the bridge
+* ``acl``: the sensor account may only publish to ``telemetry/+/+/+`` (the
+  bridge's subscription; other depths would reach nobody); the bridge
   account may only read ``telemetry/#`` (shared subscriptions
   ``$share/<group>/telemetry/#`` included).
 
@@ -136,7 +137,10 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         acl.write_text("\n".join([
             "# Written by runners/stack/mosquitto.py; accounts come from [mqtt] settings.",
             f"user {sensor_user}",
-            f"topic write {TOPIC_ROOT}/#",
+            # Exactly the bridge's subscription (telemetry/site/asset/type): a publish to
+            # any other depth would be accepted with nobody to read it, a silent drop;
+            # this way MQTT 5 publishers get "not authorized" in their PUBACK.
+            f"topic write {TOPIC_ROOT}/+/+/+",
             "",
             f"user {bridge_user}",
             f"topic read {TOPIC_ROOT}/#",
