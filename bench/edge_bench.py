@@ -21,12 +21,9 @@ the first send until the last record was in Kafka.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -100,35 +97,6 @@ def _cpu_line(pids: Sequence[int], before: dict[int, float]) -> str:
 
 # -- MQTT ------------------------------------------------------------------
 
-def _publisher(index: int, count: int, inflight: int, site: str, start_evt: Any,
-               done_q: Any) -> None:
-    import paho.mqtt.client as mqtt
-
-    s = _settings()
-    slots = threading.Semaphore(inflight)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=f"bench-pub-{index}-{uuid.uuid4().hex[:6]}",
-                         protocol=mqtt.MQTTv5)
-    client.username_pw_set(s.get("mqtt", "sensor_username"), s.get("mqtt", "sensor_password"))
-    client.max_inflight_messages_set(inflight)
-    client.on_publish = lambda *_a: slots.release()
-    client.connect(s.get("mqtt", "host"), s.get("mqtt", "port", int), keepalive=60)
-    client.loop_start()
-    base = int(time.time() * 1000) - 3_600_000
-    start_evt.wait()
-    for i in range(count):
-        slots.acquire()
-        asset = f"asset-{index}-{i % 64}"
-        payload = (f'{{"sensor_id":"s{i % 16}","timestamp":{base + i},"value":{i % 100}.5,'
-                   f'"unit":"v"}}')
-        client.publish(f"telemetry/{site}/{asset}/voltage", payload, qos=1)
-    for _ in range(inflight):
-        slots.acquire()  # all PUBACKs in
-    client.disconnect()
-    client.loop_stop()
-    done_q.put(index)
-
-
 def _publish_with_mosquitto_pub(s: Any, run: str, per: int, args: argparse.Namespace,
                                 logs: Path) -> tuple[float, float]:
     """C publishers (``mosquitto_pub -l``: one message per stdin line), so the
@@ -187,19 +155,22 @@ def bench_mqtt(args: argparse.Namespace) -> None:
         if args.tool == "mosquitto_pub":
             t0, t_pub = _publish_with_mosquitto_pub(s, run, per, args, logs)
         else:
-            ctx = mp.get_context("fork")
-            start_evt, done_q = ctx.Event(), ctx.Queue()
-            pubs = [ctx.Process(target=_publisher,
-                                args=(i, per, args.inflight, f"bench-{run}", start_evt, done_q))
-                    for i in range(args.publishers)]
-            for p in pubs:
-                p.start()
-            time.sleep(1.0)
-            t0 = time.monotonic()
-            start_evt.set()
-            for p in pubs:
-                p.join()
+            # the benchmark's one load generator (bench/loadgen.py), offered more
+            # than it can send so it publishes as fast as its in-flight window allows
+            from bench.loadgen import GeneratorConfig, run_load
+
+            cfg = GeneratorConfig(
+                path="mqtt", rate=args.rate, seconds=total / args.rate, id_prefix=f"e{run}-",
+                processes=args.publishers, connections=1, inflight=args.inflight,
+                mqtt_host=s.get("mqtt", "host"), mqtt_port=s.get("mqtt", "port", int),
+                mqtt_username=s.get("mqtt", "sensor_username"),
+                mqtt_password=s.get("mqtt", "sensor_password"), give_up_s=args.timeout)
+            t0 = time.monotonic() + 1.5  # run_load starts its workers 1.5 s after the call
+            load, _ = run_load(cfg)
             t_pub = time.monotonic()
+            if load.accepted < total:
+                raise SystemExit(f"only {load.accepted} of {total} messages PUBACKed: "
+                                 f"{load.errors}")
         t_end = _wait_offsets(bootstrap, raw, total, args.timeout)
         elapsed = t_end - t0
         print(f"mqtt: {total} messages, {args.publishers} {args.tool} connection(s) "
@@ -216,33 +187,6 @@ def bench_mqtt(args: argparse.Namespace) -> None:
 
 
 # -- REST ------------------------------------------------------------------
-
-def _rest_client(index: int, url: str, key: str, batches: int, batch: int, start_evt: Any,
-                 out_q: Any) -> None:
-    import requests
-
-    base = int(time.time() * 1000) - 3_600_000 - index * 10_000_000
-    bodies = []
-    for b in range(batches):
-        items = [{"site_id": "bench", "asset_id": f"asset-{index}-{i % 64}",
-                  "sensor_id": f"s{b}", "sensor_type": "VOLTAGE",
-                  "timestamp": base + b * batch + i, "value": 230.5, "unit": "v"}
-                 for i in range(batch)]
-        bodies.append(json.dumps(items).encode())
-    session = requests.Session()
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    start_evt.wait()
-    bad = 0
-    latencies = []
-    for body in bodies:
-        t = time.monotonic()
-        r = session.post(url, data=body, headers=headers, timeout=60)
-        latencies.append(time.monotonic() - t)
-        if r.status_code != 202:
-            bad += 1
-            print(f"client {index}: HTTP {r.status_code} {r.text[:200]}", file=sys.stderr)
-    out_q.put((bad, latencies))
-
 
 def bench_rest(args: argparse.Namespace) -> None:
     import requests
@@ -282,27 +226,21 @@ def bench_rest(args: argparse.Namespace) -> None:
         offset0 = _end_offsets(bootstrap, raw)
         per_client = args.events // (args.clients * args.batch)
         total = per_client * args.clients * args.batch
-        ctx = mp.get_context("fork")
-        start_evt, out_q = ctx.Event(), ctx.Queue()
-        clients = [ctx.Process(target=_rest_client, args=(i, url, key, per_client, args.batch,
-                                                         start_evt, out_q))
-                   for i in range(args.clients)]
-        for c in clients:
-            c.start()
-        time.sleep(2.0)  # bodies are pre-built before the start signal
-        t0 = time.monotonic()
-        start_evt.set()
-        results = [out_q.get(timeout=args.timeout) for _ in clients]
+        from bench.loadgen import GeneratorConfig, run_load
+
+        cfg = GeneratorConfig(path="rest", rate=args.rate, seconds=total / args.rate,
+                              id_prefix=f"e{run}-", processes=args.clients, batch=args.batch,
+                              rest_url=url, api_key=key, give_up_s=args.timeout)
+        t0 = time.monotonic() + 1.5  # run_load starts its workers 1.5 s after the call
+        load, workers = run_load(cfg)
         t1 = time.monotonic()
-        for c in clients:
-            c.join()
-        bad = sum(b for b, _ in results)
-        lat = sorted(x for _, ls in results for x in ls)
+        bad = total - load.accepted
+        lat = sorted(x / 1000 for w in workers for x in w.request_ms) or [0.0]
         in_kafka = _end_offsets(bootstrap, raw) - offset0
         print(f"rest: {total} events in batches of {args.batch}, {args.clients} client(s), "
               f"gunicorn {args.workers} worker(s) x {args.threads} thread(s)")
         print(f"  all 202 responses after {t1 - t0:.2f} s: {total / (t1 - t0):,.0f} events/s "
-              f"(non-202: {bad}; in Kafka: {in_kafka})")
+              f"(not accepted: {bad}; in Kafka: {in_kafka})")
         print(f"  request latency p50 {lat[len(lat) // 2] * 1000:.0f} ms, "
               f"p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.0f} ms")
     finally:
@@ -325,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     m.add_argument("--bridges", type=int, default=1)
     m.add_argument("--bridge-startup-s", type=float, default=4.0)
     m.add_argument("--bridge-log-level", default="WARNING")
+    m.add_argument("--rate", type=float, default=1_000_000,
+                   help="offered msg/s (default: more than the publishers can send)")
     m.add_argument("--timeout", type=float, default=600)
     r = sub.add_parser("rest")
     r.add_argument("--events", type=int, default=200_000)
@@ -334,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     r.add_argument("--threads", type=int, default=4)
     r.add_argument("--port", type=int, default=43000)
     r.add_argument("--api-key", help="default: the first key of [api] api_keys")
+    r.add_argument("--rate", type=float, default=1_000_000,
+                   help="offered events/s (default: more than the clients can send)")
     r.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
     bench_mqtt(args) if args.mode == "mqtt" else bench_rest(args)
