@@ -247,7 +247,7 @@ def run_scenario(ctx: ChaosContext, scenario: Scenario) -> ScenarioResult:
     accepted = traffic.accepted
     accepted |= {f"{prefix}-alarm-raise", f"{prefix}-alarm-clear"} if result.error is None \
         else set()
-    result.sent = traffic.sent
+    result.sent = traffic.sent + 2  # the load plus the alarm episode's two readings
     result.accepted = len(accepted)
     result.http_5xx = traffic.stats.http_5xx_defects
     result.http_503 = traffic.stats.http_status.get(503, 0)
