@@ -54,7 +54,7 @@ class ChaosContext:
     outage_s: float = 15.0
     tail_s: float = 8.0
     recovery_timeout_s: float = 300.0
-    drain_timeout_s: float = 240.0
+    drain_timeout_s: float = 120.0   # without progress
     say: Callable[[str], None] = print
 
 
@@ -251,7 +251,12 @@ def run_scenario(ctx: ChaosContext, scenario: Scenario) -> ScenarioResult:
     result.accepted = len(accepted)
     result.http_5xx = traffic.stats.http_5xx_defects
     result.http_503 = traffic.stats.http_status.get(503, 0)
-    ctx.say(f"[{scenario.name}] sent {result.sent}, acknowledged {result.accepted}; draining")
+    # Kept so a run can be re-checked later against the stored rows.
+    ids_file = ctx.supervisor.paths.run_dir / "chaos-accepted" / f"{prefix}.txt"
+    ids_file.parent.mkdir(parents=True, exist_ok=True)
+    ids_file.write_text("\n".join(sorted(accepted)) + "\n")
+    ctx.say(f"[{scenario.name}] sent {result.sent}, acknowledged {result.accepted}; draining "
+            f"(ids in {ids_file})")
     ctx.reader.wait_drained(prefix, since_ms, len(accepted), ctx.drain_timeout_s)
     counts = ctx.reader.event_counts(prefix, since_ms)
     verdict = compare(accepted, counts)
