@@ -43,7 +43,11 @@ class Asset:
 def make_event(event_id: str, asset: Asset, sensor_id: str, value: float,
                ts_ms: int | None = None, sensor_type: str = "TEMPERATURE",
                unit: str = "celsius") -> dict[str, Any]:
-    """A valid telemetry event (values of the load stay inside every alarm band)."""
+    """A valid telemetry event.
+
+    The load uses values 20..39 (celsius): inside every TEMPERATURE band of
+    config/assets.json (the lowest warning_high is 45), so the load raises no alarms.
+    """
     return {"event_id": event_id, "timestamp": int(time.time() * 1000) if ts_ms is None
             else ts_ms, "site_id": asset.site_id, "asset_id": asset.asset_id,
             "sensor_id": sensor_id, "sensor_type": sensor_type, "value": float(value),
@@ -149,7 +153,7 @@ class Traffic:
                     event_id = f"{self.prefix}-m-{n}"
                     asset = self.assets[n % len(self.assets)]
                     event = make_event(event_id, asset, f"{self.prefix}-s{n % 20}",
-                                       20.0 + (n % 30))
+                                       20.0 + (n % 20))
                     info = client.publish(mqtt_topic(event), json.dumps(event), qos=1)
                     if info.rc == mqtt.MQTT_ERR_SUCCESS or info.rc == mqtt.MQTT_ERR_NO_CONN:
                         # NO_CONN: paho keeps the QoS 1 message and sends it on reconnect.
@@ -198,7 +202,7 @@ class Traffic:
             for _ in range(self.rest_batch):
                 asset = self.assets[n % len(self.assets)]
                 batch.append(make_event(f"{self.prefix}-r-{n}", asset,
-                                        f"{self.prefix}-s{n % 20}", 20.0 + (n % 30)))
+                                        f"{self.prefix}-s{n % 20}", 20.0 + (n % 20)))
                 n += 1
             self.stats.rest_sent += len(batch)
             self._post(session, headers, batch, give_up=self._stop)
