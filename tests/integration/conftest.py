@@ -16,6 +16,7 @@ does not stop a [local] Flink job).
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import time
 import uuid
@@ -27,7 +28,13 @@ import pytest
 import requests
 
 from runners.settings import Settings, load_settings
-from runners.stack.flink import _grpc_ready, cancel_jobs, expansion_address, job_submission_args
+from runners.stack.flink import (
+    _grpc_ready,
+    cancel_jobs,
+    expansion_address,
+    job_checkpoint_dir,
+    job_submission_args,
+)
 from runners.stack.supervisor import paths_from_settings
 
 __all__ = [
@@ -207,6 +214,10 @@ def flink_job() -> Iterator[Callable[..., FlinkJob]]:
                 job.cancel()
             except Exception as exc:  # noqa: BLE001 - keep cancelling the others
                 _LOGGER.error("could not cancel Flink job %s: %s", job.job_name, exc)
+        # The test jobs' retained checkpoints and conf dirs are of no use afterwards.
+        for conf_name in {job.conf_name for job in submitted}:
+            shutil.rmtree(job_checkpoint_dir(paths, conf_name), ignore_errors=True)
+            shutil.rmtree(paths.conf("flink") / "jobs" / conf_name, ignore_errors=True)
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float, interval_s: float = 1.0
