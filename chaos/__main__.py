@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default="all",
-                        help="comma-separated scenario names or 'all' (default)")
+                        help="comma-separated scenario names, 'all' (default) or 'none'")
     parser.add_argument("--mqtt-rate", type=float, default=300.0, help="MQTT events/s")
     parser.add_argument("--rest-rate", type=float, default=300.0, help="REST events/s")
     parser.add_argument("--outage-s", type=float, default=15.0,
@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths_from_settings,
     )
 
-    names = list(SCENARIOS) if args.scenarios == "all" else args.scenarios.split(",")
+    names = (list(SCENARIOS) if args.scenarios == "all"
+             else [] if args.scenarios == "none" else args.scenarios.split(","))
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
