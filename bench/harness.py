@@ -497,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("bench.query_bench").setLevel(logging.INFO)  # load progress
 
     mc = mode_config(args.mode)
     if args.step_seconds:
