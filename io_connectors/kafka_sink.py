@@ -27,6 +27,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from io_connectors.kafka_config import reliable_producer_config
 from schemas.dead_letter import make_dead_letter
 
 __all__ = ["KafkaDeliveryError", "WriteToKafkaTopic", "default_key", "producer_config"]
@@ -51,18 +52,13 @@ def default_key(element: Any) -> str | None:
 
 def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
     """Producer settings for a sink that must not lose or reorder acknowledged records."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
-        "enable.idempotence": True,   # retries never duplicate or reorder within a session
-        "acks": "all",
+    tuning: dict[str, Any] = {
         "linger.ms": 20,              # batch for throughput; the bundle flush bounds latency
         "batch.size": 512 * 1024,
-        "compression.type": "lz4",
         "queue.buffering.max.messages": 200_000,
         "delivery.timeout.ms": 120_000,
     }
-    config.update(overrides)
-    return config
+    return reliable_producer_config(bootstrap_servers, **{**tuning, **overrides})
 
 
 class _WriteToKafkaFn(beam.DoFn):

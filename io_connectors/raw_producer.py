@@ -31,6 +31,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from io_connectors.kafka_config import reliable_producer_config
 from runners.settings import Settings
 from schemas import avro, wire
 
@@ -85,17 +86,11 @@ class BatchOutcome:
 def producer_config(bootstrap_servers: str, client_id: str,
                     overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """librdkafka settings shared by every edge producer."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
+    tuning: dict[str, Any] = {
         "client.id": client_id,
-        # Idempotence implies acks=all and in-flight <= 5 with ordering kept,
-        # so librdkafka's internal retries never duplicate or reorder.
-        "enable.idempotence": True,
-        "acks": "all",
         # Small linger: batches form under load without hurting REST latency.
         "linger.ms": 5,
         "batch.num.messages": 10000,
-        "compression.type": "lz4",
         "queue.buffering.max.messages": 500000,
         "queue.buffering.max.kbytes": 262144,
         # A message not delivered in this time gets a failed delivery report;
@@ -105,8 +100,7 @@ def producer_config(bootstrap_servers: str, client_id: str,
         "reconnect.backoff.max.ms": 5000,
         "socket.keepalive.enable": True,
     }
-    config.update(overrides or {})
-    return config
+    return reliable_producer_config(bootstrap_servers, **{**tuning, **dict(overrides or {})})
 
 
 class RawProducer:

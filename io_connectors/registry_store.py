@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from io_connectors.kafka_config import reliable_producer_config
+
 __all__ = [
     "KafkaRegistryStore",
     "RegistryState",
@@ -149,13 +151,10 @@ class KafkaRegistryStore:
         count = self._replay(self.state)
         _LOGGER.info("replayed %d records from %s: %d schemas, %d subjects", count,
                      self.topic, len(self.state.schemas), len(self.state.subjects))
-        self._producer = Producer({
-            "bootstrap.servers": self.bootstrap_servers,
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 0,  # a registration waits for its own write; batching buys nothing
-            "message.timeout.ms": int(self.timeout_s * 1000),
-        })
+        self._producer = Producer(reliable_producer_config(
+            self.bootstrap_servers,
+            **{"linger.ms": 0,  # a registration waits for its own write; batching buys nothing
+               "message.timeout.ms": int(self.timeout_s * 1000)}))
         return self.state
 
     def _ensure_topic(self) -> None:
