@@ -140,35 +140,9 @@ def _reading_filters(q: TelemetryQuery) -> tuple[str, list[Any]]:
                      ("sensor_id", q.sensor_id), ("sensor_type", q.sensor_type)])
 
 
-def build_raw_probe_sql(q: TelemetryQuery, limit: int,
-                        after: Sequence[Any] | None) -> tuple[str, list[Any]]:
-    """Timestamps of the first ``limit`` matching rows in descending time order.
-
-    QuestDB walks a designated timestamp backwards cheaply, but a DESC sort on
-    (timestamp, event_id) makes it sort the whole range (225 ms for a site over
-    31 days). The smallest timestamp returned here bounds the range the real
-    query has to sort.
-    """
-    where, params = _range(q.start_us, q.end_us, q.order, after)
-    extra, extra_params = _reading_filters(q)
-    where += extra
-    params += extra_params
-    if after is not None:
-        # Same rows as the real query: without the keyset, rows of the cursor's
-        # timestamp already returned would push the bound too high.
-        keyset, keyset_params = _keyset(("timestamp", "event_id"), after, q.order)
-        where += keyset
-        params += keyset_params
-    sql = f"SELECT timestamp FROM {SENSOR_READINGS} WHERE {where} ORDER BY timestamp DESC LIMIT %s"
-    return sql, [*params, limit]
-
-
-def build_raw_sql(q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
-                  floor_us: int | None = None) -> tuple[str, list[Any]]:
-    """Raw readings in (timestamp, event_id) order, after the keyset ``after``.
-
-    ``floor_us`` raises the lower time bound (see :func:`build_raw_probe_sql`).
-    """
+def _raw_where(q: TelemetryQuery, after: Sequence[Any] | None,
+               floor_us: int | None = None) -> tuple[str, list[Any]]:
+    """WHERE clause of raw reads: time range (raised to ``floor_us``), filters, keyset."""
     where, params = _range(q.start_us, q.end_us, q.order, after)
     if floor_us is not None:
         params[0] = max(params[0], floor_us)
@@ -179,6 +153,32 @@ def build_raw_sql(q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
         keyset, keyset_params = _keyset(("timestamp", "event_id"), after, q.order)
         where += keyset
         params += keyset_params
+    return where, params
+
+
+def build_raw_probe_sql(q: TelemetryQuery, limit: int,
+                        after: Sequence[Any] | None) -> tuple[str, list[Any]]:
+    """Timestamps of the first ``limit`` matching rows in descending time order.
+
+    QuestDB walks a designated timestamp backwards cheaply, but a DESC sort on
+    (timestamp, event_id) makes it sort the whole range (225 ms for a site over
+    31 days). The smallest timestamp returned here bounds the range the real
+    query has to sort.
+    """
+    # Same rows as the real query: without the keyset, rows of the cursor's
+    # timestamp already returned would push the bound too high.
+    where, params = _raw_where(q, after)
+    sql = f"SELECT timestamp FROM {SENSOR_READINGS} WHERE {where} ORDER BY timestamp DESC LIMIT %s"
+    return sql, [*params, limit]
+
+
+def build_raw_sql(q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
+                  floor_us: int | None = None) -> tuple[str, list[Any]]:
+    """Raw readings in (timestamp, event_id) order, after the keyset ``after``.
+
+    ``floor_us`` raises the lower time bound (see :func:`build_raw_probe_sql`).
+    """
+    where, params = _raw_where(q, after, floor_us)
     direction = _ORDER_SQL[q.order]
     sql = (f"SELECT {', '.join(SENSOR_READING_COLUMNS)} FROM {SENSOR_READINGS} WHERE {where} "
            f"ORDER BY timestamp {direction}, event_id {direction} LIMIT %s")

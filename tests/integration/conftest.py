@@ -15,6 +15,7 @@ does not stop a [local] Flink job).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import socket
@@ -104,6 +105,17 @@ def delete_topics(settings: Settings, names: Sequence[str]) -> None:
 
     AdminClient({"bootstrap.servers": settings.get("kafka", "bootstrap_servers")}
                 ).delete_topics(list(names))
+
+
+@contextlib.contextmanager
+def scratch_topics(settings: Settings, names: Sequence[str], partitions: int = 8
+                   ) -> Iterator[None]:
+    """Create ``names`` for a test module and delete them afterwards (best effort)."""
+    create_topics(settings, {name: partitions for name in names})
+    try:
+        yield
+    finally:
+        delete_topics(settings, names)
 
 
 @dataclass

@@ -26,11 +26,12 @@ import paho.mqtt.client as mqtt
 import pytest
 import requests
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from io_connectors.schema_registry import RegistrySchemas
 from runners.settings import REPO_ROOT, load_settings
 from schemas import wire
+from tests.integration.conftest import scratch_topics
 
 pytestmark = pytest.mark.integration
 
@@ -65,16 +66,8 @@ def _require_services() -> None:
 @pytest.fixture(scope="module", autouse=True)
 def topics() -> Iterator[None]:
     _require_services()
-    admin = AdminClient({"bootstrap.servers": KAFKA})
-    for future in admin.create_topics([NewTopic(t, 8, 1) for t in (RAW_TOPIC, DLQ_TOPIC)],
-                                      operation_timeout=30).values():
-        future.result()
-    yield
-    for future in admin.delete_topics([RAW_TOPIC, DLQ_TOPIC]).values():
-        try:
-            future.result()
-        except Exception:  # noqa: BLE001 - best-effort cleanup of scratch topics
-            pass
+    with scratch_topics(SETTINGS, (RAW_TOPIC, DLQ_TOPIC)):
+        yield
 
 
 class BridgeProcess:

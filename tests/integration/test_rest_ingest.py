@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import requests
-from confluent_kafka.admin import AdminClient, NewTopic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.serving import make_server
@@ -28,6 +27,7 @@ from werkzeug.serving import make_server
 from api import create_app
 from api.ingest import EXTENSION
 from runners.settings import Settings, load_settings
+from tests.integration.conftest import scratch_topics
 from tests.integration.test_mqtt_bridge import _require_services, consume
 
 pytestmark = pytest.mark.integration
@@ -74,16 +74,8 @@ class Server:
 @pytest.fixture(scope="module", autouse=True)
 def topics() -> Iterator[None]:
     _require_services()
-    admin = AdminClient({"bootstrap.servers": KAFKA})
-    for future in admin.create_topics([NewTopic(t, 8, 1) for t in (RAW_TOPIC, DLQ_TOPIC)],
-                                      operation_timeout=30).values():
-        future.result()
-    yield
-    for future in admin.delete_topics([RAW_TOPIC, DLQ_TOPIC]).values():
-        try:
-            future.result()
-        except Exception:  # noqa: BLE001 - best-effort cleanup
-            pass
+    with scratch_topics(BASE, (RAW_TOPIC, DLQ_TOPIC)):
+        yield
 
 
 @pytest.fixture(scope="module")
