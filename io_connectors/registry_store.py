@@ -159,7 +159,7 @@ class KafkaRegistryStore:
 
     def _ensure_topic(self) -> None:
         from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         try:
@@ -168,19 +168,11 @@ class KafkaRegistryStore:
             raise RegistryStoreError(
                 f"cannot reach Kafka at {self.bootstrap_servers} (setting [kafka] "
                 f"bootstrap_servers): {exc}") from None
-        if self.topic in metadata.topics:
-            return
-        new = NewTopic(self.topic, num_partitions=1, replication_factor=self.replication_factor,
-                       config={"cleanup.policy": "compact", "retention.ms": "-1"})
-        future = admin.create_topics([new])[self.topic]
-        try:
-            future.result(timeout=self.timeout_s)
-        except KafkaException as exc:
-            # Another process may have created it meanwhile; anything else is fatal.
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise RegistryStoreError(f"cannot create topic {self.topic}: {exc}") from None
-        # A new topic's partition is not usable until its leader is known: reading its
-        # watermarks right away fails with "Unknown partition".
+        if self.topic not in metadata.topics:
+            self._create_topic(admin)
+        # A partition is not readable until its leader is known, whether we just created
+        # the topic or the stack did a moment ago: reading watermarks earlier fails with
+        # "Unknown partition" or "Not leader for partition".
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             topic = admin.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
@@ -190,6 +182,37 @@ class KafkaRegistryStore:
             time.sleep(0.1)
         raise RegistryStoreError(f"topic {self.topic} has no partition leader after "
                                  f"{self.timeout_s:.0f} s (Kafka at {self.bootstrap_servers})")
+
+    def _create_topic(self, admin: Any) -> None:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import NewTopic
+
+        new = NewTopic(self.topic, num_partitions=1, replication_factor=self.replication_factor,
+                       config={"cleanup.policy": "compact", "retention.ms": "-1"})
+        future = admin.create_topics([new])[self.topic]
+        try:
+            future.result(timeout=self.timeout_s)
+        except KafkaException as exc:
+            # Another process may have created it meanwhile; anything else is fatal.
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RegistryStoreError(f"cannot create topic {self.topic}: {exc}") from None
+
+    def _watermarks(self, consumer: Any, tp: Any) -> tuple[int, int]:
+        """Low/high offsets, retried while the partition's leadership is still settling."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        settling = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError._UNKNOWN_PARTITION,
+                    KafkaError.LEADER_NOT_AVAILABLE}
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return consumer.get_watermark_offsets(tp, timeout=self.timeout_s)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if (error.code() not in settling and not error.retriable()) \
+                        or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
 
     def _replay(self, state: RegistryState) -> int:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -204,7 +227,7 @@ class KafkaRegistryStore:
         })
         try:
             tp = TopicPartition(self.topic, 0, OFFSET_BEGINNING)
-            low, high = consumer.get_watermark_offsets(tp, timeout=self.timeout_s)
+            low, high = self._watermarks(consumer, tp)
             if high <= low:
                 return 0
             consumer.assign([tp])
