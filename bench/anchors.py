@@ -10,8 +10,10 @@
   (QoS 1, auto-ack) writing straight to ``bench_direct_readings`` over ILP/HTTP,
   no Kafka, no Beam, no validation. It runs as a child process; the harness
   drives it with the same MQTT load generator on its own topic root
-  ``telemetry/benchdirect-<run>/...`` (five levels, so the stack's bridge,
-  which subscribes ``telemetry/+/+/+``, never sees these messages).
+  ``<[mqtt] bench_topic_root>/direct-<run>/...``, outside ``telemetry/`` so the
+  stack's bridge never sees these messages (the broker's ACL lets the sensor
+  account publish there only when that setting is set; see
+  runners/stack/mosquitto.py).
 """
 
 from __future__ import annotations
@@ -228,8 +230,12 @@ def _direct_peer(settings_env: dict[str, Any], topic_filter: str, client_id: str
 
 def start_direct_peer(settings: Settings, run: str) -> tuple[Any, Any, str]:
     """Create DIRECT_TABLE fresh and start the peer; (process, stop event, topic root)."""
+    bench_root = settings.get("mqtt", "bench_topic_root", str, "").strip().strip("/")
+    if not bench_root:
+        raise RuntimeError("the direct MQTT peer needs [mqtt] bench_topic_root (e.g. \"bench\") "
+                           "in the settings file; the broker's ACL admits no other root")
     create_like(settings, DIRECT_TABLE)
-    root = f"telemetry/benchdirect-{run}"
+    root = f"{bench_root}/direct-{run}"
     env = {"qdb_host": settings.get("questdb", "host"),
            "qdb_http": settings.get("questdb", "http_port", int),
            "mqtt_host": settings.get("mqtt", "host"),

@@ -12,6 +12,10 @@ Generated under ``<run>/conf/mosquitto`` on every start from ``[mqtt]``:
   bridge's subscription; other depths would reach nobody); the bridge
   account may only read ``telemetry/#`` (shared subscriptions
   ``$share/<group>/telemetry/#`` included).
+  When ``[mqtt] bench_topic_root`` is set (the local stack sets ``bench``), the
+  sensor account may also publish under ``<root>/#`` and the bridge account read
+  it: the benchmark's direct MQTT->QuestDB peer (bench/anchors.py) needs a root
+  the pipeline's bridge does not consume. Production configs leave it empty.
 
 Started as root, Mosquitto drops privileges to the ``mosquitto`` user, which
 must then read the config and write the data directory: both are handed to
@@ -98,6 +102,7 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     sensor_pw = settings.get("mqtt", "sensor_password")
     bridge_user = settings.get("mqtt", "bridge_username")
     bridge_pw = settings.get("mqtt", "bridge_password")
+    bench_root = settings.get("mqtt", "bench_topic_root", str, "").strip().strip("/")
     if sensor_user == bridge_user:
         raise ValueError(f"{settings.origin('mqtt', 'sensor_username')} and "
                          f"{settings.origin('mqtt', 'bridge_username')} must differ")
@@ -141,9 +146,11 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
             # any other depth would be accepted with nobody to read it, a silent drop;
             # this way MQTT 5 publishers get "not authorized" in their PUBACK.
             f"topic write {TOPIC_ROOT}/+/+/+",
+            *([f"topic write {bench_root}/#"] if bench_root else []),
             "",
             f"user {bridge_user}",
             f"topic read {TOPIC_ROOT}/#",
+            *([f"topic read {bench_root}/#"] if bench_root else []),
             "",
         ]))
         conf.write_text("\n".join([

@@ -150,6 +150,25 @@ def test_sensor_publish_outside_telemetry_refused(sensor: _Client, bridge: _Clie
     assert _receive(bridge, timeout_s=1.0) is None
 
 
+def test_bench_root_is_separate_from_telemetry(sensor: _Client, bridge: _Client) -> None:
+    """[mqtt] bench_topic_root: the benchmark's direct peer publishes there; the pipeline's
+    bridge (subscribed to telemetry/#) must never receive it."""
+    root = SETTINGS.get("mqtt", "bench_topic_root", str, "")
+    if not root:
+        pytest.skip("[mqtt] bench_topic_root is not set")
+    assert bridge.subscribe("telemetry/#") == [1]
+    peer = _Client(BRIDGE)
+    try:
+        assert peer.subscribe(f"{root}/#") == [1]
+        topic = f"{root}/direct-{uuid.uuid4().hex[:6]}/site/asset/TEMPERATURE"
+        assert sensor.publish(topic, b"direct") == 0
+        got = _receive(peer, timeout_s=5.0)
+        assert got is not None and got.payload == b"direct"
+        assert _receive(bridge, timeout_s=1.0) is None
+    finally:
+        peer.close()
+
+
 def test_sensor_cannot_read_and_bridge_cannot_write(sensor: _Client, bridge: _Client) -> None:
     topic = _topic()
     sensor.subscribe(topic)  # granted or not, nothing may arrive: sensors only write
