@@ -2,6 +2,7 @@
 
     python -m chaos                          every scenario + bad input, then the table
     python -m chaos --scenarios bridge-sigkill,kafka-restart --bad-cases 0
+    python -m chaos --scenarios none --entries mqtt --bad-cases 10000
     python -m chaos --keep-stack             leave the chaos stack running afterwards
 
 Runs on its own stack (the chaos profile, :mod:`chaos.profile`: ``.run-chaos``
@@ -60,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="how long QuestDB/Kafka/Mosquitto stay down")
     parser.add_argument("--bad-cases", type=int, default=10_000,
                         help="generated bad inputs per entry point (0: skip)")
+    parser.add_argument("--entries", default="all",
+                        help="comma-separated bad-input entry points (mqtt, rest-body, "
+                             "rest-headers, query, raw-kafka) or 'all' (default)")
     parser.add_argument("--keep-stack", action="store_true", help="do not stop the chaos stack")
     parser.add_argument("--no-up", action="store_true", help="use the chaos stack as it runs")
     args = parser.parse_args(argv)
@@ -69,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = apply_profile()
     _say("chaos profile: " + " ".join(f"{k}={v}" for k, v in profile.items()))
 
-    from chaos.badinput import run_bad_input
+    from chaos.badinput import run_bad_input, select_entries
     from chaos.scenarios import SCENARIOS, ChaosContext, run_scenario
     from chaos.traffic import Asset
     from chaos.verify import QuestDBReader, results_table
@@ -87,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+    try:
+        entries = select_entries(args.entries)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     settings = load_settings()
     paths = paths_from_settings(settings)
@@ -127,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(run_scenario(ctx, SCENARIOS[name]))
         if args.bad_cases > 0:
             _wait_healthy(sup)
-            bad = run_bad_input(settings, sup, cases=args.bad_cases, say=_say)
+            bad = run_bad_input(settings, sup, cases=args.bad_cases, say=_say,
+                                entries=entries)
             bad_ok, bad_report = bad.ok, bad.table()
     finally:
         table = results_table(results)
