@@ -96,6 +96,7 @@ def build_telemetry_pipeline(
     sinks: TelemetrySinks = TelemetrySinks(),
     unknown_asset_policy: str = DEAD_LETTER_POLICY,
     dedup_window_seconds: float = 60.0,
+    state_buckets: int = 64,
     clock: Callable[[], int] = wall_clock_ms,
 ) -> TelemetryOutputs:
     """Wire the pipeline onto ``root`` and return its outputs.
@@ -105,6 +106,7 @@ def build_telemetry_pipeline(
     ``asset_catalog``: a transforms.enrich.FileAssetCatalog, or a PTransform
     producing AssetCatalog elements used as a side input (StaticAssetCatalog,
     RefreshingAssetCatalog).
+    ``state_buckets``: state keys of dedup and alarms (transforms/buckets.py).
     ``clock``: epoch-ms clock for validation and ``ingested_at`` (tests pin it).
     """
     pbegin = root if isinstance(root, beam.pvalue.PBegin) else beam.pvalue.PBegin(root)
@@ -117,8 +119,8 @@ def build_telemetry_pipeline(
     enriched = validated.valid | "EnrichWithAssets" >> EnrichWithAssets(
         catalogs, unknown_asset_policy=unknown_asset_policy, clock=clock)
     readings = enriched.readings | "DeduplicateByEventId" >> DeduplicateByEventId(
-        dedup_window_seconds)
-    alarms = enriched.readings | "DetectAlarms" >> DetectAlarms(catalogs)
+        dedup_window_seconds, state_buckets)
+    alarms = enriched.readings | "DetectAlarms" >> DetectAlarms(catalogs, state_buckets)
 
     sink_dead = _apply_sinks(readings, sinks.validated, "WriteValidated")
     sink_dead += _apply_sinks(alarms, sinks.alarms, "WriteAlarms")

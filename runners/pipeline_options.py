@@ -32,6 +32,7 @@ def telemetry_defaults(settings: Settings) -> dict[str, object]:
         "sensor_rules_file": str(settings.path("pipeline", "sensor_rules_file")),
         "dedup_window_seconds": settings.get("pipeline", "dedup_window_seconds", float),
         "sink_batch_rows": settings.get("pipeline", "sink_batch_rows", int),
+        "state_buckets": settings.get("pipeline", "state_buckets", int),
     }
 
 
@@ -57,6 +58,8 @@ class TelemetryOptions(PipelineOptions):
         add("--sensor_rules_file", help="per-sensor-type ranges and units (JSON)")
         add("--dedup_window_seconds", type=float, help="event-time dedup window by event_id")
         add("--sink_batch_rows", type=int, help="rows per QuestDB flush")
+        add("--state_buckets", type=int,
+            help="keyed-state buckets of dedup and alarms (see transforms/buckets.py)")
         add("--kafka_expansion_service",
             help="host:port of the KafkaIO expansion service: Kafka is then read by Beam's "
                  "Java KafkaIO as a native Flink source (the Flink default); without it, by "

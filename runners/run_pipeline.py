@@ -50,6 +50,8 @@ def flink_defaults(settings: Settings) -> list[str]:
         f"--checkpointing_interval={settings.get('flink', 'checkpointing_interval_ms', int)}",
         f"--max_bundle_size={settings.get('flink', 'max_bundle_size', int)}",
         f"--max_bundle_time_mills={settings.get('flink', 'max_bundle_time_ms', int)}",
+        # Python SDK processes per task manager: one is one core at most (the GIL).
+        f"--sdk_worker_parallelism={settings.get('flink', 'sdk_worker_parallelism', int)}",
         f"--job_name={JOB_NAME}",
     ]
 
@@ -121,6 +123,7 @@ def run(argv: Sequence[str] = (), settings: Settings | None = None) -> PipelineR
         sinks=build_sinks(opts),
         unknown_asset_policy=opts.unknown_asset_policy,
         dedup_window_seconds=opts.dedup_window_seconds,
+        state_buckets=opts.state_buckets,
     )
     _LOGGER.info("submitting telemetry job (streaming=%s, runner=%s)", streaming,
                  options.view_as(StandardOptions).runner)

@@ -25,8 +25,12 @@ Pure core: :func:`step` ``(state, reading, thresholds) -> (new_state, transition
 
 Transitions are dicts with exactly :data:`ALARM_FIELDS` (=
 io_connectors.questdb_schema.ALARM_COLUMNS and schemas/alarm.avsc). State is
-keyed per ``site_id/asset_id/sensor_id`` in a ReadModifyWriteState, so it is
-checkpointed by the runner and survives a restart from checkpoint.
+per ``site_id/asset_id/sensor_id``, held in keyed state of the sensor's bucket
+(transforms/buckets.py: one state read and write per batch of readings, not
+per reading), so it is checkpointed by the runner and survives a restart from
+checkpoint. A sensor always maps to the same bucket, and its readings come
+from one Kafka partition through one chain of operators, so they reach the
+state machine in order.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from apache_beam.coders import PickleCoder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from schemas.assets import AssetCatalog, Thresholds
+from transforms.buckets import BatchByBucket
 from transforms.common import counter
 from transforms.enrich import FileAssetCatalog, _CatalogUser, catalog_input
 
@@ -198,36 +203,48 @@ class _AttachThresholdsFn(_CatalogUser, beam.DoFn):
         yield sensor_key(row), (row, thresholds)
 
 
-# Pickled tuple of primitives: small, and independent of this module's class layout.
-_ALARM_STATE = ReadModifyWriteStateSpec("alarm_state", PickleCoder())
-_ALARM_STATE_PARAM = beam.DoFn.StateParam(_ALARM_STATE)
+# One state per bucket of sensors (transforms/buckets.py): {sensor_key: AlarmState tuple}.
+# Pickled dict of tuples of primitives: small, and independent of this module's class layout.
+_ALARM_STATES = ReadModifyWriteStateSpec("alarm_states", PickleCoder())
+_ALARM_STATES_PARAM = beam.DoFn.StateParam(_ALARM_STATES)
 
 
 class _DetectAlarmsFn(beam.DoFn):
 
-    def process(self, element: tuple[str, tuple[dict[str, Any], Thresholds | None]],  # type: ignore[override]
-                state=_ALARM_STATE_PARAM):
-        _key, (row, thresholds) = element
-        current = AlarmState.from_tuple(state.read())
-        if current.last_ts is not None and row["timestamp"] < current.last_ts:
-            counter("alarm_readings_out_of_order").inc()
-        new, transitions = step(current, row, thresholds)
-        if new != current:
-            state.write(new.to_tuple())
-        for t in transitions:
-            counter("alarms_cleared" if t["state"] == CLEARED else
-                    "alarms_escalated" if t["reason"].startswith("escalated") else
-                    "alarms_raised").inc()
-            yield t
+    def process(self, element: tuple[int, list[tuple[str, int, tuple[dict[str, Any], Thresholds | None]]]],  # type: ignore[override]  # noqa: E501
+                states=_ALARM_STATES_PARAM):
+        _bucket, items = element
+        stored: dict[str, tuple[Any, ...]] = states.read() or {}
+        changed = False
+        out_of_order = 0
+        for key, _ts_ms, (row, thresholds) in items:
+            current = AlarmState.from_tuple(stored.get(key))
+            if current.last_ts is not None and row["timestamp"] < current.last_ts:
+                out_of_order += 1
+            new, transitions = step(current, row, thresholds)
+            if new != current:
+                if not changed:
+                    stored, changed = dict(stored), True   # never mutate what read() returned
+                stored[key] = new.to_tuple()
+            for t in transitions:
+                counter("alarms_cleared" if t["state"] == CLEARED else
+                        "alarms_escalated" if t["reason"].startswith("escalated") else
+                        "alarms_raised").inc()
+                yield t
+        if out_of_order:
+            counter("alarm_readings_out_of_order").inc(out_of_order)
+        if changed:
+            states.write(stored)
 
 
 class DetectAlarms(beam.PTransform):
     """Reading rows -> alarm transitions; thresholds come from the asset catalog
     (a FileAssetCatalog or a side-input PCollection, see transforms.enrich)."""
 
-    def __init__(self, catalogs: beam.PCollection | FileAssetCatalog) -> None:
+    def __init__(self, catalogs: beam.PCollection | FileAssetCatalog, buckets: int = 64) -> None:
         super().__init__()
         self._catalogs = catalogs
+        self._buckets = buckets
 
     def expand(self, pcoll):
         file_catalog, side = catalog_input(self._catalogs)
@@ -236,5 +253,6 @@ class DetectAlarms(beam.PTransform):
             | "KeyBySensor" >> beam.ParDo(
                 _AttachThresholdsFn(file_catalog), *side
             ).with_output_types(beam.typehints.KV[str, beam.typehints.Any])
+            | "Batch" >> BatchByBucket(self._buckets)
             | "StateMachine" >> beam.ParDo(_DetectAlarmsFn())
         )

@@ -2,11 +2,14 @@
 
 The first copy of an event_id passes at once (no waiting for a window to
 close); copies whose element timestamp is less than ``window`` after the first
-copy's are dropped and counted (``duplicates_dropped``). A processing-time
-timer clears the key's state one window after the kept copy was read, so
-state stays bounded (counted as ``dedup_state_expired``); a copy read after
-that passes (QuestDB's DEDUP keys absorb it, see below). Why not an event-time
-timer: see ``_EXPIRE_TIMER``.
+copy's are dropped and counted (``duplicates_dropped``). Event ids live in
+keyed state spread over a fixed number of bucket keys (transforms/buckets.py:
+one state access per batch, not per event), checkpointed with the job, so
+dedup holds across a restart and whichever Kafka partition a copy came
+through. A processing-time timer drops an entry one window after the kept copy
+was read, so state stays bounded (counted as ``dedup_state_expired``); a copy
+read after that passes (QuestDB's DEDUP keys absorb it, see below). Why not an
+event-time timer: see the comment above ``_SEEN``.
 
 "Event time" is the element timestamp set by the source: for Kafka that is the
 record timestamp, i.e. when the edge produced the copy. Retries of one reading
@@ -18,15 +21,25 @@ KEYS(timestamp, event_id).
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
+import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import VarIntCoder
+from apache_beam.coders import PickleCoder, VarIntCoder
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import (
+    BagStateSpec,
+    ReadModifyWriteStateSpec,
+    TimerSpec,
+    on_timer,
+)
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from transforms.buckets import BatchByBucket
 from transforms.common import counter
 
 __all__ = ["DeduplicateByEventId", "dedup_step", "first_copies"]
@@ -60,42 +73,153 @@ def first_copies(copies: Iterable[tuple[int, str, Any]], window_ms: int) -> list
     return kept
 
 
-_EXPIRY = ReadModifyWriteStateSpec("expiry_ms", VarIntCoder())
+# State of one bucket key (see transforms/buckets.py for why buckets):
+# * _SEEN: a bag of chunks, each a list of (event_id, expiry_ms, seen_at_ms) appended per
+#   batch: an append costs only the new entries (a value state holding a dict would be
+#   re-encoded whole on every write);
+# * _VERSION: a random token rewritten whenever _SEEN changes. Each worker process keeps a
+#   decoded copy of a bucket's entries (a dict, for O(1) lookups) tagged with the token it
+#   reflects; a copy whose token differs from the state's (another process wrote the bucket,
+#   a failed bundle's writes were discarded, the job was restored from a checkpoint) is
+#   rebuilt from _SEEN. The copy is only ever a cache of committed state.
+# * _EXPIRE: a processing-time timer that drops entries one window after they were seen.
 # Processing time, not the watermark: on the Flink runner the watermark after the KafkaIO
 # source stays at -inf while any partition of the topic has never had a record (checked with
 # /jobs/<id>/vertices/<id>/watermarks), so event-time timers never fired and the state of
 # every event_id ever seen was kept. The keep/drop decision still uses event time.
+_SEEN = BagStateSpec("seen", PickleCoder())
+_VERSION = ReadModifyWriteStateSpec("version", VarIntCoder())
 _EXPIRE_TIMER = TimerSpec("expire", TimeDomain.REAL_TIME)
 # Beam's DoFn parameters are declared as defaults; module-level singletons keep that explicit.
-_EXPIRY_PARAM = beam.DoFn.StateParam(_EXPIRY)
+_SEEN_PARAM = beam.DoFn.StateParam(_SEEN)
+_VERSION_PARAM = beam.DoFn.StateParam(_VERSION)
 _EXPIRE_TIMER_PARAM = beam.DoFn.TimerParam(_EXPIRE_TIMER)
 
+# event_id -> (expiry_ms, seen_at_ms): the decoded entries of one bucket.
+_Entries = dict[str, tuple[int, int]]
+_DIRTY = 0   # a version no state ever holds (see _new_version)
 
-class _DedupFn(beam.DoFn):
 
-    def __init__(self, window_ms: int) -> None:
+class _BucketCopies:
+    """Per-process decoded copies of bucket state, tagged with the version they reflect.
+
+    Shared by every instance of one dedup step in the process (the SDK may run a stage's
+    bundles on several DoFn instances, and alternate them); ``scope`` keeps two jobs on one
+    worker pool apart. Keys of one bucket are processed by one bundle at a time (keyed
+    state), so a bucket's dict is never mutated concurrently.
+    """
+
+    _registry: dict[tuple[str, int], tuple[int, _Entries]] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls, scope: str, bucket: int, version: int | None) -> _Entries | None:
+        with cls._lock:
+            copy = cls._registry.get((scope, bucket))
+        if copy is None or version is None or copy[0] != version:
+            return None
+        return copy[1]
+
+    @classmethod
+    def put(cls, scope: str, bucket: int, version: int, entries: _Entries) -> None:
+        with cls._lock:
+            cls._registry[(scope, bucket)] = (version, entries)
+
+    @classmethod
+    def checkout(cls, scope: str, bucket: int) -> None:
+        """Mark a bucket's copy as being changed: until ``put`` records the version that
+        holds the change, it matches no state (a bundle failing in between leaves it dirty,
+        and the next reader rebuilds it from committed state)."""
+        with cls._lock:
+            copy = cls._registry.get((scope, bucket))
+            if copy is not None:
+                cls._registry[(scope, bucket)] = (_DIRTY, copy[1])
+
+
+def _decode_entries(chunks: Iterable[list[tuple[str, int, int]]], now_ms: int,
+                    window_ms: int) -> _Entries:
+    entries: _Entries = {}
+    for chunk in chunks:
+        for event_id, expiry_ms, seen_ms in chunk:
+            if seen_ms + window_ms > now_ms:
+                entries[event_id] = (expiry_ms, seen_ms)
+    return entries
+
+
+def _new_version() -> int:
+    return secrets.randbits(62) + 1   # never _DIRTY
+
+
+class _DedupBatchFn(beam.DoFn):
+
+    def __init__(self, window_ms: int, scope: str) -> None:
         self._window_ms = window_ms
+        self._scope = scope
 
-    def process(self, element: tuple[str, Any],  # type: ignore[override]
-                timestamp=beam.DoFn.TimestampParam,
-                expiry=_EXPIRY_PARAM,
-                timer=_EXPIRE_TIMER_PARAM):
-        _event_id, row = element
-        ts_ms = timestamp.micros // 1000
-        keep, new_expiry = dedup_step(expiry.read(), ts_ms, self._window_ms)
-        if keep and new_expiry is not None:
-            expiry.write(new_expiry)
-            # Clear one window after the copy was *seen*: a backlog replay (element time far
-            # behind wall time) still dedups copies that are read within the window.
-            timer.set(Timestamp.now() + Duration(micros=self._window_ms * 1000))
-            yield row
-        else:
-            counter("duplicates_dropped").inc()
+    def _entries(self, bucket: int, seen, version) -> tuple[_Entries, int | None]:
+        current = version.read()
+        entries = _BucketCopies.get(self._scope, bucket, current)
+        if entries is None:
+            entries = _decode_entries(seen.read(), _now_ms(), self._window_ms)
+            counter("dedup_state_loads").inc()
+        return entries, current
+
+    def process(self, element: tuple[int, list[tuple[str, int, Any]]],  # type: ignore[override]
+                seen=_SEEN_PARAM, version=_VERSION_PARAM, timer=_EXPIRE_TIMER_PARAM):
+        bucket, items = element
+        entries, current = self._entries(bucket, seen, version)
+        _BucketCopies.checkout(self._scope, bucket)
+        now_ms = _now_ms()
+        added: list[tuple[str, int, int]] = []
+        dropped = 0
+        for event_id, ts_ms, row in items:
+            known = entries.get(event_id)
+            keep, new_expiry = dedup_step(known[0] if known else None, ts_ms, self._window_ms)
+            if keep and new_expiry is not None:
+                entries[event_id] = (new_expiry, now_ms)
+                added.append((event_id, new_expiry, now_ms))
+                yield row
+            else:
+                dropped += 1
+        if dropped:
+            counter("duplicates_dropped").inc(dropped)
+        if added:
+            seen.add(added)
+            new = _new_version()
+            version.write(new)
+            if current is None:
+                # The bucket had no state: arm its expiry (kept armed by expire() while it
+                # holds entries). Re-arming on every batch would postpone it forever.
+                timer.set(Timestamp(micros=(now_ms + self._window_ms) * 1000))
+            _BucketCopies.put(self._scope, bucket, new, entries)
+        elif current is not None:
+            _BucketCopies.put(self._scope, bucket, current, entries)   # unchanged
 
     @on_timer(_EXPIRE_TIMER)
-    def expire(self, expiry=_EXPIRY_PARAM):
-        expiry.clear()
-        counter("dedup_state_expired").inc()   # visible proof that state stays bounded
+    def expire(self, key=beam.DoFn.KeyParam, seen=_SEEN_PARAM, version=_VERSION_PARAM,
+               timer=_EXPIRE_TIMER_PARAM):
+        entries, _current = self._entries(key, seen, version)
+        _BucketCopies.checkout(self._scope, key)
+        now_ms = _now_ms()
+        live = {e: v for e, v in entries.items() if v[1] + self._window_ms > now_ms}
+        expired = len(entries) - len(live)
+        if expired:
+            counter("dedup_state_expired").inc(expired)  # visible proof state stays bounded
+        seen.clear()
+        if live:
+            seen.add([(e, expiry, seen_ms) for e, (expiry, seen_ms) in live.items()])
+            oldest = min(seen_ms for _x, seen_ms in live.values())
+            timer.set(Timestamp(micros=(oldest + self._window_ms) * 1000))
+            new = _new_version()
+            version.write(new)
+            _BucketCopies.put(self._scope, key, new, live)
+        else:
+            version.clear()
+            _BucketCopies.put(self._scope, key, _DIRTY, {})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _key_by_event_id(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -103,20 +227,30 @@ def _key_by_event_id(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 class DeduplicateByEventId(beam.PTransform):
-    """Rows (dicts with ``event_id``) -> the same rows without repeated copies."""
+    """Rows (dicts with ``event_id``) -> the same rows without repeated copies.
 
-    def __init__(self, window: float | Duration = 60) -> None:
+    ``buckets``: how many state keys the event ids are spread over
+    (transforms/buckets.py); more buckets = smaller state per key and more
+    parallelism, fewer = bigger batches.
+    """
+
+    def __init__(self, window: float | Duration = 60, buckets: int = 64) -> None:
         super().__init__()
         seconds = window.micros / 1e6 if isinstance(window, Duration) else float(window)
         if seconds <= 0:
             raise ValueError(f"dedup window must be > 0 s, got {seconds} "
                              "(setting [pipeline] dedup_window_seconds)")
         self._window_ms = int(seconds * 1000)
+        self._buckets = buckets
 
     def expand(self, pcoll):
+        # One scope per constructed transform: a job's processes share bucket copies; two
+        # jobs on one worker pool never do.
+        scope = uuid.uuid4().hex
         return (
             pcoll
             | "KeyByEventId" >> beam.Map(_key_by_event_id).with_output_types(
                 beam.typehints.KV[str, beam.typehints.Any])
-            | "DropRepeats" >> beam.ParDo(_DedupFn(self._window_ms))
+            | "Batch" >> BatchByBucket(self._buckets)
+            | "DropRepeats" >> beam.ParDo(_DedupBatchFn(self._window_ms, scope))
         )

@@ -301,8 +301,9 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     venv_bin = str(Path(sys.executable).parent)
     worker_pool = ServiceSpec(
         name="beam-worker-pool",
-        argv=[sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-              f"--service_port={pool_port}"],
+        argv=[sys.executable, "-m", "runners.worker_pool", f"--port={pool_port}",
+              f"--bind_host={settings.get('stack', 'bind_host')}",
+              f"--state_cache_mb={settings.get('flink', 'sdk_state_cache_mb', int)}"],
         ports=(pool_port,),
         # The pool starts SDK workers as `python -c ...` from PATH: put this venv first so
         # workers import the same Beam and the project's modules.
