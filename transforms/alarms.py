@@ -36,12 +36,13 @@ state machine in order.
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
+from apache_beam.coders import BytesCoder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from schemas.assets import AssetCatalog, Thresholds
@@ -203,9 +204,11 @@ class _AttachThresholdsFn(_CatalogUser, beam.DoFn):
         yield sensor_key(row), (row, thresholds)
 
 
-# One state per bucket of sensors (transforms/buckets.py): {sensor_key: AlarmState tuple}.
-# Pickled dict of tuples of primitives: small, and independent of this module's class layout.
-_ALARM_STATES = ReadModifyWriteStateSpec("alarm_states", PickleCoder())
+# One state per bucket of sensors (transforms/buckets.py): {sensor_key: AlarmState tuple},
+# a dict of tuples of primitives (independent of this module's class layout), stored pickled
+# as bytes: the SDK's state cache weighs a cached value by walking its object graph, a bytes
+# object in O(1) (see transforms/dedup.py).
+_ALARM_STATES = ReadModifyWriteStateSpec("alarm_states", BytesCoder())
 _ALARM_STATES_PARAM = beam.DoFn.StateParam(_ALARM_STATES)
 
 
@@ -214,7 +217,8 @@ class _DetectAlarmsFn(beam.DoFn):
     def process(self, element: tuple[int, list[tuple[str, int, tuple[dict[str, Any], Thresholds | None]]]],  # type: ignore[override]  # noqa: E501
                 states=_ALARM_STATES_PARAM):
         _bucket, items = element
-        stored: dict[str, tuple[Any, ...]] = states.read() or {}
+        blob = states.read()
+        stored: dict[str, tuple[Any, ...]] = pickle.loads(blob) if blob else {}
         changed = False
         out_of_order = 0
         for key, _ts_ms, (row, thresholds) in items:
@@ -223,8 +227,7 @@ class _DetectAlarmsFn(beam.DoFn):
                 out_of_order += 1
             new, transitions = step(current, row, thresholds)
             if new != current:
-                if not changed:
-                    stored, changed = dict(stored), True   # never mutate what read() returned
+                changed = True
                 stored[key] = new.to_tuple()
             for t in transitions:
                 counter("alarms_cleared" if t["state"] == CLEARED else
@@ -234,7 +237,7 @@ class _DetectAlarmsFn(beam.DoFn):
         if out_of_order:
             counter("alarm_readings_out_of_order").inc(out_of_order)
         if changed:
-            states.write(stored)
+            states.write(pickle.dumps(stored, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class DetectAlarms(beam.PTransform):

@@ -21,6 +21,7 @@ KEYS(timestamp, event_id).
 from __future__ import annotations
 
 import logging
+import pickle
 import secrets
 import threading
 import time
@@ -29,7 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder, VarIntCoder
+from apache_beam.coders import BytesCoder, VarIntCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (
     BagStateSpec,
@@ -87,7 +88,10 @@ def first_copies(copies: Iterable[tuple[int, str, Any]], window_ms: int) -> list
 # source stays at -inf while any partition of the topic has never had a record (checked with
 # /jobs/<id>/vertices/<id>/watermarks), so event-time timers never fired and the state of
 # every event_id ever seen was kept. The keep/drop decision still uses event time.
-_SEEN = BagStateSpec("seen", PickleCoder())
+# Chunks are stored pickled (bytes): the SDK's state cache weighs every cached value by
+# walking its object graph, which cost a third of the worker's time with lists of tuples
+# (py-spy, docs/benchmarks.md); a bytes object is weighed in O(1).
+_SEEN = BagStateSpec("seen", BytesCoder())
 _VERSION = ReadModifyWriteStateSpec("version", VarIntCoder())
 _EXPIRE_TIMER = TimerSpec("expire", TimeDomain.REAL_TIME)
 # Beam's DoFn parameters are declared as defaults; module-level singletons keep that explicit.
@@ -136,11 +140,14 @@ class _BucketCopies:
                 cls._registry[(scope, bucket)] = (_DIRTY, copy[1])
 
 
-def _decode_entries(chunks: Iterable[list[tuple[str, int, int]]], now_ms: int,
-                    window_ms: int) -> _Entries:
+def _encode_chunk(chunk: list[tuple[str, int, int]]) -> bytes:
+    return pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _decode_entries(chunks: Iterable[bytes], now_ms: int, window_ms: int) -> _Entries:
     entries: _Entries = {}
     for chunk in chunks:
-        for event_id, expiry_ms, seen_ms in chunk:
+        for event_id, expiry_ms, seen_ms in pickle.loads(chunk):
             if seen_ms + window_ms > now_ms:
                 entries[event_id] = (expiry_ms, seen_ms)
     return entries
@@ -184,7 +191,7 @@ class _DedupBatchFn(beam.DoFn):
         if dropped:
             counter("duplicates_dropped").inc(dropped)
         if added:
-            seen.add(added)
+            seen.add(_encode_chunk(added))
             new = _new_version()
             version.write(new)
             if current is None:
@@ -207,7 +214,7 @@ class _DedupBatchFn(beam.DoFn):
             counter("dedup_state_expired").inc(expired)  # visible proof state stays bounded
         seen.clear()
         if live:
-            seen.add([(e, expiry, seen_ms) for e, (expiry, seen_ms) in live.items()])
+            seen.add(_encode_chunk([(e, expiry, seen_ms) for e, (expiry, seen_ms) in live.items()]))
             oldest = min(seen_ms for _x, seen_ms in live.values())
             timer.set(Timestamp(micros=(oldest + self._window_ms) * 1000))
             new = _new_version()
