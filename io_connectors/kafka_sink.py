@@ -13,6 +13,9 @@ acknowledged upstream that Kafka has not stored (at-least-once; a retried
 bundle may write some records twice, which the downstream dedup by
 ``event_id`` and the QuestDB DEDUP keys absorb).
 
+An element that is a list is a batch of records (e.g. the output of
+transforms.dedup.DeduplicateByEventId): each record is produced as above.
+
 For records that are already bytes (e.g. dead letters encoded elsewhere), pass
 ``value_fn`` instead of ``schema_name``.
 """
@@ -105,14 +108,20 @@ class _WriteToKafkaFn(beam.DoFn):
             self.failed.inc()
 
     def process(self, element: Any) -> Iterator[dict[str, Any]]:
+        # A list is a batch of records (e.g. DeduplicateByEventId's output): one call for all.
+        for record in element if isinstance(element, list) else (element,):
+            yield from self._produce(record)
+        self._producer.poll(0)
+
+    def _produce(self, record: Any) -> Iterator[dict[str, Any]]:
         assert self._encode is not None
         try:
-            value = self._encode(element)
+            value = self._encode(record)
         except Exception as exc:  # a record that does not fit the schema is data, not a crash
             self.dead_lettered.inc()
-            yield _dead_letter(element, f"cannot encode for topic {self.topic}: {exc}")
+            yield _dead_letter(record, f"cannot encode for topic {self.topic}: {exc}")
             return
-        key = self.key_fn(element)
+        key = self.key_fn(record)
         while True:
             try:
                 self._producer.produce(self.topic, value=value, key=key,
@@ -122,7 +131,6 @@ class _WriteToKafkaFn(beam.DoFn):
                 # Local queue full: serve delivery callbacks until there is room.
                 self._producer.poll(0.5)
         self.produced.inc()
-        self._producer.poll(0)
 
     def finish_bundle(self) -> None:
         remaining = self._producer.flush(self.flush_timeout_s)

@@ -391,13 +391,16 @@ class _WriteToQuestDBFn(beam.DoFn):
 
     def process(self, element: Any, timestamp: Any = beam.DoFn.TimestampParam,
                 window: Any = beam.DoFn.WindowParam) -> Iterator[WindowedValue]:
-        try:
-            row = self.to_row(element)
-        except RowMappingError as exc:
-            self.dead_lettered.inc()
-            yield WindowedValue(_dead_letter(element, str(exc), self.table), timestamp, [window])
-            return
-        self._pending.append((row, timestamp, window))
+        # A list is a batch of records (e.g. DeduplicateByEventId's output): one call for all.
+        for record in element if isinstance(element, list) else (element,):
+            try:
+                row = self.to_row(record)
+            except RowMappingError as exc:
+                self.dead_lettered.inc()
+                yield WindowedValue(_dead_letter(record, str(exc), self.table), timestamp,
+                                    [window])
+                continue
+            self._pending.append((row, timestamp, window))
         if len(self._pending) >= self.batch_rows:
             yield from self._flush()
 

@@ -14,7 +14,8 @@ no side input, see transforms.enrich for why); tests hand in
 
 Row shapes given to sinks:
 
-* validated sinks: dicts with exactly ``transforms.enrich.READING_FIELDS``
+* validated sinks: *lists* of dicts (one per dedup batch, see
+  transforms.dedup), each dict with exactly ``transforms.enrich.READING_FIELDS``
   (= questdb_schema.SENSOR_READING_COLUMNS, schemas/sensor-reading.avsc);
 * alarm sinks: dicts with exactly ``transforms.alarms.ALARM_FIELDS``
   (= questdb_schema.ALARM_COLUMNS, schemas/alarm.avsc);

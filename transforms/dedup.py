@@ -179,15 +179,18 @@ class _DedupBatchFn(beam.DoFn):
         now_ms = _now_ms()
         added: list[tuple[str, int, int]] = []
         dropped = 0
+        kept: list[Any] = []
         for event_id, ts_ms, row in items:
             known = entries.get(event_id)
             keep, new_expiry = dedup_step(known[0] if known else None, ts_ms, self._window_ms)
             if keep and new_expiry is not None:
                 entries[event_id] = (new_expiry, now_ms)
                 added.append((event_id, new_expiry, now_ms))
-                yield row
+                kept.append(row)
             else:
                 dropped += 1
+        if kept:
+            yield kept
         if dropped:
             counter("duplicates_dropped").inc(dropped)
         if added:
@@ -234,7 +237,11 @@ def _key_by_event_id(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 class DeduplicateByEventId(beam.PTransform):
-    """Rows (dicts with ``event_id``) -> the same rows without repeated copies.
+    """Rows (dicts with ``event_id``) -> *lists* of the same rows without repeated copies.
+
+    The kept rows of each batch leave as one list (the project's sinks take
+    lists, one call per batch instead of per row); flatten with
+    ``beam.FlatMap(lambda rows: rows)`` where single rows are wanted.
 
     ``buckets``: how many state keys the event ids are spread over
     (transforms/buckets.py); more buckets = smaller state per key and more

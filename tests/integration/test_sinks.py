@@ -99,7 +99,9 @@ def test_rows_land_exactly_once_when_flushed_twice() -> None:
     assert row[0][:3] == [f"{site}-e3", 23.0, "C"]
 
 
-def test_permanent_rejections_go_to_dead_letters() -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["rows", "lists-of-rows"])
+def test_permanent_rejections_go_to_dead_letters(batched: bool) -> None:
+    """Elements are single rows, or lists of rows (DeduplicateByEventId's batches)."""
     site = _site()
     readings = _readings(site, 20)
     readings[4]["location"] = 12345          # QuestDB refuses INTEGER for a VARCHAR column
@@ -116,8 +118,9 @@ def test_permanent_rejections_go_to_dead_letters() -> None:
         assert any("event_id" in r and "missing" in r for r in by_reason), by_reason
         assert all(d["original"] for d in dead)
 
+    elements = [readings[:10], readings[10:]] if batched else readings
     with beam.Pipeline() as p:
-        dead = p | beam.Create(readings) | WriteToQuestDB("sensor_readings", conf,
+        dead = p | beam.Create(elements) | WriteToQuestDB("sensor_readings", conf,
                                                           batch_rows=100)
         assert_that(dead, check)
     assert _count(site, 17) == 17
@@ -237,12 +240,15 @@ def _consume(topic: str, n: int, timeout_s: float = 30.0) -> list:
     return out
 
 
-def test_kafka_sink_writes_wire_format_and_dead_letters_unencodable(topic: str) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["rows", "lists-of-rows"])
+def test_kafka_sink_writes_wire_format_and_dead_letters_unencodable(topic: str,
+                                                                    batched: bool) -> None:
     site = _site()
     readings = _readings(site, 25)
     bad = dict(readings[0], event_id="broken", value="not a number")
+    elements = [readings[:12], [*readings[12:], bad]] if batched else [*readings, bad]
     with beam.Pipeline() as p:
-        dead = (p | beam.Create([*readings, bad])
+        dead = (p | beam.Create(elements)
                 | WriteToKafkaTopic(topic, BOOTSTRAP, schema_name="sensor-reading",
                                     registry_url=REGISTRY))
         assert_that(dead, lambda d: _check_one_dead(d, "broken"))

@@ -53,10 +53,12 @@ class _CollectingSink(beam.PTransform):
 
 
 class _RejectingSink(beam.PTransform):
-    """A sink that rejects readings of value 70.0 permanently, as QuestDB might."""
+    """A sink that rejects readings of value 70.0 permanently, as QuestDB might (validated
+    sinks receive lists of rows)."""
 
     def expand(self, pcoll):
-        return pcoll | "Reject" >> beam.Filter(lambda r: r["value"] == 70.0) | beam.Map(
+        rows = pcoll | "Rows" >> beam.FlatMap(lambda rows: rows)
+        return rows | "Reject" >> beam.Filter(lambda r: r["value"] == 70.0) | beam.Map(
             lambda r: make_dead_letter("sink", ["questdb rejected: test"], b"row",
                                        source="pipeline", event_id=r["event_id"]))
 
@@ -103,13 +105,15 @@ def test_whole_graph_routes_every_record():
             clock=fixed_clock,
         )
         expected_rows = [("ok-1", 72.5)] + episode
-        assert_that(out.validated | "RowIdValue" >> beam.Map(lambda r: (r["event_id"], r["value"])),
+        validated_rows = out.validated | "Rows" >> beam.FlatMap(lambda rows: rows)
+        assert_that(validated_rows
+                    | "RowIdValue" >> beam.Map(lambda r: (r["event_id"], r["value"])),
                     equal_to(expected_rows), label="CheckValidatedRows")
-        assert_that(out.validated | "RowKeys" >> beam.Map(lambda r: tuple(r)),
+        assert_that(validated_rows | "RowKeys" >> beam.Map(lambda r: tuple(r)),
                     equal_to([SENSOR_READING_COLUMNS] * len(expected_rows)),
                     label="CheckRowShape")
         assert_that(
-            out.validated | "EnrichedOk" >> beam.Filter(lambda r: r["event_id"] == "ok-1")
+            validated_rows | "EnrichedOk" >> beam.Filter(lambda r: r["event_id"] == "ok-1")
             | beam.Map(lambda r: (r["site_name"], r["asset_type"], r["ingested_at"])),
             equal_to([("Solar Farm Alpha", "inverter", NOW)]), label="CheckEnrichment")
 
@@ -155,7 +159,8 @@ def test_pass_unenriched_policy_keeps_unknown_assets():
             asset_catalog=StaticAssetCatalog(load_asset_catalog()),
             rules=default_sensor_rules(), unknown_asset_policy="pass_unenriched",
             clock=fixed_clock)
-        assert_that(out.validated | beam.Map(lambda r: (r["event_id"], r["site_name"])),
+        validated_rows = out.validated | "Rows" >> beam.FlatMap(lambda rows: rows)
+        assert_that(validated_rows | beam.Map(lambda r: (r["event_id"], r["site_name"])),
                     equal_to([("unk-1", None)]), label="CheckUnenriched")
         assert_that(out.dead_letters, equal_to([]), label="CheckNoDeadLetters")
 

@@ -63,7 +63,7 @@ def test_dedup_window_with_test_stream():
         .advance_watermark_to_infinity()
     )
     p = streaming_pipeline()
-    out = (p | stream | DeduplicateByEventId(60)
+    out = (p | stream | DeduplicateByEventId(60) | beam.FlatMap(lambda rows: rows)
            | beam.Map(lambda r: (r["event_id"], r["value"])))
     assert_that(out, equal_to([("e1", 20.0), ("e2", 20.0), ("e1", 97.0)]),
                 label="CheckFirstCopies")
@@ -108,7 +108,8 @@ def test_dedup_and_alarm_counters():
     readings = [row("a1", 70, NOW + 1000), row("a1", 70, NOW + 1000), row("a2", 85, NOW + 2000),
                 row("a3", 97, NOW + 3000), row("a0", 20, NOW + 500), row("a4", 20, NOW + 4000)]
     p = TestPipeline()
-    deduped = p | beam.Create(readings, reshuffle=False) | DeduplicateByEventId(60)
+    deduped = (p | beam.Create(readings, reshuffle=False) | DeduplicateByEventId(60)
+               | beam.FlatMap(lambda rows: rows))
     catalogs = p | "Catalog" >> StaticAssetCatalog(load_asset_catalog())
     alarms = deduped | DetectAlarms(catalogs)
     assert_that(alarms | beam.Map(lambda a: (a["state"], a["severity"])),
