@@ -81,6 +81,20 @@ def test_judge_step_catches_growth_with_two_late_samples() -> None:
     assert not held and "backlog grew" in reasons[0]
 
 
+def test_backlog_slope_ignores_a_one_off_spike() -> None:
+    """Seen in a REST step: every sample 0 except one taken as a batch had just been sent."""
+    samples = [(7.6, 0), (8.6, -463), (9.6, 0), (10.6, 0), (11.6, 0), (12.6, 0), (13.6, 0),
+               (14.6, 0), (15.6, 2534), (16.6, 0)]
+    assert report.backlog_slope(samples) == 0
+    assert _judge(offered=1000, seconds=15, sent=15_000, accepted=15_000, stored=15_000,
+                  backlog=samples) == (True, [])
+
+
+def test_backlog_slope_sees_steady_growth_through_noise() -> None:
+    samples = [(t, 300.0 * t + (900 if t % 3 == 0 else 0)) for t in range(0, 11)]
+    assert report.backlog_slope(samples) == pytest.approx(300, rel=0.2)
+
+
 def test_judge_step_ignores_backlog_growth_in_first_half() -> None:
     # ramp-up in the first half, flat in the second: held
     backlog = [(t, min(t, 5) * 100.0) for t in range(0, 11)]
