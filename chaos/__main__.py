@@ -55,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default="all",
                         help="comma-separated scenario names, 'all' (default) or 'none'")
-    parser.add_argument("--mqtt-rate", type=float, default=300.0, help="MQTT events/s")
-    parser.add_argument("--rest-rate", type=float, default=300.0, help="REST events/s")
+    parser.add_argument("--mqtt-rate", type=float, default=1000.0, help="MQTT events/s")
+    parser.add_argument("--rest-rate", type=float, default=1000.0, help="REST events/s")
     parser.add_argument("--outage-s", type=float, default=15.0,
                         help="how long QuestDB/Kafka/Mosquitto stay down")
     parser.add_argument("--bad-cases", type=int, default=10_000,
