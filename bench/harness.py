@@ -15,7 +15,9 @@ Phases (each with its own CPU/RSS figures, see bench/resources.py):
    polled through ``GET /api/v1/telemetry`` every 100 ms: sent -> queryable.
    Stepping stops at the first step not held; a 10,000 events/s step is always
    run so the latency at 10k is measured (and labelled not held if it is not).
-4. ``query``: bench/query_bench.py's load and measurement on the ``qbench``
+4. ``drain``: bench/drain.py preloads N events into ``raw_telemetry`` and times
+   until the job has stored them all: the job's capacity without the edge.
+5. ``query``: bench/query_bench.py's load and measurement on the ``qbench``
    fleet in sensor_readings (reused when present).
 
 Writes bench/results/<UTC timestamp>.json, bench/results/latest.json (keys:
@@ -43,7 +45,7 @@ from typing import Any
 import psutil
 import requests
 
-from bench import anchors, report
+from bench import anchors, drain, report
 from bench.loadgen import GeneratorConfig, fleet_item, mqtt_message, run_load
 from bench.resources import ResourceSampler
 from io_connectors.questdb_schema import SENSOR_READINGS
@@ -68,13 +70,15 @@ class ModeConfig:
     query_min_rows: int       # reuse the qbench fleet when it holds at least this many rows
     query_load_rows: int      # else load this many
     query_requests: int
+    drain_events: int         # preloaded into raw_telemetry for the drain phase
 
 
 def mode_config(mode: str) -> ModeConfig:
     if mode == "quick":
-        return ModeConfig("quick", 15, 20, 100_000, 300_000, 1_000_000, 3_000_000, 60)
+        return ModeConfig("quick", 15, 20, 100_000, 300_000, 1_000_000, 3_000_000, 60, 100_000)
     if mode == "full":
-        return ModeConfig("full", 60, 90, 1_000_000, 2_000_000, 50_000_000, 50_000_000, 300)
+        return ModeConfig("full", 60, 90, 1_000_000, 2_000_000, 50_000_000, 50_000_000, 300,
+                          500_000)
     raise ValueError(f"mode must be quick or full, got {mode!r}")
 
 
@@ -490,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of direct, mqtt, rest (stepped phases to run)")
     parser.add_argument("--skip-anchors", action="store_true", help="no raw Kafka/QuestDB anchor")
     parser.add_argument("--skip-query", action="store_true")
+    parser.add_argument("--skip-drain", action="store_true",
+                        help="no drain phase (job capacity on a preloaded backlog)")
     parser.add_argument("--steps", default=None, help="override the offered rates, e.g. 2000,5000")
     parser.add_argument("--step-seconds", type=float, default=None)
     parser.add_argument("--processes", type=int, default=4, help="generator processes per step")
@@ -592,6 +598,12 @@ def main(argv: list[str] | None = None) -> int:
         for path in ("mqtt", "rest"):
             result["pipeline"].setdefault(path, summarise_path([]))
         _zero_loss(settings, result)
+        if not args.skip_drain:
+            sampler.phase("drain")
+            say(f"drain: {mc.drain_events:,} events preloaded into the raw topic")
+            result["pipeline"]["drain"] = drain.drain(settings, mc.drain_events, run,
+                                                      say=say)
+            say(f"  drain {result['pipeline']['drain']['drain_eps']} events/s")
         if not args.skip_query:
             sampler.phase("query")
             result["query"] = run_query(settings, mc)

@@ -207,6 +207,10 @@ def format_table(result: Mapping[str, Any]) -> str:
                      f"{_fmt(e.get('p99'))} ms at {_fmt(at)}/s ({held}); at 10k/s "
                      f"{_fmt(p[path].get('e2e_ms_at_10k', {}).get('p99'))} ms p99 "
                      f"(held: {p[path].get('held_10k')})")
+    if p.get("drain"):
+        d = p["drain"]
+        lines.append(f"pipeline drain of {_fmt(d.get('events'))} events preloaded in Kafka: "
+                     f"{_fmt(d.get('drain_eps'))} eps (job capacity without the edge)")
     lines.append(f"zero loss: sent {p.get('sent')}, accepted {p.get('accepted')}, stored "
                  f"{p.get('stored')}, duplicated {p.get('duplicated')}, lost "
                  f"{p.get('lost_events')}, dead-lettered (all sources) {p.get('dead_lettered')}")
@@ -300,6 +304,9 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         rows.append((f"pipeline {path} e2e p50 / p99 (ms) at 10,000/s "
                      f"(held: {p[path].get('held_10k')})",
                      f"{_fmt(t.get('p50'))} / {_fmt(t.get('p99'))}"))
+    if p.get("drain"):
+        rows.append((f"pipeline drain of {_fmt(p['drain'].get('events'))} preloaded events "
+                     "(events/s)", p["drain"].get("drain_eps")))
     rows.append(("sent / accepted / stored / duplicated / lost",
                  f"{_fmt(p.get('sent'))} / {_fmt(p.get('accepted'))} / {_fmt(p.get('stored'))}"
                  f" / {_fmt(p.get('duplicated'))} / {_fmt(p.get('lost_events'))}"))
