@@ -14,8 +14,9 @@ so a streaming job does not depend on the process that submitted it.
 
 Flink configuration lives in ``<run>/conf/flink/`` (written on every start from
 config/local.toml; edit that, not the files). The pipeline's checkpoints go to
-``<run>/data/flink/checkpoints/<job id>/chk-N``, those of other jobs (tests,
-benchmarks) to ``checkpoints/jobs/<name>/<job id>/chk-N``; they are kept when a job is
+``<run>/data/flink/checkpoints/layout-<N>/<job id>/chk-N``, those of other jobs (tests,
+benchmarks) to ``checkpoints/jobs/<name>/layout-<N>/<job id>/chk-N`` (N: the job's state
+layout, pipelines/state_layout.py); they are kept when a job is
 cancelled or the job server dies. :func:`job_submission_args` gives the
 arguments that make a submission resume from the newest retained checkpoint
 (``--savepoint_path`` is ignored by the job server for its ``[local]`` cluster,
@@ -34,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines.state_layout import STATE_LAYOUT
 from runners.settings import REPO_ROOT, Settings
 from runners.stack.spec import ServiceSpec, StackPaths
 
@@ -90,19 +92,22 @@ def _checkpoint_root(paths: StackPaths) -> Path:
     return paths.data("flink") / "checkpoints"
 
 
-# The stack's own job keeps the original layout <checkpoints>/<job id>/chk-N.
+# The stack's own job: <checkpoints>/layout-<N>/<job id>/chk-N.
 PIPELINE_JOB = "pipeline"
 
 
 def job_checkpoint_dir(paths: StackPaths, name: str = PIPELINE_JOB) -> Path:
     """Where the job submitted as ``name`` keeps its checkpoints (``<dir>/<job id>/chk-N``).
 
-    Every other job (tests, benchmarks) gets ``<checkpoints>/jobs/<name>``: a
-    restore then only ever sees that job's own checkpoints, and the pipeline
-    never resumes from a test job's state (other topics, other operators).
+    The stack's pipeline gets ``<checkpoints>/layout-<STATE_LAYOUT>``, every other
+    job (tests, benchmarks) ``<checkpoints>/jobs/<name>/layout-<STATE_LAYOUT>``: a
+    restore only ever sees checkpoints of the same job name and state layout
+    (pipelines/state_layout.py), so the pipeline never resumes from a test job's
+    state (other topics, other operators) nor from an incompatible older layout.
     """
     root = _checkpoint_root(paths)
-    return root if name == PIPELINE_JOB else root / "jobs" / name
+    base = root if name == PIPELINE_JOB else root / "jobs" / name
+    return base / f"layout-{STATE_LAYOUT}"
 
 
 def write_flink_conf(conf_dir: Path, settings: Settings, paths: StackPaths, *,

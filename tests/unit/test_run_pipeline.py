@@ -42,3 +42,25 @@ def test_sinks_cover_kafka_and_questdb_for_each_output() -> None:
     assert [s.label for s in sinks.validated] == ["ToKafkaValidated", "ToQuestDBReadings"]
     assert [s.label for s in sinks.alarms] == ["ToKafkaAlarms", "ToQuestDBAlarms"]
     assert [s.label for s in sinks.dead_letters] == ["ToKafkaDeadLetters"]
+
+
+def test_restore_only_sees_checkpoints_of_the_same_job_and_state_layout(tmp_path) -> None:
+    from pipelines.state_layout import STATE_LAYOUT
+    from runners.stack.flink import job_checkpoint_dir, latest_checkpoint
+    from runners.stack.spec import StackPaths
+
+    paths = StackPaths(run_dir=tmp_path, jar_cache=tmp_path / "jars")
+    root = paths.data("flink") / "checkpoints"
+    old = root / "job-old" / "chk-7"                          # layout 1 kept them here
+    old.mkdir(parents=True)
+    (old / "_metadata").write_bytes(b"x")
+    mine = job_checkpoint_dir(paths)
+    assert mine == root / f"layout-{STATE_LAYOUT}"
+    assert latest_checkpoint(mine) is None                   # an older layout is never restored
+    new = mine / "job-new" / "chk-1"
+    new.mkdir(parents=True)
+    (new / "_metadata").write_bytes(b"x")
+    assert latest_checkpoint(mine) == new
+    other = job_checkpoint_dir(paths, "it-restart")
+    assert other == root / "jobs" / "it-restart" / f"layout-{STATE_LAYOUT}"
+    assert latest_checkpoint(other) is None                  # never another job's state
