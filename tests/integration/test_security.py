@@ -78,10 +78,11 @@ READ_KEY, WRITE_KEY = f"sec-read-{RUN_ID}", f"sec-write-{RUN_ID}"
 SEC_SITE, SEC_ASSET = f"sec-site-{RUN_ID}", f"sec-asset-{RUN_ID}"
 
 # Services that listen on every interface because Beam gives them no bind-address
-# option (worker_pool_main binds "[::]:port"; the job server and the expansion
-# service bind their gRPC servers to the wildcard): docs/reliability.md explains
-# how to contain them. Every other service must listen on loopback only.
-WILDCARD_EXCEPTIONS = frozenset({"flink-jobserver", "kafka-expansion", "beam-worker-pool"})
+# option (the job server and the expansion service bind their gRPC servers to the
+# wildcard): docs/reliability.md explains how to contain them. Every other service,
+# including the worker pool (runners/worker_pool.py binds [stack] bind_host), must
+# listen on loopback only.
+WILDCARD_EXCEPTIONS = frozenset({"flink-jobserver", "kafka-expansion"})
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 INJECTIONS = (
