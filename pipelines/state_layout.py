@@ -22,4 +22,6 @@ from __future__ import annotations
 __all__ = ["STATE_LAYOUT"]
 
 # 1: dedup keyed per event_id, alarms per sensor. 2: both per bucket of keys (0003).
-STATE_LAYOUT = 2
+# 3: bundles finish before each checkpoint, which then holds no buffered stage output
+#    (a layout-2 checkpoint with such a buffer restored it into the wrong stage).
+STATE_LAYOUT = 3

@@ -23,6 +23,11 @@ def test_flink_is_the_default_with_local_job_server_and_worker_pool() -> None:
     assert options.get_all_options()["job_name"] == JOB_NAME
     # Kafka is read by KafkaIO through the local expansion service (no Docker).
     assert options.view_as(TelemetryOptions).kafka_expansion_service == "localhost:8097"
+    # Passed through to the Java runner (FlinkPipelineOptions), see flink_defaults.
+    unknown = options.get_all_options(retain_unknown_options=True)
+    assert unknown["finish_bundle_before_checkpointing"] in (True, "true")
+    assert int(unknown["sdk_worker_parallelism"]) == SETTINGS.get("flink",
+                                                                  "sdk_worker_parallelism", int)
 
 
 def test_settings_fill_telemetry_options_and_argv_wins() -> None:
