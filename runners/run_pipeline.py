@@ -54,7 +54,7 @@ def flink_defaults(settings: Settings) -> list[str]:
         # the checkpoint: restored from such a buffer (chaos drill: job server SIGKILL under
         # load), outputs of the fused first stage reached the wrong downstream stage (dedup
         # batches into the alarm state machine) and the job restarted in a loop.
-        "--finish_bundle_before_checkpointing=true",
+        "--finish_bundle_before_checkpointing",
         # Python SDK processes per task manager: one is one core at most (the GIL).
         f"--sdk_worker_parallelism={settings.get('flink', 'sdk_worker_parallelism', int)}",
         f"--job_name={JOB_NAME}",
