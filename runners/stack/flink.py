@@ -141,6 +141,10 @@ def write_flink_conf(conf_dir: Path, settings: Settings, paths: StackPaths, *,
         f"taskmanager.numberOfTaskSlots: {max(2, settings.get('flink', 'parallelism', int))}",
         f"parallelism.default: {settings.get('flink', 'parallelism', int)}",
         f"io.tmp.dirs: {data / 'tmp'}",
+        # How long a partly filled network buffer waits before it is sent to the next
+        # stage (Flink's default 100 ms is paid at each keyed exchange).
+        f"execution.buffer-timeout.interval: "
+        f"{settings.get('flink', 'buffer_timeout_ms', int, 100)} ms",
     ]
     if restore_from is not None:
         lines += [
