@@ -39,6 +39,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from api.auth import require_scope
 from api.errors import ApiError, ServiceUnavailable
 from io_connectors.raw_producer import RawProducer, build_raw_producer
+from runners.edge import edge_target
 from runners.settings import Settings, load_settings
 from schemas.edge import dead_letter, event_from_item
 from schemas.validation import SensorRules, default_sensor_rules
@@ -97,7 +98,7 @@ class IngestState:
                     raise RuntimeError("ingest has neither settings nor a producer")
                 try:
                     self._producer = build_raw_producer(
-                        self.settings, client_id=f"dcmms-rest-{os.getpid()}",
+                        edge_target(self.settings), client_id=f"dcmms-rest-{os.getpid()}",
                         # Undelivered messages expire instead of piling up while
                         # Kafka is down; the client was answered 503 long before.
                         config_overrides={"message.timeout.ms": 60000})

@@ -48,6 +48,7 @@ from hypothesis import strategies as st
 
 from io_connectors.raw_producer import build_raw_producer
 from io_connectors.schema_registry import RegistrySchemas
+from runners.edge import edge_target
 from runners.settings import Settings
 from schemas import wire
 from schemas.edge import event_from_item, event_from_mqtt
@@ -803,7 +804,7 @@ def _entry_raw_kafka(target: Target, cases: int, tag: str, result: EntryResult) 
     topic = s.get("kafka", "topic_raw")
     producer = Producer({"bootstrap.servers": s.get("kafka", "bootstrap_servers"),
                          "acks": "all", "enable.idempotence": True})
-    raw_producer = build_raw_producer(s, client_id=f"{tag}-sentinels")
+    raw_producer = build_raw_producer(edge_target(s), client_id=f"{tag}-sentinels")
     sentinels: set[str] = set()
     delivered = {"n": 0, "failed": 0}
 

@@ -15,9 +15,11 @@ Two ways to use it:
   of events and waits, up to a deadline, for the delivery report of each one,
   returning which ones failed or are still unconfirmed.
 
-:func:`build_raw_producer` wires it from :class:`runners.settings.Settings`:
-it loads the Avro schemas from ``schemas/`` and registers them in the schema
-registry under ``<topic>-value`` to obtain the ids written into each message.
+:func:`build_raw_producer` wires it for an :class:`EdgeTarget` (Kafka, the two
+topics and the registry; ``runners.edge.edge_target`` reads one from the
+settings): it loads the Avro schemas from ``schemas/`` and registers them in
+the schema registry under ``<topic>-value`` to obtain the ids written into
+each message.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from io_connectors.kafka_config import reliable_producer_config
-from runners.settings import Settings
 from schemas import avro, wire
 
 __all__ = [
     "AvroValueEncoder",
     "BatchOutcome",
     "DeliveryCallback",
+    "EdgeTarget",
     "RawProducer",
     "ValueEncoder",
     "build_raw_producer",
@@ -265,27 +267,35 @@ class RawProducer:
                 _LOGGER.warning("Kafka producer (%s): %s", self._bootstrap, err.str())
 
 
-def build_raw_producer(settings: Settings, *, client_id: str,
+@dataclass(frozen=True)
+class EdgeTarget:
+    """Where the edge writes: Kafka, its raw and dead-letter topics, the schema registry."""
+
+    bootstrap_servers: str
+    raw_topic: str
+    dlq_topic: str
+    registry_url: str
+
+
+def build_raw_producer(target: EdgeTarget, *, client_id: str,
                        config_overrides: Mapping[str, Any] | None = None,
                        register: Callable[[str, str], int] | None = None,
                        ) -> RawProducer:
-    """A :class:`RawProducer` for the configured Kafka and schema registry.
+    """A :class:`RawProducer` for ``target``.
 
-    Registers ``telemetry-event.avsc`` under ``<topic_raw>-value`` and
-    ``dead-letter.avsc`` under ``<topic_dlq>-value`` (idempotent: the registry
+    Registers ``telemetry-event.avsc`` under ``<raw_topic>-value`` and
+    ``dead-letter.avsc`` under ``<dlq_topic>-value`` (idempotent: the registry
     returns the existing id) to get the ids written into every message.
     ``register(subject, schema_text) -> id`` replaces the registry client in tests.
     """
-    raw_topic = settings.get("kafka", "topic_raw")
-    dlq_topic = settings.get("kafka", "topic_dlq")
     if register is None:
-        register = _registry_register(settings)
-    event_id = register(f"{raw_topic}-value", avro.schema_text(avro.TELEMETRY_EVENT))
-    dlq_id = register(f"{dlq_topic}-value", avro.schema_text(avro.DEAD_LETTER))
+        register = _registry_register(target.registry_url)
+    event_id = register(f"{target.raw_topic}-value", avro.schema_text(avro.TELEMETRY_EVENT))
+    dlq_id = register(f"{target.dlq_topic}-value", avro.schema_text(avro.DEAD_LETTER))
     return RawProducer(
-        settings.get("kafka", "bootstrap_servers"),
-        raw_topic=raw_topic,
-        dlq_topic=dlq_topic,
+        target.bootstrap_servers,
+        raw_topic=target.raw_topic,
+        dlq_topic=target.dlq_topic,
         event_encoder=AvroValueEncoder(avro.TELEMETRY_EVENT, event_id),
         dead_letter_encoder=AvroValueEncoder(avro.DEAD_LETTER, dlq_id),
         client_id=client_id,
@@ -293,7 +303,7 @@ def build_raw_producer(settings: Settings, *, client_id: str,
     )
 
 
-def _registry_register(settings: Settings) -> Callable[[str, str], int]:
+def _registry_register(registry_url: str) -> Callable[[str, str], int]:
     from io_connectors.schema_registry import RegistrySchemas
 
-    return RegistrySchemas(settings.get("schema_registry", "url")).register
+    return RegistrySchemas(registry_url).register

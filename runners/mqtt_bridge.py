@@ -28,6 +28,7 @@ from types import FrameType
 
 from io_connectors.mqtt_bridge import BridgeConfig, MqttBridge
 from io_connectors.raw_producer import build_raw_producer
+from runners.edge import edge_target
 from runners.settings import Settings, SettingsError, load_settings
 from runners.stack.supervisor import HEARTBEAT_ENV, write_heartbeat
 from schemas.validation import RulesError, default_sensor_rules
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     delay = 1.0
     while True:
         try:
-            producer = build_raw_producer(settings,
+            producer = build_raw_producer(edge_target(settings),
                                           client_id=f"dcmms-bridge-{config.client_id}")
             break
         except Exception as exc:  # noqa: BLE001 - reported, then retried
