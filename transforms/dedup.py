@@ -144,12 +144,13 @@ def _encode_chunk(chunk: list[tuple[str, int, int]]) -> bytes:
     return pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _decode_entries(chunks: Iterable[bytes], now_ms: int, window_ms: int) -> _Entries:
+def _decode_entries(chunks: Iterable[bytes]) -> _Entries:
+    # No expiry here: a rebuilt copy must decide exactly like the cached one it replaces;
+    # only expire() drops (and counts) entries.
     entries: _Entries = {}
     for chunk in chunks:
         for event_id, expiry_ms, seen_ms in pickle.loads(chunk):
-            if seen_ms + window_ms > now_ms:
-                entries[event_id] = (expiry_ms, seen_ms)
+            entries[event_id] = (expiry_ms, seen_ms)
     return entries
 
 
@@ -167,7 +168,7 @@ class _DedupBatchFn(beam.DoFn):
         current = version.read()
         entries = _BucketCopies.get(self._scope, bucket, current)
         if entries is None:
-            entries = _decode_entries(seen.read(), _now_ms(), self._window_ms)
+            entries = _decode_entries(seen.read())
             counter("dedup_state_loads").inc()
         return entries, current
 

@@ -200,3 +200,18 @@ def test_alarm_batch_tracks_each_sensor_and_writes_only_changes():
     out = list(_DetectAlarmsFn().process((0, [(sensor_key(readings[3]), 1, (
         _reading("5", "y", 0, 50.0), t))]), states=states))
     assert out == [] and states.read() is stored   # out of order: no change, nothing written
+
+
+def test_rebuilt_copy_decides_like_the_cached_one(monkeypatch):
+    """A process that rebuilds a bucket from state (restore, another worker) must keep and drop
+    exactly what the process holding the cached copy would, until expire() runs."""
+    clock = [1_000_000]
+    monkeypatch.setattr(dedup, "_now_ms", lambda: clock[0])
+    state = BucketState()
+    run_batch(_DedupBatchFn(WINDOW_MS, "scope-rebuild-a"), state, 6, [("a", 0, "a")])
+    clock[0] += WINDOW_MS + 5_000               # seen > 1 window ago; its timer not run yet
+    batch = [("a", 30_000, "a-copy"), ("b", 30_001, "b")]   # "a" copy inside event window
+    cached = copy.deepcopy(state)
+    assert run_batch(_DedupBatchFn(WINDOW_MS, "scope-rebuild-a"), cached, 6, batch) == ["b"]
+    rebuilt = _DedupBatchFn(WINDOW_MS, "scope-rebuild-b")   # no copy in this scope: reload
+    assert run_batch(rebuilt, state, 6, batch) == ["b"]
