@@ -66,30 +66,36 @@ def _items(n: int, prefix: str) -> list[dict[str, Any]]:
     return [fleet_item(f"{prefix}{i}", i, now - n + i) for i in range(n)]
 
 
+def encoded_fleet_records(n: int, prefix: str, schema_id: int) -> list[tuple[bytes, bytes]]:
+    """``n`` fleet events as the edge writes them to Kafka: (key asset_id, Confluent Avro)."""
+    from schemas.avro import TELEMETRY_EVENT, load_schema
+    from schemas.edge import event_from_item
+    from schemas.validation import load_sensor_rules
+    from schemas.wire import encode
+
+    schema, rules = load_schema(TELEMETRY_EVENT), load_sensor_rules()
+    now = int(time.time() * 1000)
+    records = []
+    for item in _items(n, prefix):
+        event = event_from_item(item, now_ms=now, rules=rules).event
+        assert event is not None, "bench fleet item failed validation"
+        records.append((event["asset_id"].encode(), encode(event, schema_id, schema)))
+    return records
+
+
 def kafka_raw(settings: Settings, n: int, run: str) -> dict[str, Any]:
     """Produce then consume ``n`` Avro telemetry records on a scratch topic."""
     from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from io_connectors.raw_producer import producer_config
-    from schemas.avro import TELEMETRY_EVENT, load_schema
-    from schemas.edge import event_from_item
-    from schemas.validation import load_sensor_rules
-    from schemas.wire import encode
 
     bootstrap = settings.get("kafka", "bootstrap_servers")
     topic = f"bench_anchor_{run}"
     partitions = settings.get("kafka", "partitions", int)
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result()
-    schema = load_schema(TELEMETRY_EVENT)
-    rules = load_sensor_rules()
-    now = int(time.time() * 1000)
-    records = []
-    for item in _items(n, f"k{run}-"):
-        event = event_from_item(item, now_ms=now, rules=rules).event
-        assert event is not None, "bench fleet item failed validation"
-        records.append((event["asset_id"].encode(), encode(event, 1, schema)))
+    records = encoded_fleet_records(n, f"k{run}-", schema_id=1)
     try:
         producer = Producer(producer_config(bootstrap, f"bench-anchor-{run}"))
         delivered = [0]

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from bench.loadgen import fleet_item
+from bench import anchors
 from io_connectors.questdb_schema import SENSOR_READINGS
 from runners.settings import Settings, load_settings
 
@@ -28,23 +28,11 @@ __all__ = ["drain", "flink_vertex_load", "main"]
 
 def _records(settings: Settings, n: int, prefix: str) -> list[tuple[bytes, bytes]]:
     from io_connectors.schema_registry import RegistrySchemas
-    from schemas.avro import TELEMETRY_EVENT, load_schema, schema_text
-    from schemas.edge import event_from_item
-    from schemas.validation import load_sensor_rules
-    from schemas.wire import encode
+    from schemas.avro import TELEMETRY_EVENT, schema_text
 
-    topic = settings.get("kafka", "topic_raw")
     schema_id = RegistrySchemas(settings.get("schema_registry", "url")).register_for_topic(
-        topic, schema_text(TELEMETRY_EVENT))
-    schema, rules = load_schema(TELEMETRY_EVENT), load_sensor_rules()
-    now = int(time.time() * 1000)
-    out = []
-    for i in range(n):
-        event = event_from_item(fleet_item(f"{prefix}{i}", i, now - n + i), now_ms=now,
-                                rules=rules).event
-        assert event is not None, "bench fleet item failed validation"
-        out.append((event["asset_id"].encode(), encode(event, schema_id, schema)))
-    return out
+        settings.get("kafka", "topic_raw"), schema_text(TELEMETRY_EVENT))
+    return anchors.encoded_fleet_records(n, prefix, schema_id)
 
 
 def flink_vertex_load(settings: Settings) -> list[dict[str, Any]]:
