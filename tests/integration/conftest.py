@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
+import signal
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +46,7 @@ __all__ = [
     "free_port",
     "qdb_exec",
     "require_flink",
+    "stop_process_group",
     "create_topics",
     "flink_metrics",
     "flink_metric_names",
@@ -51,6 +55,17 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger(__name__)
+
+
+def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group a test started (``start_new_session``), SIGKILL after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 def free_port() -> int:
@@ -235,14 +250,10 @@ def flink_job() -> Iterator[Callable[..., FlinkJob]]:
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float, interval_s: float = 1.0
              ) -> Any:
     """Poll ``check`` until it returns a truthy value; fail naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
+    last = wait_for_quietly(check, timeout_s, interval_s)
+    if not last:
+        pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
+    return last
 
 
 def wait_for_quietly(check: Callable[[], Any], timeout_s: float, interval_s: float = 1.0) -> Any:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +33,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from chaos.badinput import Target, run_entry
 from runners.settings import REPO_ROOT, Settings, load_settings
+from tests.integration.conftest import free_port, stop_process_group
 from tests.integration.test_mqtt_bridge import _require_services
 
 __all__: list[str] = []
@@ -51,12 +50,6 @@ RAW, DLQ = f"bad_input_raw_{RUN_ID}", f"bad_input_dlq_{RUN_ID}"
 KEY = f"bad-input-{RUN_ID}"
 # Unknown to the asset catalogue: copies the stack's own bridge forwards are dead-lettered.
 PLACE = (f"bad-input-site-{RUN_ID}", f"bad-input-asset-{RUN_ID}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _settings(api_port: int) -> Settings:
@@ -97,7 +90,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
                                    operation_timeout=30).values():
         fut.result()
     logs = tmp_path_factory.mktemp("bad-input")
-    port = _free_port()
+    port = free_port()
     env = _env(port)
     bridge_log, api_log = logs / "bridge.log", logs / "api.log"
     procs = {
@@ -125,12 +118,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
                      storage=False, pids=pids, place=PLACE)
     finally:
         for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop_process_group(proc)
         for fut in admin.delete_topics([RAW, DLQ]).values():
             try:
                 fut.result()

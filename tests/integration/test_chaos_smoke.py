@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from chaos.badinput import kafka_end_offsets, read_topic
 from chaos.traffic import Asset, Traffic
 from runners.settings import REPO_ROOT, Settings, load_settings
+from tests.integration.conftest import free_port, stop_process_group
 from tests.integration.test_mqtt_bridge import _require_services
 
 __all__: list[str] = []
@@ -101,16 +101,6 @@ def _start_bridge(log: Path, client_id: str) -> subprocess.Popen[bytes]:
                 f"{log.read_text(errors='replace')[-2000:]}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 def _arrived(accepted: set[str], start: dict[int, int]) -> Counter[str]:
     records = read_topic(_topic_settings(), RAW, start,
                          lambda r: accepted <= {x.get("event_id") for x in r}, timeout_s=90)
@@ -141,22 +131,16 @@ def test_bridge_sigkill_under_mqtt_load_loses_nothing(tmp_path: Path) -> None:
         assert len(accepted) > 1500, f"too little load got through: {len(accepted)} acked"
         arrived = _arrived(accepted, start)
     finally:
-        _stop(bridge)
+        stop_process_group(bridge)
     lost = sorted(accepted - set(arrived))
     assert not lost, f"{len(lost)} PUBACKed events missing from Kafka, e.g. {lost[:5]}"
     _LOGGER.info("bridge drill: %d acked, %d copies in Kafka", len(accepted),
                  sum(arrived.values()))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gunicorn_worker_sigkill_under_rest_load_loses_nothing(tmp_path: Path) -> None:
     start = kafka_end_offsets(KAFKA, RAW)
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "api.log").open("ab")
     api = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
                             "--workers", "2", "--no-control-socket", "runners.wsgi:app"],
@@ -195,7 +179,7 @@ def test_gunicorn_worker_sigkill_under_rest_load_loses_nothing(tmp_path: Path) -
         assert len(psutil.Process(api.pid).children()) == 2, "gunicorn did not replace the worker"
         arrived = _arrived(accepted, start)
     finally:
-        _stop(api)
+        stop_process_group(api)
         log.close()
     lost = sorted(accepted - set(arrived))
     assert not lost, f"{len(lost)} events answered 202 missing from Kafka, e.g. {lost[:5]}"
