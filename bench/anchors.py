@@ -83,6 +83,36 @@ def encoded_fleet_records(n: int, prefix: str, schema_id: int) -> list[tuple[byt
     return records
 
 
+def encoded_fleet_batches(n: int, prefix: str, batch_schema_id: int, partitions: int, *,
+                          request_events: int = 1000, max_events: int = 500
+                          ) -> list[tuple[int, bytes]]:
+    """``n`` fleet events as the REST edge writes them: each request of ``request_events``
+    split by partition into TelemetryBatch records of at most ``max_events``;
+    ``(partition, Confluent Avro value)`` per record."""
+    from io_connectors.kafka_partition import partition_for
+    from schemas.avro import TELEMETRY_BATCH, load_schema
+    from schemas.edge import event_from_item
+    from schemas.validation import load_sensor_rules
+    from schemas.wire import encode
+
+    schema, rules = load_schema(TELEMETRY_BATCH), load_sensor_rules()
+    now = int(time.time() * 1000)
+    items = _items(n, prefix)
+    records = []
+    for start in range(0, n, request_events):
+        groups: dict[int, list[dict[str, Any]]] = {}
+        for item in items[start:start + request_events]:
+            event = event_from_item(item, now_ms=now, rules=rules).event
+            assert event is not None, "bench fleet item failed validation"
+            groups.setdefault(partition_for(event["asset_id"].encode(), partitions),
+                              []).append(event)
+        for partition, events in groups.items():
+            for at in range(0, len(events), max_events):
+                records.append((partition, encode({"events": events[at:at + max_events]},
+                                                  batch_schema_id, schema)))
+    return records
+
+
 def kafka_raw(settings: Settings, n: int, run: str) -> dict[str, Any]:
     """Produce then consume ``n`` Avro telemetry records on a scratch topic."""
     from confluent_kafka import Consumer, Producer, TopicPartition

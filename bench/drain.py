@@ -2,12 +2,17 @@
 
 ``python -m bench.drain -n 200000`` (also a phase of ``make bench``): N fleet
 events (the load generator's, valid Confluent Avro with the topic's registered
-schema id) are produced straight into the stack's raw topic as fast as Kafka
-takes them, then the harness counts their rows in ``sensor_readings`` until all
-are stored. ``drain_eps`` = N / (last row stored - first record produced): the
+schema ids) are produced straight into the stack's raw topic as fast as Kafka
+takes them, by default as the REST edge writes them (TelemetryBatch records:
+requests of 1,000 events split by partition), with ``--batch-events 1`` one
+record per event (what a producer outside the edge may write), then the
+harness counts their rows in ``sensor_readings`` until all are stored. ``drain_eps`` = N / (last row stored - first record produced): the
 rate the pipeline sustains when the edge is not the limit, i.e. an upper bound
 of what the stepped MQTT/REST phases can hold. While it drains, the Flink
-vertices' busy and back-pressured time show which stage is the bottleneck.
+vertices' busy and back-pressured time show which stage is the bottleneck, and
+``cpu_us_per_event`` the CPU each stack component spent per event (``loadgen``
+is this process: encoding and producing the backlog, excluded from
+``stack_total``).
 """
 
 from __future__ import annotations
@@ -26,13 +31,24 @@ from runners.settings import Settings, load_settings
 __all__ = ["drain", "flink_vertex_load", "main"]
 
 
-def _records(settings: Settings, n: int, prefix: str) -> list[tuple[bytes, bytes]]:
-    from io_connectors.schema_registry import RegistrySchemas
-    from schemas.avro import TELEMETRY_EVENT, schema_text
+def _records(settings: Settings, n: int, prefix: str, batch_events: int
+             ) -> list[tuple[dict[str, Any], bytes]]:
+    """``(produce() placement kwargs, value)`` of the records carrying ``n`` events."""
+    from io_connectors.schema_registry import RegistrySchemas, subject_for_record
+    from schemas.avro import TELEMETRY_BATCH, TELEMETRY_BATCH_FULLNAME, TELEMETRY_EVENT, schema_text
 
-    schema_id = RegistrySchemas(settings.get("schema_registry", "url")).register_for_topic(
-        settings.get("kafka", "topic_raw"), schema_text(TELEMETRY_EVENT))
-    return anchors.encoded_fleet_records(n, prefix, schema_id)
+    registry = RegistrySchemas(settings.get("schema_registry", "url"))
+    topic = settings.get("kafka", "topic_raw")
+    if batch_events <= 1:
+        schema_id = registry.register_for_topic(topic, schema_text(TELEMETRY_EVENT))
+        return [({"key": key}, value)
+                for key, value in anchors.encoded_fleet_records(n, prefix, schema_id)]
+    batch_id = registry.register(subject_for_record(topic, TELEMETRY_BATCH_FULLNAME),
+                                 schema_text(TELEMETRY_BATCH))
+    batches = anchors.encoded_fleet_batches(n, prefix, batch_id,
+                                            settings.get("kafka", "partitions", int),
+                                            max_events=batch_events)
+    return [({"partition": partition}, value) for partition, value in batches]
 
 
 def flink_vertex_load(settings: Settings) -> list[dict[str, Any]]:
@@ -55,24 +71,29 @@ def flink_vertex_load(settings: Settings) -> list[dict[str, Any]]:
 
 
 def drain(settings: Settings, n: int, run: str, timeout_s: float = 600.0,
-          say: Any = print) -> dict[str, Any]:
+          say: Any = print, batch_events: int = 500) -> dict[str, Any]:
     """Produce ``n`` events into the raw topic, wait until all are stored; the figures."""
     from confluent_kafka import Producer
 
     from bench.harness import count_rows  # here: the harness imports this module
+    from bench.resources import ResourceSampler
     from io_connectors.raw_producer import producer_config
 
     prefix = f"d{run}-"
-    records = _records(settings, n, prefix)
+    # The fleet items are timestamped now - n .. now (ms): count only that range.
+    since, until = int(time.time() * 1000) - n - 5_000, int(time.time() * 1000) + 60_000
+    records = _records(settings, n, prefix, batch_events)
+    sampler = ResourceSampler(settings.path("stack", "run_dir") / "pids")
+    sampler.start()
+    sampler.phase("drain")
     topic = settings.get("kafka", "topic_raw")
     producer = Producer(producer_config(settings.get("kafka", "bootstrap_servers"),
                                         f"bench-drain-{run}"))
-    since = int(time.time() * 1000) - 3_600_000
     t0 = time.monotonic()
-    for key, value in records:
+    for placement, value in records:
         while True:
             try:
-                producer.produce(topic, value=value, key=key)
+                producer.produce(topic, value=value, **placement)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -84,7 +105,7 @@ def drain(settings: Settings, n: int, run: str, timeout_s: float = 600.0,
     stored, samples, loads = 0, [], []
     deadline = t0 + timeout_s
     while time.monotonic() < deadline:
-        stored, _ = count_rows(settings, SENSOR_READINGS, prefix, since)
+        stored, _ = count_rows(settings, SENSOR_READINGS, prefix, since, until_ms=until)
         now = time.monotonic() - t0
         samples.append((round(now, 1), stored))
         if stored >= n:
@@ -94,7 +115,13 @@ def drain(settings: Settings, n: int, run: str, timeout_s: float = 600.0,
         say(f"  drain t={now:5.1f}s stored {stored:,}/{n:,}")
         time.sleep(1.0)
     total_s = time.monotonic() - t0
-    return {"events": n, "produce_s": round(produce_s, 2), "stored": stored,
+    sampler.stop()
+    usage = sampler.by_phase().get("drain", {})
+    cpu_us = {comp: round(u["cpu_s"] / n * 1e6, 1) for comp, u in usage.items()}
+    cpu_us["stack_total"] = round(sum(v for c, v in cpu_us.items() if c != "loadgen"), 1)
+    return {"cpu_us_per_event": cpu_us, "events": n, "records": len(records),
+            "batch_events": batch_events,
+            "produce_s": round(produce_s, 2), "stored": stored,
             "seconds": round(total_s, 1),
             "drain_eps": round(stored / total_s) if stored >= n else None,
             "stored_eps_when_timed_out": None if stored >= n else round(stored / total_s),
@@ -104,10 +131,13 @@ def drain(settings: Settings, n: int, run: str, timeout_s: float = 600.0,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=200_000, help="events to drain")
+    parser.add_argument("--batch-events", type=int, default=500,
+                        help="events per TelemetryBatch record (1: one TelemetryEvent record "
+                             "per event); default: as the edge writes")
     args = parser.parse_args(argv)
     settings = load_settings()
-    result = drain(settings, args.n, uuid.uuid4().hex[:6])
-    print({k: v for k, v in result.items() if k != "samples"})
+    result = drain(settings, args.n, uuid.uuid4().hex[:6], batch_events=args.batch_events)
+    print({k: v for k, v in result.items() if k not in ("samples", "flink_vertices")})
     return 0 if result["drain_eps"] else 1
 
 

@@ -315,7 +315,9 @@ def read_topic(settings: Settings, topic: str, start: dict[int, int],
                 if msg.error():
                     continue
                 try:
-                    records.append(wire.decode(msg.value(), registry)[1])
+                    record = wire.decode(msg.value(), registry)[1]
+                    # A TelemetryBatch record (what the edge writes) holds many events.
+                    records.extend(record["events"] if "events" in record else [record])
                 except Exception as exc:  # noqa: BLE001 - an undecodable record is a finding
                     records.append({"_undecodable": repr(exc)})
             if batch:

@@ -9,13 +9,15 @@ same group) share the load.
 Flow: paho's network thread only appends each message to an in-memory inbox.
 The bridge thread (:meth:`MqttBridge.run`) drains the inbox in batches,
 turns each payload into an event or a dead letter (:mod:`schemas.edge`),
-produces it asynchronously with the shared :class:`RawProducer`, serves
-delivery reports, and acknowledges MQTT messages (manual acks, PUBACK) in the
-order they arrived, each only once Kafka has confirmed it (the event in
-``raw_telemetry`` or its dead letter in ``telemetry_dlq``). A failed delivery
-is retried with backoff and holds back later acks, so a crash at any moment
-leaves every unconfirmed message unacknowledged in the broker, which resends
-it to the resumed session: duplicates are possible, loss is not.
+produces them asynchronously with the shared :class:`RawProducer` (the valid
+events of one take as TelemetryBatch records, one per partition chunk; each
+dead letter as its own record), serves delivery reports, and acknowledges
+MQTT messages (manual acks, PUBACK) in the order they arrived, each only once
+Kafka has confirmed it (the batch holding its event in ``raw_telemetry`` or
+its dead letter in ``telemetry_dlq``). A failed delivery is retried with
+backoff, one message at a time, and holds back later acks, so a crash at any
+moment leaves every unconfirmed message unacknowledged in the broker, which
+resends it to the resumed session: duplicates are possible, loss is not.
 
 MQTT packet ids are per connection: acks owed from a previous connection are
 dropped (the broker resends those messages), so an id reused by the broker is
@@ -114,7 +116,8 @@ class _Entry:
     topic: str
     payload: bytes
     state: int = _PENDING
-    # What to (re)produce: ("event", record) or ("dlq", record).
+    # What to (re)produce: ("event", record) or ("dlq", record). A first
+    # attempt at an event goes in a TelemetryBatch, a retry as a single record.
     kind: str = "event"
     record: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
@@ -265,6 +268,7 @@ class MqttBridge:
         now_ms = self._clock_ms()
         taken = 0
         inbox = self._inbox
+        events: list[_Entry] = []
         while inbox and taken < self.config.batch_max:
             mid, qos, generation, topic, payload = inbox.popleft()
             taken += 1
@@ -278,33 +282,57 @@ class MqttBridge:
                                            original=payload, source="mqtt", topic=topic,
                                            failed_at_ms=now_ms)
             self._pending.append(entry)
-            self._send(entry)
+            if entry.kind == "event":
+                events.append(entry)
+            else:
+                self._send(entry)
+        if events:
+            self._send_events(events)
         self.stats.received += taken
         return taken
 
+    def _send_events(self, entries: list[_Entry]) -> None:
+        """Produce the events of ``entries`` as TelemetryBatch records (first attempt)."""
+        for entry in entries:
+            entry.attempts += 1
+
+        def delivered(positions: list[int], error: str | None) -> None:
+            # A failed chunk's entries are retried one by one (produce_event, keyed
+            # by asset, same partition): failures are rare (Kafka down, timeouts),
+            # and per-entry retries keep each message's own backoff, attempt count
+            # and the dead-lettering of unencodable events, as before batching.
+            for position in positions:
+                self._delivered(entries[position], error)
+
+        self._producer.produce_events([entry.record for entry in entries], delivered)
+
+    def _delivered(self, entry: _Entry, error: str | None) -> None:
+        if error is None:
+            entry.state = _DONE
+            if entry.kind == "event":
+                self.stats.produced += 1
+            else:
+                self.stats.dead_lettered += 1
+            return
+        self.stats.delivery_failures += 1
+        delay = min(self.config.retry_backoff_s * 2 ** min(entry.attempts - 1, 5), 30.0)
+        _LOGGER.warning("delivery of MQTT message from %s failed (attempt %d): %s; "
+                        "retrying in %.1f s", entry.topic, entry.attempts, error, delay)
+        if entry.kind == "event" and error.startswith("Avro encoding failed"):
+            # Not transient: dead-letter it instead of retrying forever.
+            entry.kind = "dlq"
+            entry.record = dead_letter(stage="bridge", reasons=[error],
+                                       original=entry.payload, source="mqtt",
+                                       topic=entry.topic, failed_at_ms=self._clock_ms())
+            delay = 0.0
+        self._retry.append((time.monotonic() + delay, entry))
+
     def _send(self, entry: _Entry) -> None:
+        """(Re)produce one entry as a single record: its dead letter, or a retried event."""
         entry.attempts += 1
 
         def delivered(error: str | None) -> None:
-            if error is None:
-                entry.state = _DONE
-                if entry.kind == "event":
-                    self.stats.produced += 1
-                else:
-                    self.stats.dead_lettered += 1
-                return
-            self.stats.delivery_failures += 1
-            delay = min(self.config.retry_backoff_s * 2 ** min(entry.attempts - 1, 5), 30.0)
-            _LOGGER.warning("delivery of MQTT message from %s failed (attempt %d): %s; "
-                            "retrying in %.1f s", entry.topic, entry.attempts, error, delay)
-            if entry.kind == "event" and error.startswith("Avro encoding failed"):
-                # Not transient: dead-letter it instead of retrying forever.
-                entry.kind = "dlq"
-                entry.record = dead_letter(stage="bridge", reasons=[error],
-                                           original=entry.payload, source="mqtt",
-                                           topic=entry.topic, failed_at_ms=self._clock_ms())
-                delay = 0.0
-            self._retry.append((time.monotonic() + delay, entry))
+            self._delivered(entry, error)
 
         if entry.kind == "event":
             self._producer.produce_event(entry.record, delivered)

@@ -8,7 +8,11 @@ for the life of the object (ids are immutable), and raises
 the record is dead-lettered; any other failure (registry down) propagates and
 the runner retries the bundle.
 
-Subjects follow Confluent's TopicNameStrategy: ``<topic>-value``.
+Subjects follow Confluent's TopicNameStrategy, ``<topic>-value``, for a topic's
+main record type; a second record type on the same topic (the edge's
+TelemetryBatch on ``raw_telemetry``) uses TopicRecordNameStrategy,
+``<topic>-<record full name>`` (:func:`subject_for_record`), so each type
+evolves under its own compatibility check.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ __all__ = [
     "RegistrySchemas",
     "TOPIC_SCHEMAS",
     "register_project_schemas",
+    "subject_for_record",
     "subject_for_topic",
     "topic_schema_names",
 ]
@@ -45,6 +50,11 @@ TOPIC_SCHEMAS: dict[str, str] = {
 def subject_for_topic(topic: str) -> str:
     """Confluent's TopicNameStrategy for record values."""
     return f"{topic}-value"
+
+
+def subject_for_record(topic: str, record_fullname: str) -> str:
+    """Confluent's TopicRecordNameStrategy: ``<topic>-<namespace.Name>``."""
+    return f"{topic}-{record_fullname}"
 
 
 def topic_schema_names(settings: Any) -> dict[str, str]:

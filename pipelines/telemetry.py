@@ -12,6 +12,10 @@ source, the Kafka/QuestDB sinks and a FileAssetCatalog (worker-side, refreshed;
 no side input, see transforms.enrich for why); tests hand in
 ``beam.Create`` / ``TestStream`` and read the returned PCollections.
 
+Between stages the job carries *lists*: one list of events per Kafka record
+(an edge TelemetryBatch record holds many events, a single-event record one),
+so Beam's per-element cost is paid per record, not per event (decision 0004).
+
 Row shapes given to sinks:
 
 * validated sinks: *lists* of dicts (one per dedup batch, see

@@ -3,6 +3,12 @@
 ``load_schema("telemetry-event")`` returns the fastavro-parsed schema, parsed
 once per process. ``schema_text(name)`` returns the canonical JSON text to
 register in the schema registry (subject ``<topic>-value``).
+
+``telemetry-batch`` has no file of its own: it is composed from
+``telemetry-event.avsc`` (a record holding an array of events), so the event's
+shape has one definition. The edge writes one such record per batch of events
+(one REST request's accepted events, what the bridge took in one go) so the job
+handles one Kafka record per batch; see docs/decisions/0004.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import fastavro
 __all__ = [
     "SCHEMA_DIR",
     "TELEMETRY_EVENT",
+    "TELEMETRY_BATCH",
+    "TELEMETRY_BATCH_FULLNAME",
     "SENSOR_READING",
     "ALARM",
     "DEAD_LETTER",
@@ -34,6 +42,8 @@ SCHEMA_DIR = Path(__file__).resolve().parent
 
 # Schema names (file stems) used across the project.
 TELEMETRY_EVENT = "telemetry-event"   # raw_telemetry
+TELEMETRY_BATCH = "telemetry-batch"   # raw_telemetry too: many events in one record
+TELEMETRY_BATCH_FULLNAME = "com.dcmms.telemetry.TelemetryBatch"
 SENSOR_READING = "sensor-reading"     # validated_telemetry
 ALARM = "alarm"                       # alarms
 DEAD_LETTER = "dead-letter"           # telemetry_dlq
@@ -53,8 +63,25 @@ def parse_schema(schema: str | dict[str, Any]) -> ParsedSchema:
     return fastavro.parse_schema(raw, named_schemas={})
 
 
+def _batch_of(item_schema: str) -> str:
+    namespace, _, name = TELEMETRY_BATCH_FULLNAME.rpartition(".")
+    return json.dumps({
+        "type": "record", "name": name, "namespace": namespace,
+        "doc": "Several telemetry events in one raw_telemetry record (written by the edge; "
+               "the pipeline reads it like the same events one record each).",
+        "fields": [{"name": "events", "type": {"type": "array",
+                                               "items": json.loads(_load_json(item_schema))}}],
+    })
+
+
+# Schemas composed from others instead of read from a file of their own.
+_COMPOSED = {TELEMETRY_BATCH: lambda: _batch_of(TELEMETRY_EVENT)}
+
+
 @functools.cache
 def _load_json(name: str) -> str:
+    if name in _COMPOSED:
+        return _COMPOSED[name]()
     path = SCHEMA_DIR / f"{name}.avsc"
     try:
         text = path.read_text(encoding="utf-8")

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ from apache_beam.coders import BytesCoder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from schemas.assets import AssetCatalog, Thresholds
-from transforms.buckets import BatchByBucket
+from transforms.buckets import BatchByBucket, unpack_batch
 from transforms.common import counter
 from transforms.enrich import FileAssetCatalog, _CatalogUser, catalog_input
 
@@ -61,6 +61,9 @@ __all__ = [
     "clears",
     "step",
     "sensor_key",
+    "advance_alarms",
+    "attach_thresholds",
+    "ALARM_STATES_PARAM",
     "DetectAlarms",
 ]
 
@@ -190,58 +193,76 @@ def sensor_key(reading: Mapping[str, Any]) -> str:
     return f"{reading['site_id']}/{reading['asset_id']}/{reading['sensor_id']}"
 
 
+def attach_thresholds(rows: Iterable[dict[str, Any]], catalog: AssetCatalog | None
+                      ) -> list[tuple[str, tuple[dict[str, Any], Thresholds | None]]]:
+    """``(sensor_key, (row, thresholds))`` of each row, thresholds from ``catalog``."""
+    keyed = []
+    for row in rows:
+        asset = catalog.get(row["asset_id"]) if catalog is not None else None
+        thresholds = asset.thresholds.get(row["sensor_type"]) if asset is not None else None
+        keyed.append((sensor_key(row), (row, thresholds)))
+    return keyed
+
+
 class _AttachThresholdsFn(_CatalogUser, beam.DoFn):
     def __init__(self, file_catalog: FileAssetCatalog | None = None) -> None:
         self._file = file_catalog
         self._last_side: Any = None
         self._catalog: AssetCatalog | None = None
 
-    def process(self, row: dict[str, Any],  # type: ignore[override]
+    def process(self, rows: list[dict[str, Any]],  # type: ignore[override]
                 catalogs: Sequence[AssetCatalog] | None = None):
-        catalog = self._current(catalogs)
-        asset = catalog.get(row["asset_id"]) if catalog is not None else None
-        thresholds = asset.thresholds.get(row["sensor_type"]) if asset is not None else None
-        yield sensor_key(row), (row, thresholds)
+        yield attach_thresholds(rows, self._current(catalogs))
 
 
 # One state per bucket of sensors (transforms/buckets.py): {sensor_key: AlarmState tuple},
 # a dict of tuples of primitives (independent of this module's class layout), stored pickled
 # as bytes: the SDK's state cache weighs a cached value by walking its object graph, a bytes
 # object in O(1) (see transforms/dedup.py).
-_ALARM_STATES = ReadModifyWriteStateSpec("alarm_states", BytesCoder())
-_ALARM_STATES_PARAM = beam.DoFn.StateParam(_ALARM_STATES)
+ALARM_STATES = ReadModifyWriteStateSpec("alarm_states", BytesCoder())
+ALARM_STATES_PARAM = beam.DoFn.StateParam(ALARM_STATES)
+
+
+def advance_alarms(items: Iterable[tuple[str, Any, tuple[dict[str, Any], Thresholds | None]]],
+                   states) -> list[dict[str, Any]]:
+    """Run a bucket's state machines over ``items`` ``(sensor_key, _, (row, thresholds))`` in
+    order; the transitions. ``states`` is the bucket's value state (written only on change);
+    shared by DetectAlarms and transforms.sensor_state."""
+    blob = states.read()
+    stored: dict[str, tuple[Any, ...]] = pickle.loads(blob) if blob else {}
+    changed = False
+    out_of_order = 0
+    transitions: list[dict[str, Any]] = []
+    for key, _ts_ms, (row, thresholds) in items:
+        current = AlarmState.from_tuple(stored.get(key))
+        if current.last_ts is not None and row["timestamp"] < current.last_ts:
+            out_of_order += 1
+        new, emitted = step(current, row, thresholds)
+        if new != current:
+            changed = True
+            stored[key] = new.to_tuple()
+        for t in emitted:
+            counter("alarms_cleared" if t["state"] == CLEARED else
+                    "alarms_escalated" if t["reason"].startswith("escalated") else
+                    "alarms_raised").inc()
+        transitions.extend(emitted)
+    if out_of_order:
+        counter("alarm_readings_out_of_order").inc(out_of_order)
+    if changed:
+        states.write(pickle.dumps(stored, protocol=pickle.HIGHEST_PROTOCOL))
+    return transitions
 
 
 class _DetectAlarmsFn(beam.DoFn):
 
-    def process(self, element: tuple[int, list[tuple[str, int, tuple[dict[str, Any], Thresholds | None]]]],  # type: ignore[override]  # noqa: E501
-                states=_ALARM_STATES_PARAM):
-        _bucket, items = element
-        blob = states.read()
-        stored: dict[str, tuple[Any, ...]] = pickle.loads(blob) if blob else {}
-        changed = False
-        out_of_order = 0
-        for key, _ts_ms, (row, thresholds) in items:
-            current = AlarmState.from_tuple(stored.get(key))
-            if current.last_ts is not None and row["timestamp"] < current.last_ts:
-                out_of_order += 1
-            new, transitions = step(current, row, thresholds)
-            if new != current:
-                changed = True
-                stored[key] = new.to_tuple()
-            for t in transitions:
-                counter("alarms_cleared" if t["state"] == CLEARED else
-                        "alarms_escalated" if t["reason"].startswith("escalated") else
-                        "alarms_raised").inc()
-                yield t
-        if out_of_order:
-            counter("alarm_readings_out_of_order").inc(out_of_order)
-        if changed:
-            states.write(pickle.dumps(stored, protocol=pickle.HIGHEST_PROTOCOL))
+    def process(self, element: tuple[int, bytes],  # type: ignore[override]
+                states=ALARM_STATES_PARAM):
+        _bucket, payload = element
+        yield from advance_alarms(unpack_batch(payload), states)
 
 
 class DetectAlarms(beam.PTransform):
-    """Reading rows -> alarm transitions; thresholds come from the asset catalog
+    """Lists of reading rows -> alarm transitions; thresholds come from the asset catalog
     (a FileAssetCatalog or a side-input PCollection, see transforms.enrich)."""
 
     def __init__(self, catalogs: beam.PCollection | FileAssetCatalog, buckets: int = 64) -> None:
@@ -253,9 +274,7 @@ class DetectAlarms(beam.PTransform):
         file_catalog, side = catalog_input(self._catalogs)
         return (
             pcoll
-            | "KeyBySensor" >> beam.ParDo(
-                _AttachThresholdsFn(file_catalog), *side
-            ).with_output_types(beam.typehints.KV[str, beam.typehints.Any])
+            | "KeyBySensor" >> beam.ParDo(_AttachThresholdsFn(file_catalog), *side)
             | "Batch" >> BatchByBucket(self._buckets)
             | "StateMachine" >> beam.ParDo(_DetectAlarmsFn())
         )

@@ -3,9 +3,14 @@
 Why: on the portable (Flink) runner every element that enters a stateful
 Python DoFn crosses the Fn API on its own, and every new key costs a state
 round trip and a timer. Keyed by ``event_id`` the dedup stage did one of each
-per event and ran at ~900 events/s on two cores (docs/benchmarks.md). Here a
-bundle's elements are grouped by ``bucket_of(key)`` and sent on as *one*
-element per bucket: ``(bucket, [(key, timestamp_ms, value), ...])``. The
+per event and ran at ~900 events/s on two cores (docs/benchmarks.md). Here
+the items of a bundle's elements (each element a *list* of ``(key, value)``
+pairs: the job carries one list per Kafka record, see transforms.decode) are
+grouped by ``bucket_of(key)`` and sent on as *one* element per bucket:
+``(bucket, payload)``, where ``payload`` is the list ``[(key, timestamp_ms,
+value), ...]`` pickled (:func:`unpack_batch` reads it): a shuffle then moves
+one bytes object per batch, which costs far less than Beam's generic coder
+walking every dict of every item on both sides (py-spy, decision 0004). The
 stateful stage then reads and writes state once per batch, and a logical key
 always lands in the same bucket, so per-key semantics (and, on a shuffle that
 keeps the order of one sender, per-key order) are unchanged.
@@ -18,6 +23,7 @@ later than any item, so it is never later than the watermark allowed).
 
 from __future__ import annotations
 
+import pickle
 import zlib
 from collections import defaultdict
 from typing import Any
@@ -25,12 +31,19 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
-__all__ = ["BatchByBucket", "bucket_of"]
+__all__ = ["BatchByBucket", "bucket_of", "unpack_batch"]
+
+BatchItems = list[tuple[str, int, Any]]
 
 
 def bucket_of(key: str, buckets: int) -> int:
     """Stable bucket of ``key`` (crc32: the same in every process and run, unlike hash())."""
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) % buckets
+
+
+def unpack_batch(payload: bytes) -> BatchItems:
+    """The ``[(key, timestamp_ms, value), ...]`` of one :class:`BatchByBucket` output."""
+    return pickle.loads(payload)
 
 
 class _BatchByBucketFn(beam.DoFn):
@@ -44,27 +57,36 @@ class _BatchByBucketFn(beam.DoFn):
         self._pending = defaultdict(list)
         self._earliest = {}
 
-    def process(self, element: tuple[str, Any],  # type: ignore[override]
+    def process(self, element: list[tuple[str, Any]],  # type: ignore[override]
                 timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        key, value = element
-        slot = (bucket_of(key, self._buckets), window)
-        self._pending[slot].append((key, timestamp.micros // 1000, value))
-        earliest = self._earliest.get(slot)
-        if earliest is None or timestamp < earliest:
-            self._earliest[slot] = timestamp
+        buckets, pending, earliest = self._buckets, self._pending, self._earliest
+        # Timestamp and window belong to the element: every item of it shares them.
+        ts_ms = timestamp.micros // 1000
+        touched = set()
+        for key, value in element:
+            bucket = bucket_of(key, buckets)
+            pending[(bucket, window)].append((key, ts_ms, value))
+            touched.add(bucket)
+        for bucket in touched:
+            first = earliest.get((bucket, window))
+            if first is None or timestamp < first:
+                earliest[(bucket, window)] = timestamp
 
     def finish_bundle(self):
         pending, earliest = self._pending, self._earliest
         self._pending, self._earliest = defaultdict(list), {}
         for (bucket, window), items in pending.items():
-            yield WindowedValue((bucket, items), earliest[(bucket, window)], (window,))
+            payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+            yield WindowedValue((bucket, payload), earliest[(bucket, window)], (window,))
 
 
 class BatchByBucket(beam.PTransform):
-    """``(key: str, value)`` -> ``(bucket: int, [(key, timestamp_ms, value), ...])`` per bundle.
+    """Lists of ``(key: str, value)`` -> ``(bucket: int, payload: bytes)`` per bundle, the
+    payload holding ``[(key, timestamp_ms, value), ...]`` (read it with :func:`unpack_batch`).
 
-    Items keep their arrival order within a batch; ``timestamp_ms`` is each
-    element's own timestamp (its event time for the downstream stage).
+    Items keep their arrival order within a batch; ``timestamp_ms`` is the
+    timestamp of the element that carried the item (its event time for the
+    downstream stage).
     """
 
     def __init__(self, buckets: int) -> None:
@@ -77,4 +99,4 @@ class BatchByBucket(beam.PTransform):
     def expand(self, pcoll):
         return pcoll | "BatchByBucket" >> beam.ParDo(
             _BatchByBucketFn(self._buckets)).with_output_types(
-                beam.typehints.KV[int, beam.typehints.Any])
+                beam.typehints.KV[int, bytes])

@@ -3,14 +3,20 @@
 An *envelope* carries a record through decode -> validate -> enrich together
 with its original bytes and where it came from, so a reject at any of these
 stages becomes a dead letter with the bytes as received:
-``(record: dict, original: bytes, meta: dict)``, where ``meta`` holds the
+``(record: dict, original: bytes | None, meta: dict)``, where ``meta`` holds the
 keyword arguments of :func:`schemas.dead_letter.make_dead_letter` (source,
-original_format, topic, partition, offset, key).
+original_format, topic, partition, offset, key). ``original`` is None for an
+event that arrived inside a batch record: its dead letter then carries the
+event as JSON (made only when needed, not for every event).
+
+Stages pass envelopes on as *lists* (one per Kafka record, see
+transforms.decode): one element per record through the job, not per event.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -33,7 +39,7 @@ _LOGGER = logging.getLogger(__name__)
 DEAD_LETTER_TAG = "dead_letters"
 METRICS_NAMESPACE = "dcmms.telemetry"
 
-Envelope = tuple[dict[str, Any], bytes, dict[str, Any]]
+Envelope = tuple[dict[str, Any], bytes | None, dict[str, Any]]
 
 
 @functools.cache
@@ -52,5 +58,7 @@ def make_envelope(record: Mapping[str, Any], original: bytes = b"",
 def envelope_dead_letter(stage: str, reasons: Iterable[str], envelope: Envelope,
                          event_id: str | None = None) -> dict[str, Any]:
     """The dead letter of an envelope rejected at ``stage``."""
-    _record, original, meta = envelope
+    record, original, meta = envelope
+    if original is None:
+        original = json.dumps(record, default=repr, sort_keys=True).encode("utf-8", "replace")
     return make_dead_letter(stage, reasons, original, event_id=event_id, **meta)

@@ -3,11 +3,18 @@
 Input elements may be: raw ``bytes`` (the value), a ``(key, value)`` pair (what
 ``ReadFromKafka`` yields by default), or a record with ``value`` and optionally
 ``key``, ``topic``, ``partition``, ``offset`` attributes or keys (what
-``ReadFromKafka(with_metadata=True)`` yields). Output: envelopes
-(:mod:`transforms.common`) whose record has exactly
-``schemas.events.EVENT_FIELDS``, resolved to the current
-``telemetry-event.avsc`` (so records of older and newer compatible writers
-decode).
+``ReadFromKafka(with_metadata=True)`` yields). A record value is either one
+TelemetryEvent or a TelemetryBatch of events (what the edge writes, see
+schemas/avro.py); the writer schema of the record's id tells which.
+
+Output: one *list* of envelopes (:mod:`transforms.common`) per record, each
+envelope's record having exactly ``schemas.events.EVENT_FIELDS``, resolved to
+the current ``telemetry-event.avsc`` (so records of older and newer compatible
+writers decode). Every later stage works on these lists: one element per Kafka
+record through the job, not one per event (docs/decisions/0004). An event of a
+batch that a later stage rejects is dead-lettered on its own, its ``original``
+being the event as JSON (format ``json``) with the batch record's topic,
+partition and offset.
 
 Undecodable bytes and unknown schema ids become dead letters (stage
 ``decode``) on the ``dead_letters`` output, counted as
@@ -23,13 +30,22 @@ from typing import Any
 
 import apache_beam as beam
 
-from schemas.avro import TELEMETRY_EVENT, ParsedSchema, load_schema
+from schemas.avro import (
+    TELEMETRY_BATCH,
+    TELEMETRY_BATCH_FULLNAME,
+    TELEMETRY_EVENT,
+    ParsedSchema,
+    load_schema,
+)
 from schemas.dead_letter import make_dead_letter
 from schemas.events import event_from_avro
-from schemas.wire import SchemaLookup, WireFormatError, decode
+from schemas.wire import SchemaLookup, WireFormatError, decode, split_frame
 from transforms.common import DEAD_LETTER_TAG, Envelope, counter
 
 __all__ = ["DecodeTelemetry", "unpack_source_record", "decode_source_record"]
+
+# Envelopes of one Kafka record, and the record's dead letter with its reason code.
+Decoded = tuple[list[Envelope], dict[str, Any] | None, str | None]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -67,8 +83,10 @@ def unpack_source_record(element: Any) -> tuple[Any, Any, dict[str, Any]]:
 
 def decode_source_record(
     element: Any, schema_for_id: SchemaLookup, reader_schema: ParsedSchema,
-) -> tuple[Envelope | None, dict[str, Any] | None, str | None]:
-    """Pure decode: ``(envelope, None, None)`` or ``(None, dead_letter, reason_code)``."""
+) -> Decoded:
+    """Pure decode of one source record: ``(envelopes, None, None)`` or
+    ``([], dead_letter, reason_code)``. A TelemetryEvent record gives one envelope,
+    a TelemetryBatch record one per event (none for an empty batch)."""
     key, value, meta = unpack_source_record(element)
     meta["original_format"] = "avro-confluent"
     if key is not None:
@@ -77,14 +95,30 @@ def decode_source_record(
         value = bytes(value)
     if not isinstance(value, bytes):
         reason = f"record value must be bytes, got {type(value).__name__}"
-        return None, make_dead_letter("decode", [reason], value, **meta), "not_bytes"
+        return [], make_dead_letter("decode", [reason], value, **meta), "not_bytes"
     try:
-        _schema_id, record = decode(value, schema_for_id, reader_schema)
+        batch = _is_batch(value, schema_for_id)
+        _schema_id, record = decode(value, schema_for_id,
+                                    _batch_schema() if batch else reader_schema)
     except WireFormatError as exc:
-        return None, make_dead_letter("decode", [str(exc)], value, **meta), exc.reason
-    # Resolved to the event schema, the record already has exactly EVENT_FIELDS.
-    event = record if reader_schema is _event_schema() else event_from_avro(record)
-    return (event, value, meta), None, None
+        return [], make_dead_letter("decode", [str(exc)], value, **meta), exc.reason
+    if not batch:
+        # Resolved to the event schema, the record already has exactly EVENT_FIELDS.
+        event = record if reader_schema is _event_schema() else event_from_avro(record)
+        return [(event, value, meta)], None, None
+    # Items of a batch: resolved to the current event schema by the batch reader. Their
+    # original bytes are made (as JSON) only if one is dead-lettered (original None).
+    item_meta = {**meta, "original_format": "json"}
+    return [(event, None, item_meta) for event in record["events"]], None, None
+
+
+def _is_batch(value: bytes, schema_for_id: SchemaLookup) -> bool:
+    schema_id, _body = split_frame(value)
+    return schema_for_id(schema_id).get("name") == TELEMETRY_BATCH_FULLNAME
+
+
+def _batch_schema() -> ParsedSchema:
+    return load_schema(TELEMETRY_BATCH)
 
 
 def _event_schema() -> ParsedSchema:
@@ -101,19 +135,22 @@ class _DecodeFn(beam.DoFn):
         self._reader = load_schema(self._reader_schema_name)
 
     def process(self, element: Any):  # type: ignore[override]
-        counter("read").inc()
         assert self._reader is not None
-        envelope, dead, reason = decode_source_record(element, self._lookup, self._reader)
-        if envelope is not None:
-            yield envelope
+        envelopes, dead, reason = decode_source_record(element, self._lookup, self._reader)
+        if dead is None:
+            counter("kafka_records").inc()
+            if envelopes:
+                counter("read").inc(len(envelopes))
+                yield envelopes
         else:
+            counter("read").inc()
             counter(f"decode_failed.{reason}").inc()
             counter("dead_letters").inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
 
 
 class DecodeTelemetry(beam.PTransform):
-    """Source elements -> event envelopes (main) and dead letters (``dead_letters``).
+    """Source elements -> lists of event envelopes (main) and dead letters (``dead_letters``).
 
     ``schema_lookup`` is shipped to the workers, so it must be picklable (e.g.
     io_connectors.schema_registry.RegistrySchemas, which connects lazily).

@@ -40,7 +40,7 @@ from apache_beam.transforms.userstate import (
 )
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from transforms.buckets import BatchByBucket
+from transforms.buckets import BatchByBucket, unpack_batch
 from transforms.common import counter
 
 __all__ = ["DeduplicateByEventId", "dedup_step", "first_copies"]
@@ -172,26 +172,32 @@ class _DedupBatchFn(beam.DoFn):
             counter("dedup_state_loads").inc()
         return entries, current
 
-    def process(self, element: tuple[int, list[tuple[str, int, Any]]],  # type: ignore[override]
+    def process(self, element: tuple[int, bytes],  # type: ignore[override]
                 seen=_SEEN_PARAM, version=_VERSION_PARAM, timer=_EXPIRE_TIMER_PARAM):
-        bucket, items = element
+        bucket, payload = element
+        kept = self.keep_first_copies(bucket, unpack_batch(payload), seen, version, timer)
+        if kept:
+            yield kept
+
+    def keep_first_copies(self, bucket: int, items: Iterable[tuple[str, int, Any]],
+                          seen, version, timer) -> list[Any]:
+        """The values of ``items`` ``(event_id, timestamp_ms, value)`` that are first copies,
+        in order; records them in the bucket's state (shared with transforms.sensor_state)."""
         entries, current = self._entries(bucket, seen, version)
         _BucketCopies.checkout(self._scope, bucket)
         now_ms = _now_ms()
         added: list[tuple[str, int, int]] = []
         dropped = 0
         kept: list[Any] = []
-        for event_id, ts_ms, row in items:
+        for event_id, ts_ms, value in items:
             known = entries.get(event_id)
             keep, new_expiry = dedup_step(known[0] if known else None, ts_ms, self._window_ms)
             if keep and new_expiry is not None:
                 entries[event_id] = (new_expiry, now_ms)
                 added.append((event_id, new_expiry, now_ms))
-                kept.append(row)
+                kept.append(value)
             else:
                 dropped += 1
-        if kept:
-            yield kept
         if dropped:
             counter("duplicates_dropped").inc(dropped)
         if added:
@@ -205,10 +211,14 @@ class _DedupBatchFn(beam.DoFn):
             _BucketCopies.put(self._scope, bucket, new, entries)
         elif current is not None:
             _BucketCopies.put(self._scope, bucket, current, entries)   # unchanged
+        return kept
 
     @on_timer(_EXPIRE_TIMER)
     def expire(self, key=beam.DoFn.KeyParam, seen=_SEEN_PARAM, version=_VERSION_PARAM,
                timer=_EXPIRE_TIMER_PARAM):
+        self.expire_bucket(key, seen, version, timer)
+
+    def expire_bucket(self, key: int, seen, version, timer) -> None:
         entries, _current = self._entries(key, seen, version)
         _BucketCopies.checkout(self._scope, key)
         now_ms = _now_ms()
@@ -233,12 +243,13 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _key_by_event_id(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return row["event_id"], row
+def _key_by_event_id(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(row["event_id"], row) for row in rows]
 
 
 class DeduplicateByEventId(beam.PTransform):
-    """Rows (dicts with ``event_id``) -> *lists* of the same rows without repeated copies.
+    """Lists of rows (dicts with ``event_id``) -> lists of the same rows without repeated
+    copies.
 
     The kept rows of each batch leave as one list (the project's sinks take
     lists, one call per batch instead of per row); flatten with
@@ -264,8 +275,7 @@ class DeduplicateByEventId(beam.PTransform):
         scope = uuid.uuid4().hex
         return (
             pcoll
-            | "KeyByEventId" >> beam.Map(_key_by_event_id).with_output_types(
-                beam.typehints.KV[str, beam.typehints.Any])
+            | "KeyByEventId" >> beam.Map(_key_by_event_id)
             | "Batch" >> BatchByBucket(self._buckets)
             | "DropRepeats" >> beam.ParDo(_DedupBatchFn(self._window_ms, scope))
         )

@@ -233,24 +233,34 @@ class _EnrichFn(_CatalogUser, beam.DoFn):
         self._last_side: Any = None
         self._catalog: AssetCatalog | None = None
 
-    def process(self, envelope: Envelope,  # type: ignore[override]
+    def process(self, envelopes: list[Envelope],  # type: ignore[override]
                 catalogs: Sequence[AssetCatalog] | None = None):
-        event = envelope[0]
-        row, reason, code = enrich(event, self._current(catalogs), ingested_at_ms=self._clock(),
-                                   policy=self._policy)
-        if row is not None:
-            if row["site_name"] is None:
-                counter("unenriched").inc()
-            yield row
-        else:
+        catalog = self._current(catalogs)
+        ingested_at_ms = self._clock()
+        rows: list[dict[str, Any]] = []
+        unenriched = 0
+        for envelope in envelopes:
+            event = envelope[0]
+            row, reason, code = enrich(event, catalog, ingested_at_ms=ingested_at_ms,
+                                       policy=self._policy)
+            if row is not None:
+                if row["site_name"] is None:
+                    unenriched += 1
+                rows.append(row)
+                continue
             counter(f"enrich_failed.{code}").inc()
             counter("dead_letters").inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, envelope_dead_letter(
                 "enrich", [reason or "enrich failed"], envelope, event["event_id"]))
+        if unenriched:
+            counter("unenriched").inc(unenriched)
+        if rows:
+            yield rows
 
 
 class EnrichWithAssets(beam.PTransform):
-    """Valid envelopes -> reading rows (main) and dead letters (``dead_letters``).
+    """Lists of valid envelopes -> lists of reading rows (main) and dead letters
+    (``dead_letters``).
 
     ``catalogs`` is a :class:`FileAssetCatalog` (streaming jobs) or a
     PCollection of AssetCatalog (StaticAssetCatalog or RefreshingAssetCatalog)

@@ -1,7 +1,8 @@
 """Validate decoded event envelopes with the shared rules of schemas.validation.
 
-Valid envelopes carry the normalised event on; invalid ones become dead
-letters (stage ``validate``) listing every reason. Counters: ``valid``,
+Works on lists of envelopes (one per Kafka record, see transforms.decode):
+the valid ones leave as one list with the normalised events; invalid ones
+become dead letters (stage ``validate``) listing every reason. Counters: ``valid``,
 ``invalid`` and ``invalid.<code>`` for each failed rule (e.g.
 ``invalid.value.out_of_range``).
 """
@@ -46,21 +47,26 @@ class _ValidateFn(beam.DoFn):
         self._rules = rules
         self._clock = clock
 
-    def process(self, envelope: Envelope):  # type: ignore[override]
-        valid, dead, codes = validate_envelope(envelope, now_ms=self._clock(), rules=self._rules)
-        if valid is not None:
-            counter("valid").inc()
-            yield valid
-        else:
+    def process(self, envelopes: list[Envelope]):  # type: ignore[override]
+        now_ms = self._clock()
+        kept: list[Envelope] = []
+        for envelope in envelopes:
+            valid, dead, codes = validate_envelope(envelope, now_ms=now_ms, rules=self._rules)
+            if valid is not None:
+                kept.append(valid)
+                continue
             counter("invalid").inc()
             counter("dead_letters").inc()
             for code in codes:
                 counter(f"invalid.{code}").inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
+        if kept:
+            counter("valid").inc(len(kept))
+            yield kept
 
 
 class ValidateReadings(beam.PTransform):
-    """Envelopes -> valid envelopes (main) and dead letters (``dead_letters``).
+    """Lists of envelopes -> lists of valid envelopes (main) and dead letters (``dead_letters``).
 
     ``clock`` returns "now" in epoch ms for the timestamp rules (tests pin it).
     """

@@ -25,6 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -101,10 +102,16 @@ def _start_bridge(log: Path, client_id: str) -> subprocess.Popen[bytes]:
                 f"{log.read_text(errors='replace')[-2000:]}")
 
 
+def _events(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events of raw records: a TelemetryBatch's events, or the record itself."""
+    return [event for record in records for event in record.get("events", [record])]
+
+
 def _arrived(accepted: set[str], start: dict[int, int]) -> Counter[str]:
     records = read_topic(_topic_settings(), RAW, start,
-                         lambda r: accepted <= {x.get("event_id") for x in r}, timeout_s=90)
-    return Counter(r.get("event_id") for r in records)
+                         lambda r: accepted <= {x.get("event_id") for x in _events(r)},
+                         timeout_s=90)
+    return Counter(r.get("event_id") for r in _events(records))
 
 
 def test_bridge_sigkill_under_mqtt_load_loses_nothing(tmp_path: Path) -> None:

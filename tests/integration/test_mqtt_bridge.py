@@ -28,9 +28,11 @@ import requests
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from io_connectors.kafka_partition import partition_for
 from io_connectors.schema_registry import RegistrySchemas
 from runners.settings import REPO_ROOT, load_settings
 from schemas import wire
+from schemas.avro import TELEMETRY_BATCH_FULLNAME
 from tests.integration.conftest import scratch_topics
 
 pytestmark = pytest.mark.integration
@@ -45,6 +47,7 @@ RUN_ID = uuid.uuid4().hex[:8]
 RAW_TOPIC = f"edge_test_raw_{RUN_ID}"
 DLQ_TOPIC = f"edge_test_dlq_{RUN_ID}"
 SITE = f"site-{RUN_ID}"
+PARTITIONS = 8  # scratch_topics' default
 
 
 def _require_services() -> None:
@@ -194,12 +197,20 @@ def topic_for(asset: str, sensor_type: str = "temperature") -> str:
     return f"telemetry/{SITE}/{asset}/{sensor_type}"
 
 
-def consume(topic: str, until: Any, timeout_s: float) -> list[tuple[bytes | None, dict]]:
-    """Decode every record of ``topic`` from the start until ``until(records)`` or timeout."""
+def consume(topic: str, until: Any, timeout_s: float, shapes: list[str] | None = None
+            ) -> list[tuple[bytes | None, dict]]:
+    """Decode every record of ``topic`` from the start until ``until(records)`` or timeout.
+
+    Returns ``(key, record)`` pairs. A TelemetryBatch record (what the edge
+    writes) is flattened into its events, each paired with its ``asset_id`` as
+    the key a single TelemetryEvent record carries; on the way it checks the
+    batch is unkeyed and on its events' murmur2 partition. ``shapes``, when
+    given, receives "batch" or "record" for each Kafka record read.
+    """
     registry = RegistrySchemas(REGISTRY)
     consumer = Consumer({"bootstrap.servers": KAFKA, "group.id": f"edge-test-{uuid.uuid4()}",
                          "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(8)])
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     records: list[tuple[bytes | None, dict]] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -207,7 +218,19 @@ def consume(topic: str, until: Any, timeout_s: float) -> list[tuple[bytes | None
             for msg in consumer.consume(1000, 0.5):
                 if msg.error():
                     continue
-                records.append((msg.key(), wire.decode(msg.value(), registry)[1]))
+                schema_id, record = wire.decode(msg.value(), registry)
+                is_batch = registry(schema_id)["name"] == TELEMETRY_BATCH_FULLNAME
+                if shapes is not None:
+                    shapes.append("batch" if is_batch else "record")
+                if not is_batch:
+                    records.append((msg.key(), record))
+                    continue
+                assert msg.key() is None, f"batch record keyed {msg.key()!r}"
+                for event in record["events"]:
+                    key = event["asset_id"].encode()
+                    assert partition_for(key, PARTITIONS) == msg.partition(), \
+                        f"{event['asset_id']} in a batch on partition {msg.partition()}"
+                    records.append((key, event))
     finally:
         consumer.close()
     return records
@@ -217,8 +240,10 @@ def test_valid_reading_reaches_raw_telemetry_as_avro(bridge: BridgeProcess,
                                                       publisher: Publisher) -> None:
     ts = int(time.time() * 1000) - 500
     publisher.wait_all([publisher.publish(topic_for("asset-v1"), reading("s-1", ts, 21.5))])
-    records = consume(RAW_TOPIC, lambda r: len(r) >= 1, 30)
+    shapes: list[str] = []
+    records = consume(RAW_TOPIC, lambda r: len(r) >= 1, 30, shapes)
     assert len(records) == 1, bridge.log()
+    assert shapes == ["batch"], "the bridge writes TelemetryBatch records"
     key, event = records[0]
     assert key == b"asset-v1"
     assert event["site_id"] == SITE and event["sensor_type"] == "TEMPERATURE"

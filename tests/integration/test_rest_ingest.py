@@ -109,9 +109,13 @@ def test_202_only_after_kafka_has_every_accepted_event(server: Server,
     assert r.json() == {"accepted": 50, "rejected": [
         {"index": 10, "errors": ["value: must be a number, got str"]}]}
     # Acknowledged means readable now: a short consume must already see all of them.
-    records = consume(RAW_TOPIC, lambda rs: sum(k == asset.encode() for k, _ in rs) >= 50, 15)
+    shapes: list[str] = []
+    records = consume(RAW_TOPIC, lambda rs: sum(k == asset.encode() for k, _ in rs) >= 50, 15,
+                      shapes)
     events = [e for k, e in records if k == asset.encode()]
     assert len({e["event_id"] for e in events}) == 50
+    assert [e["sensor_id"] for e in events] == [f"s{i}" for i in range(50)], "request order"
+    assert set(shapes) == {"batch"}, "REST writes TelemetryBatch records only"
     assert all(e["source"] == "http" for e in events)
     dead = consume(DLQ_TOPIC, lambda rs: any(d["stage"] == "ingest" for _, d in rs), 15)
     assert any(json.loads(d["original"])["asset_id"] == asset for _, d in dead)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from transforms import dedup
 from transforms.alarms import _DetectAlarmsFn, sensor_key
-from transforms.buckets import BatchByBucket, bucket_of
+from transforms.buckets import BatchByBucket, bucket_of, unpack_batch
 from transforms.dedup import _DedupBatchFn, first_copies
 
 WINDOW_MS = 60_000
@@ -78,8 +78,9 @@ class BucketState:
 def run_batch(fn: _DedupBatchFn, state: BucketState, bucket: int,
               items: list[tuple[str, int, Any]]) -> list[Any]:
     """The rows kept from ``items`` (the DoFn yields them as one list per batch)."""
-    return [row for rows in fn.process((bucket, items), seen=state.seen, version=state.version,
-                                       timer=state.timer) for row in rows]
+    payload = pickle.dumps(items)   # BatchByBucket's output shape
+    return [row for rows in fn.process((bucket, payload), seen=state.seen,
+                                       version=state.version, timer=state.timer) for row in rows]
 
 
 def test_bucket_of_is_stable_and_in_range():
@@ -92,11 +93,12 @@ def test_bucket_of_is_stable_and_in_range():
 def test_batch_by_bucket_groups_every_element_once():
     keys = [f"k{i}" for i in range(200)]
     with TestPipeline() as p:
-        batches = (p | beam.Create([(k, i) for i, k in enumerate(keys)], reshuffle=False)
-                   | BatchByBucket(16))
+        # Elements are lists of (key, value) pairs (one per Kafka record in the job).
+        records = [[(k, i) for i, k in enumerate(keys)][n:n + 7] for n in range(0, 200, 7)]
+        batches = (p | beam.Create(records, reshuffle=False) | BatchByBucket(16))
         flat = batches | beam.FlatMap(
             lambda kv: [(kv[0] == bucket_of(key, 16), key, value) for key, value in
-                        ((k, v) for k, _ts, v in kv[1])])
+                        ((k, v) for k, _ts, v in unpack_batch(kv[1]))])
         assert_that(flat, equal_to([(True, k, i) for i, k in enumerate(keys)]))
 
 
@@ -138,7 +140,7 @@ def test_failure_in_the_middle_of_a_batch_never_leaves_a_stale_copy():
     fn, state = _DedupBatchFn(WINDOW_MS, "scope-midway"), BucketState()
     run_batch(fn, state, 3, [("a", 0, "a")])
     before = state.snapshot()
-    gen = fn.process((3, [("b", 10, "b"), ("c", 11, "c")]), seen=state.seen,
+    gen = fn.process((3, pickle.dumps([("b", 10, "b"), ("c", 11, "c")])), seen=state.seen,
                      version=state.version, timer=state.timer)
     assert next(gen) == ["b", "c"]
     gen.close()                                 # the sink raised: nothing was written
@@ -192,13 +194,13 @@ def test_alarm_batch_tracks_each_sensor_and_writes_only_changes():
                 _reading("3", "x", 2, 70.0), _reading("4", "y", 2, 99.0)]
     items = [(sensor_key(r), r["timestamp"], (r, t)) for r in readings]
     states = FakeValue()
-    out = list(_DetectAlarmsFn().process((0, items), states=states))
+    out = list(_DetectAlarmsFn().process((0, pickle.dumps(items)), states=states))
     assert [(a["sensor_id"], a["state"], a["severity"]) for a in out] == [
         ("x", "RAISED", "WARNING"), ("x", "CLEARED", "WARNING"), ("y", "RAISED", "CRITICAL")]
     stored = states.read()
     assert set(pickle.loads(stored)) == {sensor_key(readings[0]), sensor_key(readings[1])}
-    out = list(_DetectAlarmsFn().process((0, [(sensor_key(readings[3]), 1, (
-        _reading("5", "y", 0, 50.0), t))]), states=states))
+    out = list(_DetectAlarmsFn().process((0, pickle.dumps([(sensor_key(readings[3]), 1, (
+        _reading("5", "y", 0, 50.0), t))])), states=states))
     assert out == [] and states.read() is stored   # out of order: no change, nothing written
 
 

@@ -1,4 +1,11 @@
-"""Unit tests of the bridge's ack discipline (fake producer and fake MQTT client)."""
+"""Unit tests of the bridge's ack discipline (fake producer and fake MQTT client).
+
+The fake producer records each call: ``("batch", [records], cb)`` for
+produce_events (the test decides how the positions are chunked by calling
+``cb(positions, error)``), ``("event", record, cb)`` / ``("dlq", record, cb)``
+for single records. One test runs the bridge over the real RawProducer and a
+fake Kafka.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from io_connectors.kafka_partition import partition_for
 from io_connectors.mqtt_bridge import BridgeConfig, MqttBridge
 from schemas.validation import default_sensor_rules
+from tests.unit.test_edge_producer import BATCH_ID, PARTITIONS, FakeKafka, make
 
 NOW = 1_800_000_000_000
 TOPIC = "telemetry/site-1/asset-001/temperature"
@@ -19,6 +28,9 @@ class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any], Any]] = []
         self.fatal_error: str | None = None
+
+    def produce_events(self, records: list[dict[str, Any]], cb: Any, **_: Any) -> None:
+        self.sent.append(("batch", records, cb))
 
     def produce_event(self, record: dict[str, Any], cb: Any, **_: Any) -> None:
         self.sent.append(("event", record, cb))
@@ -58,44 +70,123 @@ def bridge() -> tuple[MqttBridge, FakeProducer, FakeClient]:
     return b, producer, client
 
 
-def deliver(b: MqttBridge, mid: int, body: bytes | None = None, qos: int = 1) -> None:
-    msg = mqtt.MQTTMessage(mid=mid, topic=TOPIC.encode())
+def deliver(b: MqttBridge, mid: int, body: bytes | None = None, qos: int = 1,
+            topic: str = TOPIC) -> None:
+    msg = mqtt.MQTTMessage(mid=mid, topic=topic.encode())
     msg.qos = qos
     msg.payload = body if body is not None else json.dumps(
         {"sensor_id": f"s{mid}", "timestamp": NOW - 10, "value": 20.0, "unit": "c"}).encode()
     b._on_message(None, None, msg)  # type: ignore[arg-type]
 
 
-def test_acks_only_after_delivery_and_in_arrival_order(bridge: Any) -> None:
+def test_events_taken_together_go_in_one_batch_call(bridge: Any) -> None:
     b, producer, client = bridge
     for mid in (1, 2, 3):
         deliver(b, mid)
     b._step()
-    assert [kind for kind, _, _ in producer.sent] == ["event"] * 3
+    [(kind, records, _)] = producer.sent
+    assert kind == "batch"
+    assert [r["sensor_id"] for r in records] == ["s1", "s2", "s3"], "arrival order"
     assert client.acks == []
-    producer.sent[1][2](None)  # mid 2 confirmed first
+
+
+def test_acks_only_after_the_chunk_is_delivered_and_in_arrival_order(bridge: Any) -> None:
+    b, producer, client = bridge
+    for mid in (1, 2, 3, 4):
+        deliver(b, mid)
+    b._step()
+    cb = producer.sent[0][2]
+    cb([1, 3], None)  # the chunk holding mids 2 and 4 is confirmed first
     b._step()
     assert client.acks == [], "mid 2 must wait for mid 1 (MQTT acks go in order)"
-    producer.sent[0][2](None)
+    cb([0], None)
     b._step()
     assert client.acks == [1, 2]
-    assert b.backlog == 1
+    assert b.backlog == 2, "mid 4 is confirmed but waits for mid 3"
+    cb([2], None)
+    b._step()
+    assert client.acks == [1, 2, 3, 4]
+    assert b.stats.produced == 4 and b.backlog == 0
 
 
-def test_failed_delivery_is_retried_and_blocks_later_acks(bridge: Any) -> None:
+def test_failed_chunk_is_retried_event_by_event_and_blocks_later_acks(bridge: Any) -> None:
+    b, producer, client = bridge
+    for mid in (1, 2, 3):
+        deliver(b, mid)
+    b._step()
+    _, records, cb = producer.sent[0]
+    cb([0, 1], "Kafka delivery failed: broker down")
+    cb([2], None)
+    b._step()
+    assert client.acks == []
+    retries = producer.sent[1:]
+    assert [(kind, record) for kind, record, _ in retries] == \
+        [("event", records[0]), ("event", records[1])], "each entry resent as a single record"
+    assert b.stats.delivery_failures == 2
+    retries[1][2](None)
+    b._step()
+    assert client.acks == [], "mid 1 is still unconfirmed"
+    retries[0][2](None)
+    b._step()
+    assert client.acks == [1, 2, 3]
+
+
+def test_unencodable_event_of_a_chunk_is_dead_lettered(bridge: Any) -> None:
     b, producer, client = bridge
     deliver(b, 1)
     deliver(b, 2)
     b._step()
-    producer.sent[0][2]("Kafka delivery failed: broker down")
-    producer.sent[1][2](None)
+    cb = producer.sent[0][2]
+    cb([0], "Avro encoding failed: no")
+    cb([1], None)
     b._step()
+    kind, record, dl_cb = producer.sent[1]
+    assert kind == "dlq" and record["reasons"] == ["Avro encoding failed: no"]
     assert client.acks == []
-    assert len(producer.sent) == 3 and producer.sent[2][1] is producer.sent[0][1], "retried"
-    producer.sent[2][2](None)
+    dl_cb(None)
     b._step()
     assert client.acks == [1, 2]
-    assert b.stats.delivery_failures == 1
+
+
+def test_mixed_take_batches_events_and_dead_letters_each_bad_payload(bridge: Any) -> None:
+    b, producer, client = bridge
+    deliver(b, 1)
+    deliver(b, 2, b"{not json")
+    deliver(b, 3)
+    b._step()
+    kinds = sorted(kind for kind, _, _ in producer.sent)
+    assert kinds == ["batch", "dlq"]
+    batch = next(s for s in producer.sent if s[0] == "batch")
+    dlq = next(s for s in producer.sent if s[0] == "dlq")
+    assert [r["sensor_id"] for r in batch[1]] == ["s1", "s3"]
+    batch[2]([0, 1], None)
+    b._step()
+    assert client.acks == [1], "mid 3 waits for the dead letter of mid 2"
+    dlq[2](None)
+    b._step()
+    assert client.acks == [1, 2, 3]
+
+
+def test_bridge_over_the_real_producer_acks_after_kafka_confirms(bridge: Any) -> None:
+    b, _, client = bridge
+    kafka = FakeKafka(deliver=False)
+    b._producer = make(kafka, batch_max_events=2)
+    assets = ["asset-001", "asset-002", "asset-003"]
+    for mid in range(1, 8):
+        deliver(b, mid, topic=f"telemetry/site-1/{assets[mid % 3]}/temperature")
+    b._step()
+    records = kafka.raw_records()
+    assert all(key is None and sid == BATCH_ID for key, _, sid, _ in records)
+    for _, partition, _, record in records:
+        assert 1 <= len(record["events"]) <= 2
+        assert {partition_for(e["asset_id"].encode(), PARTITIONS)
+                for e in record["events"]} == {partition}
+    assert sorted(e["sensor_id"] for _, _, _, r in records for e in r["events"]) == \
+        sorted(f"s{mid}" for mid in range(1, 8))
+    assert client.acks == [], "nothing acknowledged before Kafka confirmed"
+    kafka.deliver = True
+    b._step()
+    assert client.acks == list(range(1, 8))
 
 
 def test_bad_payload_is_dead_lettered_then_acked(bridge: Any) -> None:
@@ -122,8 +213,8 @@ def test_acks_owed_to_a_previous_connection_are_dropped(bridge: Any) -> None:
     b._on_disconnect(None, None, None, reason, None)
     deliver(b, 5)  # the broker resends it on the new connection, same packet id
     b._step()
-    producer.sent[0][2](None)
-    producer.sent[1][2](None)
+    producer.sent[0][2]([0], None)
+    producer.sent[1][2]([0], None)
     b._step()
     assert client.acks == [5], "only the copy received on the live connection is acked"
     assert b.stats.stale_acks_dropped == 1
@@ -134,7 +225,7 @@ def test_shutdown_acks_delivered_and_disconnects(bridge: Any) -> None:
     deliver(b, 1)
     deliver(b, 2)
     b._step()
-    producer.sent[0][2](None)
+    producer.sent[0][2]([0], None)
     b.config = BridgeConfig(**{**b.config.__dict__, "shutdown_flush_s": 0.1})
     b._shutdown()
     assert client.acks == [1] and client.disconnected
@@ -155,6 +246,6 @@ def test_health_needs_subscription_and_timely_kafka_confirmations(bridge: Any) -
     assert b.healthy()
     b._pending[0].born -= 60  # unconfirmed by Kafka for a minute: stuck
     assert not b.healthy()
-    producer.sent[0][2](None)
+    producer.sent[0][2]([0], None)
     b._step()
     assert b.healthy()

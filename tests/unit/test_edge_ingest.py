@@ -13,8 +13,16 @@ from hypothesis import strategies as st
 
 from api import create_app
 from api.ingest import EXTENSION, IngestLimits, IngestState
+from io_connectors.kafka_partition import partition_for
 from io_connectors.raw_producer import BatchOutcome
 from runners.settings import Settings, load_settings
+from tests.unit.test_edge_producer import (
+    BATCH_ID,
+    PARTITIONS,
+    FakeKafka,
+    assets_in_distinct_partitions,
+    make,
+)
 
 URL = "/api/v1/telemetry"
 
@@ -125,6 +133,31 @@ def test_503_when_kafka_does_not_acknowledge(producer: FakeProducer) -> None:
     producer.unacked = True
     r = make_client(producer).post(URL, json=[event()], headers=W)
     assert r.status_code == 503 and r.headers["Retry-After"]
+    assert "accepted" not in r.get_json()
+
+
+def test_real_producer_sends_one_record_per_partition_chunk_then_202() -> None:
+    kafka = FakeKafka()
+    client = make_client(make(kafka, batch_max_events=2))  # type: ignore[arg-type]
+    a, b = assets_in_distinct_partitions(2)
+    body = [event(asset_id=a, sensor_id=f"s{i}") for i in range(3)] + [event(asset_id=b)]
+    r = client.post(URL, json=body, headers=W)
+    assert r.status_code == 202 and r.get_json()["accepted"] == 4
+    records = kafka.raw_records()
+    assert [(p, len(rec["events"])) for _, p, _, rec in records] == [
+        (partition_for(a.encode(), PARTITIONS), 2), (partition_for(a.encode(), PARTITIONS), 1),
+        (partition_for(b.encode(), PARTITIONS), 1)]
+    assert all(key is None and sid == BATCH_ID for key, _, sid, _ in records)
+
+
+def test_503_when_one_chunk_of_the_request_fails() -> None:
+    a, b = assets_in_distinct_partitions(2)
+    kafka = FakeKafka(fail_partitions={partition_for(b.encode(), PARTITIONS)})
+    client = make_client(make(kafka))  # type: ignore[arg-type]
+    body = [event(asset_id=a, sensor_id="s1"), event(asset_id=b), event(asset_id=a)]
+    r = client.post(URL, json=body, headers=W)
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    assert r.get_json()["details"]["unacknowledged"] == 1
     assert "accepted" not in r.get_json()
 
 

@@ -78,9 +78,10 @@ def test_enrich_and_alarms_use_the_file_catalog_without_side_input(tmp_path):
              "asset_id": "a-1", "sensor_id": "t-1", "sensor_type": "TEMPERATURE",
              "value": 90.0, "unit": "celsius", "quality_flag": "GOOD", "source": "mqtt"}
     with TestPipeline() as p:
-        out = (p | beam.Create([make_envelope(event)])
+        out = (p | beam.Create([[make_envelope(event)]])
                | EnrichWithAssets(catalog, clock=lambda: 1))
-        assert_that(out.readings | beam.Map(lambda r: (r["event_id"], r["site_name"])),
+        assert_that(out.readings | beam.FlatMap(
+            lambda rows: [(r["event_id"], r["site_name"]) for r in rows]),
                     equal_to([("e-1", "Site 1")]), label="Enriched")
         alarms = out.readings | DetectAlarms(catalog)
         assert_that(alarms | beam.Map(lambda a: (a["state"], a["severity"])),

@@ -51,15 +51,20 @@ def row(event_id: str, value: float = 20.0, ts: int = NOW, sensor: str = "temp-0
             "asset_type": "inverter", "location": "L", "ingested_at": ts}
 
 
+def one(reading: dict) -> list[dict]:
+    """A record's worth of readings: stages between decode and the sinks carry lists."""
+    return [reading]
+
+
 def test_dedup_window_with_test_stream():
     stream = (
         TestStream()
-        .add_elements([TimestampedValue(row("e1"), 0), TimestampedValue(row("e2"), 5)])
-        .add_elements([TimestampedValue(row("e1", value=99.0), 30)])   # copy inside window
+        .add_elements([TimestampedValue(one(row("e1")), 0), TimestampedValue(one(row("e2")), 5)])
+        .add_elements([TimestampedValue(one(row("e1", value=99.0)), 30)])   # copy inside window
         .advance_watermark_to(45)
-        .add_elements([TimestampedValue(row("e2", value=98.0), 64)])   # 59 s after e2: dropped
+        .add_elements([TimestampedValue(one(row("e2", value=98.0)), 64)])   # 59 s after e2: dropped
         .advance_watermark_to(61)
-        .add_elements([TimestampedValue(row("e1", value=97.0), 70)])   # e1's window closed
+        .add_elements([TimestampedValue(one(row("e1", value=97.0)), 70)])   # e1's window closed
         .advance_watermark_to_infinity()
     )
     p = streaming_pipeline()
@@ -75,18 +80,18 @@ def test_alarm_episodes_with_test_stream():
     t = NOW
     stream = (
         TestStream()
-        .add_elements([TimestampedValue(row("a1", 70, t + 1000), 1),
-                       TimestampedValue(row("b1", 20, t + 1000, sensor="temp-002"), 1)])
-        .add_elements([TimestampedValue(row("a2", 85, t + 2000), 2)])        # WARNING raised
+        .add_elements([TimestampedValue(one(row("a1", 70, t + 1000)), 1),
+                       TimestampedValue(one(row("b1", 20, t + 1000, sensor="temp-002")), 1)])
+        .add_elements([TimestampedValue(one(row("a2", 85, t + 2000)), 2)])        # WARNING raised
         .advance_watermark_to(10)
-        .add_elements([TimestampedValue(row("a3", 88, t + 3000), 3),         # nothing
-                       TimestampedValue(row("b2", 20, t + 3000, sensor="temp-002",
-                                            quality="BAD"), 3)])             # quality alarm
-        .add_elements([TimestampedValue(row("a4", 96, t + 4000), 4)])        # escalation
-        .add_elements([TimestampedValue(row("a0", 20, t + 500), 5)])         # out of order
-        .add_elements([TimestampedValue(row("a5", 79, t + 5000), 6)])        # hysteresis zone
-        .add_elements([TimestampedValue(row("a6", 70, t + 6000), 7),         # cleared
-                       TimestampedValue(row("b3", 21, t + 6000, sensor="temp-002"), 7)])
+        .add_elements([TimestampedValue(one(row("a3", 88, t + 3000)), 3),         # nothing
+                       TimestampedValue(one(row("b2", 20, t + 3000, sensor="temp-002",
+                                            quality="BAD")), 3)])             # quality alarm
+        .add_elements([TimestampedValue(one(row("a4", 96, t + 4000)), 4)])        # escalation
+        .add_elements([TimestampedValue(one(row("a0", 20, t + 500)), 5)])         # out of order
+        .add_elements([TimestampedValue(one(row("a5", 79, t + 5000)), 6)])        # hysteresis zone
+        .add_elements([TimestampedValue(one(row("a6", 70, t + 6000)), 7),         # cleared
+                       TimestampedValue(one(row("b3", 21, t + 6000, sensor="temp-002")), 7)])
         .advance_watermark_to_infinity()
     )
     p = streaming_pipeline()
@@ -108,8 +113,10 @@ def test_dedup_and_alarm_counters():
     readings = [row("a1", 70, NOW + 1000), row("a1", 70, NOW + 1000), row("a2", 85, NOW + 2000),
                 row("a3", 97, NOW + 3000), row("a0", 20, NOW + 500), row("a4", 20, NOW + 4000)]
     p = TestPipeline()
-    deduped = (p | beam.Create(readings, reshuffle=False) | DeduplicateByEventId(60)
-               | beam.FlatMap(lambda rows: rows))
+    # Two records: the first carries one reading, the second the rest (a batch with a copy
+    # of the first record's reading and one within itself).
+    deduped = (p | beam.Create([readings[:1], readings[1:]], reshuffle=False)
+               | DeduplicateByEventId(60))
     catalogs = p | "Catalog" >> StaticAssetCatalog(load_asset_catalog())
     alarms = deduped | DetectAlarms(catalogs)
     assert_that(alarms | beam.Map(lambda a: (a["state"], a["severity"])),
@@ -133,7 +140,7 @@ def test_decode_and_validate_count_rejects_by_reason():
     p = TestPipeline()
     decoded = p | beam.Create(inputs) | DecodeTelemetry(lookup)
     valid = decoded.events | ValidateReadings(default_sensor_rules(), clock=lambda: NOW)
-    assert_that(valid.valid | "Ids" >> beam.Map(lambda env: env[0]["event_id"]),
+    assert_that(valid.valid | "Ids" >> beam.FlatMap(lambda envs: [e[0]["event_id"] for e in envs]),
                 equal_to(["e1"]), label="CheckValid")
     assert_that(decoded[DEAD_LETTER_TAG] | "DecodeStages" >> beam.Map(lambda d: d["stage"]),
                 equal_to(["decode", "decode"]), label="CheckDecodeDead")
@@ -175,8 +182,9 @@ def test_refreshing_catalog_picks_up_a_changed_file_without_restart(tmp_path):
         catalogs = p | "Catalog" >> RefreshingAssetCatalog(
             path, refresh_seconds=0.25, stop_timestamp=time.time() + 2)
         catalogs | "NoteAndEdit" >> beam.Map(_note_catalog_and_edit_file)
-        out = p | beam.Create([make_envelope(event)]) | EnrichWithAssets(catalogs)
-        assert_that(out.readings | beam.Map(lambda r: r["asset_type"]), equal_to(["after"]),
+        out = p | beam.Create([[make_envelope(event)]]) | EnrichWithAssets(catalogs)
+        assert_that(out.readings | beam.FlatMap(lambda rows: [r["asset_type"] for r in rows]),
+                    equal_to(["after"]),
                     label="CheckLatestCatalogUsed")
     # Loaded once, then once more after the edit; unchanged ticks emit nothing.
     assert _CATALOG_TYPES == ["before", "after"]

@@ -15,7 +15,7 @@ from schemas.assets import (
     latest_catalog,
     load_asset_catalog,
 )
-from schemas.avro import TELEMETRY_EVENT, load_schema
+from schemas.avro import TELEMETRY_BATCH, TELEMETRY_EVENT, load_schema
 from schemas.validation import default_sensor_rules
 from schemas.wire import InMemorySchemaLookup, encode
 from transforms.alarms import CLEARED, CRITICAL, RAISED, WARNING, AlarmState, classify, step
@@ -47,13 +47,13 @@ def test_decode_source_record_good_and_bad():
     lookup = InMemorySchemaLookup()
     sid = lookup.register(schema)
     data = encode(EVENT, sid, schema)
-    env, dead, reason = decode_source_record((b"asset-001", data), lookup, schema)
-    assert dead is None and env == (EVENT, data, {"source": "kafka", "key": b"asset-001",
-                                                  "original_format": "avro-confluent"})
+    envs, dead, reason = decode_source_record((b"asset-001", data), lookup, schema)
+    assert dead is None and envs == [(EVENT, data, {"source": "kafka", "key": b"asset-001",
+                                                    "original_format": "avro-confluent"})]
     for element, code in ((b"\x05junk", "bad_magic"), ((None, None), "not_bytes"),
                           ((None, "text"), "not_bytes"), (data[:-1], "truncated_body")):
-        env, dead, reason = decode_source_record(element, lookup, schema)
-        assert env is None and reason == code
+        envs, dead, reason = decode_source_record(element, lookup, schema)
+        assert envs == [] and reason == code
         assert dead["stage"] == "decode" and dead["reasons"] and \
             isinstance(dead["original"], bytes)
 
@@ -65,6 +65,41 @@ def test_registry_outage_propagates_instead_of_dead_lettering():
     data = encode(EVENT, 1, load_schema(TELEMETRY_EVENT))
     with pytest.raises(ConnectionError):
         decode_source_record(data, down, load_schema(TELEMETRY_EVENT))
+
+
+def test_batch_record_decodes_to_one_envelope_per_event_in_order():
+    """What the edge writes: a TelemetryBatch told apart from a single event by its schema id."""
+    lookup = InMemorySchemaLookup()
+    event_id, batch_id = lookup.register(load_schema(TELEMETRY_EVENT)), \
+        lookup.register(load_schema(TELEMETRY_BATCH))
+    events = [dict(EVENT, event_id=f"e{i}", value=float(i)) for i in range(5)]
+    data = encode({"events": events}, batch_id, load_schema(TELEMETRY_BATCH))
+    record = SimpleNamespace(key=None, value=data, topic="raw_telemetry", partition=3, offset=7)
+    envs, dead, _ = decode_source_record(record, lookup, load_schema(TELEMETRY_EVENT))
+    assert dead is None and [e[0] for e in envs] == events
+    assert all(e[1] is None and e[2]["offset"] == 7 and e[2]["original_format"] == "json"
+               for e in envs)
+    single, _, _ = decode_source_record(encode(EVENT, event_id, load_schema(TELEMETRY_EVENT)),
+                                        lookup, load_schema(TELEMETRY_EVENT))
+    assert [e[0] for e in single] == [EVENT]
+    empty, dead, _ = decode_source_record(
+        encode({"events": []}, batch_id, load_schema(TELEMETRY_BATCH)), lookup,
+        load_schema(TELEMETRY_EVENT))
+    assert empty == [] and dead is None
+    # a batch cut short is one dead letter for the record, like a single event's
+    envs, dead, reason = decode_source_record(data[:-3], lookup, load_schema(TELEMETRY_EVENT))
+    assert envs == [] and reason == "truncated_body" and dead["original"] == data[:-3]
+
+
+def test_dead_letter_of_a_batch_item_carries_the_event_as_json():
+    bad = dict(EVENT, value=float("inf"))
+    meta = {"source": "kafka", "original_format": "json", "topic": "raw_telemetry",
+            "partition": 1, "offset": 9}
+    env, dead, codes = validate_envelope((bad, None, meta), now_ms=NOW,
+                                         rules=default_sensor_rules())
+    assert env is None and codes == ("value.not_finite",)
+    assert dead["original_format"] == "json" and (dead["partition"], dead["offset"]) == (1, 9)
+    assert json.loads(dead["original"])["event_id"] == "e1"
 
 
 def test_validate_envelope_keeps_original_bytes_in_dead_letters():
