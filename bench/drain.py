@@ -8,8 +8,9 @@ requests of 1,000 events split by partition), with ``--batch-events 1`` one
 record per event (what a producer outside the edge may write), then the
 harness counts their rows in ``sensor_readings`` until all are stored.
 ``drain_eps`` = N / (last row stored - first record produced): the rate the
-pipeline sustains when the edge is not the limit, i.e. an upper bound of what the stepped MQTT/REST phases can hold. While it drains, the Flink
-vertices' busy and back-pressured time show which stage is the bottleneck, and
+pipeline sustains when the edge is not the limit, i.e. an upper bound of what
+the stepped MQTT/REST phases can hold. While it drains, the Flink vertices'
+busy and back-pressured time show which stage is the bottleneck, and
 ``cpu_us_per_event`` the CPU each stack component spent per event (``loadgen``
 is this process: encoding and producing the backlog, excluded from
 ``stack_total``).
