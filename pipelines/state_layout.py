@@ -24,4 +24,5 @@ __all__ = ["STATE_LAYOUT"]
 # 1: dedup keyed per event_id, alarms per sensor. 2: both per bucket of keys (0003).
 # 3: bundles finish before each checkpoint, which then holds no buffered stage output
 #    (a layout-2 checkpoint with such a buffer restored it into the wrong stage).
-STATE_LAYOUT = 3
+# 4: dedup and alarms in one stage keyed by sensor bucket (transforms/sensor_state.py, 0004).
+STATE_LAYOUT = 4

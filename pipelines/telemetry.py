@@ -3,8 +3,8 @@
 ::
 
     source -> DecodeTelemetry -> ValidateReadings -> EnrichWithAssets(asset catalog)
-           -> DeduplicateByEventId -> validated sinks
-           -> DetectAlarms -> alarm sinks
+           -> DedupAndDetectAlarms -> readings -> validated sinks
+                                   -> alarms   -> alarm sinks
     dead letters of every stage (+ those returned by sinks) -> Flatten -> dead-letter sinks
 
 ``build_telemetry_pipeline`` only wires steps: the runners hand in the Kafka
@@ -26,14 +26,10 @@ Row shapes given to sinks:
 * dead-letter sinks: dicts with exactly ``schemas.dead_letter.DEAD_LETTER_FIELDS``
   (schemas/dead-letter.avsc).
 
-DetectAlarms reads the enriched readings *before* dedup: dedup is keyed by
-event_id, and on a parallel runner (Flink, parallelism > 1) that shuffle
-reorders the readings of one sensor, which the alarm state machine then skips
-as out of order (a replayed backlog raised no alarm at all). Upstream of dedup
-there is no shuffle: a sensor's readings come from one Kafka partition (key
-asset_id) through one chain of operators, in order, into DetectAlarms' own
-keyed exchange. Duplicates are harmless to the state machine (a copy repeats a
-reading it has already evaluated, so it changes no state and emits nothing).
+Dedup and alarm detection share one stage keyed by the sensor's bucket
+(transforms/sensor_state.py): one shuffle per batch instead of two, and a
+sensor's readings reach the alarm state machine in order (they come from one
+Kafka partition through one chain of operators into one keyed exchange).
 
 A validated or alarm sink may return a PCollection of dead letters (e.g.
 rows QuestDB rejected permanently); those are flattened into the dead-letter
@@ -50,11 +46,10 @@ import apache_beam as beam
 
 from schemas.validation import SensorRules
 from schemas.wire import SchemaLookup
-from transforms.alarms import DetectAlarms
 from transforms.common import DEAD_LETTER_TAG
 from transforms.decode import DecodeTelemetry
-from transforms.dedup import DeduplicateByEventId
 from transforms.enrich import DEAD_LETTER_POLICY, EnrichWithAssets, FileAssetCatalog
+from transforms.sensor_state import ALARMS_TAG, DedupAndDetectAlarms
 from transforms.validate import ValidateReadings, wall_clock_ms
 
 __all__ = ["TelemetrySinks", "TelemetryOutputs", "build_telemetry_pipeline"]
@@ -111,7 +106,7 @@ def build_telemetry_pipeline(
     ``asset_catalog``: a transforms.enrich.FileAssetCatalog, or a PTransform
     producing AssetCatalog elements used as a side input (StaticAssetCatalog,
     RefreshingAssetCatalog).
-    ``state_buckets``: state keys of dedup and alarms (transforms/buckets.py).
+    ``state_buckets``: state keys of the dedup and alarm stage (transforms/buckets.py).
     ``clock``: epoch-ms clock for validation and ``ingested_at`` (tests pin it).
     """
     pbegin = root if isinstance(root, beam.pvalue.PBegin) else beam.pvalue.PBegin(root)
@@ -123,9 +118,9 @@ def build_telemetry_pipeline(
     validated = decoded.events | "ValidateReadings" >> ValidateReadings(rules, clock=clock)
     enriched = validated.valid | "EnrichWithAssets" >> EnrichWithAssets(
         catalogs, unknown_asset_policy=unknown_asset_policy, clock=clock)
-    readings = enriched.readings | "DeduplicateByEventId" >> DeduplicateByEventId(
-        dedup_window_seconds, state_buckets)
-    alarms = enriched.readings | "DetectAlarms" >> DetectAlarms(catalogs, state_buckets)
+    sensor_state = enriched.readings | "DedupAndDetectAlarms" >> DedupAndDetectAlarms(
+        catalogs, dedup_window_seconds, state_buckets)
+    readings, alarms = sensor_state.readings, sensor_state[ALARMS_TAG]
 
     sink_dead = _apply_sinks(readings, sinks.validated, "WriteValidated")
     sink_dead += _apply_sinks(alarms, sinks.alarms, "WriteAlarms")

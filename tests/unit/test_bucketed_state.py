@@ -217,3 +217,35 @@ def test_rebuilt_copy_decides_like_the_cached_one(monkeypatch):
     assert run_batch(_DedupBatchFn(WINDOW_MS, "scope-rebuild-a"), cached, 6, batch) == ["b"]
     rebuilt = _DedupBatchFn(WINDOW_MS, "scope-rebuild-b")   # no copy in this scope: reload
     assert run_batch(rebuilt, state, 6, batch) == ["b"]
+
+
+def test_sensor_state_drops_copies_and_runs_alarms_on_first_copies_only():
+    """transforms/sensor_state.py: dedup and the alarm machine of one sensor bucket."""
+    from schemas.assets import Thresholds
+    from transforms.sensor_state import ALARMS_TAG, _SensorStateFn
+
+    t = Thresholds(warning_high=80.0, critical_high=95.0, hysteresis=2.0)
+    fn, state, alarm_states = _SensorStateFn(WINDOW_MS, "scope-sensor"), BucketState(), \
+        FakeValue()
+
+    def run(readings: list[dict[str, Any]]) -> tuple[list[str], list[tuple[str, str]]]:
+        items = [(sensor_key(r), r["timestamp"], (r, t)) for r in readings]
+        kept, alarms = [], []
+        for out in fn.process((7, pickle.dumps(items)), seen=state.seen, version=state.version,
+                              timer=state.timer, states=alarm_states):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                assert out.tag == ALARMS_TAG
+                alarms.append((out.value["event_id"], out.value["state"]))
+            else:
+                kept.extend(r["event_id"] for r in out)
+        return kept, alarms
+
+    assert run([_reading("1", "x", 1, 85.0), _reading("2", "x", 2, 86.0),
+                _reading("1", "x", 1, 85.0)]) == (["1", "2"], [("1", "RAISED")])
+    # a copy in a later batch is dropped and changes no alarm; a new reading clears it
+    assert run([_reading("2", "x", 2, 86.0), _reading("3", "x", 3, 20.0)]) == \
+        (["3"], [("3", "CLEARED")])
+    # copies only: nothing out, no alarm state written
+    before = alarm_states.read()
+    assert run([_reading("3", "x", 3, 20.0)]) == ([], [])
+    assert alarm_states.read() is before

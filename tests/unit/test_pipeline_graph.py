@@ -202,7 +202,7 @@ def test_streaming_graph_builds_with_readable_unique_labels(tmp_path):
     p.visit(Collect())
     top = {label.split("/")[0] for label in labels if label}
     assert {"ReadRawTelemetry", "LoadAssetCatalog", "DecodeAvro", "ValidateReadings",
-            "EnrichWithAssets", "DeduplicateByEventId", "DetectAlarms", "FlattenDeadLetters",
+            "EnrichWithAssets", "DedupAndDetectAlarms", "FlattenDeadLetters",
             "WriteValidated1_ToKafka", "WriteValidated2_ToQuestDB",
             "WriteDeadLetters_ToDlq"} <= top
     assert "LoadAssetCatalog/Tick" in labels and "LoadAssetCatalog/Load" in labels
