@@ -97,6 +97,12 @@ class IlpRow:
 
 
 _TIMESTAMP_COLUMNS = frozenset({"ingested_at"})
+
+
+def _TimestampMicros(micros: int) -> Any:  # noqa: N802 - stands for the client's class
+    from questdb import TimestampMicros
+
+    return TimestampMicros(micros)
 # 2262-04-11, the last instant a signed 64-bit nanosecond timestamp can hold.
 _MAX_EPOCH_MS = 9_223_372_036_854
 _SYMBOLS: dict[str, frozenset[str]] = {}
@@ -110,6 +116,8 @@ def _symbols_of(table: str) -> frozenset[str]:
 
 def _epoch_ms(record: Mapping[str, Any], name: str) -> int:
     value = record.get(name)
+    if type(value) is int and 0 <= value <= _MAX_EPOCH_MS:
+        return value   # the common case, checked first: this runs twice per stored row
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RowMappingError(f"field {name!r} must be epoch milliseconds, got {value!r}")
     # QuestDB timestamps are signed 64-bit microseconds/nanoseconds: bound the input so
@@ -120,31 +128,46 @@ def _epoch_ms(record: Mapping[str, Any], name: str) -> int:
     return int(value)
 
 
+_SYMBOL, _TIMESTAMP, _OTHER = 0, 1, 2
+# (table, column names) -> ((name, kind), ...) without the designated timestamp: the
+# per-row loop then does one dict lookup per column (this runs for every stored row).
+_PLANS: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, int], ...]] = {}
+
+
+def _plan(table: str, column_names: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    key = (table, tuple(column_names))
+    plan = _PLANS.get(key)
+    if plan is None:
+        symbols_of_table = _symbols_of(table)
+        plan = _PLANS[key] = tuple(
+            (name, _TIMESTAMP if name in _TIMESTAMP_COLUMNS else
+             _SYMBOL if name in symbols_of_table else _OTHER)
+            for name in column_names if name != "timestamp")
+    return plan
+
+
 def _to_row(table: str, record: Mapping[str, Any], column_names: Sequence[str],
             required: Sequence[str]) -> IlpRow:
-    from questdb import TimestampMicros
-
     if not isinstance(record, Mapping):
         raise RowMappingError(f"expected a dict, got {type(record).__name__}")
-    missing = [name for name in required if record.get(name) is None]
-    if missing:
-        raise RowMappingError(f"missing required field(s) {missing}")
-    symbols_of_table = _symbols_of(table)
+    get = record.get
+    for name in required:
+        if get(name) is None:
+            raise RowMappingError(
+                f"missing required field(s) {[n for n in required if get(n) is None]}")
     at_ns = _epoch_ms(record, "timestamp") * 1_000_000
     symbols: dict[str, str] = {}
     columns: dict[str, Any] = {}
-    for name in column_names:
-        if name == "timestamp":
-            continue
-        value = record.get(name)
+    for name, kind in _plan(table, column_names):
+        value = get(name)
         if value is None:
             continue  # QuestDB stores NULL for an absent column
-        if name in _TIMESTAMP_COLUMNS:
-            columns[name] = TimestampMicros(_epoch_ms(record, name) * 1000)
-        elif name in symbols_of_table:
-            symbols[name] = str(value)
-        else:
+        if kind == _SYMBOL:
+            symbols[name] = value if type(value) is str else str(value)
+        elif kind == _OTHER:
             columns[name] = value
+        else:
+            columns[name] = _TimestampMicros(_epoch_ms(record, name) * 1000)
     return IlpRow(table, symbols, columns, at_ns, record)
 
 
