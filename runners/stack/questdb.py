@@ -85,6 +85,16 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
             "telemetry.enabled=false",
             # Two-core machines: leave cores to Kafka, Flink and Python.
             "shared.worker.count=2",
+            # Worker threads spin (yield, then nap) for thousands of idle loops after each
+            # wake-up before they sleep. At the pipeline's pace (a WAL commit every few
+            # hundred ms) that spinning was most of QuestDB's CPU: 41 -> 11 us per row for
+            # an in-order append, 76 -> 31 in the pipeline's shape (scratch server,
+            # docs/decisions/0004-questdb-notes.md). Cost: up to ~10 ms more on the first
+            # request after an idle spell.
+            *(f"{pool}.worker.{knob}={value}"
+              for pool in ("shared", "wal.apply", "mat.view.refresh", "view.compiler", "export")
+              for knob, value in (("yield.threshold", 10), ("nap.threshold", 20),
+                                  ("sleep.threshold", 50))),
             # Prometheus metrics on the min server (http://<bind_host>:<min_http_port>/metrics).
             "metrics.enabled=true",
             "",
