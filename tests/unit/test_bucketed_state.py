@@ -165,19 +165,41 @@ def test_expiry_drops_entries_a_window_after_they_were_seen(monkeypatch):
     clock = [1_000_000]
     monkeypatch.setattr(dedup, "_now_ms", lambda: clock[0])
     fn, state = _DedupBatchFn(WINDOW_MS, "scope-expiry"), BucketState()
+    slack = WINDOW_MS // 2   # the timer fires half a window late: one rewrite per half window
     run_batch(fn, state, 5, [("a", 0, "a")])
-    assert state.timer.at == Timestamp(micros=(1_000_000 + WINDOW_MS) * 1000)
+    assert state.timer.at == Timestamp(micros=(1_000_000 + WINDOW_MS + slack) * 1000)
     clock[0] += 30_000
     run_batch(fn, state, 5, [("b", 1, "b")])
+    # later batches do not move the timer: it stays where the bucket's oldest entry put it
+    assert state.timer.at == Timestamp(micros=(1_000_000 + WINDOW_MS + slack) * 1000)
     clock[0] += 31_000                          # "a" is 61 s old, "b" 31 s
     fn.expire(key=5, seen=state.seen, version=state.version, timer=state.timer)
     assert [e for chunk in state.seen.items for e, _x, _s in pickle.loads(chunk)] == ["b"]
-    assert state.timer.at == Timestamp(micros=(1_030_000 + WINDOW_MS) * 1000)
+    assert state.timer.at == Timestamp(micros=(1_030_000 + WINDOW_MS + slack) * 1000)
     clock[0] += 30_000
     fn.expire(key=5, seen=state.seen, version=state.version, timer=state.timer)
     assert state.seen.items == [] and state.version.value is None
     # an event seen again after its entry expired passes (QuestDB's DEDUP keys absorb it)
     assert run_batch(fn, state, 5, [("a", 10, "a-late")]) == ["a-late"]
+
+
+def test_expiry_rewrites_a_bucket_once_per_half_window_under_steady_load(monkeypatch):
+    """One batch a second for 3 minutes: the bucket is rewritten every ~30 s, not per batch."""
+    clock = [1_000_000]
+    monkeypatch.setattr(dedup, "_now_ms", lambda: clock[0])
+    fn, state = _DedupBatchFn(WINDOW_MS, "scope-steady"), BucketState()
+    expiries = 0
+    for second in range(180):
+        clock[0] = 1_000_000 + second * 1000
+        while state.timer.at is not None and state.timer.at.micros // 1000 <= clock[0]:
+            expiries += 1
+            fired_at = state.timer.at
+            fn.expire(key=9, seen=state.seen, version=state.version, timer=state.timer)
+            assert state.timer.at != fired_at
+        run_batch(fn, state, 9, [(f"e{second}", second * 1000, second)])
+    assert 3 <= expiries <= 5
+    live = {e for chunk in state.seen.items for e, _x, _s in pickle.loads(chunk)}
+    assert {f"e{s}" for s in range(120, 180)} <= live and len(live) <= 90
 
 
 def _reading(eid: str, sensor: str, ts: int, value: float) -> dict[str, Any]:
