@@ -11,25 +11,36 @@ harness counts their rows in ``sensor_readings`` until all are stored.
 pipeline sustains when the edge is not the limit, i.e. an upper bound of what
 the stepped MQTT/REST phases can hold. While it drains, the Flink vertices'
 busy and back-pressured time show which stage is the bottleneck, and
-``cpu_us_per_event`` the CPU each stack component spent per event (``loadgen``
-is this process: encoding and producing the backlog, excluded from
-``stack_total``).
+``cpu_us_per_event`` the CPU each stack component spent per event
+(bench/report.py ``cpu_us_per_event``, the same helper as the harness's
+figures over the pipeline steps; ``generator`` is this process: encoding and
+producing the backlog, excluded from ``stack_total``). ``make bench`` runs it
+twice: as the edge writes (``pipeline.drain``) and with single-event records
+(``pipeline.drain_single``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import requests
 
-from bench import anchors
+from bench import anchors, report
 from io_connectors.questdb_schema import SENSOR_READINGS
-from runners.settings import Settings, load_settings
+from runners.settings import REPO_ROOT, Settings, load_settings
 
 __all__ = ["drain", "flink_vertex_load", "main"]
+
+RESULTS = REPO_ROOT / "bench" / "results"
 
 
 def _records(settings: Settings, n: int, prefix: str, batch_events: int
@@ -117,9 +128,7 @@ def drain(settings: Settings, n: int, run: str, timeout_s: float = 600.0,
         time.sleep(1.0)
     total_s = time.monotonic() - t0
     sampler.stop()
-    usage = sampler.by_phase().get("drain", {})
-    cpu_us = {comp: round(u["cpu_s"] / n * 1e6, 1) for comp, u in usage.items()}
-    cpu_us["stack_total"] = round(sum(v for c, v in cpu_us.items() if c != "loadgen"), 1)
+    cpu_us = report.cpu_us_per_event(report.sum_usage(sampler.by_phase(), ["drain"]), n)
     return {"cpu_us_per_event": cpu_us, "events": n, "records": len(records),
             "batch_events": batch_events,
             "produce_s": round(produce_s, 2), "stored": stored,
@@ -135,11 +144,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-events", type=int, default=500,
                         help="events per TelemetryBatch record (1: one TelemetryEvent record "
                              "per event); default: as the edge writes")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result file (default bench/results/drain-<UTC time>.json)")
     args = parser.parse_args(argv)
     settings = load_settings()
+    load_before = os.getloadavg()
     result = drain(settings, args.n, uuid.uuid4().hex[:6], batch_events=args.batch_events)
+    result["context"] = _context(settings, load_before)
+    out = args.out or RESULTS / f"drain-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print({k: v for k, v in result.items() if k not in ("samples", "flink_vertices")})
+    print(f"written to {out}")
     return 0 if result["drain_eps"] else 1
+
+
+def _context(settings: Settings, load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """What a figure needs next to it: machine, load, the job's settings, the commit."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "command": "python -m bench.drain " + " ".join(sys.argv[1:]),
+        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "flink": {k: settings.get("flink", k, int) for k in (
+            "parallelism", "max_bundle_size", "max_bundle_time_ms", "sdk_worker_parallelism")},
+        "state_buckets": settings.get("pipeline", "state_buckets", int),
+    }
 
 
 if __name__ == "__main__":

@@ -312,7 +312,8 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         name="beam-worker-pool",
         argv=[sys.executable, "-m", "runners.worker_pool", f"--port={pool_port}",
               f"--bind_host={settings.get('stack', 'bind_host')}",
-              f"--state_cache_mb={settings.get('flink', 'sdk_state_cache_mb', int)}"],
+              f"--state_cache_mb={settings.get('flink', 'sdk_state_cache_mb', int)}",
+              f"--gc_threshold={settings.get('flink', 'sdk_gc_threshold', str, '')}"],
         ports=(pool_port,),
         # The pool starts SDK workers as `python -c ...` from PATH: put this venv first so
         # workers import the same Beam and the project's modules.
