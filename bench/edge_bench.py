@@ -162,6 +162,7 @@ def bench_mqtt(args: argparse.Namespace) -> None:
             cfg = GeneratorConfig(
                 path="mqtt", rate=args.rate, seconds=total / args.rate, id_prefix=f"e{run}-",
                 processes=args.publishers, connections=1, inflight=args.inflight,
+                mqtt_client="paho",
                 mqtt_host=s.get("mqtt", "host"), mqtt_port=s.get("mqtt", "port", int),
                 mqtt_username=s.get("mqtt", "sensor_username"),
                 mqtt_password=s.get("mqtt", "sensor_password"), give_up_s=args.timeout)

@@ -5,20 +5,37 @@ Phases (each with its own CPU/RSS figures, see bench/resources.py):
 1. ``preflight``: the stack is up (``dcmms-telemetry up --with-pipeline`` if not,
    and then stopped again at the end: a stack the benchmark did not start is
    never torn down) and one probe per path goes through end to end.
-2. ``anchors``: raw Kafka, raw QuestDB, the direct MQTT->QuestDB peer (stepped).
-3. ``mqtt`` and ``rest``: stepped offered rates through the pipeline. Each step
-   runs ``step_seconds``, then waits up to ``drain_seconds`` for every accepted
+2. ``anchors``: raw Kafka, raw QuestDB; ``direct``: the direct MQTT->QuestDB
+   peer (stepped like the pipeline).
+3. ``mqtt`` and ``rest``: stepped offered rates through the pipeline, the ladder
+   of bench/report.py ``rate_steps`` (2k, 5k, 7.5k, 10k, 15k, 20k, 30k events/s;
+   quick mode stops the ladder at 20k); the MQTT path first runs one extra
+   500 events/s step (``report.path_ladder``: ``pipeline.mqtt.e2e_ms_at_500``),
+   as long as the others and judged like them. Each step runs
+   ``step_seconds``, then waits up to ``drain_seconds`` for every accepted
    event to be stored; the harness counts ``event_id LIKE '<step prefix>%'`` in
    sensor_readings. Lag is measured as sent minus stored rows over time (the
    pipeline's KafkaIO commits consumer offsets only on checkpoints, every 60 s,
    too coarse to see a trend in a step). Probes (10/s, their own sensor id) are
    polled through ``GET /api/v1/telemetry`` every 100 ms: sent -> queryable.
-   Stepping stops at the first step not held; a 10,000 events/s step is always
-   run so the latency at 10k is measured (and labelled not held if it is not).
-4. ``drain``: bench/drain.py preloads N events into ``raw_telemetry`` and times
-   until the job has stored them all: the job's capacity without the edge.
-5. ``query``: bench/query_bench.py's load and measurement on the ``qbench``
+   Stepping stops at the first step not held (``report.next_rate``); in full
+   mode a 10,000 events/s step is then still run (at most 20 s) so the latency
+   at 10k is measured (and labelled not held if it is not). MQTT load comes from
+   ``mosquitto_pub`` when installed, else paho (bench/loadgen.py).
+4. ``soak``: the highest held REST rate again for ``soak_seconds`` (full 10 min,
+   quick 60 s): lost, duplicated, backlog slope, RSS growth of every component.
+5. ``drain``: bench/drain.py preloads N events into ``raw_telemetry`` and times
+   until the job has stored them all: the job's capacity without the edge, once
+   as the edge writes (TelemetryBatch records, ``pipeline.drain``) and once one
+   event per record (``pipeline.drain_single``).
+6. ``query``: bench/query_bench.py's load and measurement on the ``qbench``
    fleet in sensor_readings (reused when present).
+
+``cpu_us_per_event``: CPU microseconds per stored event of every stack
+component over the mqtt and rest step phases (bench/resources.py samples),
+``stack_total`` and, apart, ``generator`` (the harness process and its
+children: generator workers, ``mosquitto_pub``, probes); the same per path
+(``pipeline.<path>.cpu_us_per_event``), for the soak and for each drain.
 
 Writes bench/results/<UTC timestamp>.json, bench/results/latest.json (keys:
 bench/report.py REQUIRED_KEYS) and latest.png / <timestamp>.png, prints a table.
@@ -46,16 +63,25 @@ import psutil
 import requests
 
 from bench import anchors, drain, report
-from bench.loadgen import GeneratorConfig, fleet_item, mqtt_message, run_load
+from bench.loadgen import (
+    MQTT_CLIENTS,
+    GeneratorConfig,
+    fleet_item,
+    mqtt_message,
+    resolve_mqtt_client,
+    run_load,
+)
 from bench.resources import ResourceSampler
 from io_connectors.questdb_schema import SENSOR_READINGS
 from runners.settings import REPO_ROOT, Settings, load_settings
 
-__all__ = ["main", "ModeConfig", "mode_config"]
+__all__ = ["main", "ModeConfig", "mode_config", "PHASES"]
 
 _LOGGER = logging.getLogger(__name__)
 RESULTS = REPO_ROOT / "bench" / "results"
 PROBE_ASSET = ("bench-site-01", "bench-asset-01-001")
+# What `--phases` can select, in the order they run.
+PHASES = ("anchors", "direct", "mqtt", "rest", "soak", "drain", "query")
 
 
 @dataclass(frozen=True)
@@ -71,14 +97,16 @@ class ModeConfig:
     query_load_rows: int      # else load this many
     query_requests: int
     drain_events: int         # preloaded into raw_telemetry for the drain phase
+    soak_seconds: float       # the highest held REST rate again, this long
 
 
 def mode_config(mode: str) -> ModeConfig:
     if mode == "quick":
-        return ModeConfig("quick", 15, 20, 100_000, 300_000, 1_000_000, 3_000_000, 60, 100_000)
+        return ModeConfig("quick", 15, 20, 100_000, 300_000, 1_000_000, 3_000_000, 60, 100_000,
+                          60)
     if mode == "full":
         return ModeConfig("full", 60, 90, 1_000_000, 2_000_000, 50_000_000, 50_000_000, 300,
-                          500_000)
+                          500_000, 600)
     raise ValueError(f"mode must be quick or full, got {mode!r}")
 
 
@@ -308,9 +336,14 @@ def make_probes(settings: Settings, path: str, run: str, topic_root: str = "tele
 
 # -- steps ----------------------------------------------------------------
 
-def run_step(settings: Settings, mc: ModeConfig, path: str, rate: int, index: int, run: str,
-             probes: Probes, dlq: DlqCounter | None, gen: dict[str, Any]) -> dict[str, Any]:
-    """One offered rate on one path; returns the step record (see report.judge_step)."""
+def run_step(settings: Settings, mc: ModeConfig, path: str, rate: int, index: int | str,
+             run: str, probes: Probes, dlq: DlqCounter | None, gen: dict[str, Any],
+             sample_s: float = 1.0) -> dict[str, Any]:
+    """One offered rate on one path; returns the step record (see report.judge_step).
+
+    The backlog (sent - stored) is counted every ``sample_s``: each count scans the
+    step's rows, so the 10-minute soak samples less often.
+    """
     table = anchors.DIRECT_TABLE if path == "direct" else SENSOR_READINGS
     prefix = f"b{run}{path[0]}{index}-"
     cfg = GeneratorConfig(path="rest" if path == "rest" else "mqtt", rate=rate,
@@ -323,7 +356,7 @@ def run_step(settings: Settings, mc: ModeConfig, path: str, rate: int, index: in
     stop = threading.Event()
 
     def sample_backlog() -> None:
-        while not stop.wait(1.0):
+        while not stop.wait(sample_s):
             try:
                 stored, _ = count_rows(settings, table, prefix, since_ms)
             except Exception:  # noqa: BLE001 - a slow count just skips one sample
@@ -376,6 +409,7 @@ def run_step(settings: Settings, mc: ModeConfig, path: str, rate: int, index: in
         "stored_eps": round(distinct / (mc.step_seconds + drain_s)),
         "drain_s": round(drain_s, 1), "backlog": [(round(t, 1), b) for t, b in backlog_rel],
         "e2e_ms": e2e, "held": held, "reasons": reasons,
+        "generator": "requests" if path == "rest" else resolve_mqtt_client(cfg.mqtt_client),
         "generator_cpu_s": load.generator_cpu_s,
         "generator_max_cpu_util": load.generator_max_cpu_util,
         "generator_saturated": load.generator_saturated, "generator_short": load.generator_short,
@@ -390,9 +424,9 @@ def run_step(settings: Settings, mc: ModeConfig, path: str, rate: int, index: in
     return step
 
 
-def run_path(settings: Settings, mc: ModeConfig, path: str, run: str, rates: list[int],
+def run_path(settings: Settings, mc: ModeConfig, path: str, run: str, ladder: list[int],
              probes: Probes, dlq: DlqCounter | None, gen: dict[str, Any]) -> list[dict[str, Any]]:
-    """Step up until a step is not held.
+    """Climb ``ladder`` (report.path_ladder) until a step is not held (report.next_rate).
 
     Full mode then still runs a 10,000 events/s step (at most 20 s) so the latency
     at 10k is measured, labelled not held. Quick mode skips it: below the
@@ -401,18 +435,16 @@ def run_path(settings: Settings, mc: ModeConfig, path: str, run: str, rates: lis
     """
     steps: list[dict[str, Any]] = []
     drain_cap = 60 if mc.mode == "quick" else 900
-    for i, rate in enumerate(rates):
-        step = run_step(settings, mc, path, rate, i, run, probes, dlq, gen)
-        steps.append(step)
-        if not step["held"]:
-            if (mc.mode == "full" and path != "direct" and rate < 10_000
-                    and 10_000 in rates):
-                _wait_drained(settings, path, step, drain_cap)
-                short = ModeConfig(**{**asdict(mc), "step_seconds": min(mc.step_seconds, 20)})
-                steps.append(run_step(settings, short, path, 10_000, len(rates), run, probes,
-                                      dlq, gen))
+    forced = report.FORCED_RATE if mc.mode == "full" and path != "direct" else None
+    while (rate := report.next_rate(ladder, [(s["offered"], s["held"]) for s in steps],
+                                    forced)) is not None:
+        step_mc = mc
+        if steps and not steps[-1]["held"]:  # the forced 10k step after a step not held
             _wait_drained(settings, path, steps[-1], drain_cap)
-            break
+            step_mc = ModeConfig(**{**asdict(mc), "step_seconds": min(mc.step_seconds, 20)})
+        steps.append(run_step(settings, step_mc, path, rate, len(steps), run, probes, dlq, gen))
+    if steps and not steps[-1]["held"]:
+        _wait_drained(settings, path, steps[-1], drain_cap)
     return steps
 
 
@@ -429,26 +461,81 @@ def _wait_drained(settings: Settings, path: str, step: dict[str, Any], timeout_s
         time.sleep(5)
 
 
-def summarise_path(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sustained rate = highest held step; its latency (or, if none held, the lowest step's)."""
+def summarise_path(path: str, steps: list[dict[str, Any]], ladder: list[int] | None = None
+                   ) -> dict[str, Any]:
+    """Sustained rate = highest held step; its latency (or, if none held, the lowest step's);
+    the latency at the rates issue 11 names (``e2e_ms_at_<label>``, see report.e2e_at)."""
     held = [s for s in steps if s["held"]]
     best = max(held, key=lambda s: s["offered"]) if held else None
     shown = best or (min(steps, key=lambda s: s["offered"]) if steps else None)
-    at10k = next((s for s in steps if s["offered"] == 10_000), None)
     empty = {"p50": None, "p95": None, "p99": None}
-    return {
+    out = {
         "sustained_eps": best["offered"] if best else 0,
         "sustained_achieved_eps": best["achieved_eps"] if best else None,
         "e2e_ms": ({k: shown["e2e_ms"][k] for k in ("p50", "p95", "p99")} if shown else empty),
         # which step e2e_ms comes from: the sustained one, else the lowest (not held) step
         "e2e_ms_offered_eps": shown["offered"] if shown else None,
         "e2e_ms_step_held": shown["held"] if shown else None,
-        "e2e_ms_at_10k": ({k: at10k["e2e_ms"][k] for k in ("p50", "p95", "p99", "n", "unseen")}
-                          if at10k else empty),
-        "held_10k": at10k["held"] if at10k else None,
-        "note_10k": None if at10k else "no 10k step: a lower step was not held (quick mode "
-                                       "skips it; see docs/benchmarks.md)",
+        "ladder": ladder,
     }
+    for label, rate in report.E2E_AT.get(path, ()):
+        out[f"e2e_ms_at_{label}"] = report.e2e_at(steps, rate, ladder)
+    return out
+
+
+def run_soak(settings: Settings, mc: ModeConfig, run: str, rate: int, dlq: DlqCounter,
+             gen: dict[str, Any], sampler: ResourceSampler) -> dict[str, Any]:
+    """The REST path at ``rate`` for ``mc.soak_seconds`` (sampler phase "soak" must be on):
+    ``pipeline.soak`` (report.soak_summary) with the step record under ``step``."""
+    soak_mc = ModeConfig(**{**asdict(mc), "step_seconds": mc.soak_seconds})
+    probes = make_probes(settings, "rest", f"{run}soak")
+    probes.start()
+    try:
+        step = run_step(settings, soak_mc, "rest", rate, "soak", run, probes, dlq, gen,
+                        sample_s=1.0 if mc.soak_seconds <= 120 else 5.0)
+    finally:
+        probes.stop()
+    if not step["held"]:
+        _wait_drained(settings, "rest", step, 60 if mc.mode == "quick" else 900)
+    return {**report.soak_summary(step, sampler.rss_series("soak")), "step": step}
+
+
+def _cpu_figures(result: dict[str, Any], by_phase: dict[str, Any]) -> None:
+    """``cpu_us_per_event`` over the pipeline step phases, per path, for the soak."""
+    pipe = result["pipeline"]
+    phases, events = [], 0
+    worker_steps: list[dict[str, Any]] = []
+    for path in ("mqtt", "rest"):
+        mine = [s for s in result["steps"] if s["path"] == path]
+        phase = f"{path}_steps"
+        if not mine or phase not in by_phase:
+            continue
+        stored = sum(s.get("stored_final", s["stored"]) for s in mine)
+        pipe[path]["cpu_us_per_event"] = report.cpu_us_per_event(
+            report.sum_usage(by_phase, [phase]), stored)
+        pipe[path]["cpu_us_per_event"]["generator_workers"] = _per_event(mine, stored)
+        phases.append(phase)
+        events += stored
+        worker_steps += mine
+    if phases:
+        result["cpu_us_per_event"] = report.cpu_us_per_event(
+            report.sum_usage(by_phase, phases), events)
+        # the generator's worker processes (and mosquitto_pub) alone: `generator` also
+        # holds the harness's probes, counts and resource sampling
+        result["cpu_us_per_event"]["generator_workers"] = _per_event(worker_steps, events)
+        result["cpu_us_per_event_phases"] = phases
+    soak = pipe.get("soak") or {}
+    if soak.get("step") and "soak" in by_phase:
+        soak["cpu_us_per_event"] = report.cpu_us_per_event(
+            report.sum_usage(by_phase, ["soak"]), soak["stored"])
+        soak["cpu_us_per_event"]["generator_workers"] = _per_event([soak["step"]],
+                                                                   soak["stored"])
+
+
+def _per_event(steps: list[dict[str, Any]], events: int) -> float | None:
+    """The generator workers' CPU (their own measure) per stored event, microseconds."""
+    cpu = sum(s.get("generator_cpu_s") or 0.0 for s in steps)
+    return round(cpu / events * 1e6, 1) if events else None
 
 
 # -- query ----------------------------------------------------------------
@@ -496,24 +583,39 @@ def run_query(settings: Settings, mc: ModeConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("quick", "full"), default="quick")
-    parser.add_argument("--paths", default="direct,mqtt,rest",
-                        help="comma list of direct, mqtt, rest (stepped phases to run)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma list of the phases to run, of {', '.join(PHASES)} "
+                             "(default: all); e.g. mqtt,rest,soak for a short run")
+    parser.add_argument("--paths", default=None,
+                        help="comma list of direct, mqtt, rest: the stepped phases to run "
+                             "(narrows --phases)")
     parser.add_argument("--skip-anchors", action="store_true", help="no raw Kafka/QuestDB anchor")
     parser.add_argument("--skip-query", action="store_true")
     parser.add_argument("--skip-drain", action="store_true",
                         help="no drain phase (job capacity on a preloaded backlog)")
-    parser.add_argument("--steps", default=None, help="override the offered rates, e.g. 2000,5000")
+    parser.add_argument("--steps", default=None,
+                        help="override the offered rates, e.g. 2000,5000 (MQTT still starts "
+                             "with its 500 events/s step)")
     parser.add_argument("--step-seconds", type=float, default=None)
+    parser.add_argument("--soak-seconds", type=float, default=None,
+                        help="soak length (full 600, quick 60)")
     parser.add_argument("--processes", type=int, default=4, help="generator processes per step")
-    parser.add_argument("--connections", type=int, default=4, help="MQTT connections per process")
+    parser.add_argument("--connections", type=int, default=4,
+                        help="MQTT connections per process (mosquitto_pub: one process and "
+                             "one topic each)")
+    parser.add_argument("--mqtt-client", choices=MQTT_CLIENTS, default="auto",
+                        help="MQTT load generator; auto: mosquitto_pub if installed, else paho")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    phases = _phases(args, parser)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("bench.query_bench").setLevel(logging.INFO)  # load progress
 
     mc = mode_config(args.mode)
     if args.step_seconds:
         mc = ModeConfig(**{**asdict(mc), "step_seconds": args.step_seconds})
+    if args.soak_seconds:
+        mc = ModeConfig(**{**asdict(mc), "soak_seconds": args.soak_seconds})
     settings = load_settings()
     started = dt.datetime.now(dt.UTC)
     run = uuid.uuid4().hex[:6]
@@ -530,21 +632,30 @@ def main(argv: list[str] | None = None) -> int:
            "mqtt_port": settings.get("mqtt", "port", int),
            "mqtt_username": settings.get("mqtt", "sensor_username"),
            "mqtt_password": settings.get("mqtt", "sensor_password"),
-           "rest_url": f"{base_url}/api/v1/telemetry", "api_key": key}
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+           "rest_url": f"{base_url}/api/v1/telemetry", "api_key": key,
+           "mqtt_client": resolve_mqtt_client(args.mqtt_client)}
+    paths = [p for p in ("direct", "mqtt", "rest") if p in phases]
+    not_run = "phase not run (--phases)"
     result: dict[str, Any] = {
         "git_sha": sha, "git_dirty": dirty, "started_at": started.isoformat(timespec="seconds"),
         "mode": mc.mode, "run_id": run, "step_seconds": mc.step_seconds,
-        "drain_seconds": mc.drain_seconds, "machine": machine,
+        "drain_seconds": mc.drain_seconds, "soak_seconds": mc.soak_seconds,
+        "phases": [p for p in PHASES if p in phases], "machine": machine,
         "stack_started_by_bench": stack_started,
-        "generator": {k: gen[k] for k in ("processes", "connections")} | {
+        "generator": {k: gen[k] for k in ("processes", "connections", "mqtt_client")} | {
             "inflight_per_connection": 1000, "rest_batch": 1000, "probe_interval_ms": 100,
             "probe_poll_ms": 100},
         "anchors": {"kafka_raw_eps": None, "questdb_raw_rows_per_s": None,
                     "direct_bridge_eps": None,
                     "direct_bridge_e2e_ms": {"p50": None, "p95": None, "p99": None}},
         "pipeline": {"lag_method": "sent minus stored rows over time (KafkaIO commits offsets "
-                                   "only on checkpoints)"},
+                                   "only on checkpoints)",
+                     "soak": report.soak_skipped(not_run),
+                     "drain": {"drain_eps": None, "cpu_us_per_event": None, "skipped": not_run},
+                     "drain_single": {"drain_eps": None, "cpu_us_per_event": None,
+                                      "skipped": not_run}},
+        "cpu_us_per_event": {"stack_total": None, "generator": None,
+                             "reason": "no mqtt or rest step ran"},
         "query": {"rows": None, "raw_1d_ms": {"p50": None, "p99": None},
                   "bucket_1d_ms": {"p50": None, "p99": None},
                   "latest_ms": {"p50": None, "p99": None}},
@@ -556,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in ("mqtt", "rest"):
             if path in paths:
                 _preflight(settings, path, run)
-        if not args.skip_anchors:
+        if "anchors" in phases:
             sampler.phase("anchor_kafka")
             say(f"anchor: raw Kafka, {mc.kafka_events:,} Avro records")
             kr = anchors.kafka_raw(settings, mc.kafka_events, run)
@@ -572,8 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         rates_override = [int(x) for x in args.steps.split(",")] if args.steps else None
         for path in paths:
             sampler.phase(f"{path}_steps" if path != "direct" else "anchor_direct")
-            rates = rates_override or report.rate_steps(mc.mode, path)
-            say(f"{path}: steps {rates} x {mc.step_seconds:.0f} s")
+            ladder = report.path_ladder(path, rates_override or report.rate_steps(mc.mode, path))
+            say(f"{path}: steps {ladder} x {mc.step_seconds:.0f} s (until one is not held)")
             gen_path = dict(gen)
             peer = None
             if path == "direct":
@@ -586,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
                 probes = make_probes(settings, path, run)
             probes.start()
             try:
-                steps = run_path(settings, mc, path, run, rates, probes,
+                steps = run_path(settings, mc, path, run, ladder, probes,
                                  dlq if path != "direct" else None, gen_path)
             finally:
                 probes.stop()
@@ -594,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
                     anchors.stop_direct_peer(*peer)
                     sampler.remove("direct-peer")
             result["steps"].extend(steps)
-            summary = summarise_path(steps)
+            summary = summarise_path(path, steps, ladder)
             if path == "direct":
                 result["anchors"]["direct_bridge_eps"] = summary["sustained_eps"]
                 result["anchors"]["direct_bridge_e2e_ms"] = summary["e2e_ms"]
@@ -602,15 +713,29 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 result["pipeline"][path] = summary
         for path in ("mqtt", "rest"):
-            result["pipeline"].setdefault(path, summarise_path([]))
+            result["pipeline"].setdefault(path, summarise_path(path, []))
+        if "soak" in phases:
+            rest = result["pipeline"]["rest"]
+            if not rest["sustained_eps"]:
+                result["pipeline"]["soak"] = report.soak_skipped(
+                    "no REST step was held in this run" if "rest" in phases
+                    else "the rest phase did not run (--phases): no held REST rate to soak")
+            else:
+                sampler.phase("soak")
+                say(f"soak: rest at {rest['sustained_eps']:,}/s for {mc.soak_seconds:.0f} s")
+                result["pipeline"]["soak"] = run_soak(settings, mc, run, rest["sustained_eps"],
+                                                      dlq, gen, sampler)
+        sampler.phase("recount")  # the final counts below are no step's or soak's load
         _zero_loss(settings, result)
-        if not args.skip_drain:
-            sampler.phase("drain")
-            say(f"drain: {mc.drain_events:,} events preloaded into the raw topic")
-            result["pipeline"]["drain"] = drain.drain(settings, mc.drain_events, run,
-                                                      say=say)
-            say(f"  drain {result['pipeline']['drain']['drain_eps']} events/s")
-        if not args.skip_query:
+        if "drain" in phases:
+            for key, batch_events, tag in (("drain", 500, run), ("drain_single", 1, f"{run}s")):
+                sampler.phase(key)
+                say(f"{key}: {mc.drain_events:,} events preloaded into the raw topic, "
+                    f"{batch_events} per record")
+                result["pipeline"][key] = drain.drain(settings, mc.drain_events, tag, say=say,
+                                                      batch_events=batch_events)
+                say(f"  {key} {result['pipeline'][key]['drain_eps']} events/s")
+        if "query" in phases:
             sampler.phase("query")
             result["query"] = run_query(settings, mc)
     finally:
@@ -618,6 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         dlq.close()
         result["resources"] = sampler.totals()
         result["resources_by_phase"] = sampler.by_phase()
+        _cpu_figures(result, result["resources_by_phase"])
         result["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
         result["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         _write(result, args.output_dir, started)
@@ -628,6 +754,21 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         say(f"WARNING: result lacks keys {missing}")
     return 0
+
+
+def _phases(args: argparse.Namespace, parser: argparse.ArgumentParser) -> set[str]:
+    """The phases to run: ``--phases``, narrowed by ``--paths`` and the ``--skip-*`` flags."""
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if phases - set(PHASES):
+        parser.error(f"unknown phase(s) {sorted(phases - set(PHASES))}; choose from {PHASES}")
+    if args.paths is not None:
+        paths = {p.strip() for p in args.paths.split(",") if p.strip()}
+        phases -= {"direct", "mqtt", "rest"} - paths
+    for flag, phase in ((args.skip_anchors, "anchors"), (args.skip_query, "query"),
+                        (args.skip_drain, "drain")):
+        if flag:
+            phases.discard(phase)
+    return phases
 
 
 def _preflight(settings: Settings, path: str, run: str) -> None:
@@ -648,15 +789,24 @@ def _preflight(settings: Settings, path: str, run: str) -> None:
 
 
 def _zero_loss(settings: Settings, result: dict[str, Any]) -> None:
-    """Final recount over every pipeline step: sent, accepted, stored, duplicated, lost."""
+    """Final recount over every pipeline step and the soak: sent, accepted, stored,
+    duplicated, lost (by event id)."""
     steps = [s for s in result["steps"] if s["path"] in ("mqtt", "rest")]
+    soak = result["pipeline"].get("soak") or {}
+    if soak.get("step"):
+        steps.append(soak["step"])
     since = int(time.time() * 1000) - 6 * 3_600_000
     stored = dup = 0
     for s in steps:
         rows, distinct = count_rows(settings, SENSOR_READINGS, s["id_prefix"], since, True)
         s["stored_final"] = distinct
+        s["duplicated_final"] = rows - distinct
         stored += distinct
         dup += rows - distinct
+    if soak.get("step"):
+        step = soak["step"]
+        soak.update(stored=step["stored_final"], duplicated=step["duplicated_final"],
+                    lost=max(0, step["accepted"] - step["stored_final"]))
     pipe = result["pipeline"]
     pipe["sent"] = sum(s["sent"] for s in steps)
     pipe["accepted"] = sum(s["accepted"] for s in steps)

@@ -13,13 +13,31 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "percentiles", "backlog_slope", "judge_step", "rate_steps", "ratio_rows",
-    "REQUIRED_KEYS", "missing_keys", "format_table", "format_markdown", "draw_chart", "main",
+    "percentiles", "backlog_slope", "second_half_slope", "judge_step", "rate_steps",
+    "path_ladder", "next_rate", "e2e_at", "E2E_AT", "sum_usage", "cpu_us_per_event",
+    "rss_growth", "soak_summary", "soak_skipped", "ratio_rows", "REQUIRED_KEYS",
+    "missing_keys", "format_table", "format_markdown", "draw_chart", "main",
 ]
 
 _LOGGER = logging.getLogger(__name__)
 
-# Dotted keys latest.json must hold (issue 6 item 7); resources.<component> is checked apart.
+# Offered rates (events/s) of the REST and MQTT ladders (issue 11: fine enough that a
+# sustained figure is not a step-size artefact); quick mode runs a prefix of it.
+FULL_STEPS = (2_000, 5_000, 7_500, 10_000, 15_000, 20_000, 30_000)
+QUICK_STEPS = FULL_STEPS[:6]
+# The rate a not-held step is followed by once (full mode), so its latency is measured.
+FORCED_RATE = 10_000
+# The MQTT path starts with one extra step at this rate: pipeline.mqtt.e2e_ms_at_500.
+MQTT_LATENCY_RATE = 500
+# pipeline.<path>.e2e_ms_at_<label>: the latency of the step offered at that rate
+E2E_AT = {"mqtt": (("500", MQTT_LATENCY_RATE), ("5k", 5_000), ("10k", 10_000)),
+          "rest": (("5k", 5_000), ("10k", 10_000))}
+# Components of the benchmark itself, not of the stack: never in cpu_us_per_event.stack_total.
+GENERATOR = "loadgen"
+NOT_STACK = (GENERATOR, "direct-peer")
+
+# Dotted keys latest.json must hold (issues 6 and 11); resources.<component> and
+# cpu_us_per_event.<component> are checked apart.
 REQUIRED_KEYS = (
     "git_sha", "started_at", "machine.cores", "machine.memory", "machine.cpu_model",
     "anchors.kafka_raw_eps", "anchors.questdb_raw_rows_per_s", "anchors.direct_bridge_eps",
@@ -28,6 +46,14 @@ REQUIRED_KEYS = (
     "pipeline.mqtt.e2e_ms.p99",
     "pipeline.rest.sustained_eps", "pipeline.rest.e2e_ms.p50", "pipeline.rest.e2e_ms.p95",
     "pipeline.rest.e2e_ms.p99",
+    "pipeline.rest.e2e_ms_at_5k.p99", "pipeline.rest.e2e_ms_at_10k.p99",
+    "pipeline.mqtt.e2e_ms_at_500.p50",
+    "pipeline.drain.drain_eps", "pipeline.drain.cpu_us_per_event",
+    "pipeline.drain_single.drain_eps",
+    "pipeline.soak.rate", "pipeline.soak.seconds", "pipeline.soak.sent", "pipeline.soak.stored",
+    "pipeline.soak.lost", "pipeline.soak.duplicated", "pipeline.soak.backlog_slope",
+    "pipeline.soak.rss_growth",
+    "cpu_us_per_event.stack_total", "cpu_us_per_event.generator",
     "pipeline.lost_events", "query.rows",
     "query.raw_1d_ms.p50", "query.raw_1d_ms.p99", "query.bucket_1d_ms.p50",
     "query.bucket_1d_ms.p99", "query.latest_ms.p50", "query.latest_ms.p99",
@@ -69,6 +95,12 @@ def backlog_slope(samples: Sequence[tuple[float, float]]) -> float:
     return slopes[mid] if len(slopes) % 2 else (slopes[mid - 1] + slopes[mid]) / 2
 
 
+def second_half_slope(backlog: Sequence[tuple[float, float]], seconds: float) -> float:
+    """Theil-Sen slope of the ``(seconds since the generator started, backlog)`` samples of
+    the second half of a ``seconds`` long step (the first half is ramp-up)."""
+    return backlog_slope([s for s in backlog if seconds / 2 <= s[0] <= seconds + 1])
+
+
 def judge_step(*, offered: float, seconds: float, sent: int, accepted: int, stored: int,
                duplicates: int, generator_short: bool,
                backlog: Sequence[tuple[float, float]], growth_tolerance: float = 0.05
@@ -92,21 +124,159 @@ def judge_step(*, offered: float, seconds: float, sent: int, accepted: int, stor
         reasons.append(f"{accepted - stored} accepted events not stored within the drain time")
     if duplicates:
         reasons.append(f"{duplicates} duplicate rows")
-    # sample times are seconds since the generator started
-    half = [s for s in backlog if seconds / 2 <= s[0] <= seconds + 1]
-    slope = backlog_slope(half)
+    slope = second_half_slope(backlog, seconds)
     if slope > growth_tolerance * offered:
         reasons.append(f"backlog grew {slope:.0f} events/s per s in the second half")
     return not reasons, reasons
 
 
 def rate_steps(mode: str, path: str) -> list[int]:
-    """Offered rates (events/s) tried in order for ``path`` in ``mode`` (quick/full)."""
+    """Offered rates (events/s) tried in order for ``path`` in ``mode`` (quick/full).
+
+    Every path (direct, mqtt, rest) climbs the same ladder, FULL_STEPS; quick mode
+    stops the ladder at 20,000 (its steps are shorter, not coarser). The MQTT
+    path's extra 500 events/s step is added by :func:`path_ladder`.
+    """
     if mode not in ("quick", "full"):
         raise ValueError(f"mode must be quick or full, got {mode!r}")
-    if mode == "quick":
-        return [500, 1000, 2000, 5000, 10000] if path != "direct" else [2000, 5000, 10000, 20000]
-    return [500, 1000, 2000, 5000, 10000, 15000, 20000, 30000, 50000]
+    return list(QUICK_STEPS if mode == "quick" else FULL_STEPS)
+
+
+def path_ladder(path: str, rates: Sequence[int]) -> list[int]:
+    """The rates ``path`` runs in order: ``rates``, and for MQTT first one 500 events/s
+    step (``pipeline.mqtt.e2e_ms_at_500``) unless the ladder already starts at or below it.
+    That step is as long as the others and judged like them (it can be the sustained rate)."""
+    ladder = sorted(set(rates))
+    if path == "mqtt" and ladder and ladder[0] > MQTT_LATENCY_RATE:
+        ladder.insert(0, MQTT_LATENCY_RATE)
+    return ladder
+
+
+def next_rate(ladder: Sequence[int], done: Sequence[tuple[int, bool]],
+              forced_rate: int | None = None) -> int | None:
+    """The next offered rate after the steps ``done`` ((rate, held) in run order), or None.
+
+    Steps climb ``ladder`` and stop at the first step not held. If ``forced_rate``
+    is given and on the ladder, a not-held step below it is followed once by a
+    ``forced_rate`` step (so its latency is measured; it is labelled not held if it
+    is not), then stepping stops.
+    """
+    if any(not held for _, held in done):
+        first_failed = next(rate for rate, held in done if not held)
+        if (forced_rate is not None and forced_rate in ladder and first_failed < forced_rate
+                and done[-1] == (first_failed, False)):
+            return forced_rate
+        return None
+    return ladder[len(done)] if len(done) < len(ladder) else None
+
+
+def e2e_at(steps: Sequence[Mapping[str, Any]], rate: int, ladder: Sequence[int] | None = None
+           ) -> dict[str, Any]:
+    """Latency of the step offered at ``rate`` (its probes): p50/p95/p99, n, unseen, held;
+    null percentiles and a ``reason`` when no such step ran."""
+    step = next((s for s in steps if s["offered"] == rate), None)
+    if step is not None:
+        e2e = step.get("e2e_ms", {})
+        return {**{k: e2e.get(k) for k in ("p50", "p95", "p99")}, "n": e2e.get("n"),
+                "unseen": e2e.get("unseen"), "held": step["held"], "reason": None}
+    failed = next((s["offered"] for s in steps if not s["held"]), None)
+    if not steps:
+        reason = "the path did not run"
+    elif ladder is not None and rate not in ladder:
+        reason = f"{rate:,} events/s is not among the offered rates {list(ladder)}"
+    elif failed is not None:
+        reason = f"not run: stepping stopped after {failed:,} events/s was not held"
+    else:
+        reason = "not run"
+    return {"p50": None, "p95": None, "p99": None, "n": 0, "unseen": 0, "held": None,
+            "reason": reason}
+
+
+def sum_usage(by_phase: Mapping[str, Mapping[str, Mapping[str, float]]],
+              phases: Sequence[str]) -> dict[str, float]:
+    """CPU seconds per component summed over ``phases`` of a ResourceSampler.by_phase()."""
+    out: dict[str, float] = {}
+    for phase in phases:
+        for comp, usage in by_phase.get(phase, {}).items():
+            out[comp] = out.get(comp, 0.0) + float(usage.get("cpu_s", 0.0))
+    return out
+
+
+def cpu_us_per_event(cpu_s: Mapping[str, float], events: int) -> dict[str, float | None]:
+    """CPU microseconds per event of every component (``{component: cpu seconds}`` over the
+    same span that stored ``events``), ``stack_total`` (the stack's components only) and
+    ``generator`` (the load generator: the benchmark process and its children). Values are
+    None when no event was stored."""
+    def per_event(seconds: float) -> float | None:
+        return round(seconds / events * 1e6, 1) if events > 0 else None
+
+    out: dict[str, float | None] = {c: per_event(v) for c, v in sorted(cpu_s.items())
+                                    if c not in NOT_STACK}
+    out["stack_total"] = per_event(sum(v for c, v in cpu_s.items() if c not in NOT_STACK))
+    out["generator"] = per_event(cpu_s.get(GENERATOR, 0.0))
+    return out
+
+
+def rss_growth(series: Sequence[tuple[float, Mapping[str, float]]], window_s: float = 60.0
+               ) -> dict[str, dict[str, float | None]]:
+    """RSS of every component in the first vs the last ``window_s`` of ``series``
+    ((time s, {component: RSS MB}) samples): the median of each window, the growth in MB
+    and in % of the first. The windows overlap when the series is shorter than twice
+    ``window_s``."""
+    if not series:
+        return {}
+    t_first, t_last = series[0][0], series[-1][0]
+    first = [sample for t, sample in series if t <= t_first + window_s]
+    last = [sample for t, sample in series if t >= t_last - window_s]
+
+    def median(values: list[float]) -> float | None:
+        ordered = sorted(values)
+        if not ordered:
+            return None
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    out: dict[str, dict[str, float | None]] = {}
+    for comp in sorted({c for _, sample in series for c in sample}):
+        a = median([s[comp] for s in first if comp in s])
+        b = median([s[comp] for s in last if comp in s])
+        growth = None if a is None or b is None else b - a
+        out[comp] = {"first_mb": None if a is None else round(a, 1),
+                     "last_mb": None if b is None else round(b, 1),
+                     "growth_mb": None if growth is None else round(growth, 1),
+                     "growth_pct": round(growth / a * 100, 1) if growth is not None and a
+                     else None}
+    return out
+
+
+def soak_summary(step: Mapping[str, Any], rss_series: Sequence[tuple[float, Mapping[str, float]]]
+                 ) -> dict[str, Any]:
+    """``pipeline.soak`` from the soak's step record (see bench/harness.py run_step) and the
+    RSS samples taken during it: rate, seconds, sent, accepted, stored, lost, duplicated
+    (by event id), the backlog's Theil-Sen slope over the second half (as the steps) and the
+    RSS growth of every component, first vs last minute (a quarter of the soak when it is
+    shorter than 4 minutes)."""
+    seconds = float(step["seconds"])
+    stored = step.get("stored_final", step["stored"])
+    return {
+        "rate": step["offered"], "seconds": seconds, "sent": step["sent"],
+        "accepted": step["accepted"], "stored": stored,
+        "lost": max(0, step["accepted"] - stored),
+        "duplicated": step.get("duplicated_final", step["duplicated"]),
+        "backlog_slope": round(second_half_slope(step.get("backlog", []), seconds), 2),
+        "held": step["held"], "reasons": list(step.get("reasons", [])),
+        "e2e_ms": {k: step.get("e2e_ms", {}).get(k) for k in ("p50", "p95", "p99")},
+        "rss_window_s": min(60.0, seconds / 4),
+        "rss_growth": rss_growth(rss_series, min(60.0, seconds / 4)),
+        "skipped": None,
+    }
+
+
+def soak_skipped(reason: str) -> dict[str, Any]:
+    """``pipeline.soak`` of a run without a soak: every figure null, ``skipped`` says why."""
+    return {"rate": None, "seconds": None, "sent": None, "accepted": None, "stored": None,
+            "lost": None, "duplicated": None, "backlog_slope": None, "held": None,
+            "rss_growth": {}, "skipped": reason}
 
 
 def _get(d: Mapping[str, Any], dotted: str) -> Any:
@@ -134,6 +304,11 @@ def missing_keys(result: Mapping[str, Any]) -> list[str]:
             for k in ("cpu_s", "rss_mb_peak"):
                 if not isinstance(usage, Mapping) or k not in usage:
                     missing.append(f"resources.{comp}.{k}")
+        per_event = result.get("cpu_us_per_event")
+        if isinstance(per_event, Mapping) and per_event.get("stack_total") is not None:
+            # measured: every stack component that used CPU in the run has its figure
+            missing += [f"cpu_us_per_event.{comp}" for comp in sorted(resources)
+                        if comp not in NOT_STACK and comp not in per_event]
     return missing
 
 
@@ -174,6 +349,23 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _drain_shape(drain: Mapping[str, Any]) -> str:
+    """How a drain's events were packed into Kafka records (older results do not say)."""
+    n = drain.get("batch_events")
+    if not n:
+        return ""
+    return ", one event per record" if n == 1 else f", TelemetryBatch records of {n:,} events"
+
+
+def _fmt_cpu(per_event: Mapping[str, Any]) -> str:
+    """``stack_total`` and the generator first, then the components, largest first."""
+    head = [k for k in ("stack_total", "generator", "generator_workers") if k in per_event]
+    rest = sorted((k for k in per_event
+                   if k not in head and isinstance(per_event[k], int | float)),
+                  key=lambda k: -per_event[k])
+    return ", ".join(f"{k} {_fmt(per_event[k])}" for k in head + rest)
+
+
 def format_table(result: Mapping[str, Any]) -> str:
     """Human-readable summary: steps, headline figures, ratios, query, resources."""
     lines = [f"dCMMS telemetry benchmark ({result.get('mode')} mode) {result.get('started_at')} "
@@ -204,13 +396,41 @@ def format_table(result: Mapping[str, Any]) -> str:
         held = "held" if p[path].get("e2e_ms_step_held") else "NOT held"
         lines.append(f"pipeline {path}: sustained {_fmt(p[path].get('sustained_eps'))} eps, "
                      f"e2e p50/p95/p99 {_fmt(e.get('p50'))}/{_fmt(e.get('p95'))}/"
-                     f"{_fmt(e.get('p99'))} ms at {_fmt(at)}/s ({held}); at 10k/s "
-                     f"{_fmt(p[path].get('e2e_ms_at_10k', {}).get('p99'))} ms p99 "
-                     f"(held: {p[path].get('held_10k')})")
-    if p.get("drain"):
-        d = p["drain"]
-        lines.append(f"pipeline drain of {_fmt(d.get('events'))} events preloaded in Kafka: "
-                     f"{_fmt(d.get('drain_eps'))} eps (job capacity without the edge)")
+                     f"{_fmt(e.get('p99'))} ms at {_fmt(at)}/s ({held})")
+        for label, rate in E2E_AT[path]:
+            t = p[path].get(f"e2e_ms_at_{label}") or {}
+            lines.append(f"  e2e at {rate:,}/s p50/p99 {_fmt(t.get('p50'))}/{_fmt(t.get('p99'))}"
+                         f" ms (held: {t.get('held')})"
+                         + (f" - {t['reason']}" if t.get("reason") else ""))
+        if p[path].get("cpu_us_per_event"):
+            lines.append(f"  cpu us/event: {_fmt_cpu(p[path]['cpu_us_per_event'])}")
+    soak = p.get("soak") or {}
+    if soak.get("skipped"):
+        lines.append(f"soak: skipped - {soak['skipped']}")
+    elif soak:
+        grew = {c: g.get("growth_mb") for c, g in soak.get("rss_growth", {}).items()}
+        lines.append(f"soak rest {_fmt(soak.get('rate'))}/s x {_fmt(soak.get('seconds'))} s: "
+                     f"sent {_fmt(soak.get('sent'))}, stored {_fmt(soak.get('stored'))}, lost "
+                     f"{_fmt(soak.get('lost'))}, duplicated {_fmt(soak.get('duplicated'))}, "
+                     f"backlog slope {_fmt(soak.get('backlog_slope'))} events/s per s, held "
+                     f"{soak.get('held')}, e2e p99 {_fmt(soak.get('e2e_ms', {}).get('p99'))} ms")
+        lines.append(f"  RSS growth MB (first vs last {_fmt(soak.get('rss_window_s'))} s): "
+                     + ", ".join(f"{c} {_fmt(v)}" for c, v in grew.items()))
+        if soak.get("cpu_us_per_event"):
+            lines.append(f"  cpu us/event: {_fmt_cpu(soak['cpu_us_per_event'])}")
+    for key in ("drain", "drain_single"):
+        d = p.get(key) or {}
+        if d.get("skipped"):
+            lines.append(f"pipeline {key}: skipped - {d['skipped']}")
+        elif d:
+            lines.append(f"pipeline {key} of {_fmt(d.get('events'))} events preloaded in Kafka"
+                         f"{_drain_shape(d)}: {_fmt(d.get('drain_eps'))} eps (job capacity "
+                         "without the edge)")
+            if d.get("cpu_us_per_event"):
+                lines.append(f"  cpu us/event: {_fmt_cpu(d['cpu_us_per_event'])}")
+    if result.get("cpu_us_per_event"):
+        lines.append(f"cpu us/event over the pipeline steps (stored events): "
+                     f"{_fmt_cpu(result['cpu_us_per_event'])}")
     lines.append(f"zero loss: sent {p.get('sent')}, accepted {p.get('accepted')}, stored "
                  f"{p.get('stored')}, duplicated {p.get('duplicated')}, lost "
                  f"{p.get('lost_events')}, dead-lettered (all sources) {p.get('dead_lettered')}")
@@ -300,13 +520,36 @@ def format_markdown(result: Mapping[str, Any]) -> str:
                      f"{_fmt(p[path].get('e2e_ms_offered_eps'))}/s"
                      f"{'' if p[path].get('e2e_ms_step_held') else ' (not held)'}",
                      f"{_fmt(e.get('p50'))} / {_fmt(e.get('p95'))} / {_fmt(e.get('p99'))}"))
-        t = p[path].get("e2e_ms_at_10k", {})
-        rows.append((f"pipeline {path} e2e p50 / p99 (ms) at 10,000/s "
-                     f"(held: {p[path].get('held_10k')})",
-                     f"{_fmt(t.get('p50'))} / {_fmt(t.get('p99'))}"))
-    if p.get("drain"):
-        rows.append((f"pipeline drain of {_fmt(p['drain'].get('events'))} preloaded events "
-                     "(events/s)", p["drain"].get("drain_eps")))
+        for label, rate in E2E_AT[path]:
+            t = p[path].get(f"e2e_ms_at_{label}") or {}
+            rows.append((f"pipeline {path} e2e p50 / p99 (ms) at {rate:,}/s "
+                         f"(held: {t.get('held')})",
+                         f"{_fmt(t.get('p50'))} / {_fmt(t.get('p99'))}"
+                         if t.get("p50") is not None else f"- ({t.get('reason') or 'not run'})"))
+    soak = p.get("soak") or {}
+    if soak.get("skipped"):
+        rows.append(("soak", f"skipped: {soak['skipped']}"))
+    elif soak:
+        rows.append((f"soak: rest at {_fmt(soak.get('rate'))}/s for {_fmt(soak.get('seconds'))}"
+                     " s, sent / stored / lost / duplicated",
+                     f"{_fmt(soak.get('sent'))} / {_fmt(soak.get('stored'))} / "
+                     f"{_fmt(soak.get('lost'))} / {_fmt(soak.get('duplicated'))}"))
+        rows.append(("soak backlog slope, second half (events/s per s)",
+                     soak.get("backlog_slope")))
+        growth = soak.get("rss_growth", {})
+        rows.append((f"soak RSS growth, first vs last {_fmt(soak.get('rss_window_s'))} s (MB)",
+                     ", ".join(f"{c} {_fmt(g.get('growth_mb'))}" for c, g in growth.items())
+                     or "-"))
+    for key in ("drain", "drain_single"):
+        d = p.get(key) or {}
+        if d and not d.get("skipped"):
+            rows.append((f"pipeline drain of {_fmt(d.get('events'))} preloaded events"
+                         f"{_drain_shape(d)} (events/s)", d.get("drain_eps")))
+    cpu = result.get("cpu_us_per_event") or {}
+    if cpu:
+        rows.append(("CPU us per stored event over the pipeline steps: stack total / "
+                     "generator", f"{_fmt(cpu.get('stack_total'))} / "
+                     f"{_fmt(cpu.get('generator'))}"))
     rows.append(("sent / accepted / stored / duplicated / lost",
                  f"{_fmt(p.get('sent'))} / {_fmt(p.get('accepted'))} / {_fmt(p.get('stored'))}"
                  f" / {_fmt(p.get('duplicated'))} / {_fmt(p.get('lost_events'))}"))
@@ -328,9 +571,16 @@ def format_markdown(result: Mapping[str, Any]) -> str:
                    f"{_fmt(e.get('p50'))} / {_fmt(e.get('p99'))} | "
                    f"{s.get('generator_max_cpu_util', 0):.0%} | "
                    f"{'yes' if s['held'] else 'no: ' + '; '.join(s['reasons'])} |")
-    out += ["", "| component | CPU s | peak RSS MB |", "|---|---|---|"]
-    out += [f"| {c} | {u['cpu_s']:.1f} | {u['rss_mb_peak']:.0f} |"
+    per_event = result.get("cpu_us_per_event") or {}
+    drain_cpu = (p.get("drain") or {}).get("cpu_us_per_event") or {}
+    out += ["", "| component | CPU s | peak RSS MB | CPU us/event, steps | CPU us/event, drain |",
+            "|---|---|---|---|---|"]
+    out += [f"| {c} | {u['cpu_s']:.1f} | {u['rss_mb_peak']:.0f} | "
+            f"{_fmt(per_event.get('generator' if c == GENERATOR else c))} | "
+            f"{_fmt(drain_cpu.get('generator' if c == GENERATOR else c))} |"
             for c, u in sorted(result.get("resources", {}).items())]
+    out += [f"| stack total | | | {_fmt(per_event.get('stack_total'))} | "
+            f"{_fmt(drain_cpu.get('stack_total'))} |"]
     return "\n".join(out)
 
 

@@ -53,6 +53,8 @@ class PhaseUsage:
     last_cpu: dict[int, float] = field(default_factory=dict)
     owner: dict[int, str] = field(default_factory=dict)
     rss_peak_mb: dict[str, float] = field(default_factory=dict)
+    # (time, {component: RSS MB}) of every sample: the soak's RSS growth (bench/report.py)
+    rss_series: list[tuple[float, dict[str, float]]] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     ended: float | None = None
 
@@ -113,6 +115,15 @@ class ResourceSampler:
     def by_phase(self) -> dict[str, dict[str, dict[str, float]]]:
         with self._lock:
             return {p.name: p.summary() for p in self.phases}
+
+    def rss_series(self, phase: str) -> list[tuple[float, dict[str, float]]]:
+        """``(time, {component: RSS MB})`` of every sample of ``phase`` (the last one of
+        that name); empty if there is none."""
+        with self._lock:
+            for usage in reversed(self.phases):
+                if usage.name == phase:
+                    return [(t, dict(rss)) for t, rss in usage.rss_series]
+        return []
 
     def totals(self) -> dict[str, dict[str, float]]:
         """cpu_s summed and rss_mb_peak maximised over phases, per component."""
@@ -178,6 +189,7 @@ class ResourceSampler:
                 rss[comp] = rss.get(comp, 0.0) + mb
             for comp, mb in rss.items():
                 usage.rss_peak_mb[comp] = max(usage.rss_peak_mb.get(comp, 0.0), mb)
+            usage.rss_series.append((time.time(), rss))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

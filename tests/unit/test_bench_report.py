@@ -21,14 +21,28 @@ from bench.loadgen import (
 
 def _result() -> dict[str, Any]:
     pct = {"p50": 1.0, "p95": 2.0, "p99": 3.0}
+    at = {**pct, "n": 10, "unseen": 0, "held": True, "reason": None}
     return {
         "git_sha": "abc", "started_at": "2026-01-01T00:00:00+00:00", "mode": "quick",
         "machine": {"cores": 2, "memory": 1, "cpu_model": "x", "load_avg_before": [0.1]},
         "anchors": {"kafka_raw_eps": 100_000, "questdb_raw_rows_per_s": 50_000,
                     "direct_bridge_eps": 20_000, "direct_bridge_e2e_ms": dict(pct)},
-        "pipeline": {"mqtt": {"sustained_eps": 10_000, "e2e_ms": dict(pct)},
-                     "rest": {"sustained_eps": 5_000, "e2e_ms": {**pct, "p99": 6.0}},
+        "pipeline": {"mqtt": {"sustained_eps": 10_000, "e2e_ms": dict(pct),
+                              "e2e_ms_at_500": dict(at)},
+                     "rest": {"sustained_eps": 5_000, "e2e_ms": {**pct, "p99": 6.0},
+                              "e2e_ms_at_5k": dict(at), "e2e_ms_at_10k": {**at, "p99": 2500.0}},
+                     "drain": {"drain_eps": 7_000, "events": 100_000, "batch_events": 500,
+                               "cpu_us_per_event": {"kafka": 5.0, "stack_total": 5.0,
+                                                    "generator": 9.0}},
+                     "drain_single": {"drain_eps": 4_000, "events": 100_000, "batch_events": 1,
+                                      "cpu_us_per_event": {"kafka": 6.0, "stack_total": 6.0,
+                                                           "generator": 9.0}},
+                     "soak": {"rate": 5_000, "seconds": 600.0, "sent": 3_000_000,
+                              "stored": 3_000_000, "lost": 0, "duplicated": 0,
+                              "backlog_slope": 0.5, "held": True, "rss_window_s": 60.0,
+                              "rss_growth": {"kafka": {"growth_mb": 12.5}}, "skipped": None},
                      "lost_events": 0},
+        "cpu_us_per_event": {"kafka": 40.0, "stack_total": 40.0, "generator": 20.0},
         "query": {"rows": 10, "raw_1d_ms": {"p50": 1, "p99": 2},
                   "bucket_1d_ms": {"p50": 1, "p99": 2}, "latest_ms": {"p50": 1, "p99": 2}},
         "resources": {"kafka": {"cpu_s": 1.0, "rss_mb_peak": 2.0}},
@@ -102,13 +116,12 @@ def test_judge_step_ignores_backlog_growth_in_first_half() -> None:
 
 
 def test_rate_steps() -> None:
-    for mode in ("quick", "full"):
-        for path in ("mqtt", "rest", "direct"):
-            steps = report.rate_steps(mode, path)
-            assert steps == sorted(steps) and len(set(steps)) == len(steps)
-        assert 10_000 in report.rate_steps(mode, "mqtt")
-        assert 10_000 in report.rate_steps(mode, "rest")
-    assert max(report.rate_steps("full", "mqtt")) >= 50_000
+    full = [2_000, 5_000, 7_500, 10_000, 15_000, 20_000, 30_000]  # issue 11
+    for path in ("mqtt", "rest", "direct"):
+        assert report.rate_steps("full", path) == full
+        quick = report.rate_steps("quick", path)
+        # quick mode: shorter, but the same ladder as far as it goes
+        assert quick == full[:len(quick)] and 10_000 in quick and len(quick) < len(full)
     with pytest.raises(ValueError, match="quick or full"):
         report.rate_steps("slow", "mqtt")
 
@@ -133,19 +146,59 @@ def test_ratio_rows() -> None:
 
 def test_missing_keys() -> None:
     assert report.missing_keys(_result()) == []
+    for key in ("pipeline.rest.e2e_ms_at_5k.p99", "pipeline.rest.e2e_ms_at_10k.p99",
+                "pipeline.mqtt.e2e_ms_at_500.p50", "pipeline.soak.backlog_slope",
+                "pipeline.soak.rss_growth", "pipeline.drain_single.drain_eps",
+                "cpu_us_per_event.stack_total", "cpu_us_per_event.generator"):
+        assert key in report.REQUIRED_KEYS
+        broken = copy.deepcopy(_result())
+        *parents, leaf = key.split(".")
+        node = broken
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+        assert report.missing_keys(broken) == [key]
     broken = copy.deepcopy(_result())
     del broken["pipeline"]["rest"]["e2e_ms"]["p95"]
     del broken["machine"]["cpu_model"]
     broken["resources"]["api"] = {"cpu_s": 1.0}
+    broken["cpu_us_per_event"]["api"] = 1.0
     assert set(report.missing_keys(broken)) == {"pipeline.rest.e2e_ms.p95", "machine.cpu_model",
                                                  "resources.api.rss_mb_peak"}
     assert "resources.<component>" in report.missing_keys({**_result(), "resources": {}})
 
 
+def test_missing_keys_wants_cpu_per_event_of_every_stack_component() -> None:
+    res = _result()
+    res["resources"].update({"questdb": {"cpu_s": 3.0, "rss_mb_peak": 9.0},
+                             "loadgen": {"cpu_s": 3.0, "rss_mb_peak": 9.0},
+                             "direct-peer": {"cpu_s": 3.0, "rss_mb_peak": 9.0}})
+    # the generator and the direct peer are not stack components
+    assert report.missing_keys(res) == ["cpu_us_per_event.questdb"]
+    res["cpu_us_per_event"]["questdb"] = 1.0
+    assert report.missing_keys(res) == []
+    # not measured (no step ran): the null figures with a reason are enough
+    res["cpu_us_per_event"] = {"stack_total": None, "generator": None, "reason": "no step"}
+    assert report.missing_keys(res) == []
+
+
 def test_format_table_mentions_every_headline() -> None:
     text = report.format_table(_result())
-    for needle in ("kafka raw 100,000", "sustained 10,000", "query on 10 rows", "kafka"):
-        assert needle in text
+    for needle in ("kafka raw 100,000", "sustained 10,000", "query on 10 rows", "kafka",
+                   "e2e at 500/s", "e2e at 5,000/s", "p50/p99 1.00/2,500 ms",
+                   "soak rest 5,000/s x 600 s", "lost 0", "backlog slope 0.50", "kafka 12.50",
+                   "drain_single", "stack_total 40.00, generator 20.00"):
+        assert needle in text, needle
+
+
+def test_format_table_says_why_a_figure_is_missing() -> None:
+    res = _result()
+    res["pipeline"]["soak"] = report.soak_skipped("no REST step was held in this run")
+    res["pipeline"]["rest"]["e2e_ms_at_10k"] = report.e2e_at(
+        [{"offered": 5_000, "held": False, "e2e_ms": {}}], 10_000, [5_000, 10_000])
+    text = report.format_table(res)
+    assert "soak: skipped - no REST step was held" in text
+    assert "stepping stopped after 5,000 events/s was not held" in text
 
 
 def test_fleet_items_use_catalog_ids_and_valid_events() -> None:
@@ -186,3 +239,9 @@ def test_format_markdown_has_ratio_and_headline_rows() -> None:
     assert "| mqtt sustained eps | 10,000 | kafka raw eps | 100,000 | 0.10 |" in text
     assert "| pipeline rest, sustained (events/s) | 5,000 |" in text
     assert "(not held)" in text  # rest has no held step recorded
+    assert "| pipeline rest e2e p50 / p99 (ms) at 10,000/s (held: True) | 1.00 / 2,500 |" in text
+    assert "| pipeline mqtt e2e p50 / p99 (ms) at 500/s (held: True) | 1.00 / 3.00 |" in text
+    assert "| soak backlog slope, second half (events/s per s) | 0.50 |" in text
+    assert "preloaded events, one event per record (events/s) | 4,000 |" in text
+    assert "preloaded events, TelemetryBatch records of 500 events (events/s) | 7,000 |" in text
+    assert "| kafka | 1.0 | 2 | 40.00 | 5.00 |" in text

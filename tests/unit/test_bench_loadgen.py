@@ -1,0 +1,110 @@
+"""Unit tests of the load generator's pure parts: mosquitto_pub lines, topics, PUBACK count."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import loadgen
+from bench.loadgen import (
+    FLEET_SENSORS,
+    SENSOR_KINDS,
+    GeneratorConfig,
+    PubackTally,
+    TopicLines,
+    WorkerResult,
+    fleet_item,
+    generator_sensors,
+    mosquitto_pub_argv,
+    mqtt_message,
+    resolve_mqtt_client,
+    summarise_workers,
+)
+
+
+@pytest.mark.parametrize("root", ["telemetry", "bench/direct-abc123"])
+def test_topic_lines_are_the_mqtt_message_payloads(root: str) -> None:
+    for sensor in generator_sensors(16):
+        lines = TopicLines.for_sensor(sensor, root)
+        for k in (0, 3, 250):
+            item = fleet_item(f"bx1m0-{k}", sensor + k * FLEET_SENSORS, 1_767_225_600_123 + k)
+            topic, payload = mqtt_message(item, root)
+            assert lines.topic == topic
+            assert lines.line(item["event_id"], item["timestamp"]).encode() == payload + b"\n"
+
+
+def test_topic_lines_pass_the_edge() -> None:
+    from schemas.edge import event_from_mqtt
+    from schemas.validation import load_sensor_rules
+
+    rules = load_sensor_rules()
+    for sensor in generator_sensors(16):
+        lines = TopicLines.for_sensor(sensor)
+        line = lines.line("e-1", 1_767_225_600_000)
+        assert line.endswith("\n") and line.count("\n") == 1
+        result = event_from_mqtt(line.rstrip("\n").encode(), lines.topic,
+                                 now_ms=1_767_225_600_000, rules=rules)
+        assert result.ok, result.errors
+        assert json.loads(line)["event_id"] == "e-1"
+
+
+def test_generator_sensors_spread_over_types_and_sites() -> None:
+    for count in (1, 4, 16, 64, 1000, 4000):
+        sensors = generator_sensors(count)
+        assert len(set(sensors)) == count and all(0 <= s < FLEET_SENSORS for s in sensors)
+    topics = [TopicLines.for_sensor(s).topic for s in generator_sensors(16)]
+    assert {t.split("/")[3] for t in topics} == {kind for kind, *_ in SENSOR_KINDS}
+    assert len({t.split("/")[1] for t in topics}) == 10
+    with pytest.raises(ValueError):
+        generator_sensors(0)
+
+
+def test_puback_tally_counts_across_chunk_boundaries() -> None:
+    out = b"".join(
+        [b"Client g received CONNACK (0)\n"]
+        + [b"Client g sending PUBLISH (d0, q1, r0, m%d, 'telemetry/a/b/C', ... (90 bytes))\n"
+           % i for i in range(1, 6)]
+        + [b"Client g received PUBACK (Mid: 1, RC:0)\n",
+           b"Client g received PUBACK (Mid: 2, RC:16)\n",
+           b"Client g received PUBACK (Mid: 3, RC:135)\n",
+           b"Client g received PUBACK (Mid: 4, RC:0)\n",
+           b"Client g received PUBACK (Mid: 5, RC:0)"])  # no newline at EOF
+    for size in (1, 7, 40, len(out)):
+        tally = PubackTally()
+        for i in range(0, len(out), size):
+            tally.feed(out[i:i + size])
+        tally.close()
+        assert (tally.acked, tally.failed) == (4, 1), size
+
+
+def test_mosquitto_pub_argv() -> None:
+    cfg = GeneratorConfig(path="mqtt", rate=1, seconds=1, id_prefix="x", inflight=1000,
+                          mqtt_host="127.0.0.1", mqtt_port=1883, mqtt_username="sensor01",
+                          mqtt_password="pw")
+    argv = mosquitto_pub_argv(cfg, "telemetry/s/a/T", "bench-gen-1")
+    assert argv[0] == "mosquitto_pub"
+    switches = [a for a in argv[1:] if a in ("-l", "-d")]
+    assert sorted(switches) == ["-d", "-l"]  # one message per stdin line; PUBACKs printed
+    rest = [a for a in argv[1:] if a not in ("-l", "-d")]
+    assert dict(zip(rest[::2], rest[1::2], strict=True)) == {
+        "-h": "127.0.0.1", "-p": "1883", "-u": "sensor01", "-P": "pw", "-V": "mqttv5",
+        "-q": "1", "-M": "1000", "--id": "bench-gen-1", "-t": "telemetry/s/a/T"}
+
+
+def test_resolve_mqtt_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loadgen.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert resolve_mqtt_client("auto") == "mosquitto_pub"
+    monkeypatch.setattr(loadgen.shutil, "which", lambda name: None)
+    assert resolve_mqtt_client("auto") == "paho"
+    assert resolve_mqtt_client("mosquitto_pub") == "mosquitto_pub"
+    with pytest.raises(ValueError):
+        resolve_mqtt_client("hivemq")
+
+
+def test_summarise_workers_counts_children_cpu_but_not_for_saturation() -> None:
+    results = [WorkerResult(0, 100, 100, 100, 0, 1.0, 10.0, child_cpu_s=30.0),
+               WorkerResult(1, 100, 100, 100, 0, 2.0, 10.0, child_cpu_s=30.0)]
+    load = summarise_workers(20, 10, results)
+    assert load.generator_cpu_s == 63.0
+    assert load.generator_max_cpu_util == 0.2 and not load.generator_saturated
