@@ -163,12 +163,16 @@ def _context(settings: Settings, load_before: tuple[float, float, float]) -> dic
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
                                 capture_output=True, text=True, check=False).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=REPO_ROOT, capture_output=True, text=True,
+                                    check=False).stdout.strip())
     except OSError:
-        commit = ""
+        commit, dirty = "", False
     return {
         "command": "python -m bench.drain " + " ".join(sys.argv[1:]),
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": commit,
+        "commit_dirty": dirty,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "loadavg_before": [round(x, 2) for x in load_before],

@@ -3,7 +3,7 @@
 Why: on the portable (Flink) runner every element that enters a stateful
 Python DoFn crosses the Fn API on its own, and every new key costs a state
 round trip and a timer. Keyed by ``event_id`` the dedup stage did one of each
-per event and ran at ~900 events/s on two cores (docs/benchmarks.md). Here
+per event and ran at ~900 events/s on two cores (docs/decisions/0003). Here
 the items of a bundle's elements (each element a *list* of ``(key, value)``
 pairs: the job carries one list per Kafka record, see transforms.decode) are
 grouped by ``bucket_of(key)`` and sent on as *one* element per bucket:

@@ -90,7 +90,7 @@ def first_copies(copies: Iterable[tuple[int, str, Any]], window_ms: int) -> list
 # every event_id ever seen was kept. The keep/drop decision still uses event time.
 # Chunks are stored pickled (bytes): the SDK's state cache weighs every cached value by
 # walking its object graph, which cost a third of the worker's time with lists of tuples
-# (py-spy, docs/benchmarks.md); a bytes object is weighed in O(1).
+# (py-spy, docs/decisions/0003); a bytes object is weighed in O(1).
 _SEEN = BagStateSpec("seen", BytesCoder())
 _VERSION = ReadModifyWriteStateSpec("version", VarIntCoder())
 _EXPIRE_TIMER = TimerSpec("expire", TimeDomain.REAL_TIME)
