@@ -170,6 +170,11 @@ def _ts_filter(since_ms: int, until_ms: int | None = None) -> str:
     return f"{since} AND timestamp <= cast({int(until_ms) * 1000} as timestamp)"
 
 
+# A distinct count over a 10-minute soak (6M rows at 10k/s) took more than a minute on a
+# busy 2-core machine and crashed the full run (2026-11-30): distinct counts get longer.
+DISTINCT_COUNT_TIMEOUT_S = 600.0
+
+
 def count_rows(settings: Settings, table: str, prefix: str, since_ms: int,
                distinct: bool = False, until_ms: int | None = None) -> tuple[int, int]:
     """(rows, distinct event_ids) of ``table`` whose event_id starts with ``prefix``, among
@@ -178,7 +183,8 @@ def count_rows(settings: Settings, table: str, prefix: str, since_ms: int,
     what = "count(), count_distinct(event_id)" if distinct else "count(), 0"
     row = anchors.qdb_exec(settings, f"SELECT {what} FROM {table} "
                                      f"WHERE {_ts_filter(since_ms, until_ms)}"
-                                     f" AND event_id LIKE '{prefix}%'")[0]
+                                     f" AND event_id LIKE '{prefix}%'",
+                           timeout=DISTINCT_COUNT_TIMEOUT_S if distinct else 60.0)[0]
     return int(row[0]), int(row[1] or 0)
 
 

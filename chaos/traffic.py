@@ -179,11 +179,13 @@ class Traffic:
 
     def _sweep(self, pending: list[tuple[mqtt.MQTTMessageInfo, str]]
                ) -> list[tuple[mqtt.MQTTMessageInfo, str]]:
-        done = [eid for info, eid in pending if info.is_published()]
+        done, still = [], []
+        for info, eid in pending:
+            (done if _acknowledged(info) else still).append((info, eid))
         if done:
             with self._lock:
-                self._accepted.update(done)
-        return [(info, eid) for info, eid in pending if not info.is_published()]
+                self._accepted.update(eid for _info, eid in done)
+        return still
 
     # -- REST ----------------------------------------------------------------------------------
 
@@ -254,3 +256,14 @@ def post_until_accepted(api_url: str, api_key: str, events: list[dict[str, Any]]
             pass
         time.sleep(1.0)
     return False
+
+
+def _acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether the broker PUBACKed the message. paho raises from ``is_published`` while
+    the client is disconnected (the mosquitto-restart drill): not acknowledged *yet*; paho
+    resends it after the reconnect. Raising there killed the drill's MQTT thread
+    (2026-11-30), so the rest of that drill ran without MQTT traffic."""
+    try:
+        return info.is_published()
+    except RuntimeError:
+        return False

@@ -60,3 +60,22 @@ def test_profile_moves_every_port_and_keeps_explicit_values() -> None:
                 "8097", "8082", "50000", "3000"}
     values = " ".join(CHAOS_PROFILE.values())
     assert not any(f":{p}" in values or f" {p} " in f" {values} " for p in standard)
+
+
+def test_sweep_survives_a_disconnected_client():
+    """paho's is_published raises while disconnected (mosquitto-restart drill): the message
+    stays pending instead of the traffic thread dying."""
+    from chaos.traffic import _acknowledged
+
+    class Info:
+        def __init__(self, state):
+            self.state = state
+
+        def is_published(self):
+            if self.state == "down":
+                raise RuntimeError("Message publish failed: The client is not currently connected.")
+            return self.state == "acked"
+
+    assert _acknowledged(Info("acked")) is True
+    assert _acknowledged(Info("pending")) is False
+    assert _acknowledged(Info("down")) is False
