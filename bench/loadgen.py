@@ -289,6 +289,13 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
+def _wait_for_start(start_at: float) -> tuple[float, float]:
+    """Wait until the common start time (epoch s) of a step's workers; ``(cpu s, t0)``."""
+    while time.time() < start_at:
+        time.sleep(0.005)
+    return _cpu_s(), time.monotonic()
+
+
 def _mqtt_worker(cfg: GeneratorConfig, index: int, start_at: float, live: Any,
                  out_q: Any) -> None:
     import paho.mqtt.client as mqtt
@@ -321,10 +328,7 @@ def _mqtt_worker(cfg: GeneratorConfig, index: int, start_at: float, live: Any,
         client.connect(cfg.mqtt_host, cfg.mqtt_port, keepalive=60)
         client.loop_start()
         clients.append(client)
-    while time.time() < start_at:
-        time.sleep(0.005)
-    cpu0 = _cpu_s()
-    t0 = time.monotonic()
+    cpu0, t0 = _wait_for_start(start_at)
     seq = 0
     prefix = f"{cfg.id_prefix}{index}-"
     while seq < target:
@@ -405,10 +409,7 @@ def _mosquitto_pub_worker(cfg: GeneratorConfig, index: int, start_at: float, liv
     for reader in readers:
         reader.start()
     open_pipes = [True] * len(procs)
-    while time.time() < start_at:
-        time.sleep(0.005)
-    cpu0 = _cpu_s()
-    t0 = time.monotonic()
+    cpu0, t0 = _wait_for_start(start_at)
     seq = 0
     prefix = f"{cfg.id_prefix}{index}-"
     conns = len(procs)
