@@ -49,8 +49,9 @@ lint: $(STAMP)
 test-unit: $(STAMP)
 	@$(BIN)/pytest tests/unit -q
 
-# Starts the services the integration tests need (reusing a running stack),
-# runs every test, then stops what it started.
+# Runs every test on a stack of its own (the test profile: .run-test, ports 2xxxx;
+# see docs/local-stack.md), started unless already up and stopped again if started
+# here; the stack of `make run` is never touched and may keep running.
 test: install
 	@bash scripts/run-tests.sh
 

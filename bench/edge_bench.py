@@ -135,7 +135,7 @@ def bench_mqtt(args: argparse.Namespace) -> None:
     raw, dlq = f"bench_raw_{run}", f"bench_dlq_{run}"
     _make_topics(bootstrap, [raw, dlq])
     env = {**os.environ, "DCMMS_KAFKA_TOPIC_RAW": raw, "DCMMS_KAFKA_TOPIC_DLQ": dlq}
-    logs = REPO / ".run" / "bench"
+    logs = s.path("stack", "run_dir") / "bench"
     logs.mkdir(parents=True, exist_ok=True)
     bridges = []
     try:
@@ -199,7 +199,7 @@ def bench_rest(args: argparse.Namespace) -> None:
     _make_topics(bootstrap, [raw, dlq])
     key = args.api_key or s.get("api", "api_keys").split(",")[0].rpartition(":")[0]
     env = {**os.environ, "DCMMS_KAFKA_TOPIC_RAW": raw, "DCMMS_KAFKA_TOPIC_DLQ": dlq}
-    logs = REPO / ".run" / "bench"
+    logs = s.path("stack", "run_dir") / "bench"
     logs.mkdir(parents=True, exist_ok=True)
     log = (logs / f"gunicorn-{run}.log").open("wb")
     server = subprocess.Popen(

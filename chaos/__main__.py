@@ -5,7 +5,7 @@
     python -m chaos --scenarios none --entries mqtt --bad-cases 10000
     python -m chaos --keep-stack             leave the chaos stack running afterwards
 
-Runs on its own stack (the chaos profile, :mod:`chaos.profile`: ``.run-chaos``
+Runs on its own stack (the chaos profile of :mod:`runners.profiles`: ``.run-chaos``
 and ports shifted into 1xxxx), brought up with ``dcmms-telemetry up
 --with-pipeline`` and stopped with ``dcmms-telemetry down`` at the end, so a
 stack on the standard ports is never touched. Prints the results table
@@ -50,7 +50,7 @@ def _wait_healthy(sup: object, timeout_s: float = 300.0) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from chaos.profile import apply_profile
+    from runners.profiles import apply_profile
 
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default="all",
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    profile = apply_profile()
+    profile = apply_profile("chaos")
     _say("chaos profile: " + " ".join(f"{k}={v}" for k, v in profile.items()))
 
     from chaos.badinput import run_bad_input, select_entries

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# `make test`: run every test (unit + integration) against the real local stack.
-# If the stack is already up and healthy it is reused and left running;
-# otherwise it is started here (without the pipeline) and always stopped
-# again on exit, including on failure or Ctrl-C. Exits with pytest's status;
-# "no tests collected" (5) counts as a failure.
+# `make test`: run every test (unit + integration) against real services on a stack of the
+# tests' own, the test profile of runners/profiles.py: run dir .run-test, ports 2xxxx, its
+# own bridge client id, share group and consumer group. The stack of `make run` (.run,
+# standard ports) is never touched, so it may keep running meanwhile. If the test-profile
+# stack is already up and healthy it is reused and left running; otherwise it is started
+# here (without the pipeline) and always stopped again on exit, including on failure or
+# Ctrl-C. Exits with pytest's status; "no tests collected" (5) counts as a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -11,13 +13,28 @@ CLI="$BIN/dcmms-telemetry"
 t_start=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
 
+# From here on the CLI, pytest and every process the tests start see the test profile
+# (values already in the environment win; the check refuses any that would reach the
+# default stack or the chaos stack).
+if ! exports=$("$BIN/python" -m runners.profiles test); then
+  echo "run-tests: could not read the test profile (runners/profiles.py)" >&2
+  exit 1
+fi
+eval "$exports"
+if ! "$BIN/python" -m runners.profiles test --check; then
+  echo "run-tests: the settings above would share the default or chaos stack; no tests were run" >&2
+  exit 1
+fi
+echo ">> test profile: run dir $DCMMS_STACK_RUN_DIR, Kafka $DCMMS_KAFKA_BOOTSTRAP_SERVERS," \
+  "registry $DCMMS_SCHEMA_REGISTRY_URL, QuestDB HTTP $DCMMS_QUESTDB_HTTP_PORT"
+
 if "$CLI" status >/dev/null 2>&1; then
-  echo ">> the stack is up and healthy: reusing it (it stays running)"
+  echo ">> the test-profile stack is up and healthy: reusing it (it stays running)"
 else
-  echo ">> starting the local stack for the tests"
+  echo ">> starting the test-profile stack"
   stop_stack() {
     local t=$(date +%s)
-    echo ">> stopping the stack started for the tests"
+    echo ">> stopping the test-profile stack"
     "$CLI" down || echo "run-tests: 'dcmms-telemetry down' reported a problem" >&2
     echo ">> stack stopped in $(elapsed "$t")"
   }

@@ -1,8 +1,12 @@
 """Shared fixtures of the integration tests: Kafka topics, QuestDB queries, Flink jobs.
 
-Addresses come from load_settings() (config/local.toml + DCMMS_* overrides).
-A service that does not answer FAILS the test with a message naming the
-setting, never skips it.
+The integration tests only ever talk to the test profile's stack
+(runners/profiles.py: run dir ``.run-test``, ports 2xxxx, its own bridge and
+consumer group names), never to the stack of ``make run``: scripts/run-tests.sh
+exports that profile and starts the stack, and :func:`pytest_configure` applies
+it too when pytest is run directly (values already set win). Addresses come
+from load_settings() (config/local.toml + DCMMS_* overrides). A service that
+does not answer FAILS the test with a message naming the setting, never skips it.
 
 ``flink_job`` submits the REAL telemetry job (runners.run_pipeline.run) with
 options isolated from the stack's own ``dcmms-telemetry`` job: the caller
@@ -31,6 +35,7 @@ from typing import Any
 import pytest
 import requests
 
+from runners.profiles import apply_profile
 from runners.settings import Settings, load_settings
 from runners.stack.flink import (
     _grpc_ready,
@@ -57,6 +62,15 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Put the test profile into os.environ before any test module reads its settings.
+
+    Test modules call load_settings() at import and their subprocesses inherit the
+    environment: both must see the test stack, not the default one.
+    """
+    apply_profile("test")
+
+
 def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process group a test started (``start_new_session``), SIGKILL after 20 s."""
     if proc.poll() is None:
@@ -81,7 +95,7 @@ def qdb_exec(settings: Settings, query: str) -> dict[str, Any]:
         resp = requests.get(f"http://{host}:{port}/exec", params={"query": query}, timeout=10)
     except requests.RequestException as exc:
         pytest.fail(f"QuestDB not reachable at {host}:{port} (settings [questdb] host, "
-                    f"http_port; start the stack with `make run`): {exc}")
+                    f"http_port; start the test stack with `make test`): {exc}")
     body = resp.json()
     if resp.status_code != 200 or "error" in body:
         raise AssertionError(f"QuestDB rejected {query!r}: {body.get('error', resp.text[:300])}")
@@ -97,7 +111,8 @@ def require_flink(settings: Settings) -> None:
             ("Beam worker pool ([flink] worker_pool_port)",
              f"localhost:{settings.get('flink', 'worker_pool_port', int)}")):
         if not _grpc_ready(target, timeout_s=5.0):
-            pytest.fail(f"Flink {name} not answering at {target}; start the stack with `make run`")
+            pytest.fail(f"Flink {name} not answering at {target}; "
+                        "start the test stack with `make test`")
 
 
 def create_topics(settings: Settings, names_partitions: dict[str, int]) -> None:
@@ -112,7 +127,7 @@ def create_topics(settings: Settings, names_partitions: dict[str, int]) -> None:
             fut.result(timeout=30)
     except Exception as exc:  # noqa: BLE001 - any failure here means Kafka is not usable
         pytest.fail(f"Kafka not usable at {bootstrap} (setting [kafka] bootstrap_servers; "
-                    f"start the stack with `make run`): {exc}")
+                    f"start the test stack with `make test`): {exc}")
 
 
 def delete_topics(settings: Settings, names: Sequence[str]) -> None:

@@ -96,7 +96,7 @@ def topic() -> Iterator[str]:
             fut.result(timeout=30)
     except Exception as exc:  # noqa: BLE001 - any failure here means Kafka is not usable
         pytest.fail(f"Kafka not usable at {BOOTSTRAP} (setting [kafka] bootstrap_servers; "
-                    f"start the stack with `make run`): {exc}")
+                    f"start the test stack with `make test`): {exc}")
     yield name
     admin.delete_topics([name])
 
@@ -109,7 +109,7 @@ def table() -> Iterator[str]:
               "TIMESTAMP(ts) PARTITION BY DAY WAL")
     except requests.RequestException as exc:
         pytest.fail(f"QuestDB not reachable at {QDB_HOST}:{QDB_HTTP} (settings [questdb] host, "
-                    f"http_port; start the stack with `make run`): {exc}")
+                    f"http_port; start the test stack with `make test`): {exc}")
     yield name
     _exec(f"DROP TABLE IF EXISTS {name}")
 
@@ -183,7 +183,8 @@ def test_flink_job_reads_kafka_and_writes_questdb(topic: str, table: str) -> Non
                           expansion_address(SETTINGS)),
                          ("Beam worker pool ([flink] worker_pool_port)", f"localhost:{POOL_PORT}")):
         if not _grpc_ready(target, timeout_s=5.0):
-            pytest.fail(f"Flink {name} not answering at {target}; start the stack with `make run`")
+            pytest.fail(f"Flink {name} not answering at {target}; "
+                        "start the test stack with `make test`")
     sent = _produce(topic, N_RECORDS)
 
     result, rest_url, job_name = _submit(topic, table, attempt=1)

@@ -1,7 +1,7 @@
 """The MQTT -> Kafka bridge against real Mosquitto, Kafka and the schema registry.
 
-Addresses come from load_settings() (the stack's standard ports under
-`make test`, or DCMMS_* overrides). Each test module creates its own Kafka
+Addresses come from load_settings() (the test profile's stack under
+`make test`, see tests/integration/conftest.py). Each test module creates its own Kafka
 topics and runs the bridge as a subprocess with its own client id and share
 group, so the stack's own bridge (another share group, other topics) cannot
 deliver on our bridge's behalf: what arrives here went through the bridge
@@ -55,7 +55,7 @@ def _require_services() -> None:
         socket.create_connection((MQTT_HOST, MQTT_PORT), timeout=3).close()
     except OSError as exc:
         pytest.fail(f"Mosquitto not reachable at {MQTT_HOST}:{MQTT_PORT} ([mqtt] host/port): "
-                    f"{exc}; start the stack with `make run`")
+                    f"{exc}; start the test stack with `make test`")
     try:
         AdminClient({"bootstrap.servers": KAFKA}).list_topics(timeout=5)
     except Exception as exc:  # noqa: BLE001

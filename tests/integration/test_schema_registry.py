@@ -53,7 +53,7 @@ def _require(url: str) -> None:
         requests.get(f"{url}/subjects", timeout=5).raise_for_status()
     except requests.RequestException as exc:
         pytest.fail(f"schema registry not reachable at {url} (setting [schema_registry] url; "
-                    f"start the stack with `make run`): {exc}")
+                    f"start the test stack with `make test`): {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,7 @@ from werkzeug.serving import make_server
 
 from api import create_app
 from api.auth import ApiKeyStore
+from runners.profiles import profile_environ
 from runners.settings import DEV_DEFAULTS, REPO_ROOT, Settings, env_name, load_settings
 from runners.stack.supervisor import paths_from_settings
 
@@ -104,7 +105,7 @@ def _api_up() -> None:
         requests.get(f"{API}/healthz", timeout=5).raise_for_status()
     except requests.RequestException as exc:
         pytest.fail(f"the REST API is not reachable at {API} ([stack] bind_host, [api] port): "
-                    f"{exc}; start the stack with `make run`")
+                    f"{exc}; start the test stack with `make test`")
 
 
 def _api_routes() -> list[tuple[str, str, str]]:
@@ -441,7 +442,10 @@ def _free_port() -> int:
 
 
 def test_production_refuses_dev_credentials_everywhere(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DCMMS_")}
+    # No operator override may hide a dev credential; the addresses left are the test
+    # profile's, so even a missing check reaches the test stack, never the default one.
+    env = profile_environ("test", {k: v for k, v in os.environ.items()
+                                   if not k.startswith("DCMMS_")})
     env.update({env_name(s, k): v for (s, k), v in DEV_DEFAULTS.items()})
     env.update({"DCMMS_ENV": "production", "DCMMS_STACK_RUN_DIR": str(tmp_path / "run"),
                 # Nothing may be reached even if a check were missing: dead ports.

@@ -49,7 +49,7 @@ def questdb_tables() -> None:
             _exec(ddl)
     except requests.RequestException as exc:
         pytest.fail(f"QuestDB not reachable at {QDB_HOST}:{QDB_HTTP} (settings [questdb] host, "
-                    f"http_port; start the stack with `make run`): {exc}")
+                    f"http_port; start the test stack with `make test`): {exc}")
 
 
 def _readings(site: str, n: int, start_ms: int = 1_790_000_000_000) -> list[dict]:

@@ -29,7 +29,7 @@ def admin() -> AdminClient:
         client.list_topics(timeout=10)
     except KafkaException as exc:
         pytest.fail(f"Kafka not reachable at {BOOTSTRAP} (setting [kafka] bootstrap_servers; "
-                    f"start the stack with `make run`): {exc}")
+                    f"start the test stack with `make test`): {exc}")
     return client
 
 

@@ -70,7 +70,7 @@ class _Client:
 def _broker_up() -> None:
     if check_login(HOST, PORT, *BRIDGE) == -1:
         pytest.fail(f"Mosquitto not reachable at {HOST}:{PORT} (settings [mqtt] host/port; "
-                    f"start the stack with `make run`)")
+                    f"start the test stack with `make test`)")
 
 
 @pytest.fixture()

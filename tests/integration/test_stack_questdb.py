@@ -73,7 +73,7 @@ def _questdb_up() -> None:
         requests.get(f"{BASE}/exec", params={"query": "SELECT 1"}, timeout=5).raise_for_status()
     except requests.RequestException as exc:
         pytest.fail(f"QuestDB not reachable at {BASE} (settings [questdb] host/http_port; "
-                    f"start the stack with `make run`): {exc}")
+                    f"start the test stack with `make test`): {exc}")
 
 
 @pytest.mark.parametrize("table", [SENSOR_READINGS, ALARMS])

@@ -1,4 +1,5 @@
-"""Pure parts of the chaos suite: the verdicts, the results table, events and the profile."""
+"""Pure parts of the chaos suite: the verdicts, the results table and events (its profile:
+test_profiles.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chaos.profile import CHAOS_PROFILE, profile_environ
 from chaos.traffic import Asset, make_event, mqtt_topic
 from chaos.verify import ScenarioResult, alarm_verdict, compare, results_table
 from schemas.edge import event_from_item, event_from_mqtt
@@ -50,16 +50,6 @@ def test_load_events_are_valid_at_both_entry_points() -> None:
     mqtt = event_from_mqtt(json.dumps(event).encode(), mqtt_topic(event),
                            now_ms=event["timestamp"], rules=rules)
     assert mqtt.event is not None and mqtt.event["event_id"] == "x-m-1"
-
-
-def test_profile_moves_every_port_and_keeps_explicit_values() -> None:
-    env = profile_environ({"DCMMS_API_PORT": "23000"})
-    assert env["DCMMS_API_PORT"] == "23000"
-    assert env["DCMMS_STACK_RUN_DIR"] == ".run-chaos"
-    standard = {"9092", "9093", "8081", "9000", "8812", "9009", "9003", "1883", "8099", "8098",
-                "8097", "8082", "50000", "3000"}
-    values = " ".join(CHAOS_PROFILE.values())
-    assert not any(f":{p}" in values or f" {p} " in f" {values} " for p in standard)
 
 
 def test_sweep_survives_a_disconnected_client():
