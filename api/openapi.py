@@ -16,7 +16,21 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from api.auth import authenticate
 from api.errors import ApiError
-from api.params import AGGREGATES, DEFAULT_LIMIT, FILLS, INTERVALS, MAX_BUCKETS, MAX_LIMIT
+from api.params import (
+    AGGREGATES,
+    ALARM_SEVERITIES,
+    ALARM_STATES,
+    ASSET_DEFAULT_LIMIT,
+    ASSET_MAX_LIMIT,
+    DEFAULT_LIMIT,
+    FILLS,
+    FORMATS,
+    INTERVALS,
+    MAX_BUCKETS,
+    MAX_LIMIT,
+    ORDERS,
+    QUERYABLE_SENSOR_TYPES,
+)
 
 __all__ = ["bp", "build_openapi", "render_docs", "PUBLIC_DOCS_CONFIG"]
 
@@ -34,6 +48,14 @@ def _param(name: str, description: str, schema: dict[str, Any], where: str = "qu
 
 
 _STR = {"type": "string", "maxLength": 256}
+
+
+def _enum(values: tuple[str, ...] | list[str], default: str | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "enum": list(values)}
+    return schema if default is None else {**schema, "default": default}
+
+
+_SENSOR_TYPE = _enum(QUERYABLE_SENSOR_TYPES)
 _TIME = {"type": "string", "examples": ["2026-01-02T03:04:05Z", "1767323045000"]}
 
 
@@ -50,7 +72,8 @@ def _page(item_ref: str) -> dict[str, Any]:
 
 
 _READ_ERRORS = {
-    "400": _error("A parameter is invalid; details.parameter names it."),
+    "400": _error("A parameter is invalid; details.parameter names it, details.allowed lists "
+                  "the values of an enum parameter, details.minimum/maximum bound limit."),
     "401": _error("Missing or invalid API key."),
     "403": _error("The key lacks the read scope."),
     "429": _error("Over the key's rate limit; see Retry-After."),
@@ -62,14 +85,27 @@ _TIME_PARAMS = [
            "Default: end_time - 24 h.", _TIME),
     _param("end_time", "Exclusive end, ISO 8601 or epoch ms. Default: now.", _TIME),
 ]
+
+
+def _limit_param(default: int, maximum: int, unit: str = "Rows") -> dict[str, Any]:
+    return _param("limit", f"{unit} per page, 1..{maximum} (400 outside).",
+                  {"type": "integer", "minimum": 1, "maximum": maximum, "default": default})
+
+
+_CURSOR_PARAM = _param("cursor", "Opaque next_cursor of the previous page (same other "
+                       "parameters; limit may change).", {"type": "string"})
 _PAGE_PARAMS = [
-    _param("limit", f"Rows per page, 1..{MAX_LIMIT}.",
-           {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
-    _param("cursor", "Opaque next_cursor of the previous page (same other parameters).",
-           {"type": "string"}),
-    _param("order", "Time order.", {"type": "string", "enum": ["asc", "desc"],
-                                    "default": "asc"}),
+    _limit_param(DEFAULT_LIMIT, MAX_LIMIT),
+    _CURSOR_PARAM,
+    _param("order", "Time order.", _enum(ORDERS, "asc")),
 ]
+
+_ENUM_RULE = (
+    "Enum parameters (order, format, interval, agg, fill, sensor_type, severity, state) take "
+    "exactly one of the listed values, case-sensitive as they appear in rows (CRITICAL, not "
+    "critical); any other value is a 400 whose details.allowed lists the values, never an "
+    "empty result."
+)
 
 _TELEMETRY_GET_DESCRIPTION = (
     "Readings of the half-open range [start_time, end_time), keyset-paginated on "
@@ -79,6 +115,15 @@ _TELEMETRY_GET_DESCRIPTION = (
     "`fill` fills empty buckets between the first and last bucket that has data. "
     "`format=csv` streams every row of the range (at most `limit` rows if given) "
     "instead of one page. Unknown or repeated parameters are refused (400)."
+)
+
+_ASSET_LIST_DESCRIPTION = (
+    "Assets in asset_id order, keyset-paginated like the other lists: at most `limit` per page "
+    f"(default {ASSET_DEFAULT_LIMIT}), and `next_cursor` is passed as `cursor` for the next "
+    "page until it is null. An asset added or removed while pages are walked does not shift "
+    "the others. Before it was paginated this endpoint returned every asset in one response; "
+    "the {data, next_cursor} envelope is unchanged, so a client that follows next_cursor still "
+    f"gets every asset (limit={ASSET_MAX_LIMIT} fetches up to {ASSET_MAX_LIMIT} in one page)."
 )
 
 _INGEST_DESCRIPTION = (
@@ -91,21 +136,21 @@ _INGEST_DESCRIPTION = (
 
 def build_openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document (a fresh dict every call)."""
-    ids = [_param(n, f"Only rows with this {n}.", _STR)
-           for n in ("asset_id", "site_id", "sensor_id", "sensor_type")]
+    ids = [*[_param(n, f"Only rows with this {n}.", _STR)
+             for n in ("asset_id", "site_id", "sensor_id")],
+           _param("sensor_type", "Only rows of this sensor type.", _SENSOR_TYPE)]
     telemetry_get = {
         "summary": "Query readings: raw, time buckets or CSV",
         "description": _TELEMETRY_GET_DESCRIPTION,
         "operationId": "queryTelemetry",
         "parameters": [
             *ids, *_TIME_PARAMS, *_PAGE_PARAMS,
-            _param("interval", "Bucket length.", {"type": "string", "enum": list(INTERVALS)}),
-            _param("agg", "Aggregate per bucket (needs interval).",
-                   {"type": "string", "enum": list(AGGREGATES), "default": "avg"}),
+            _param("interval", "Bucket length (m is minute; there is no month).",
+                   _enum(list(INTERVALS))),
+            _param("agg", "Aggregate per bucket (needs interval).", _enum(AGGREGATES, "avg")),
             _param("fill", "Gap filling of empty buckets (needs interval).",
-                   {"type": "string", "enum": list(FILLS), "default": "none"}),
-            _param("format", "Response format.", {"type": "string", "enum": ["json", "csv"],
-                                                  "default": "json"}),
+                   _enum(FILLS, "none")),
+            _param("format", "Response format.", _enum(FORMATS, "json")),
         ],
         "responses": {
             "200": {"description": "One page (JSON) or the whole range (CSV).", "content": {
@@ -142,7 +187,7 @@ def build_openapi() -> dict[str, Any]:
         "operationId": "latestTelemetry",
         "parameters": [_param("asset_id", "Asset (this or site_id is required).", _STR),
                        _param("site_id", "Site (this or asset_id is required).", _STR),
-                       _param("sensor_type", "Only sensors of this type.", _STR),
+                       _param("sensor_type", "Only sensors of this type.", _SENSOR_TYPE),
                        _param("max_age", "Look back this far for each sensor's latest reading "
                               "(<n>m, <n>h or <n>d, at most 90d); sensors silent for longer are "
                               "not listed.", {"type": "string", "default": "24h",
@@ -155,12 +200,16 @@ def build_openapi() -> dict[str, Any]:
         "summary": "Alarm transitions, or the currently active alarms",
         "description": "Transitions in [start_time, end_time), keyset-paginated on "
                        "(timestamp, alarm_id, state). With active=true: alarms whose latest "
-                       "transition is RAISED, newest first, no range and no cursor.",
+                       "transition is RAISED, newest first, no range and no cursor (so "
+                       "state=CLEARED with it is a 400).",
         "operationId": "listAlarms",
         "parameters": [
             *[_param(n, f"Only alarms with this {n}.", _STR)
-              for n in ("site_id", "asset_id", "sensor_id", "severity", "state")],
-            _param("active", "Only currently active alarms.",
+              for n in ("site_id", "asset_id", "sensor_id")],
+            _param("severity", "Only transitions of this severity.", _enum(ALARM_SEVERITIES)),
+            _param("state", "Only transitions to this state (there is no ACTIVE state: use "
+                   "active=true).", _enum(ALARM_STATES)),
+            _param("active", "Only currently active alarms (true/false or 1/0).",
                    {"type": "boolean", "default": False}),
             *_TIME_PARAMS, *_PAGE_PARAMS],
         "responses": {"200": {"description": "A page of alarm rows.", "content": {
@@ -168,9 +217,13 @@ def build_openapi() -> dict[str, Any]:
             **_READ_ERRORS},
     }
     asset_list = {
-        "summary": "All assets with metadata and thresholds", "operationId": "listAssets",
-        "responses": {"200": {"description": "Every asset.", "content": {"application/json": {
-            "schema": _page("#/components/schemas/Asset")}}}, **_READ_ERRORS}}
+        "summary": "Assets with metadata and thresholds, a page at a time",
+        "description": _ASSET_LIST_DESCRIPTION, "operationId": "listAssets",
+        "parameters": [_limit_param(ASSET_DEFAULT_LIMIT, ASSET_MAX_LIMIT, "Assets"),
+                       _CURSOR_PARAM],
+        "responses": {"200": {"description": "A page of assets.", "content": {
+            "application/json": {"schema": _page("#/components/schemas/Asset")}}},
+            **_READ_ERRORS}}
     asset_one = {
         "summary": "One asset with metadata and thresholds", "operationId": "getAsset",
         "parameters": [_param("asset_id", "Asset id.", _STR, "path", True)],
@@ -183,7 +236,8 @@ def build_openapi() -> dict[str, Any]:
         "info": {"title": "dCMMS telemetry API", "version": "1.0.0",
                  "description": "Ingest and query telemetry of renewable-energy assets. Every "
                                 "/api route needs `Authorization: Bearer <api key>`; errors are "
-                                "JSON {code, message, details}; timestamps are ISO 8601 UTC."},
+                                "JSON {code, message, details}; timestamps are ISO 8601 UTC. "
+                                "Lists are pages {data, next_cursor}. " + _ENUM_RULE},
         "servers": [{"url": "http://127.0.0.1:3000"}],
         "security": [{"bearer": []}],
         "paths": {

@@ -2,10 +2,18 @@
 
 Each parse function takes the request's query arguments (a multi-dict) and
 returns a frozen dataclass, or raises :class:`api.errors.BadParameter` naming
-the parameter. What comes out is safe to hand to :mod:`api.questdb`: free-text
-values (ids, severities) only ever become bind parameters there, and every
-value that shapes the SQL text (interval, aggregate, fill mode, order) is an
-entry of a fixed whitelist here.
+the parameter. What comes out is safe to hand to :mod:`api.questdb`: filter
+values (ids, and the whitelisted sensor type, severity and state) only ever
+become bind parameters there, and every value that shapes the SQL text
+(interval, aggregate, fill mode, order) is an entry of a fixed whitelist here.
+
+Enum parameters (``order``, ``format``, ``interval``, ``agg``, ``fill``,
+``sensor_type``, alarm ``severity`` and ``state``) follow one rule: the value
+must be one of the canonical values exactly (case-sensitive, as stored and as
+returned in rows); anything else is a 400 whose ``details.allowed`` lists the
+values. Case is not folded because it changes meaning in places (QuestDB reads
+``1M`` as a month, ``1m`` as a minute), and a filter that cannot match is
+refused rather than answered with an empty list.
 
 Time parameters accept ISO 8601 (``2026-01-02T03:04:05Z``, an offset, or no
 offset meaning UTC) or integer epoch milliseconds. Ranges are half-open:
@@ -27,24 +35,36 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from api.errors import BadParameter
+from schemas.events import SENSOR_TYPES
 
 __all__ = [
     "AGGREGATES",
+    "ALARM_SEVERITIES",
+    "ALARM_STATES",
+    "ASSET_DEFAULT_LIMIT",
+    "ASSET_MAX_LIMIT",
     "DEFAULT_LIMIT",
     "DEFAULT_RANGE_US",
     "FILLS",
+    "FORMATS",
     "INTERVALS",
     "MAX_BUCKETS",
     "MAX_LIMIT",
     "MAX_RAW_RANGE_US",
+    "ORDERS",
+    "QUERYABLE_SENSOR_TYPES",
     "AlarmQuery",
+    "AssetListQuery",
     "Cursor",
     "LatestQuery",
     "TelemetryQuery",
     "decode_cursor",
+    "decode_key_cursor",
     "encode_cursor",
+    "encode_key_cursor",
     "format_timestamp",
     "parse_alarm_query",
+    "parse_asset_list_query",
     "parse_latest_query",
     "parse_telemetry_query",
     "parse_time",
@@ -55,6 +75,10 @@ US_PER_MS = 1_000
 US_PER_S = 1_000_000
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
+# An asset row (metadata and thresholds) is ~380 bytes: 100 per page is ~40 KB, and the
+# cap keeps a page near the size of a default telemetry page.
+ASSET_DEFAULT_LIMIT = 100
+ASSET_MAX_LIMIT = 1000
 DEFAULT_RANGE_US = 24 * 3600 * US_PER_S
 # Raw reads are capped at 31 days per request (pages walk through it with the cursor).
 MAX_RAW_RANGE_US = 31 * 24 * 3600 * US_PER_S
@@ -81,6 +105,11 @@ AGGREGATES = ("avg", "min", "max", "count", "first", "last")
 FILLS = ("none", "null", "prev", "linear")
 ORDERS = ("asc", "desc")
 FORMATS = ("json", "csv")
+# The symbols of schemas/alarm.avsc, as the alarm branch writes them.
+ALARM_SEVERITIES = ("WARNING", "CRITICAL")
+ALARM_STATES = ("RAISED", "CLEARED")
+# Validation rejects UNKNOWN, so no stored reading has it: a filter on it could only be empty.
+QUERYABLE_SENSOR_TYPES = tuple(t for t in SENSOR_TYPES if t != "UNKNOWN")
 
 _EPOCH_MS = re.compile(r"^[0-9]{1,15}$")
 
@@ -149,6 +178,13 @@ class AlarmQuery:
     fingerprint: str
 
 
+@dataclass(frozen=True)
+class AssetListQuery:
+    limit: int
+    after: str | None  # the asset_id the page starts after (from the cursor)
+    fingerprint: str
+
+
 class _Reader:
     """Reads single-valued parameters and refuses unknown or repeated ones."""
 
@@ -180,24 +216,28 @@ class _Reader:
             raise BadParameter(name, "contains control characters")
         return value
 
-    def choice(self, name: str, allowed: Sequence[str], default: str | None) -> str | None:
+    def choice(self, name: str, allowed: Sequence[str], default: str | None,
+               hint: str = "") -> str | None:
+        """An enum value: exactly one of ``allowed`` (the module docstring has the rule)."""
         value = self.get(name)
         if value is None:
             return default
         if value not in allowed:
-            raise BadParameter(name, f"must be one of {', '.join(allowed)}", allowed=list(allowed))
+            raise BadParameter(name, f"must be one of {', '.join(allowed)} (case-sensitive){hint}",
+                               allowed=list(allowed))
         return value
 
-    def limit(self) -> tuple[int, bool]:
+    def limit(self, default: int = DEFAULT_LIMIT,
+              maximum: int = MAX_LIMIT) -> tuple[int, bool]:
+        """Page size and whether it was given; 400 naming the range when out of it."""
         value = self.get("limit")
         if value is None:
-            return DEFAULT_LIMIT, False
-        if not value.isdigit() or len(value) > 6:
-            raise BadParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}")
-        limit = int(value)
-        if not 1 <= limit <= MAX_LIMIT:
-            raise BadParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}")
-        return limit, True
+            return default, False
+        # The length check keeps int() away from huge digit strings.
+        if not value.isdigit() or len(value) > 6 or not 1 <= int(value) <= maximum:
+            raise BadParameter("limit", f"must be an integer from 1 to {maximum}",
+                               minimum=1, maximum=maximum)
+        return int(value), True
 
     def fingerprint(self, exclude: Sequence[str]) -> str:
         """A digest of the parameters that define the result set (a cursor is bound to it)."""
@@ -240,15 +280,13 @@ def _time_range(reader: _Reader, now_us: int | None) -> tuple[int, int]:
     return start_us, end_us
 
 
-def encode_cursor(key: Sequence[Any], start_us: int, end_us: int, fingerprint: str) -> str:
-    """Opaque, URL-safe cursor text."""
-    body = json.dumps({"v": 1, "k": list(key), "s": start_us, "e": end_us, "q": fingerprint},
-                      separators=(",", ":"))
-    return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+def _encode_body(body: dict[str, Any]) -> str:
+    text = json.dumps({"v": 1, **body}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(text: str, fingerprint: str, key_types: Sequence[type]) -> Cursor:
-    """Check and decode a cursor made by :func:`encode_cursor` for the same query."""
+def _decode_body(text: str, fingerprint: str) -> dict[str, Any]:
+    """The JSON body of a cursor made for a query with this fingerprint."""
     if len(text) > 4096:
         raise BadParameter("cursor", "too long")
     try:
@@ -260,18 +298,47 @@ def decode_cursor(text: str, fingerprint: str, key_types: Sequence[type]) -> Cur
         raise BadParameter("cursor", "not a cursor returned by this API")
     if body.get("q") != fingerprint:
         raise BadParameter("cursor", "belongs to a query with different parameters")
+    return body
+
+
+def _valid_key(key: Any, key_types: Sequence[type]) -> bool:
+    return (isinstance(key, list) and len(key) == len(key_types)
+            and all(type(v) is t for v, t in zip(key, key_types, strict=True))
+            and all(len(v) <= 4 * MAX_TEXT_LENGTH and "\x00" not in v
+                    for v in key if isinstance(v, str)))
+
+
+def encode_cursor(key: Sequence[Any], start_us: int, end_us: int, fingerprint: str) -> str:
+    """Opaque, URL-safe cursor text."""
+    return _encode_body({"k": list(key), "s": start_us, "e": end_us, "q": fingerprint})
+
+
+def decode_cursor(text: str, fingerprint: str, key_types: Sequence[type]) -> Cursor:
+    """Check and decode a cursor made by :func:`encode_cursor` for the same query."""
+    body = _decode_body(text, fingerprint)
     key, start_us, end_us = body.get("k"), body.get("s"), body.get("e")
     valid = (
-        isinstance(key, list) and len(key) == len(key_types)
-        and all(type(v) is t for v, t in zip(key, key_types, strict=True))
+        _valid_key(key, key_types)
         and all(type(v) is int for v in (start_us, end_us))
         and _MIN_TIME_US <= start_us < end_us <= _MAX_TIME_US
-        and all(len(v) <= 4 * MAX_TEXT_LENGTH and "\x00" not in v
-                for v in key if isinstance(v, str))
     )
     if not valid:
         raise BadParameter("cursor", "not a cursor returned by this API")
     return Cursor(tuple(key), start_us, end_us)
+
+
+def encode_key_cursor(key: Sequence[Any], fingerprint: str) -> str:
+    """Cursor text of a list without a time range (assets): the sort key only."""
+    return _encode_body({"k": list(key), "q": fingerprint})
+
+
+def decode_key_cursor(text: str, fingerprint: str, key_types: Sequence[type]) -> tuple[Any, ...]:
+    """The sort key of a cursor made by :func:`encode_key_cursor` for the same query."""
+    body = _decode_body(text, fingerprint)
+    # A ranged cursor (it has "s") belongs to another endpoint.
+    if "s" in body or not _valid_key(body.get("k"), key_types):
+        raise BadParameter("cursor", "not a cursor returned by this API")
+    return tuple(body["k"])
 
 
 TELEMETRY_PARAMS = ("asset_id", "site_id", "sensor_id", "sensor_type", "start_time", "end_time",
@@ -284,7 +351,8 @@ BUCKET_KEY_TYPES = (int, str, str)
 def parse_telemetry_query(args: Args, now_us: int | None = None) -> TelemetryQuery:
     """Parameters of ``GET /api/v1/telemetry``."""
     r = _Reader(args, TELEMETRY_PARAMS)
-    ids = {name: r.text(name) for name in ("asset_id", "site_id", "sensor_id", "sensor_type")}
+    ids = {name: r.text(name) for name in ("asset_id", "site_id", "sensor_id")}
+    ids["sensor_type"] = r.choice("sensor_type", QUERYABLE_SENSOR_TYPES, None)
     limit, limit_given = r.limit()
     order = r.choice("order", ORDERS, "asc")
     interval = r.choice("interval", tuple(INTERVALS), None)
@@ -336,7 +404,8 @@ def parse_latest_query(args: Args, now_us: int | None = None) -> LatestQuery:
     time range instead of all 90 days, and sensors silent for longer are left out.
     """
     r = _Reader(args, ("asset_id", "site_id", "sensor_type", "max_age"))
-    asset_id, site_id, sensor_type = r.text("asset_id"), r.text("site_id"), r.text("sensor_type")
+    asset_id, site_id = r.text("asset_id"), r.text("site_id")
+    sensor_type = r.choice("sensor_type", QUERYABLE_SENSOR_TYPES, None)
     if asset_id is None and site_id is None:
         raise BadParameter("asset_id", "asset_id or site_id is required")
     max_age = r.get("max_age") or DEFAULT_MAX_AGE
@@ -374,8 +443,14 @@ def parse_alarm_query(args: Args, now_us: int | None = None) -> AlarmQuery:
     raise (no time range, no cursor); otherwise the transitions in the range.
     """
     r = _Reader(args, ALARM_PARAMS)
-    texts = {n: r.text(n) for n in ("site_id", "asset_id", "sensor_id", "severity", "state")}
+    texts = {n: r.text(n) for n in ("site_id", "asset_id", "sensor_id")}
+    severity = r.choice("severity", ALARM_SEVERITIES, None)
+    # "ACTIVE" is the usual guess at a state: point at the parameter that means it.
+    state = r.choice("state", ALARM_STATES, None, hint="; for current alarms use active=true")
     active = _bool(r, "active")
+    if active and state == "CLEARED":
+        raise BadParameter("state", "active=true lists alarms whose latest transition is "
+                           "RAISED; state=CLEARED would never match")
     limit, _ = r.limit()
     order = r.choice("order", ORDERS, "asc") or "asc"
     fingerprint = r.fingerprint(exclude=("cursor", "limit"))
@@ -391,9 +466,30 @@ def parse_alarm_query(args: Args, now_us: int | None = None) -> AlarmQuery:
         start_us, end_us = _time_range(r, now_us)
     return AlarmQuery(
         site_id=texts["site_id"], asset_id=texts["asset_id"], sensor_id=texts["sensor_id"],
-        severity=texts["severity"], state=texts["state"], active=active, start_us=start_us,
+        severity=severity, state=state, active=active, start_us=start_us,
         end_us=end_us, limit=limit, order=order, cursor=cursor, fingerprint=fingerprint,
     )
+
+
+ASSET_LIST_PARAMS = ("limit", "cursor")
+ASSET_KEY_TYPES = (str,)
+
+
+def parse_asset_list_query(args: Args) -> AssetListQuery:
+    """Parameters of ``GET /api/v1/assets``: pages in asset_id order.
+
+    The same ``limit`` and ``cursor`` as the other lists, with a smaller page
+    (default :data:`ASSET_DEFAULT_LIMIT`, at most :data:`ASSET_MAX_LIMIT`). The
+    catalog has no time range, so its cursor carries only the last asset_id.
+    """
+    r = _Reader(args, ASSET_LIST_PARAMS)
+    limit, _ = r.limit(ASSET_DEFAULT_LIMIT, ASSET_MAX_LIMIT)
+    fingerprint = r.fingerprint(exclude=("cursor", "limit"))
+    cursor_text = r.get("cursor")
+    after = None
+    if cursor_text is not None:
+        (after,) = decode_key_cursor(cursor_text, fingerprint, ASSET_KEY_TYPES)
+    return AssetListQuery(limit=limit, after=after, fingerprint=fingerprint)
 
 
 def format_timestamp(value: datetime | None) -> str | None:

@@ -22,7 +22,9 @@ from api.params import (
     MAX_LIMIT,
     TelemetryQuery,
     encode_cursor,
+    encode_key_cursor,
     parse_alarm_query,
+    parse_asset_list_query,
     parse_latest_query,
     parse_telemetry_query,
 )
@@ -129,14 +131,14 @@ def _assets_unavailable(exc: AssetCatalogError) -> ApiError:
 @bp.get("/api/v1/assets")
 @require_scope("read")
 def assets() -> Response:
-    """Every asset with its metadata and alarm thresholds."""
-    if request.args:
-        name = sorted(request.args.keys())[0]
-        raise ApiError(400, "bad_parameter", f"{name}: unknown parameter", {"parameter": name})
+    """A page of assets (asset_id order) with their metadata and alarm thresholds."""
+    q = parse_asset_list_query(request.args)
     try:
-        return jsonify({"data": _catalog().all(), "next_cursor": None})
+        page = _catalog().page(q.limit, q.after)
     except AssetCatalogError as exc:
         raise _assets_unavailable(exc) from None
+    next_cursor = encode_key_cursor(page.next_key, q.fingerprint) if page.next_key else None
+    return jsonify({"data": page.rows, "next_cursor": next_cursor})
 
 
 @bp.get("/api/v1/assets/<path:asset_id>")

@@ -29,8 +29,20 @@ from hypothesis import strategies as st
 from questdb import Sender, TimestampNanos
 
 from api import create_app
+from api.params import (
+    AGGREGATES,
+    ALARM_SEVERITIES,
+    ALARM_STATES,
+    ASSET_DEFAULT_LIMIT,
+    FILLS,
+    FORMATS,
+    INTERVALS,
+    ORDERS,
+    QUERYABLE_SENSOR_TYPES,
+)
 from io_connectors.questdb_schema import ALARMS, DDL_STATEMENTS, SENSOR_READINGS
 from runners.settings import load_settings
+from schemas.assets import load_asset_catalog
 
 pytestmark = pytest.mark.integration
 
@@ -320,6 +332,94 @@ def test_alarms_range_filters_and_active(client: FlaskClient) -> None:
     assert [r["alarm_id"] for r in get(active="true", asset_id=A0)] == [f"{RUN}-alm-3"]
 
 
+def _asset_pages(client: FlaskClient, **params: str) -> list[list[dict[str, Any]]]:
+    pages: list[list[dict[str, Any]]] = []
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = client.get("/api/v1/assets", query_string=query, headers=AUTH)
+        assert response.status_code == 200, response.json
+        pages.append(response.json["data"])
+        cursor = response.json["next_cursor"]
+        assert len(pages) <= 100_000
+        if cursor is None:
+            return pages
+
+
+@pytest.mark.parametrize("limit", [None, "7", "1000"])
+def test_asset_pages_visit_every_asset_exactly_once(client: FlaskClient,
+                                                    limit: str | None) -> None:
+    expected = sorted(load_asset_catalog(SETTINGS.path("pipeline", "assets_file")).assets)
+    assert len(expected) > ASSET_DEFAULT_LIMIT  # the stack's catalog needs more than one page
+    pages = _asset_pages(client, **({"limit": limit} if limit else {}))
+    ids = [a["asset_id"] for page in pages for a in page]
+    assert ids == expected  # each asset once, in asset_id order
+    size = int(limit or ASSET_DEFAULT_LIMIT)
+    assert all(len(page) == size for page in pages[:-1]) and 0 < len(pages[-1]) <= size
+    # A listed asset is the same document as the single-asset endpoint's.
+    one = client.get(f"/api/v1/assets/{ids[-1]}", headers=AUTH).json
+    assert pages[-1][-1] == one
+
+
+def test_asset_list_limit_outside_its_range_is_400_naming_it(client: FlaskClient) -> None:
+    for value in ("0", "1001"):
+        response = client.get("/api/v1/assets", query_string={"limit": value}, headers=AUTH)
+        assert response.status_code == 400
+        assert response.json["details"] == {"parameter": "limit", "minimum": 1, "maximum": 1000}
+
+
+# (path, parameter, a value in another case or not a value at all, the canonical value, allowed)
+_ENUM_CASES = [
+    ("/api/v1/alarms", "severity", "critical", "CRITICAL", ALARM_SEVERITIES),
+    ("/api/v1/alarms", "state", "ACTIVE", "RAISED", ALARM_STATES),
+    ("/api/v1/alarms", "state", "cleared", "CLEARED", ALARM_STATES),
+    ("/api/v1/alarms", "order", "DESC", "desc", ORDERS),
+    ("/api/v1/telemetry", "sensor_type", "voltage", "VOLTAGE", QUERYABLE_SENSOR_TYPES),
+    ("/api/v1/telemetry", "order", "Desc", "desc", ORDERS),
+    ("/api/v1/telemetry", "format", "CSV", "csv", FORMATS),
+    ("/api/v1/telemetry", "interval", "1M", "1m", tuple(INTERVALS)),
+    ("/api/v1/telemetry", "agg", "MAX", "max", AGGREGATES),
+    ("/api/v1/telemetry", "fill", "PREV", "prev", FILLS),
+    ("/api/v1/telemetry/latest", "sensor_type", "power", "POWER", QUERYABLE_SENSOR_TYPES),
+]
+_ENUM_BASE = {"/api/v1/alarms": {**RANGE, "site_id": SITES[0]},
+              "/api/v1/telemetry": {**RANGE, "site_id": SITES[0]},
+              "/api/v1/telemetry/latest": {"site_id": SITES[0], "max_age": "7d"}}
+
+
+@pytest.mark.parametrize("path,name,wrong,canonical,allowed", _ENUM_CASES,
+                         ids=[f"{c[0].rsplit('/', 1)[1]}-{c[1]}-{c[2]}" for c in _ENUM_CASES])
+def test_enum_value_outside_the_canonical_set_is_400_naming_the_allowed_values(
+        client: FlaskClient, path: str, name: str, wrong: str, canonical: str,
+        allowed: tuple[str, ...]) -> None:
+    base = {**_ENUM_BASE[path], **({"interval": "1m"} if name in ("agg", "fill") else {})}
+    refused = client.get(path, query_string={**base, name: wrong}, headers=AUTH)
+    assert refused.status_code == 400, refused.get_data(as_text=True)[:300]
+    assert refused.json["code"] == "bad_parameter"
+    assert refused.json["details"] == {"parameter": name, "allowed": list(allowed)}
+    assert all(value in refused.json["message"] for value in allowed)
+    # The canonical value finds this run's rows: the refusal is not hiding a match.
+    found = client.get(path, query_string={**base, name: canonical}, headers=AUTH)
+    assert found.status_code == 200, found.get_data(as_text=True)[:300]
+    if name == "format":
+        assert len(found.get_data(as_text=True).splitlines()) > 1
+        return
+    rows = found.json["data"]
+    assert rows
+    column = {"order": None, "interval": None, "agg": None, "fill": None}.get(name, name)
+    if column is not None:
+        assert {r[column] for r in rows} == {canonical}
+
+
+def test_state_active_is_400_pointing_at_active_true(client: FlaskClient) -> None:
+    response = client.get("/api/v1/alarms", query_string={"state": "ACTIVE"}, headers=AUTH)
+    assert response.status_code == 400 and "active=true" in response.json["message"]
+    contradiction = client.get("/api/v1/alarms", headers=AUTH,
+                               query_string={"active": "true", "state": "CLEARED"})
+    assert contradiction.status_code == 400
+    assert contradiction.json["details"]["parameter"] == "state"
+
+
 def test_auth_failures(client: FlaskClient) -> None:
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Token dev-api-key"}):
         response = client.get("/api/v1/telemetry", query_string=RANGE, headers=headers)
@@ -345,7 +445,9 @@ def test_random_parameters_never_5xx_nor_rows_outside_filters(client: FlaskClien
     params: dict[str, str] = {"site_id": data.draw(st.sampled_from(SITES))}
     for name in ("asset_id", "sensor_id", "sensor_type"):
         if data.draw(st.booleans()):
-            params[name] = data.draw(_FILTER_VALUES)
+            # sensor_type is an enum: give it real values too, not only refused ones.
+            extra = st.sampled_from(TYPES) if name == "sensor_type" else _FILTER_VALUES
+            params[name] = data.draw(st.one_of(extra, _FILTER_VALUES))
     for name, strategy in (
             ("start_time", st.sampled_from([RANGE["start_time"], _iso(BASE_MS + 123_000),
                                             "' OR 1=1", "1e9", "2026-02-30"])),

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +17,7 @@ from werkzeug.datastructures import MultiDict
 from api import params as P
 from api import questdb as Q
 from api.errors import BadParameter
+from schemas.events import SENSOR_TYPES
 
 NOW_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 
@@ -119,6 +124,152 @@ def test_cursor_of_another_query_or_tampered_is_refused() -> None:
     bad("cursor", asset_id="a1", cursor="not-a-cursor!")
     # A raw cursor is not a bucket cursor (different key shape).
     bad("cursor", asset_id="a1", interval="1m", cursor=text)
+
+
+# --- enum parameters: exactly a canonical value, else 400 listing the allowed values --------
+
+def _alarms(**kwargs: str) -> P.AlarmQuery:
+    return P.parse_alarm_query(MultiDict(kwargs), now_us=NOW_US)
+
+
+def _latest(**kwargs: str) -> P.LatestQuery:
+    return P.parse_latest_query(MultiDict({"site_id": "s", **kwargs}), now_us=NOW_US)
+
+
+def _buckets(**kwargs: str) -> P.TelemetryQuery:
+    return parse(interval="1h", **kwargs)
+
+
+# (parser, parameter, its allowed values): every enum parameter of the API.
+ENUM_PARAMS: list[tuple[Callable[..., Any], str, tuple[str, ...]]] = [
+    (parse, "order", P.ORDERS), (parse, "format", P.FORMATS),
+    (parse, "interval", tuple(P.INTERVALS)), (_buckets, "agg", P.AGGREGATES),
+    (_buckets, "fill", P.FILLS), (parse, "sensor_type", P.QUERYABLE_SENSOR_TYPES),
+    (_latest, "sensor_type", P.QUERYABLE_SENSOR_TYPES), (_alarms, "order", P.ORDERS),
+    (_alarms, "severity", P.ALARM_SEVERITIES), (_alarms, "state", P.ALARM_STATES),
+]
+_ENUM_IDS = [f"{f.__name__}-{name}" for f, name, _ in ENUM_PARAMS]
+
+
+def _refused(parser: Callable[..., Any], name: str, value: str) -> BadParameter:
+    with pytest.raises(BadParameter) as info:
+        parser(**{name: value})
+    return info.value
+
+
+@pytest.mark.parametrize("parser,name,allowed", ENUM_PARAMS, ids=_ENUM_IDS)
+def test_every_canonical_enum_value_is_accepted(parser: Callable[..., Any], name: str,
+                                                allowed: tuple[str, ...]) -> None:
+    field = {"format": "fmt"}.get(name, name)
+    for value in allowed:
+        assert getattr(parser(**{name: value}), field) == value
+
+
+@pytest.mark.parametrize("parser,name,allowed", ENUM_PARAMS, ids=_ENUM_IDS)
+def test_other_case_is_refused_naming_every_allowed_value(parser: Callable[..., Any], name: str,
+                                                         allowed: tuple[str, ...]) -> None:
+    for value in allowed:
+        other_case = value.swapcase()
+        assert other_case != value  # every canonical value has a letter
+        exc = _refused(parser, name, other_case)
+        assert (exc.parameter, exc.status, exc.details["allowed"]) == (name, 400, list(allowed))
+        assert all(v in exc.message for v in allowed) and "case-sensitive" in exc.message
+
+
+@pytest.mark.parametrize("value,name", [("critical", "severity"), ("Critical", "severity"),
+                                        ("ACTIVE", "state"), ("active", "state"),
+                                        ("raised", "state"), ("", "severity")])
+def test_alarm_filters_of_the_issue_are_400_not_an_empty_list(value: str, name: str) -> None:
+    exc = _refused(_alarms, name, value)
+    assert exc.parameter == name and exc.details["allowed"] == list(
+        P.ALARM_SEVERITIES if name == "severity" else P.ALARM_STATES)
+
+
+def test_state_active_points_at_the_active_parameter() -> None:
+    assert "active=true" in _refused(_alarms, "state", "ACTIVE").message
+
+
+def test_active_alarms_with_state_cleared_could_never_match() -> None:
+    with pytest.raises(BadParameter) as info:
+        _alarms(active="true", state="CLEARED")
+    assert info.value.parameter == "state"
+    assert _alarms(active="true", state="RAISED").state == "RAISED"
+
+
+def test_sensor_types_are_the_schema_symbols_a_reading_can_have() -> None:
+    assert "UNKNOWN" not in P.QUERYABLE_SENSOR_TYPES  # validation rejects it
+    assert {*P.QUERYABLE_SENSOR_TYPES, "UNKNOWN"} == set(SENSOR_TYPES)
+
+
+def test_alarm_enums_are_the_symbols_of_the_alarm_schema() -> None:
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "alarm.avsc")
+                        .read_text())
+    symbols = {f["name"]: f["type"]["symbols"] for f in schema["fields"]
+               if isinstance(f["type"], dict) and f["type"].get("type") == "enum"}
+    assert symbols == {"severity": list(P.ALARM_SEVERITIES), "state": list(P.ALARM_STATES)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(index=st.integers(0, len(ENUM_PARAMS) - 1), value=st.text(max_size=20))
+def test_an_enum_parameter_yields_a_canonical_value_or_a_400(index: int, value: str) -> None:
+    parser, name, allowed = ENUM_PARAMS[index]
+    try:
+        q = parser(**{name: value})
+    except BadParameter as exc:
+        assert value not in allowed and exc.parameter == name
+        assert exc.details["allowed"] == list(allowed)
+    else:
+        assert getattr(q, {"format": "fmt"}.get(name, name)) == value and value in allowed
+
+
+# --- the asset list: the same limit and cursor, smaller pages, no time range -----------------
+
+def _assets(**kwargs: str) -> P.AssetListQuery:
+    return P.parse_asset_list_query(MultiDict(kwargs))
+
+
+def test_asset_list_defaults_to_a_page_of_100() -> None:
+    q = _assets()
+    assert (q.limit, q.after) == (100, None) == (P.ASSET_DEFAULT_LIMIT, None)
+    assert _assets(limit="1000").limit == P.ASSET_MAX_LIMIT == 1000
+    assert _assets(limit="1").limit == 1
+
+
+@pytest.mark.parametrize("value", ["0", "1001", "10000", "-1", "abc", "", "99999999999"])
+def test_asset_list_limit_bounds_name_the_range(value: str) -> None:
+    with pytest.raises(BadParameter) as info:
+        _assets(limit=value)
+    exc = info.value
+    assert exc.parameter == "limit" and "from 1 to 1000" in exc.message
+    assert (exc.details["minimum"], exc.details["maximum"]) == (1, 1000)
+
+
+def test_telemetry_limit_400_names_its_range_too() -> None:
+    exc = bad("limit", limit="10001")
+    assert "from 1 to 10000" in exc.message and exc.details["maximum"] == 10_000
+
+
+def test_asset_list_refuses_unknown_parameters() -> None:
+    with pytest.raises(BadParameter) as info:
+        _assets(site_id="s")
+    assert info.value.parameter == "site_id"
+    assert info.value.details["allowed"] == ["cursor", "limit"]
+
+
+def test_asset_cursor_round_trip_and_foreign_cursors_refused() -> None:
+    q = _assets()
+    text = P.encode_key_cursor(("bench-asset-01-007",), q.fingerprint)
+    assert _assets(cursor=text, limit="5") == P.AssetListQuery(5, "bench-asset-01-007",
+                                                               q.fingerprint)
+    telemetry = parse()
+    ranged = P.encode_cursor((NOW_US, "ev"), telemetry.start_us, telemetry.end_us,
+                             telemetry.fingerprint)
+    for foreign in (ranged, P.encode_key_cursor((5,), q.fingerprint), "not-a-cursor!",
+                    text[:-3] + "AAA"):
+        with pytest.raises(BadParameter) as info:
+            _assets(cursor=foreign)
+        assert info.value.parameter == "cursor"
+    bad("cursor", cursor=text)  # and an asset cursor is not a telemetry cursor
 
 
 def test_latest_needs_asset_or_site() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -207,6 +208,113 @@ def test_latest_alarms_and_assets(app: Flask, store: FakeStore) -> None:
     assert client.get("/api/v1/assets", headers=AUTH).json["data"][0]["asset_id"] == "a1"
     unknown = client.get("/api/v1/assets/nope", headers=AUTH)
     assert unknown.status_code == 404 and unknown.json["details"]["asset_id"] == "nope"
+
+
+def _walk_assets(client: Any, **params: str) -> list[list[str]]:
+    """asset_ids of every page of /api/v1/assets, following next_cursor."""
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = client.get("/api/v1/assets", query_string=query, headers=AUTH)
+        assert response.status_code == 200, response.json
+        pages.append([a["asset_id"] for a in response.json["data"]])
+        cursor = response.json["next_cursor"]
+        assert len(pages) <= 1000
+        if cursor is None:
+            return pages
+
+
+def _catalog_file(path: Path, sites: int, per_site: int) -> None:
+    path.write_text(json.dumps({"sites": {}, "assets": {}, "generated": [{
+        "sites": sites, "assets_per_site": per_site, "site_id": "s{site:02d}",
+        "asset_id": "a{site:02d}-{asset:03d}", "site_name": "S", "asset_type": "inverter",
+        "location": "L"}]}))
+
+
+@pytest.fixture
+def fleet_app(store: FakeStore, tmp_path: Path) -> Flask:
+    _catalog_file(tmp_path / "fleet.json", 3, 70)  # 210 assets: more than a default page
+    return create_app(load_settings(), {"TESTING": True, "TELEMETRY_STORE": store,
+                                        "ASSETS_FILE": str(tmp_path / "fleet.json")})
+
+
+@pytest.mark.parametrize("limit", [None, "1", "7", "100", "209", "210", "1000"])
+def test_asset_pages_visit_every_asset_once_in_order(fleet_app: Flask, limit: str | None) -> None:
+    pages = _walk_assets(fleet_app.test_client(), **({"limit": limit} if limit else {}))
+    ids = [a for page in pages for a in page]
+    expected = sorted(f"a{s:02d}-{a:03d}" for s in range(1, 4) for a in range(1, 71))
+    assert ids == expected
+    size = int(limit or 100)
+    assert [len(p) for p in pages[:-1]] == [size] * (len(pages) - 1) and 0 < len(pages[-1]) <= size
+
+
+def test_asset_list_limit_out_of_range_is_400_naming_it(fleet_app: Flask) -> None:
+    client = fleet_app.test_client()
+    for value in ("0", "1001", "x"):
+        response = client.get(f"/api/v1/assets?limit={value}", headers=AUTH)
+        assert response.status_code == 400
+        assert response.json["details"] == {"parameter": "limit", "minimum": 1, "maximum": 1000}
+        assert "from 1 to 1000" in response.json["message"]
+    unknown = client.get("/api/v1/assets?site_id=s01", headers=AUTH)
+    assert unknown.status_code == 400 and unknown.json["details"]["parameter"] == "site_id"
+
+
+def test_asset_pages_survive_catalog_edits_between_pages(store: FakeStore,
+                                                        tmp_path: Path) -> None:
+    path = tmp_path / "fleet.json"
+    _catalog_file(path, 1, 10)
+    client = create_app(load_settings(), {"TESTING": True, "TELEMETRY_STORE": store,
+                                          "ASSETS_FILE": str(path)}).test_client()
+    first = client.get("/api/v1/assets?limit=4", headers=AUTH).json
+    assert [a["asset_id"] for a in first["data"]] == [f"a01-{i:03d}" for i in range(1, 5)]
+    # An edit between pages: the catalog grows to 12 assets (mtime moved on explicitly).
+    _catalog_file(path, 1, 12)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    rest = [a for page in _walk_assets(client, limit="4", cursor=first["next_cursor"])
+            for a in page]
+    assert rest == [f"a01-{i:03d}" for i in range(5, 13)]  # no repeat, nothing skipped
+
+
+def _enum_params(doc: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """(path, parameter, allowed values) of every GET parameter the document calls an enum."""
+    return [(path, p["name"], p["schema"]["enum"]) for path, item in doc["paths"].items()
+            for p in item.get("get", {}).get("parameters", []) if "enum" in p["schema"]]
+
+
+# What a request needs besides the enum parameter to be valid at all.
+_ENUM_BASE = {"/api/v1/telemetry/latest": {"site_id": "site-1"}}
+_NEEDS_INTERVAL = ("agg", "fill")
+
+
+def test_every_documented_enum_is_enforced_as_documented(app: Flask) -> None:
+    client = app.test_client()
+    enums = _enum_params(client.get("/api/v1/openapi.json").json)
+    assert {(path, name) for path, name, _ in enums} >= {
+        ("/api/v1/alarms", "severity"), ("/api/v1/alarms", "state"),
+        ("/api/v1/alarms", "order"), ("/api/v1/telemetry", "sensor_type"),
+        ("/api/v1/telemetry", "format"), ("/api/v1/telemetry/latest", "sensor_type")}
+    for path, name, allowed in enums:
+        base = {**_ENUM_BASE.get(path, {}), **({"interval": "1h"} if name in _NEEDS_INTERVAL
+                                               else {})}
+        for value in allowed:
+            ok = client.get(path, query_string={**base, name: value}, headers=AUTH)
+            assert ok.status_code == 200, (path, name, value, ok.json)
+        for value in {*(v.swapcase() for v in allowed), "bogus", " " + allowed[0]}:
+            refused = client.get(path, query_string={**base, name: value}, headers=AUTH)
+            assert refused.status_code == 400, (path, name, value)
+            assert refused.json["details"] == {"parameter": name, "allowed": allowed}
+            assert all(v in refused.json["message"] for v in allowed)
+
+
+def test_alarm_filters_of_the_issue_never_reach_the_store(app: Flask, store: FakeStore) -> None:
+    client = app.test_client()
+    for query in ("state=ACTIVE", "severity=critical", "active=true&state=CLEARED"):
+        calls = len(store.calls)
+        response = client.get(f"/api/v1/alarms?{query}", headers=AUTH)
+        assert response.status_code == 400, query
+        assert len(store.calls) == calls  # refused before any query: never an empty list
 
 
 def test_openapi_describes_every_route_including_ingest(app: Flask) -> None:
