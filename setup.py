@@ -20,6 +20,9 @@ setup(
     install_requires=[
         f"apache-beam=={BEAM_VERSION}",
         "fastavro==1.13.1",
+        # Schema registry: Apache Avro's parser enforces the specification's name and union
+        # rules that fastavro lets by (schemas/compatibility.py).
+        "avro==1.12.2",
         "confluent-kafka[schemaregistry]==2.16.1",  # SchemaRegistryClient, AvroSerializer
         "paho-mqtt==2.2.0",
         "questdb==6.0.0",

@@ -93,20 +93,72 @@ class _UnboundedOffsetTracker(OffsetRestrictionTracker):
         return self.current_restriction().stop < _OFFSET_INFINITY
 
 
+# Consumer settings the transform owns: they come from its arguments or carry its offset
+# semantics (a fresh job starts at the group's committed offsets, else `start_from`; offsets are
+# committed only after the checkpoint holding the records completed). A `consumer_config` entry
+# for one of them is refused rather than silently winning or losing.
+_OWNED_CONSUMER_KEYS: dict[str, str] = {
+    "bootstrap.servers": "pass bootstrap_servers",
+    "group.id": "pass group_id",
+    "auto.offset.reset": "pass start_from",
+    "enable.auto.commit": "offsets are committed after a checkpoint completed",
+    "enable.auto.offset.store": "offsets are committed after a checkpoint completed",
+    "key.deserializer": "records are read as raw bytes",
+    "value.deserializer": "records are read as raw bytes",
+}
+
+# librdkafka tuning of the Python reader; KafkaIO's Java consumer does not know these names.
+_PYTHON_READER_DEFAULTS: dict[str, Any] = {
+    "enable.partition.eof": False,
+    # Bigger fetches: the per-record cost is in Python, not in the network.
+    "fetch.min.bytes": 1,
+    "queued.min.messages": 20000,
+}
+
+
+def _check_consumer_config(extra: Mapping[str, Any]) -> None:
+    for key in extra:
+        if key in _OWNED_CONSUMER_KEYS:
+            raise ValueError(f"ReadRawTelemetry: consumer_config must not set {key!r} "
+                             f"({_OWNED_CONSUMER_KEYS[key]})")
+
+
 def _consumer_config(bootstrap_servers: str, group_id: str,
                      extra: Mapping[str, Any]) -> dict[str, Any]:
-    config: dict[str, Any] = {
+    """librdkafka settings of the Python reader: ``extra`` overrides only the tuning defaults."""
+    return {
+        **_PYTHON_READER_DEFAULTS,
+        **extra,
         "bootstrap.servers": bootstrap_servers,
         "group.id": group_id,
         # Offsets are committed by us, after the runner's checkpoint completed.
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "enable.partition.eof": False,
-        # Bigger fetches: the per-record cost is in Python, not in the network.
-        "fetch.min.bytes": 1,
-        "queued.min.messages": 20000,
     }
-    config.update(extra)
+
+
+def _java_config_value(key: str, value: Any) -> str:
+    # The expansion payload carries a map of strings; Java's ConfigDef parses them.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise ValueError(f"ReadRawTelemetry: consumer_config[{key!r}] is a "
+                     f"{type(value).__name__}; KafkaIO takes strings, numbers and booleans")
+
+
+def _kafkaio_consumer_config(bootstrap_servers: str, group_id: str, start_from: str,
+                             extra: Mapping[str, Any]) -> dict[str, str]:
+    """KafkaIO's (Java) consumer settings: every ``extra`` entry verbatim, plus the owned keys."""
+    config = {key: _java_config_value(key, value) for key, value in extra.items()}
+    config.update({
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": group_id,
+        # Committed offsets of the group first, else start_from.
+        "auto.offset.reset": start_from,
+        # KafkaIO commits in bundle finalization (commit_offset_in_finalize).
+        "enable.auto.commit": "false",
+    })
     return config
 
 
@@ -338,7 +390,14 @@ class ReadRawTelemetry(beam.PTransform):
       max_poll_seconds: time limit of one read call, same purpose.
       idle_watermark_lag_s: an idle partition's watermark trails wall time by
         this much, so event-time windows still close when no data arrives.
-      consumer_config: extra librdkafka settings (security, fetch sizes...).
+      consumer_config: extra consumer settings (security, fetch sizes...), passed
+        verbatim to the client that reads: librdkafka for the Python reader,
+        KafkaIO's Java consumer with ``expansion_service`` (so use the names
+        that client knows, e.g. ``ssl.truststore.location`` in Java where
+        librdkafka has ``ssl.ca.location``). Keys the transform owns
+        (``bootstrap.servers``, ``group.id``, ``auto.offset.reset``,
+        ``enable.auto.commit``, ``enable.auto.offset.store``, the
+        deserializers) raise ValueError: use the arguments instead.
       expansion_service: ``host:port`` of a Java expansion service started with
         ``--defaultEnvironmentType=EMBEDDED --experiments=use_deprecated_read``
         (``runners.stack.flink``'s ``kafka-expansion`` service). When given, the
@@ -349,8 +408,8 @@ class ReadRawTelemetry(beam.PTransform):
         or a machine without the Java side); on Flink 2.70 that one leaves the
         watermark at -inf and its checkpoints grow (see the decision note).
         ``max_records_per_call``, ``max_poll_seconds``, ``idle_watermark_lag_s``
-        apply to the Python reader only; ``consumer_config`` values must be
-        strings for KafkaIO.
+        apply to the Python reader only; ``consumer_config`` values for KafkaIO
+        must be strings, numbers or booleans.
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, group_id: str, *,
@@ -371,8 +430,14 @@ class ReadRawTelemetry(beam.PTransform):
         if max_records_per_call < 1 or max_poll_seconds <= 0 or idle_watermark_lag_s < 0:
             raise ValueError("ReadRawTelemetry: max_records_per_call >= 1, max_poll_seconds > 0 "
                              "and idle_watermark_lag_s >= 0 are required")
+        extra = dict(consumer_config or {})
+        _check_consumer_config(extra)
         self._topic = topic
-        self._config = _consumer_config(bootstrap_servers, group_id, consumer_config or {})
+        self._config = _consumer_config(bootstrap_servers, group_id, extra)
+        # Built here, not in expand(), so a value KafkaIO cannot take fails at construction.
+        self._java_config = (_kafkaio_consumer_config(bootstrap_servers, group_id, start_from,
+                                                      extra)
+                             if expansion_service else {})
         self._start_from = start_from
         self._max_records = max_records_per_call
         self._max_poll_seconds = max_poll_seconds
@@ -392,25 +457,24 @@ class ReadRawTelemetry(beam.PTransform):
         )
 
     def _expand_kafkaio(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        from apache_beam.io.kafka import ReadFromKafka
-
-        # KafkaIO's consumer: committed offsets of the group first, else start_from.
-        java_config = {k: str(v) for k, v in self._config.items()
-                       if k in ("bootstrap.servers", "group.id")}
-        java_config.update({"auto.offset.reset": self._start_from,
-                            "enable.auto.commit": "false"})
         return (
             pbegin
-            | "KafkaIO" >> ReadFromKafka(
-                consumer_config=java_config,
-                topics=[self._topic],
-                # Offsets are committed when the checkpoint holding them completes.
-                commit_offset_in_finalize=True,
-                timestamp_policy=ReadFromKafka.create_time_policy,
-                with_metadata=True,
-                expansion_service=self._expansion_service)
+            | "KafkaIO" >> self._kafkaio_read()
             | "ToKafkaRecord" >> beam.Map(_row_to_record).with_output_types(KafkaRecord)
         )
+
+    def _kafkaio_read(self) -> beam.PTransform:
+        """The cross-language read; its payload is what the expansion service receives."""
+        from apache_beam.io.kafka import ReadFromKafka
+
+        return ReadFromKafka(
+            consumer_config=self._java_config,
+            topics=[self._topic],
+            # Offsets are committed when the checkpoint holding them completes.
+            commit_offset_in_finalize=True,
+            timestamp_policy=ReadFromKafka.create_time_policy,
+            with_metadata=True,
+            expansion_service=self._expansion_service)
 
 
 def _row_to_record(row: Any) -> KafkaRecord:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Any
@@ -47,6 +48,9 @@ _LOGGER = logging.getLogger(__name__)
 
 PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED = frozenset({"record", "error", "enum", "fixed"})
+# The specification's rule for a name (record, enum, fixed, field, enum symbol).
+_NAME_PATTERN = "[A-Za-z_][A-Za-z0-9_]*"
+_NAME = re.compile(_NAME_PATTERN)
 
 # writer type -> reader types that can read it (besides itself).
 _PROMOTIONS: dict[str, frozenset[str]] = {
@@ -77,19 +81,40 @@ class SchemaParseError(ValueError):
 def parse_schema_text(text: str) -> Any:
     """Parse and validate Avro schema text; return the JSON value.
 
-    Raises :class:`SchemaParseError` with the parser's reason.
+    The schema must be one fastavro (the project's codec) can use and must follow
+    the Avro specification's rules, which fastavro does not enforce: names and
+    namespaces, unique field names, unions without duplicates or nested unions,
+    a fixed size >= 0. Raises :class:`SchemaParseError` naming the problem.
     """
-    import fastavro  # local import: keeps this module import-light for Beam workers
-
     try:
         schema = json.loads(text)
     except (TypeError, ValueError) as exc:
         raise SchemaParseError(f"schema is not valid JSON: {exc}") from None
-    try:
-        fastavro.parse_schema(schema, _write_hint=False)
-    except Exception as exc:  # fastavro raises several unrelated types for bad schemas
-        raise SchemaParseError(f"invalid Avro schema: {exc}") from None
+    qualified = _qualified(schema)
+    _check_specification(schema)
+    bad_fields = _invalid_field_names(qualified)
+    if bad_fields:
+        raise SchemaParseError("invalid Avro schema: " + "; ".join(bad_fields))
     return schema
+
+
+def _check_specification(schema: Any) -> None:
+    """The Apache Avro library's parser: it enforces the specification's naming and union rules."""
+    import avro.schema  # local import: only the registry validates schema text
+
+    try:
+        avro.schema.make_avsc_object(schema)
+    except Exception as exc:  # AvroException subclasses, and TypeError on some malformed nodes
+        raise SchemaParseError(f"invalid Avro schema: {exc}") from None
+
+
+def _invalid_field_names(qualified: Any) -> list[str]:
+    """Field names that break the specification's name rule (Python's avro parser allows them)."""
+    return [f"field name {field.get('name')!r} of record {node['name']} is not a valid Avro "
+            f"name (it must match {_NAME_PATTERN})"
+            for node in _named_types(qualified) if node["type"] in ("record", "error")
+            for field in node.get("fields", ())
+            if not isinstance(field.get("name"), str) or not _NAME.fullmatch(field["name"])]
 
 
 def _normalise(node: Any) -> Any:
@@ -113,44 +138,48 @@ def canonical_schema(schema: Any) -> str:
 
 # --- named-type resolution -------------------------------------------------
 
-def _fullname(name: str, namespace: str | None) -> str:
-    if "." in name or not namespace:
-        return name
-    return f"{namespace}.{name}"
+def _qualified(schema: Any) -> Any:
+    """``schema`` with every name and by-name reference made a full name.
+
+    Avro resolves a name without a dot relative to the namespace enclosing it (a
+    name with a dot is already full); fastavro's parser applies exactly that, so
+    two types with one short name in different namespaces stay apart.
+    """
+    import fastavro  # local import: keeps this module import-light for Beam workers
+
+    try:
+        return fastavro.parse_schema(schema, _write_hint=False)
+    except Exception as exc:  # fastavro raises several unrelated types for bad schemas
+        raise SchemaParseError(f"invalid Avro schema: {exc}") from None
 
 
-def _collect_names(node: Any, namespace: str | None, names: dict[str, dict]) -> None:
-    """Index every named type definition by full name (and short name as a fallback)."""
+def _named_types(node: Any) -> Iterator[dict]:
+    """Every named type definition of a qualified schema (each is defined once, in place)."""
     if isinstance(node, list):
         for branch in node:
-            _collect_names(branch, namespace, names)
+            yield from _named_types(branch)
         return
     if not isinstance(node, dict):
         return
     kind = node.get("type")
     if kind in _NAMED:
-        ns = node.get("namespace", namespace)
-        full = _fullname(node["name"], ns)
-        ns = full.rsplit(".", 1)[0] if "." in full else None
-        names[full] = node
-        names.setdefault(full.rsplit(".", 1)[-1], node)
+        yield node
         for field in node.get("fields", ()) if kind in ("record", "error") else ():
-            _collect_names(field.get("type"), ns, names)
+            yield from _named_types(field.get("type"))
     elif kind == "array":
-        _collect_names(node.get("items"), namespace, names)
+        yield from _named_types(node.get("items"))
     elif kind == "map":
-        _collect_names(node.get("values"), namespace, names)
+        yield from _named_types(node.get("values"))
     elif isinstance(kind, (dict, list)):
-        _collect_names(kind, namespace, names)
+        yield from _named_types(kind)
 
 
 class _Schema:
-    """A schema with its table of named types, so string references can be resolved."""
+    """A qualified schema with its table of named types, so references can be resolved."""
 
     def __init__(self, schema: Any) -> None:
-        self.root = schema
-        self.names: dict[str, dict] = {}
-        _collect_names(schema, None, self.names)
+        self.root = _qualified(schema)
+        self.names = {node["name"]: node for node in _named_types(self.root)}
 
     def resolve(self, node: Any) -> Any:
         """Replace a by-name reference (or wrapper dict) with the node it denotes."""
@@ -158,7 +187,7 @@ class _Schema:
             if isinstance(node, str):
                 if node in PRIMITIVES:
                     return node
-                target = self.names.get(node) or self.names.get(node.rsplit(".", 1)[-1])
+                target = self.names.get(node)
                 if target is None:
                     raise SchemaParseError(f"unknown type name {node!r}")
                 return target
@@ -275,8 +304,8 @@ class _Checker:
                 field_path = f"{path}.{name}"
                 if w_field is None:
                     if "default" not in field:
-                        yield (f"{field_path}: reader field {name!r} is missing from the writer "
-                               "schema and has no default")
+                        yield (f"{field_path}: reader field {name!r} of {r['name']} is missing "
+                               f"from writer record {w['name']} and has no default")
                     continue
                 yield from self.check(field["type"], w_field["type"], field_path)
         finally:
@@ -286,8 +315,8 @@ class _Checker:
 def reader_writer_incompatibilities(reader: Any, writer: Any) -> list[str]:
     """Reasons why data written with ``writer`` cannot be read with ``reader`` (empty = can)."""
     r, w = _Schema(reader), _Schema(writer)
-    root = _describe(r.resolve(reader)) if not isinstance(reader, list) else "union"
-    return list(_Checker(r, w).check(reader, writer, f"/{root}"))
+    root = _describe(r.resolve(r.root)) if not isinstance(r.root, list) else "union"
+    return list(_Checker(r, w).check(r.root, w.root, f"/{root}"))
 
 
 def check_compatibility(

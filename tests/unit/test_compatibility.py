@@ -251,3 +251,54 @@ def test_checker_never_raises_and_matches_field_rule(old: dict, new: dict) -> No
     # A reader field absent from the writer (none have defaults here) is always reported.
     for name in set(new) - set(old):
         assert any(f".{name}:" in p and "no default" in p for p in problems)
+
+
+# --- names: relative to the enclosing namespace, as Apache Avro resolves them ---------------
+
+def _outer(c_type: object, a_name: str = "Inner", a_namespace: str | None = "ns1",
+           b_namespace: str | None = None) -> dict:
+    a = {"type": "record", "name": a_name, "fields": [{"name": "x", "type": "int"}]}
+    b = {"type": "record", "name": "Inner", "fields": [{"name": "y", "type": "string"}]}
+    if a_namespace is not None:
+        a["namespace"] = a_namespace
+    if b_namespace is not None:
+        b["namespace"] = b_namespace
+    return {"type": "record", "name": "Outer", "namespace": "ns2", "fields": [
+        {"name": "a", "type": a}, {"name": "b", "type": b}, {"name": "c", "type": c_type}]}
+
+
+def _wrap(namespace: str, ref: str) -> dict:
+    return {"type": "record", "name": "Wrap", "namespace": namespace,
+            "fields": [{"name": "w", "type": ref}]}
+
+
+_NAMESPACE_VARIANTS = {
+    "short": _outer("Inner"),                                  # ns2.Inner, by its namespace
+    "full-ns2": _outer("ns2.Inner"),
+    "full-ns1": _outer("ns1.Inner"),
+    "dotted-definition": _outer("Inner", a_name="ns1.Inner", a_namespace=None),
+    "explicit-ns2": _outer("Inner", b_namespace="ns2"),
+    "wrap-in-ns1": _outer(_wrap("ns1", "Inner")),              # ns1.Inner, by Wrap's namespace
+    "wrap-full-ns2": _outer(_wrap("ns1", "ns2.Inner")),
+}
+
+
+def test_unqualified_names_resolve_in_the_enclosing_namespace() -> None:
+    assert compatible(_NAMESPACE_VARIANTS["full-ns2"], _NAMESPACE_VARIANTS["short"])
+    assert compatible(_NAMESPACE_VARIANTS["short"], _NAMESPACE_VARIANTS["full-ns2"])
+    assert not compatible(_NAMESPACE_VARIANTS["full-ns1"], _NAMESPACE_VARIANTS["short"])
+    assert not compatible(_NAMESPACE_VARIANTS["wrap-in-ns1"], _NAMESPACE_VARIANTS["wrap-full-ns2"])
+
+
+@pytest.mark.parametrize("writer", sorted(_NAMESPACE_VARIANTS))
+@pytest.mark.parametrize("reader", sorted(_NAMESPACE_VARIANTS))
+def test_namespace_verdicts_agree_with_apache_avro(reader: str, writer: str) -> None:
+    import avro.schema
+    from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
+
+    def parse(name: str) -> object:
+        return avro.schema.parse(json.dumps(_NAMESPACE_VARIANTS[name]))
+
+    theirs = ReaderWriterCompatibilityChecker().get_compatibility(parse(reader), parse(writer))
+    ours = compatible(_NAMESPACE_VARIANTS[reader], _NAMESPACE_VARIANTS[writer])
+    assert ours == (theirs.compatibility is SchemaCompatibilityType.compatible)

@@ -1,0 +1,120 @@
+"""The schema registry's HTTP API in-process (Flask test client over an in-memory store)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import fastavro
+import pytest
+from flask.testing import FlaskClient
+
+from io_connectors.registry_store import RegistryState
+from runners.registry_server import SchemaRegistry, create_app
+
+SUBJECT = "ns-test-value"
+
+# ns2.Outer's field `c` is written "Inner": relative to its enclosing namespace ns2, so it is
+# ns2.Inner {y: string}, not the ns1.Inner {x: int} that happens to be defined first.
+OUTER = {"type": "record", "name": "Outer", "namespace": "ns2", "fields": [
+    {"name": "a", "type": {"type": "record", "name": "Inner", "namespace": "ns1",
+                           "fields": [{"name": "x", "type": "int"}]}},
+    {"name": "b", "type": {"type": "record", "name": "Inner",
+                           "fields": [{"name": "y", "type": "string"}]}},
+    {"name": "c", "type": "Inner"},
+]}
+
+
+def _with_c_type(type_name: str) -> dict:
+    schema = copy.deepcopy(OUTER)
+    schema["fields"][2]["type"] = type_name
+    return schema
+
+
+class _MemoryStore:
+    """The store interface SchemaRegistry uses, applying records as a topic replay would."""
+
+    def __init__(self) -> None:
+        self.state = RegistryState()
+
+    def append(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
+        for key, value in records:
+            self.state.apply(key, value)
+
+
+@pytest.fixture()
+def client() -> FlaskClient:
+    registry = SchemaRegistry(_MemoryStore(), "BACKWARD")  # type: ignore[arg-type]
+    return create_app(registry).test_client()
+
+
+def _register(client: FlaskClient, schema: Any) -> Any:
+    return client.post(f"/subjects/{SUBJECT}/versions", json={"schema": json.dumps(schema)})
+
+
+# --- name resolution: a name without a dot is relative to its enclosing namespace ----------
+
+def test_spelling_out_the_enclosing_namespace_is_no_change(client: FlaskClient) -> None:
+    assert _register(client, OUTER).status_code == 200
+    resp = _register(client, _with_c_type("ns2.Inner"))
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["version"] == 2
+    check = client.post(f"/compatibility/subjects/{SUBJECT}/versions/1",
+                        json={"schema": json.dumps(_with_c_type("ns2.Inner"))})
+    assert check.get_json() == {"is_compatible": True}
+
+
+def test_pointing_at_the_other_namespace_is_refused(client: FlaskClient) -> None:
+    # Premise: the change breaks readers, as fastavro shows on a record written with v1.
+    written = io.BytesIO()
+    fastavro.schemaless_writer(written, fastavro.parse_schema(OUTER),
+                               {"a": {"x": 1}, "b": {"y": "b"}, "c": {"y": "c"}})
+    written.seek(0)
+    with pytest.raises(fastavro.read.SchemaResolutionError):
+        fastavro.schemaless_reader(written, fastavro.parse_schema(OUTER),
+                                   fastavro.parse_schema(_with_c_type("ns1.Inner")))
+
+    assert _register(client, OUTER).status_code == 200
+    resp = _register(client, _with_c_type("ns1.Inner"))
+    assert resp.status_code == 409
+    assert resp.get_json()["error_code"] == 409
+    assert "'x'" in resp.get_json()["message"] and "ns1.Inner" in resp.get_json()["message"]
+    assert client.get(f"/subjects/{SUBJECT}/versions").get_json() == [1]
+
+
+# --- validation: what the Avro specification rejects is an invalid schema (42201) ----------
+
+def _record(**overrides: Any) -> dict:
+    return {"type": "record", "name": "R", "fields": [{"name": "a", "type": "int"}], **overrides}
+
+
+@pytest.mark.parametrize(("schema", "problem"), [
+    (_record(namespace="foo-bar-baz"), "foo-bar-baz is not a valid Avro name"),
+    (_record(fields=[{"name": "a", "type": "int"}, {"name": "a", "type": "string"}]),
+     "Field name a already in use"),
+    (_record(name="1bad"), "1bad is not a valid Avro name"),
+    (_record(fields=[{"name": "f-x", "type": "int"}]), "field name 'f-x' of record R is not"),
+    (_record(fields=[{"name": "u", "type": ["int", "int"]}]), "int type already in Union"),
+    (_record(fields=[{"name": "u", "type": ["null", ["int", "string"]]}]),
+     "Unions cannot contain other unions"),
+    ({"type": "fixed", "name": "F", "size": -1}, "positive integer for size"),
+], ids=["namespace-with-dashes", "duplicate-field-names", "name-starts-with-digit",
+        "field-name-with-dash", "duplicate-union-branch", "nested-union", "negative-fixed-size"])
+def test_schema_the_specification_rejects_is_invalid(client: FlaskClient, schema: Any,
+                                                     problem: str) -> None:
+    resp = _register(client, schema)
+    assert resp.status_code == 422
+    body = resp.get_json()
+    assert body["error_code"] == 42201
+    assert problem in body["message"]
+    assert client.get(f"/subjects/{SUBJECT}/versions").get_json()["error_code"] == 40401
+
+
+def test_valid_names_and_zero_size_fixed_are_accepted(client: FlaskClient) -> None:
+    schema = _record(namespace="com.example_1", name="_R2", fields=[
+        {"name": "_f1", "type": {"type": "fixed", "name": "Empty", "size": 0}},
+        {"name": "u", "type": ["null", "int", {"type": "array", "items": "int"}]}])
+    assert _register(client, schema).status_code == 200
