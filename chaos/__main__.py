@@ -79,11 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chaos.verify import QuestDBReader, results_table
     from runners.settings import load_settings
     from runners.stack.supervisor import (
-        MODULE_ORDER,
-        PIPELINE_MODULE,
         Supervisor,
         load_specs,
         paths_from_settings,
+        stack_modules,
     )
 
     names = (list(SCENARIOS) if args.scenarios == "all"
@@ -104,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say("the chaos stack did not come up; see the messages above")
             _cli("down")
             return 1
-    specs = load_specs(settings, paths, [*MODULE_ORDER, PIPELINE_MODULE], _say)
+    specs = load_specs(settings, paths, stack_modules(with_pipeline=True), _say)
     sup = Supervisor(specs, paths, bind_host=settings.get("stack", "bind_host"))
     host = settings.get("stack", "bind_host")
     assets_doc = json.loads(settings.path("pipeline", "assets_file").read_text())["assets"]

@@ -1,8 +1,9 @@
 """Crash scenarios under load, each followed by a drain and an exactly-once check.
 
 A scenario is a name plus a *fault* (what breaks) and a *recovery* (the
-documented command, run by the driver, or nothing when the stack heals by
-itself). :func:`run_scenario` drives one:
+documented command, run by the driver, or waiting while the stack heals by
+itself: the watcher restarts a SIGKILLed service, gunicorn a worker).
+:func:`run_scenario` drives one:
 
 1. start :class:`chaos.traffic.Traffic` with a fresh id prefix; warm up;
 2. send the RAISE reading of this scenario's alarm episode (its own sensor);
@@ -56,6 +57,8 @@ class ChaosContext:
     recovery_timeout_s: float = 300.0
     drain_timeout_s: float = 120.0   # without progress
     say: Callable[[str], None] = print
+    # Process group each SIGKILL fault hit, by service: the recovery waits for another one.
+    killed: dict[str, int] = field(default_factory=dict)
 
 
 ALARM_VALUE = 99.0   # above asset-001's TEMPERATURE critical_high (95)
@@ -116,15 +119,31 @@ def _wait(ctx: ChaosContext, seconds: float, rss: dict[str, float]) -> None:
 def _kill(service: str) -> Callable[[ChaosContext], str]:
     def fault(ctx: ChaosContext) -> str:
         pgid = ctx.supervisor.kill(service, signal.SIGKILL)
+        if pgid is None:
+            raise RuntimeError(f"{service} was not running before its SIGKILL drill")
+        ctx.killed[service] = pgid
         return f"SIGKILL {service} (group {pgid})"
     return fault
 
 
-def _restart(service: str) -> Callable[[ChaosContext], str]:
+def _watcher_restart(service: str) -> Callable[[ChaosContext], str]:
+    """Wait until the stack's watcher has restarted ``service`` (no command: that is the drill).
+
+    An explicit ``dcmms-telemetry restart`` here would race the watcher's own restart.
+    """
     def recovery(ctx: ChaosContext) -> str:
-        time.sleep(2.0)  # a crash is noticed a moment later, not at once
-        ctx.supervisor.restart(service)
-        return f"dcmms-telemetry restart {service}"
+        t0 = time.monotonic()
+        deadline = t0 + ctx.recovery_timeout_s
+        while time.monotonic() < deadline:
+            row = next(s for s in ctx.supervisor.statuses() if s.name == service)
+            if row.pid is not None and row.pid != ctx.killed.get(service) and row.healthy:
+                return (f"restarted by the watcher, healthy after {time.monotonic() - t0:.1f} s "
+                        f"(restarts {row.restarts}, last exit: {row.last_exit})")
+            time.sleep(0.5)
+        raise RuntimeError(f"the watcher did not restart {service} within "
+                           f"{ctx.recovery_timeout_s:.0f} s; see "
+                           f"{ctx.supervisor.paths.log('watcher')} and "
+                           f"{ctx.supervisor.paths.log(service)}")
     return recovery
 
 
@@ -143,6 +162,7 @@ def _nothing(_ctx: ChaosContext) -> str:
 
 
 def _outage(service: str) -> Callable[[ChaosContext], str]:
+    # A stop on purpose: the pid file goes, so the watcher leaves it down for the outage.
     def fault(ctx: ChaosContext) -> str:
         ctx.supervisor.stop_service(service)
         return f"stopped {service} for {ctx.outage_s:.0f} s"
@@ -157,13 +177,14 @@ def _start(service: str) -> Callable[[ChaosContext], str]:
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("bridge-sigkill", _kill("bridge"), _restart("bridge"),
-             "SIGKILL the MQTT bridge, then restart it"),
+    Scenario("bridge-sigkill", _kill("bridge"), _watcher_restart("bridge"),
+             "SIGKILL the MQTT bridge; the watcher restarts it"),
     Scenario("api-worker-sigkill", _kill_api_worker, _nothing,
              "SIGKILL one gunicorn worker; the master replaces it"),
-    Scenario("flink-jobserver-sigkill", _kill("flink-jobserver"), _restart("flink-jobserver"),
-             "SIGKILL the Flink job server (the job dies with it); restart it; the pipeline "
-             "launcher resubmits from the newest checkpoint"),
+    Scenario("flink-jobserver-sigkill", _kill("flink-jobserver"),
+             _watcher_restart("flink-jobserver"),
+             "SIGKILL the Flink job server (the job dies with it); the watcher restarts it; "
+             "the pipeline launcher resubmits from the newest checkpoint"),
     Scenario("questdb-restart", _outage("questdb"), _start("questdb"),
              "QuestDB down for the outage, then started again"),
     Scenario("kafka-restart", _outage("kafka"), _start("kafka"),

@@ -1,10 +1,13 @@
 """``dcmms-telemetry``: start, stop and inspect the local stack.
 
-    dcmms-telemetry up [--with-pipeline]   start every service (idempotent), wait until healthy
+    dcmms-telemetry up [--with-pipeline]   start every service (idempotent), wait until healthy;
+                                           the last one, the watcher, restarts crashed services
     dcmms-telemetry down                   stop everything, leave no process behind
-    dcmms-telemetry status                 table of services; exit 0 only if all are healthy
+    dcmms-telemetry status                 table of services with restarts and last exit;
+                                           exit 0 only if all are healthy
     dcmms-telemetry restart SERVICE        stop one service and start it again (until healthy)
-    dcmms-telemetry kill SERVICE [-s SIG]  crash drill: SIGKILL one service's process group
+    dcmms-telemetry kill SERVICE [-s SIG]  crash drill: SIGKILL one service's process group;
+                                           the watcher restarts it after its back-off
     dcmms-telemetry logs [service] [-n N] [--no-follow]
 
 Settings come from config/local.toml (or DCMMS_CONFIG) with DCMMS_<SECTION>_<KEY>
@@ -22,12 +25,13 @@ from collections.abc import Sequence
 
 from runners.settings import Settings, SettingsError, load_settings
 from runners.stack.supervisor import (
-    MODULE_ORDER,
     PIPELINE_MODULE,
+    WATCHER_MODULE,
     StackError,
     Supervisor,
     load_specs,
     paths_from_settings,
+    stack_modules,
 )
 
 __all__ = ["main", "build_parser"]
@@ -44,10 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--with-pipeline", action="store_true",
                     help="also submit the telemetry pipeline to Flink")
     sub.add_parser("down", help="stop every service of the stack")
-    sub.add_parser("status", help="show services, pids, ports, health, memory, uptime")
+    sub.add_parser("status", help="show services, pids, ports, health, memory, uptime, "
+                                  "restarts and last exit")
     restart = sub.add_parser("restart", help="stop one service and start it again")
     restart.add_argument("service")
-    kill = sub.add_parser("kill", help="send a signal (default SIGKILL) to one service")
+    kill = sub.add_parser("kill", help="send a signal (default SIGKILL) to one service; "
+                                       "the watcher restarts it")
     kill.add_argument("service")
     kill.add_argument("-s", "--signal", default="KILL", help="signal name (default KILL)")
     logs = sub.add_parser("logs", help="show (and follow) service logs")
@@ -60,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _supervisor(with_pipeline: bool, quiet_missing: bool = False) -> Supervisor:
     settings = load_settings()
     paths = paths_from_settings(settings)
-    modules = [*MODULE_ORDER, PIPELINE_MODULE] if with_pipeline else list(MODULE_ORDER)
+    modules = stack_modules(with_pipeline)
 
     def warn(msg: str) -> None:
         if not quiet_missing:
@@ -107,11 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             except KeyError:
                 print(f"unknown signal {args.signal!r}", file=sys.stderr)
                 return 2
-            pgid = _supervisor(with_pipeline=True, quiet_missing=True).kill(args.service, sig)
+            sup = _supervisor(with_pipeline=True, quiet_missing=True)
+            pgid = sup.kill(args.service, sig)
             if pgid is None:
                 print(f"{args.service} is not running", file=sys.stderr)
                 return 1
             print(f"sent {sig.name} to {args.service} (process group {pgid})")
+            if args.service != WATCHER_MODULE and sup.running_process(WATCHER_MODULE) is None:
+                print(f"the watcher is not running, so nothing restarts {args.service}: "
+                      f"`dcmms-telemetry up` starts both", file=sys.stderr)
             return 0
         if args.command == "logs":
             sup = _supervisor(with_pipeline=True, quiet_missing=True)

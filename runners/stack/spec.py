@@ -34,6 +34,20 @@ class StackPaths:
     def conf(self, service: str) -> Path:
         return self.run_dir / "conf" / service
 
+    def kill_note(self, service: str) -> Path:
+        """Written by ``dcmms-telemetry kill``: which signal it sent, so a restart can say why."""
+        return self.run_dir / "pids" / f"{service}.killed"
+
+    @property
+    def lock(self) -> Path:
+        """Held while one command (or the watcher) starts or stops services of this stack."""
+        return self.run_dir / "supervisor.lock"
+
+    @property
+    def restart_state(self) -> Path:
+        """The watcher's restart counts and last exits (runners.stack.restarts)."""
+        return self.run_dir / "restarts.json"
+
     def jars(self, component: str) -> Path:
         return self.jar_cache / component
 

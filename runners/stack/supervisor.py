@@ -12,11 +12,20 @@ Guarantees:
   file is removed, and a failed start stops everything this ``up`` started.
 * ``down`` sends SIGTERM to each process group, SIGKILL after a grace period,
   and checks with psutil that no process of the group survives.
+* A pid file means "this service is meant to run": the watcher
+  (:mod:`runners.stack.watcher`, the last service ``up`` starts) restarts a
+  service whose pid file outlived its process (a crash, ``kill``), never one
+  stopped on purpose (``down``, ``stop_service``: the pid file is removed).
+* Starting and stopping happen under one lock per run directory
+  (``<run>/supervisor.lock``), so a command and the watcher never start the same
+  service twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import importlib
 import json
 import logging
@@ -27,7 +36,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -35,11 +44,13 @@ from typing import TextIO
 import psutil
 
 from runners.settings import Settings
+from runners.stack.restarts import RestartTracker, describe_exit, state_from_json
 from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = [
     "MODULE_ORDER",
     "PIPELINE_MODULE",
+    "WATCHER_MODULE",
     "HEARTBEAT_ENV",
     "StackError",
     "Supervisor",
@@ -47,6 +58,8 @@ __all__ = [
     "load_specs",
     "paths_from_settings",
     "port_owner",
+    "stack_modules",
+    "tail_log",
     "heartbeat_healthy",
     "log_says_ready",
     "write_heartbeat",
@@ -59,6 +72,8 @@ MODULE_ORDER: tuple[str, ...] = (
     "kafka", "registry", "questdb", "mosquitto", "flink", "api", "bridge",
 )
 PIPELINE_MODULE = "pipeline"
+# Started last (after everything it watches is healthy), so stopped first by ``down``.
+WATCHER_MODULE = "watcher"
 
 # Environment variable naming a heartbeat file for services without a health port
 # (the MQTT bridge, the pipeline launcher): see write_heartbeat / heartbeat_healthy.
@@ -75,6 +90,11 @@ class StackError(RuntimeError):
 
 
 ServicesFn = Callable[[Settings, StackPaths], list[ServiceSpec]]
+
+
+def stack_modules(with_pipeline: bool) -> list[str]:
+    """The stack's modules in start order: services, the pipeline if asked, the watcher."""
+    return [*MODULE_ORDER, *([PIPELINE_MODULE] if with_pipeline else []), WATCHER_MODULE]
 
 
 def paths_from_settings(settings: Settings) -> StackPaths:
@@ -142,7 +162,7 @@ def log_says_ready(log: Path, pidfile: Path, marker: str) -> bool:
     record = _read_pidfile(pidfile)
     if record is None or _live_process(record) is None:
         return False
-    text = _tail(log, 400)
+    text = tail_log(log, 400)
     return marker in text.rpartition(_START_BANNER)[2]
 
 
@@ -154,6 +174,12 @@ class ServiceStatus:
     healthy: bool
     rss_mb: float | None
     uptime_s: float | None
+    # From the watcher's state file: restarts it made, the last exit it saw (and when),
+    # and while the service is down what it waits for ("restart in 4s", "waiting for kafka").
+    restarts: int = 0
+    last_exit: str | None = None
+    last_exit_at: float | None = None
+    pending: str | None = None
 
 
 # -- pid files -----------------------------------------------------------------------------------
@@ -243,9 +269,28 @@ def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Pro
     return alive
 
 
-def _tree_rss(proc: psutil.Process) -> float:
+def _own_tree(leader: psutil.Process, other_leaders: set[int]) -> list[psutil.Process]:
+    """``leader`` and its descendants, without the trees of other services' leaders.
+
+    The watcher is the parent of every service it restarted: those services are
+    not part of the watcher, and stopping or killing the watcher must not reach them.
+    """
+    tree, todo = [leader], [leader]
+    while todo:
+        try:
+            children = todo.pop().children()
+        except psutil.NoSuchProcess:
+            continue
+        for child in children:
+            if child.pid not in other_leaders:
+                tree.append(child)
+                todo.append(child)
+    return tree
+
+
+def _tree_rss(tree: list[psutil.Process]) -> float:
     total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    for p in tree:
         try:
             total += p.memory_info().rss
         except psutil.NoSuchProcess:
@@ -296,7 +341,8 @@ def _missing_tools(spec: ServiceSpec) -> list[str]:
     return problems
 
 
-def _tail(path: Path, lines: int) -> str:
+def tail_log(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a service log (for messages that show why it failed)."""
     try:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -328,6 +374,9 @@ class Supervisor:
         self._out = out if out is not None else sys.stdout
         self._midline = False
         self._w = max([10, *(len(n) for n in names)])  # name column width
+        # Services this object started, so a crash of one is reported with its exit status.
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock_depth = 0
 
     def _say(self, text: str = "", end: str = "\n") -> None:
         self._out.write(text + end)
@@ -339,10 +388,48 @@ class Supervisor:
         if self._midline:
             self._say()
 
+    @contextlib.contextmanager
+    def locked(self, wait: bool = True) -> Iterator[bool]:
+        """Hold the stack's start/stop lock; yields False if busy and ``wait`` is False.
+
+        Re-entrant within this object (``restart`` = stop + start). Services never
+        inherit the lock's file descriptor (Popen closes fds), so it is released
+        when the holder ends, even by SIGKILL.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield True
+            finally:
+                self._lock_depth -= 1
+            return
+        path = self.paths.lock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
+                self._start_line()
+                self._say(f"waiting for another dcmms-telemetry command or the watcher "
+                          f"(lock {path})")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                yield True
+            finally:
+                self._lock_depth = 0
+
     # -- up ---------------------------------------------------------------------------------------
 
     def up(self) -> None:
         """Start every service not already healthy, in order; on failure stop what was started."""
+        with self.locked():
+            self._up()
+
+    def _up(self) -> None:
         started: list[ServiceSpec] = []
         t0 = time.monotonic()
         # Pre-flight for every service that is not running: report all taken ports and
@@ -419,6 +506,8 @@ class Supervisor:
         pidfile.write_text(json.dumps({
             "pid": popen.pid, "create_time": proc.create_time(), "argv": list(spec.argv),
         }))
+        self._children[spec.name] = popen
+        self.paths.kill_note(spec.name).unlink(missing_ok=True)
         try:
             self._wait_healthy(spec, proc, quiet_ok=False, popen=popen)
             self._after_start(spec)
@@ -456,7 +545,7 @@ class Supervisor:
         next_mark = t0 + 10.0
         printing = not quiet_ok
         while True:
-            if self._is_healthy(spec):
+            if self.is_healthy(spec):
                 if printing:
                     self._say(f" healthy in {time.monotonic() - t0:.1f}s (pid {proc.pid})")
                 return True
@@ -471,7 +560,7 @@ class Supervisor:
                         else f"did not become healthy within {spec.start_timeout_s:.0f}s")
                 raise StackError(
                     f"service {spec.name} {what}. Last {_LOG_TAIL_LINES} lines of its log "
-                    f"{log}:\n{_tail(log, _LOG_TAIL_LINES)}\n(full log: {log})"
+                    f"{log}:\n{tail_log(log, _LOG_TAIL_LINES)}\n(full log: {log})"
                 )
             if not printing and now - t0 > 2.0:
                 # Running but not (yet) healthy: it may still be starting; show progress.
@@ -488,7 +577,8 @@ class Supervisor:
             time.sleep(_POLL_S)
 
     @staticmethod
-    def _is_healthy(spec: ServiceSpec) -> bool:
+    def is_healthy(spec: ServiceSpec) -> bool:
+        """``spec.healthy()``, with a probe that raises counted as unhealthy."""
         try:
             return bool(spec.healthy())
         except Exception as exc:  # a health probe must never crash the supervisor
@@ -498,15 +588,26 @@ class Supervisor:
     # -- down -------------------------------------------------------------------------------------
 
     def down(self) -> bool:
-        """Stop every service (reverse order, unknown pid files first). True if all stopped."""
-        known = [s.name for s in self.specs]
-        pid_dir = self.paths.pidfile("x").parent
-        others = sorted(p.stem for p in pid_dir.glob("*.pid") if p.stem not in known) \
-            if pid_dir.is_dir() else []
+        """Stop every service (watcher first, unknown pid files next, then reverse order).
+
+        True if all stopped; the watcher's restart counts are then removed too.
+        """
         timeouts = {s.name: s.stop_timeout_s for s in self.specs}
-        ok = True
-        for name in [*others, *reversed(known)]:
-            ok = self._stop_one(name, timeouts.get(name, 20.0)) and ok
+        # The watcher first and without the lock: it may hold the lock for a restart,
+        # which SIGTERM aborts (and it must not restart what is stopped next).
+        ok = self._stop_one(WATCHER_MODULE, timeouts.get(WATCHER_MODULE, 60.0))
+        with self.locked():
+            known = [s.name for s in self.specs if s.name != WATCHER_MODULE]
+            pid_dir = self.paths.pidfile("x").parent
+            others = sorted(p.stem for p in pid_dir.glob("*.pid")
+                            if p.stem not in known and p.stem != WATCHER_MODULE) \
+                if pid_dir.is_dir() else []
+            for name in [*others, *reversed(known)]:
+                ok = self._stop_one(name, timeouts.get(name, 20.0)) and ok
+            if ok:
+                self.paths.restart_state.unlink(missing_ok=True)
+                for note in pid_dir.glob("*.killed") if pid_dir.is_dir() else ():
+                    note.unlink(missing_ok=True)
         return ok
 
     def _kill_group_leftovers(self, record: dict[str, object]) -> None:
@@ -531,12 +632,7 @@ class Supervisor:
             return True
         leader = _live_process(record)
         # Collect the tree before signalling: a child that left the group is still ours.
-        tree: list[psutil.Process] = []
-        if leader is not None:
-            try:
-                tree = [leader, *leader.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                tree = []
+        tree = _own_tree(leader, self._other_leaders(name)) if leader is not None else []
         members = {p.pid: p for p in [*tree, *_group_members(pgid)]}
         if not members:
             pidfile.unlink(missing_ok=True)
@@ -583,25 +679,99 @@ class Supervisor:
                          f"{', '.join(s.name for s in self.specs)}")
 
     def stop_service(self, name: str) -> None:
-        """Stop one service (SIGTERM, SIGKILL after its grace period)."""
+        """Stop one service on purpose (SIGTERM, SIGKILL after its grace period).
+
+        Its pid file goes, so the watcher leaves it stopped.
+        """
         spec = self.spec(name)
-        if not self._stop_one(name, spec.stop_timeout_s):
-            raise StackError(f"service {name} could not be stopped; see {self.paths.log(name)}")
+        with self.locked():
+            if not self._stop_one(name, spec.stop_timeout_s):
+                raise StackError(f"service {name} could not be stopped; "
+                                 f"see {self.paths.log(name)}")
 
     def start_service(self, name: str) -> None:
         """Start one service unless it runs healthy (a stale pid file is cleaned up)."""
-        self._start_one(self.spec(name))
+        spec = self.spec(name)
+        with self.locked():
+            self._start_one(spec)
 
     def restart(self, name: str) -> None:
         """Stop ``name`` (if it runs, dead or alive) and start it again; wait until healthy."""
-        self.stop_service(name)
-        self.start_service(name)
+        with self.locked():
+            self.stop_service(name)
+            self.start_service(name)
+
+    def revive(self, name: str) -> None:
+        """Start a crashed service again (the watcher's restart); raise StackError on failure.
+
+        A failed start stops what it started, as in ``up``, but leaves a pid file
+        without a process (``{"pid": -1}``): the service is still meant to run and
+        the watcher tries again later; ``down`` or ``stop_service`` remove it.
+        """
+        spec = self.spec(name)
+        with self.locked():
+            try:
+                self._start_one(spec)
+            except BaseException:
+                self.paths.pidfile(name).write_text(json.dumps({"pid": -1,
+                                                                "restart_pending": True}))
+                raise
+
+    def meant_to_run(self, name: str) -> bool:
+        """True while ``name`` has a pid file: started and not stopped on purpose."""
+        return self.paths.pidfile(name).exists()
+
+    def running_process(self, name: str) -> psutil.Process | None:
+        """The live leader process of ``name``, or None."""
+        record = _read_pidfile(self.paths.pidfile(name))
+        return _live_process(record) if record is not None else None
+
+    def exit_reason(self, name: str) -> str:
+        """Why the process in ``name``'s pid file is gone, as far as can be known.
+
+        The exit status is known only for processes this object started (the
+        watcher's restarts); a process started by another command was not our
+        child. A signal sent by ``kill`` is known from its note.
+        """
+        record = _read_pidfile(self.paths.pidfile(name)) or {}
+        pid = record.get("pid")
+        popen = self._children.get(name)
+        status = None
+        if popen is not None and popen.pid == pid:
+            status = describe_exit(popen.poll())
+            del self._children[name]
+        note = self._kill_note(name, pid)
+        if status is not None:
+            return f"{status} (dcmms-telemetry kill)" if note else status
+        if note:
+            return f"{note} from dcmms-telemetry kill"
+        return "exited (status unknown: not started by the watcher)"
+
+    def reap_children(self) -> None:
+        """Reap services this object started that another command since stopped or replaced.
+
+        Without this they would stay zombies of the watcher; a child that is still
+        the one in its pid file is kept, so :meth:`exit_reason` can read its status.
+        """
+        for name, popen in list(self._children.items()):
+            record = _read_pidfile(self.paths.pidfile(name)) or {}
+            if record.get("pid") != popen.pid and popen.poll() is not None:
+                del self._children[name]
+
+    def _kill_note(self, name: str, pid: object) -> str | None:
+        try:
+            note = json.loads(self.paths.kill_note(name).read_text())
+        except (OSError, ValueError):
+            return None
+        return str(note.get("signal")) if isinstance(note, dict) and note.get("pid") == pid \
+            else None
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> int | None:
         """Send ``sig`` to the process group of ``name`` (a crash drill); return the group id.
 
-        The pid file stays, so ``status`` shows the service as down and ``up`` or
-        ``restart`` clean up and start it again.
+        The pid file stays, as after a real crash: the watcher restarts the
+        service after its back-off (``status`` counts the restart), and ``up`` or
+        ``restart`` would clean up and start it too.
         """
         self.spec(name)
         record = _read_pidfile(self.paths.pidfile(name))
@@ -610,13 +780,20 @@ class Supervisor:
         pgid = record["pid"]
         assert isinstance(pgid, int)
         leader = _live_process(record)
-        tree = [leader, *leader.children(recursive=True)] if leader is not None else []
+        tree = _own_tree(leader, self._other_leaders(name)) if leader is not None else []
+        # Written before the signal, so the watcher that sees the death can name its cause.
+        self.paths.kill_note(name).write_text(json.dumps({"pid": pgid, "signal": sig.name,
+                                                          "at": time.time()}))
         self._signal(pgid, tree, sig)
         return pgid
 
     # -- status -----------------------------------------------------------------------------------
 
     def statuses(self) -> list[ServiceStatus]:
+        restarts = self._restart_trackers()
+        # A pending restart is only news while a watcher runs to do it.
+        watching = self.running_process(WATCHER_MODULE) is not None
+        now = time.time()
         result = []
         for spec in self.specs:
             record = _read_pidfile(self.paths.pidfile(spec.name))
@@ -624,27 +801,52 @@ class Supervisor:
             rss = uptime = None
             if proc is not None:
                 try:
-                    rss = _tree_rss(proc)
+                    rss = _tree_rss(_own_tree(proc, self._other_leaders(spec.name)))
                     uptime = time.time() - proc.create_time()
                 except psutil.NoSuchProcess:
                     proc = None
-            healthy = proc is not None and self._is_healthy(spec)
-            result.append(ServiceStatus(spec.name, proc.pid if proc else None, tuple(spec.ports),
-                                        healthy, rss, uptime))
+            healthy = proc is not None and self.is_healthy(spec)
+            tracker = restarts.get(spec.name, RestartTracker())
+            result.append(ServiceStatus(
+                spec.name, proc.pid if proc else None, tuple(spec.ports), healthy, rss, uptime,
+                restarts=tracker.restarts, last_exit=tracker.last_exit,
+                last_exit_at=tracker.last_exit_at,
+                pending=_pending(tracker, now) if proc is None and watching else None))
         return result
+
+    def _other_leaders(self, name: str) -> set[int]:
+        """Leader pids of every other service with a pid file (see :func:`_own_tree`)."""
+        pid_dir = self.paths.pidfile(name).parent
+        leaders = set()
+        for pidfile in pid_dir.glob("*.pid") if pid_dir.is_dir() else ():
+            pid = (_read_pidfile(pidfile) or {}).get("pid") if pidfile.stem != name else None
+            if isinstance(pid, int) and pid > 0:
+                leaders.add(pid)
+        return leaders
+
+    def _restart_trackers(self) -> dict[str, RestartTracker]:
+        try:
+            return state_from_json(self.paths.restart_state.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError) as exc:
+            _LOGGER.warning("unreadable restart state %s: %s", self.paths.restart_state, exc)
+            return {}
 
     def status(self) -> bool:
         """Print the status table; True when every service runs and is healthy."""
         rows = self.statuses()
-        self._say(f"{'service':{self._w}s} {'pid':>8s}  {'port(s)':20s} {'healthy':8s} "
-                  f"{'RSS MB':>8s} {'uptime':>9s}")
+        ports_of = {r.name: ",".join(str(p) for p in r.ports) or "-" for r in rows}
+        pw = max([20, *(len(p) + 1 for p in ports_of.values())])  # ports column width
+        self._say(f"{'service':{self._w}s} {'pid':>8s}  {'port(s)':{pw}s} {'healthy':8s} "
+                  f"{'RSS MB':>8s} {'uptime':>9s} {'restarts':>8s}  last exit")
         for r in rows:
-            ports = ",".join(str(p) for p in r.ports) or "-"
             self._say(
-                f"{r.name:{self._w}s} {r.pid if r.pid else '-':>8}  {ports:20s} "
+                f"{r.name:{self._w}s} {r.pid if r.pid else '-':>8}  {ports_of[r.name]:{pw}s} "
                 f"{'yes' if r.healthy else 'NO':8s} "
                 f"{f'{r.rss_mb:.0f}' if r.rss_mb is not None else '-':>8s} "
-                f"{_fmt_duration(r.uptime_s) if r.uptime_s is not None else '-':>9s}"
+                f"{_fmt_duration(r.uptime_s) if r.uptime_s is not None else '-':>9s} "
+                f"{r.restarts:>8d}  {_fmt_last_exit(r)}"
             )
         return bool(rows) and all(r.healthy for r in rows)
 
@@ -658,6 +860,26 @@ class Supervisor:
                 raise StackError(f"unknown service '{service}'; known: {', '.join(names)}")
             return [path]
         return [self.paths.log(s.name) for s in self.specs if self.paths.log(s.name).exists()]
+
+
+def _pending(tracker: RestartTracker, now: float) -> str | None:
+    """What a down service waits for, in words (None: nothing is scheduled)."""
+    if tracker.waiting_for is not None:
+        return f"waiting for {tracker.waiting_for}"
+    if tracker.next_start_at is not None:
+        return f"restart in {max(0.0, tracker.next_start_at - now):.0f}s"
+    return None
+
+
+def _fmt_last_exit(status: ServiceStatus) -> str:
+    parts = []
+    if status.last_exit is not None:
+        at = (time.strftime("%H:%M:%S ", time.localtime(status.last_exit_at))
+              if status.last_exit_at is not None else "")
+        parts.append(f"{at}{status.last_exit}")
+    if status.pending is not None:
+        parts.append(f"[{status.pending}]")
+    return " ".join(parts) or "-"
 
 
 def _fmt_duration(seconds: float) -> str:
