@@ -37,6 +37,9 @@ setup(
         # Query API: /metrics aggregated over gunicorn workers; fast JSON for large pages.
         "prometheus-client==0.26.0",
         "orjson==3.13.0",
+        # Swagger UI 5.34.0's dist files (Apache-2.0) for /api/v1/docs, served by the API
+        # itself: no CDN at run time. The wrapper is MIT and needs only Flask.
+        "flask-swagger-ui==5.34.0",
     ],
     extras_require={
         "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],

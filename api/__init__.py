@@ -14,6 +14,7 @@ Settings read (``[api]`` unless noted; optional ones have the default shown):
 * ``[questdb] host``, ``pg_port``, ``pg_user``, ``pg_password``
 * ``[kafka] bootstrap_servers`` — for /readyz
 * ``[pipeline] assets_file`` — for /api/v1/assets
+* ``[console] port`` = 8080 — the operator console linked from ``/`` (not served here)
 
 ``test_config`` entries override Flask config; besides Flask's own keys it
 accepts ``TELEMETRY_STORE`` (an object with the :class:`api.questdb.TelemetryStore`
@@ -37,7 +38,7 @@ __all__ = ["BLUEPRINT_MODULES", "create_app"]
 
 _LOGGER = logging.getLogger(__name__)
 
-BLUEPRINT_MODULES = ("api.query", "api.ingest", "api.health", "api.openapi")
+BLUEPRINT_MODULES = ("api.query", "api.ingest", "api.health", "api.openapi", "api.landing")
 
 
 def create_app(settings: Settings | None = None,

@@ -4,7 +4,9 @@
 * ``GET /readyz`` — 200 when every dependency check passes (QuestDB answers a
   query, the Kafka cluster returns metadata), else 503; the body has per-check detail.
 * ``GET /metrics`` — Prometheus text: ``dcmms_api_requests_total`` and
-  ``dcmms_api_request_duration_seconds`` labelled by route template, method and status.
+  ``dcmms_api_request_duration_seconds`` labelled by route template, method and
+  status, and the REST ingest metrics of :class:`IngestMetrics` (docs/metrics.md
+  lists every name).
 
 Metrics under gunicorn: each worker is its own process. When the environment
 variable ``PROMETHEUS_MULTIPROC_DIR`` names a directory (``runners/wsgi.py``
@@ -32,33 +34,102 @@ from prometheus_client import (
     multiprocess,
 )
 
-__all__ = ["bp", "KafkaCheck", "READY_CHECKS_EXTENSION", "init_metrics"]
+__all__ = ["bp", "ApiMetrics", "IngestMetrics", "KafkaCheck", "METRICS_EXTENSION",
+           "READY_CHECKS_EXTENSION", "init_metrics"]
 
 _LOGGER = logging.getLogger(__name__)
 
 READY_CHECKS_EXTENSION = "dcmms_ready_checks"
 METRICS_EXTENSION = "dcmms_metrics"
 _BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Kafka acknowledgements: a few ms locally (linger 5 ms), up to the producer's
+# message timeout (60 s for REST) when the cluster is struggling.
+_DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                     10.0, 30.0, 60.0)
+# Reasons a whole ingest request is refused: the error codes of api.ingest and
+# api.auth. Listed so their series exist (at 0) before the first refusal.
+INGEST_REFUSALS = ("unauthorized", "forbidden", "rate_limited", "payload_too_large",
+                   "too_many_items", "unsupported_media_type", "invalid_json", "empty_batch",
+                   "service_unavailable")
+# Reason of the valid events of a request Kafka did not acknowledge in time (503).
+KAFKA_UNAVAILABLE = "kafka_unavailable"
 
 bp = Blueprint("health", __name__)
 
 
 @dataclass
-class _Metrics:
+class IngestMetrics:
+    """What REST ingest counts, and the delivery latency of its Kafka producer.
+
+    Labels take values from closed sets only (validation codes, the refusal
+    codes above, record kinds), never from request data.
+    """
+
+    accepted: Counter
+    rejected: Counter
+    refused: Counter
+    delivery: Histogram
+    delivery_failures: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> IngestMetrics:
+        from io_connectors.raw_producer import RECORD_KINDS
+
+        metrics = cls(
+            Counter("dcmms_ingest_events_accepted_total",
+                    "Events of POST /api/v1/telemetry acknowledged by Kafka and answered 202",
+                    registry=registry),
+            Counter("dcmms_ingest_events_rejected_total",
+                    "Events of POST /api/v1/telemetry not accepted, by reason (the first "
+                    "validation code of the event, or kafka_unavailable)",
+                    ("reason",), registry=registry),
+            Counter("dcmms_ingest_requests_refused_total",
+                    "POST /api/v1/telemetry requests refused as a whole, by error code",
+                    ("reason",), registry=registry),
+            Histogram("dcmms_edge_kafka_delivery_seconds",
+                      "Time from producing a record to Kafka's acknowledgement, per record "
+                      "(a batch record once)", ("record",), buckets=_DELIVERY_BUCKETS,
+                      registry=registry),
+            Counter("dcmms_edge_kafka_delivery_failures_total",
+                    "Records the edge producer could not deliver (delivery error, timeout, "
+                    "queue full)", ("record",), registry=registry),
+        )
+        for reason in INGEST_REFUSALS:
+            metrics.refused.labels(reason)
+        metrics.rejected.labels(KAFKA_UNAVAILABLE)
+        for kind in RECORD_KINDS:
+            metrics.delivery.labels(kind)
+            metrics.delivery_failures.labels(kind)
+        return metrics
+
+    def observe_delivery(self, kind: str, seconds: float, error: str | None) -> None:
+        """A :data:`io_connectors.raw_producer.DeliveryObserver`."""
+        if error is None:
+            self.delivery.labels(kind).observe(seconds)
+        else:
+            self.delivery_failures.labels(kind).inc()
+
+
+@dataclass
+class ApiMetrics:
+    """The Prometheus metrics of one app, in its own registry."""
+
     registry: CollectorRegistry
     requests: Counter
     duration: Histogram
+    ingest: IngestMetrics
 
 
 def init_metrics(app: Flask) -> None:
     """Count and time every request of ``app`` (hooks on the app, not global state)."""
     registry = CollectorRegistry()
     labels = ("route", "method", "status")
-    metrics = _Metrics(
+    metrics = ApiMetrics(
         registry,
         Counter("dcmms_api_requests_total", "HTTP requests served", labels, registry=registry),
         Histogram("dcmms_api_request_duration_seconds", "Time to produce the response",
                   labels, buckets=_BUCKETS, registry=registry),
+        IngestMetrics.create(registry),
     )
     app.extensions[METRICS_EXTENSION] = metrics
 
@@ -131,7 +202,7 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    own: _Metrics = current_app.extensions[METRICS_EXTENSION]
+    own: ApiMetrics = current_app.extensions[METRICS_EXTENSION]
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -15,6 +15,11 @@ Contract (docs/ingestion.md, DESIGN.md "REST API"):
   (nothing is claimed accepted; the client retries the whole batch);
 * 401/403/429 come from :func:`api.auth.require_scope` ("write" scope).
 
+Metrics (:class:`api.health.IngestMetrics`, docs/metrics.md): every validated
+item is counted once, accepted or rejected by reason; a request refused as a
+whole is counted by its error code; the producer reports each record's Kafka
+delivery latency.
+
 Rejected items are also sent, best effort, to ``telemetry_dlq`` (stage
 ``ingest``) so operators see them next to the bridge's and pipeline's rejects;
 the client already got the reasons, so a lost dead letter loses no data.
@@ -26,11 +31,14 @@ forks), from the app's settings.
 from __future__ import annotations
 
 import atexit
+import collections
+import functools
 import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +46,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from api.auth import require_scope
 from api.errors import ApiError, ServiceUnavailable
-from io_connectors.raw_producer import RawProducer, build_raw_producer
+from api.health import INGEST_REFUSALS, KAFKA_UNAVAILABLE, METRICS_EXTENSION, IngestMetrics
+from io_connectors.raw_producer import DeliveryObserver, RawProducer, build_raw_producer
 from runners.edge import edge_target
 from runners.settings import Settings, load_settings
 from schemas.edge import dead_letter, event_from_item
@@ -79,12 +88,14 @@ class IngestState:
 
     def __init__(self, settings: Settings | None, *, limits: IngestLimits | None = None,
                  rules: SensorRules | None = None,
-                 producer: RawProducer | None = None) -> None:
+                 producer: RawProducer | None = None,
+                 delivery_observer: DeliveryObserver | None = None) -> None:
         self.settings = settings
         self.limits = limits or (IngestLimits.from_settings(settings) if settings
                                  else IngestLimits())
         self.rules = rules or default_sensor_rules()
         self._producer = producer
+        self._delivery_observer = delivery_observer
         self._pid = os.getpid() if producer is not None else None
         self._lock = threading.Lock()
 
@@ -101,7 +112,8 @@ class IngestState:
                         edge_target(self.settings), client_id=f"dcmms-rest-{os.getpid()}",
                         # Undelivered messages expire instead of piling up while
                         # Kafka is down; the client was answered 503 long before.
-                        config_overrides={"message.timeout.ms": 60000})
+                        config_overrides={"message.timeout.ms": 60000},
+                        delivery_observer=self._delivery_observer)
                 except Exception as exc:  # registry or config problem: a 503, logged
                     _LOGGER.error("cannot create the Kafka producer for ingest: %s", exc)
                     raise ServiceUnavailable(
@@ -122,6 +134,9 @@ class IngestState:
 
 def init_ingest(app: Flask, settings: Settings | None = None, **kwargs: Any) -> None:
     """Register the blueprint and its state on ``app`` (settings default: load_settings())."""
+    metrics = app.extensions.get(METRICS_EXTENSION)
+    if metrics is not None:
+        kwargs.setdefault("delivery_observer", metrics.ingest.observe_delivery)
     app.extensions[EXTENSION] = IngestState(settings or load_settings(), **kwargs)
     app.register_blueprint(bp)
 
@@ -131,28 +146,77 @@ def _state() -> IngestState:
     if state is None:
         # Blueprint registered without init_ingest: settings from the app or the environment.
         settings = current_app.config.get("DCMMS_SETTINGS") or load_settings()
-        state = current_app.extensions.setdefault(EXTENSION, IngestState(settings))
+        state = current_app.extensions.setdefault(
+            EXTENSION, IngestState(settings, delivery_observer=_metrics().observe_delivery))
     return state
 
 
+def _metrics() -> IngestMetrics:
+    return current_app.extensions[METRICS_EXTENSION].ingest
+
+
+def _count_refusals(view: Callable[[], Any]) -> Callable[[], Any]:
+    """Count a request refused as a whole (an error raised by ``view``) by its error code."""
+
+    @functools.wraps(view)
+    def wrapper() -> Any:
+        try:
+            return view()
+        except ApiError as exc:
+            _metrics().refused.labels(_refusal_reason(exc.code)).inc()
+            raise
+
+    return wrapper
+
+
+def _refusal_reason(code: str) -> str:
+    # Label values come from a closed set, whatever a future error code may be.
+    return code if code in INGEST_REFUSALS else "other"
+
+
+@dataclass
+class _Checked:
+    """The items of one request after validation."""
+
+    events: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    dead_letters: list[dict[str, Any]]
+    reasons: collections.Counter[str]
+
+
 @bp.post(INGEST_PATH)
+@_count_refusals
 @require_scope("write")
 def post_telemetry() -> tuple[Response, int] | Response:
     state = _state()
-    limits = state.limits
+    checked = _check_items(_read_items(state.limits), state.rules)
+    metrics = _metrics()
+    for reason, count in checked.reasons.items():
+        metrics.rejected.labels(reason).inc(count)
+    if not checked.events:
+        _dead_letter_best_effort(state, checked.dead_letters)
+        return jsonify({"accepted": 0, "rejected": checked.rejected}), 400
+    _send(state, checked)
+    metrics.accepted.inc(len(checked.events))
+    return jsonify({"accepted": len(checked.events), "rejected": checked.rejected}), 202
+
+
+def _read_items(limits: IngestLimits) -> list[Any]:
+    """The request body as a list of items, or an ApiError (413, 415, 400)."""
     length = request.content_length
     if length is not None and length > limits.max_body_bytes:
-        raise ApiError(413, "payload_too_large",
-                       f"request body of {length} bytes exceeds {limits.max_body_bytes} bytes",
-                       {"max_body_bytes": limits.max_body_bytes,
-                        "max_items": limits.max_items})
+        raise _payload_too_large(limits, f"request body of {length} bytes")
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type",
                        "Content-Type must be application/json",
                        {"content_type": request.content_type or ""})
-    # Also bounds chunked bodies that carry no Content-Length (werkzeug answers 413).
-    request.max_content_length = limits.max_body_bytes
+    # A chunked body has no Content-Length. Werkzeug stops reading it at
+    # max_content_length but returns what it read (no 413): read one byte more
+    # than allowed so that a longer body is seen, and refused, here.
+    request.max_content_length = limits.max_body_bytes + 1
     body = request.get_data(cache=False)
+    if len(body) > limits.max_body_bytes:
+        raise _payload_too_large(limits, "request body")
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -166,36 +230,53 @@ def post_telemetry() -> tuple[Response, int] | Response:
         raise ApiError(413, "too_many_items",
                        f"{len(items)} items exceed the limit of {limits.max_items} per request",
                        {"max_items": limits.max_items, "max_body_bytes": limits.max_body_bytes})
+    return items
 
+
+def _payload_too_large(limits: IngestLimits, what: str) -> ApiError:
+    return ApiError(413, "payload_too_large", f"{what} exceeds {limits.max_body_bytes} bytes",
+                    {"max_body_bytes": limits.max_body_bytes, "max_items": limits.max_items})
+
+
+def _check_items(items: list[Any], rules: SensorRules) -> _Checked:
     now_ms = int(time.time() * 1000)
-    accepted: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
-    dead_letters: list[dict[str, Any]] = []
+    checked = _Checked([], [], [], collections.Counter())
     for index, item in enumerate(items):
-        result = event_from_item(item, now_ms=now_ms, rules=state.rules)
+        result = event_from_item(item, now_ms=now_ms, rules=rules)
         if result.event is not None:
-            accepted.append(result.event)
+            checked.events.append(result.event)
             continue
         errors = list(result.errors)
-        rejected.append({"index": index, "errors": errors})
-        dead_letters.append(dead_letter(
+        checked.rejected.append({"index": index, "errors": errors})
+        # One count per event (its first code), so the reasons add up to the events.
+        checked.reasons[result.codes[0] if result.codes else "event.invalid"] += 1
+        checked.dead_letters.append(dead_letter(
             stage="ingest", reasons=errors, original=_item_bytes(item), source="http",
             topic=INGEST_PATH, failed_at_ms=now_ms))
+    return checked
 
-    if not accepted:
-        _dead_letter_best_effort(state, dead_letters)
-        return jsonify({"accepted": 0, "rejected": rejected}), 400
-    outcome = state.producer().send_batch(accepted, timeout_s=limits.ack_timeout_s,
-                                          dead_letters=dead_letters)
-    if not outcome.ok:
-        first = next(iter(outcome.failures.values()))
-        _LOGGER.warning("ingest: %d of %d event(s) not acknowledged by Kafka (%s); "
-                        "answering 503", len(outcome.failures), len(accepted), first)
-        raise ServiceUnavailable(
-            "Kafka did not acknowledge the events in time; nothing was accepted, "
-            "retry the whole request (event ids make retries idempotent)",
-            limits.retry_after_s, unacknowledged=len(outcome.failures), reason=first)
-    return jsonify({"accepted": len(accepted), "rejected": rejected}), 202
+
+def _send(state: IngestState, checked: _Checked) -> None:
+    """Hand the valid events to Kafka and wait for it; a 503 unless all are acknowledged."""
+    try:
+        producer = state.producer()
+    except ServiceUnavailable:
+        _metrics().rejected.labels(KAFKA_UNAVAILABLE).inc(len(checked.events))
+        raise
+    limits = state.limits
+    outcome = producer.send_batch(checked.events, timeout_s=limits.ack_timeout_s,
+                                  dead_letters=checked.dead_letters)
+    if outcome.ok:
+        return
+    # Nothing of the request counts as accepted: the client retries all of it.
+    _metrics().rejected.labels(KAFKA_UNAVAILABLE).inc(len(checked.events))
+    first = next(iter(outcome.failures.values()))
+    _LOGGER.warning("ingest: %d of %d event(s) not acknowledged by Kafka (%s); "
+                    "answering 503", len(outcome.failures), len(checked.events), first)
+    raise ServiceUnavailable(
+        "Kafka did not acknowledge the events in time; nothing was accepted, "
+        "retry the whole request (event ids make retries idempotent)",
+        limits.retry_after_s, unacknowledged=len(outcome.failures), reason=first)
 
 
 def _dead_letter_best_effort(state: IngestState, records: list[dict[str, Any]]) -> None:

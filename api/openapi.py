@@ -1,18 +1,23 @@
-"""OpenAPI 3.1 description of every endpoint, and a small HTML page rendered from it.
+"""OpenAPI 3.1 description of every endpoint, and Swagger UI to read and try it.
 
-``GET /api/v1/openapi.json`` and ``GET /api/v1/docs`` carry no data, so they are
-public by default (a browser cannot send a bearer key to read the docs); set
-``[api] public_docs = false`` to require the read scope for them too.
-The ingest endpoint (``POST /api/v1/telemetry``) is described here as well.
+``GET /api/v1/openapi.json`` is the document; ``GET /api/v1/docs/`` renders it
+with Swagger UI, whose files come from the pinned ``flask-swagger-ui`` package
+(Swagger UI's own dist files, served from this process: no CDN, works offline).
+Swagger UI's online validator is switched off for the same reason. Its
+"Authorize" button takes an API key for "Try it out"; the key stays in the page.
+
+Both carry no data, so they are public by default (a browser cannot send a
+bearer key to read the docs); set ``[api] public_docs = false`` to require the
+read scope for them (and for the ``/api/v1`` index) too.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
+from flask_swagger_ui import get_swaggerui_blueprint
 
 from api.auth import authenticate
 from api.errors import ApiError
@@ -32,11 +37,16 @@ from api.params import (
     QUERYABLE_SENSOR_TYPES,
 )
 
-__all__ = ["bp", "build_openapi", "render_docs", "PUBLIC_DOCS_CONFIG"]
+__all__ = ["DOCS_PATH", "OPENAPI_PATH", "PUBLIC_DOCS_CONFIG", "bp", "build_openapi",
+           "guard_docs"]
 
 _LOGGER = logging.getLogger(__name__)
 
 PUBLIC_DOCS_CONFIG = "DCMMS_PUBLIC_DOCS"
+OPENAPI_PATH = "/api/v1/openapi.json"
+# Swagger UI's page is DOCS_PATH + "/" (Flask redirects DOCS_PATH there); its
+# files are below it, so the page refers to them with local paths only.
+DOCS_PATH = "/api/v1/docs"
 
 bp = Blueprint("openapi", __name__)
 
@@ -238,7 +248,9 @@ def build_openapi() -> dict[str, Any]:
                                 "/api route needs `Authorization: Bearer <api key>`; errors are "
                                 "JSON {code, message, details}; timestamps are ISO 8601 UTC. "
                                 "Lists are pages {data, next_cursor}. " + _ENUM_RULE},
-        "servers": [{"url": "http://127.0.0.1:3000"}],
+        # Relative: the server that serves this document (any port, any profile), so
+        # Swagger UI's "Try it out" calls the same origin instead of a fixed address.
+        "servers": [{"url": "/", "description": "this server"}],
         "security": [{"bearer": []}],
         "paths": {
             "/api/v1/telemetry": {"get": telemetry_get, "post": telemetry_post},
@@ -246,10 +258,17 @@ def build_openapi() -> dict[str, Any]:
             "/api/v1/alarms": {"get": alarms},
             "/api/v1/assets": {"get": asset_list},
             "/api/v1/assets/{asset_id}": {"get": asset_one},
-            "/api/v1/openapi.json": {"get": {"summary": "This document", **plain,
-                                             "responses": {"200": {"description": "OpenAPI"}}}},
-            "/api/v1/docs": {"get": {"summary": "This document as HTML", **plain,
-                                     "responses": {"200": {"description": "HTML"}}}},
+            OPENAPI_PATH: {"get": {"summary": "This document", **plain,
+                                   "responses": {"200": {"description": "OpenAPI"}}}},
+            f"{DOCS_PATH}/": {"get": {
+                "summary": "This document in Swagger UI (HTML; its files are below this path)",
+                **plain, "responses": {"200": {"description": "HTML"}}}},
+            "/": {"get": {"summary": "Landing page: links to the docs, health and metrics",
+                          **plain, "responses": {"200": {"description": "HTML"}}}},
+            "/api": {"get": {"summary": "Redirects to /api/v1", **plain,
+                             "responses": {"308": {"description": "to /api/v1"}}}},
+            "/api/v1": {"get": {"summary": "Index of the API's links (JSON)", **plain,
+                                "responses": {"200": {"description": "links"}}}},
             "/healthz": {"get": {"summary": "Process is up", **plain,
                                  "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "QuestDB and Kafka reachable", **plain,
@@ -310,45 +329,8 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def render_docs(doc: dict[str, Any]) -> str:
-    """A self-contained HTML page (no scripts, no external assets) from the document."""
-    e = html.escape
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{e(doc['info']['title'])}</title><style>",
-        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}",
-        "code,.m{font-family:ui-monospace,monospace}.m{font-weight:bold;margin-right:.5rem}",
-        "table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.25rem;",
-        "text-align:left;vertical-align:top}section{margin-bottom:2rem}</style></head><body>",
-        f"<h1>{e(doc['info']['title'])} {e(doc['info']['version'])}</h1>",
-        f"<p>{e(doc['info']['description'])}</p>",
-        "<p>Machine-readable: <a href='/api/v1/openapi.json'>openapi.json</a></p>",
-    ]
-    for path, item in doc["paths"].items():
-        for method, op in item.items():
-            parts.append(f"<section><h2><span class='m'>{e(method.upper())}</span>"
-                         f"<code>{e(path)}</code></h2><p>{e(op.get('summary', ''))}</p>")
-            if op.get("description"):
-                parts.append(f"<p>{e(op['description'])}</p>")
-            if op.get("parameters"):
-                parts.append("<table><tr><th>parameter</th><th>in</th><th>schema</th>"
-                             "<th>description</th></tr>")
-                for p in op["parameters"]:
-                    schema = p["schema"]
-                    shown = ", ".join(schema["enum"]) if "enum" in schema else schema.get("type")
-                    if "default" in schema:
-                        shown = f"{shown} (default {schema['default']})"
-                    parts.append(f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p['in'])}</td>"
-                                 f"<td>{e(str(shown))}</td><td>{e(p['description'])}</td></tr>")
-                parts.append("</table>")
-            responses = "; ".join(f"{code} {r['description']}"
-                                  for code, r in op.get("responses", {}).items())
-            parts.append(f"<p><b>Responses:</b> {e(responses)}</p></section>")
-    parts.append("</body></html>")
-    return "".join(parts)
-
-
-def _guard() -> None:
+def guard_docs() -> None:
+    """Nothing when the docs are public (``[api] public_docs``), else the read scope."""
     if not current_app.config.get(PUBLIC_DOCS_CONFIG, True):
         key = authenticate()
         if "read" not in key.scopes:
@@ -356,13 +338,25 @@ def _guard() -> None:
                            {"required_scope": "read"})
 
 
-@bp.get("/api/v1/openapi.json")
+@bp.get(OPENAPI_PATH)
 def openapi_json() -> Response:
-    _guard()
+    guard_docs()
     return jsonify(build_openapi())
 
 
-@bp.get("/api/v1/docs")
-def docs() -> Response:
-    _guard()
-    return Response(render_docs(build_openapi()), mimetype="text/html")
+def _swagger_ui() -> Blueprint:
+    ui = get_swaggerui_blueprint(DOCS_PATH, OPENAPI_PATH, config={
+        "app_name": "dCMMS telemetry API",
+        # The default fetches a badge from validator.swagger.io: nothing may leave the machine.
+        "validatorUrl": None,
+        "displayRequestDuration": True,
+        # Without the standalone top bar (a field to load other documents, a link out).
+        "layout": "BaseLayout",
+        # No OAuth here; a fixed local path instead of one built from the Host header.
+        "oauth2RedirectUrl": f"{DOCS_PATH}/oauth2-redirect.html",
+    })
+    ui.before_request(guard_docs)
+    return ui
+
+
+bp.register_blueprint(_swagger_ui())

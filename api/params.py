@@ -233,8 +233,10 @@ class _Reader:
         value = self.get("limit")
         if value is None:
             return default, False
-        # The length check keeps int() away from huge digit strings.
-        if not value.isdigit() or len(value) > 6 or not 1 <= int(value) <= maximum:
+        # The length check keeps int() away from huge digit strings; isascii() because
+        # isdigit() also accepts digits int() refuses ("¹", a ValueError, was a 500).
+        if (not (value.isascii() and value.isdigit()) or len(value) > 6
+                or not 1 <= int(value) <= maximum):
             raise BadParameter("limit", f"must be an integer from 1 to {maximum}",
                                minimum=1, maximum=maximum)
         return int(value), True

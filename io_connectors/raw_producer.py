@@ -30,6 +30,11 @@ Two ways to use it:
 The raw topic's partition count is read from the producer's metadata and
 cached for :data:`PARTITIONS_MAX_AGE_S`.
 
+Metrics hook: a ``delivery_observer`` (:data:`DeliveryObserver`) is told the
+outcome and latency of every record handed to Kafka, once per record (a batch
+record counts once, not once per event it carries); the API turns that into a
+Prometheus histogram. No metrics library is imported here.
+
 :func:`build_raw_producer` wires it for an :class:`EdgeTarget` (Kafka, the two
 topics, the registry, the batch size; ``runners.edge.edge_target`` reads one
 from the settings): it loads the Avro schemas from ``schemas/`` and registers
@@ -60,9 +65,11 @@ __all__ = [
     "ChunkDeliveryCallback",
     "DEFAULT_BATCH_MAX_EVENTS",
     "DeliveryCallback",
+    "DeliveryObserver",
     "EdgeTarget",
     "PARTITIONS_MAX_AGE_S",
     "PartitionsUnavailable",
+    "RECORD_KINDS",
     "RawProducer",
     "ValueEncoder",
     "build_raw_producer",
@@ -87,6 +94,11 @@ DeliveryCallback = Callable[[str | None], None]
 # produce_events) of the events it carried, and None or an error.
 ChunkDeliveryCallback = Callable[[list[int], str | None], None]
 ValueEncoder = Callable[[Mapping[str, Any]], bytes]
+# Called once per record given to Kafka with its kind (one of RECORD_KINDS), the
+# seconds since it was first offered to the producer, and None (delivered) or the
+# error. It runs on the thread that serves delivery callbacks: keep it cheap, never raise.
+DeliveryObserver = Callable[[str, float, str | None], None]
+RECORD_KINDS = ("batch", "event", "dead_letter")
 
 
 class PartitionsUnavailable(RuntimeError):
@@ -193,6 +205,7 @@ class RawProducer:
         client_id: str = "dcmms-edge",
         config_overrides: Mapping[str, Any] | None = None,
         producer: Any | None = None,
+        delivery_observer: DeliveryObserver | None = None,
     ) -> None:
         if not bootstrap_servers:
             raise ValueError("bootstrap_servers is empty (setting [kafka] bootstrap_servers)")
@@ -218,6 +231,7 @@ class RawProducer:
         self._fatal: str | None = None
         self._bootstrap = bootstrap_servers
         self._last_error_log = -_ERROR_LOG_INTERVAL_S
+        self._observe_delivery = delivery_observer
         config = producer_config(bootstrap_servers, client_id, config_overrides)
         config["error_cb"] = self._on_error
         self._producer = producer if producer is not None else Producer(config)
@@ -268,7 +282,7 @@ class RawProducer:
         except Exception as exc:  # noqa: BLE001 - reported to the caller as data
             on_delivery(f"Avro encoding failed: {exc}")
             return
-        self._produce(self.raw_topic, _event_key(event), value, on_delivery, block_s)
+        self._produce(self.raw_topic, _event_key(event), value, on_delivery, block_s, "event")
 
     def produce_dead_letter(self, record: Mapping[str, Any], on_delivery: DeliveryCallback,
                             *, key: bytes | None = None, block_s: float = 30.0) -> None:
@@ -278,7 +292,7 @@ class RawProducer:
         except Exception as exc:  # noqa: BLE001
             on_delivery(f"dead-letter encoding failed: {exc}")
             return
-        self._produce(self.dlq_topic, key, value, on_delivery, block_s)
+        self._produce(self.dlq_topic, key, value, on_delivery, block_s, "dead_letter")
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery callbacks; returns how many were served."""
@@ -429,14 +443,18 @@ class RawProducer:
                 return
         covered = positions
         self._produce(self.raw_topic, None, value,
-                      lambda error: on_delivery(covered, error), block_s, partition)
+                      lambda error: on_delivery(covered, error), block_s, "batch", partition)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 on_delivery: DeliveryCallback, block_s: float, partition: int = -1) -> None:
-        def report(err: KafkaError | None, _msg: Any) -> None:
-            on_delivery(None if err is None else f"Kafka delivery failed: {err.str()}")
+                 on_delivery: DeliveryCallback, block_s: float, kind: str,
+                 partition: int = -1) -> None:
+        started = time.monotonic()
+        deadline = started + block_s
+        notify = self._observed(on_delivery, kind, started)
 
-        deadline = time.monotonic() + block_s
+        def report(err: KafkaError | None, _msg: Any) -> None:
+            notify(None if err is None else f"Kafka delivery failed: {err.str()}")
+
         while True:
             try:
                 # -1 (librdkafka's RD_KAFKA_PARTITION_UA): the partitioner chooses.
@@ -446,12 +464,25 @@ class RawProducer:
             except BufferError:
                 # Local queue full (broker slow or down): serve callbacks to make room.
                 if time.monotonic() >= deadline:
-                    on_delivery("producer queue full (Kafka not keeping up)")
+                    notify("producer queue full (Kafka not keeping up)")
                     return
                 self._producer.poll(0.05)
             except KafkaException as exc:
-                on_delivery(f"Kafka produce failed: {exc}")
+                notify(f"Kafka produce failed: {exc}")
                 return
+
+    def _observed(self, on_delivery: DeliveryCallback, kind: str,
+                  started: float) -> DeliveryCallback:
+        """``on_delivery``, followed by the metrics hook when there is one."""
+        observe = self._observe_delivery
+        if observe is None:
+            return on_delivery
+
+        def notify(error: str | None) -> None:
+            on_delivery(error)
+            observe(kind, time.monotonic() - started, error)
+
+        return notify
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -481,6 +512,7 @@ class EdgeTarget:
 def build_raw_producer(target: EdgeTarget, *, client_id: str,
                        config_overrides: Mapping[str, Any] | None = None,
                        register: Callable[[str, str], int] | None = None,
+                       delivery_observer: DeliveryObserver | None = None,
                        ) -> RawProducer:
     """A :class:`RawProducer` for ``target``.
 
@@ -489,7 +521,8 @@ def build_raw_producer(target: EdgeTarget, *, client_id: str,
     (TopicRecordNameStrategy: a second record type on the same topic) and
     ``dead-letter.avsc`` under ``<dlq_topic>-value`` (idempotent: the registry
     returns the existing id) to get the ids written into every message.
-    ``register(subject, schema_text) -> id`` replaces the registry client in tests.
+    ``register(subject, schema_text) -> id`` replaces the registry client in tests;
+    ``delivery_observer`` is passed to :class:`RawProducer` (metrics).
     """
     if register is None:
         register = _registry_register(target.registry_url)
@@ -508,6 +541,7 @@ def build_raw_producer(target: EdgeTarget, *, client_id: str,
         batch_max_events=target.batch_max_events,
         client_id=client_id,
         config_overrides=config_overrides,
+        delivery_observer=delivery_observer,
     )
 
 

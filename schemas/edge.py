@@ -44,10 +44,15 @@ _TOPIC_FIELDS = ("site_id", "asset_id", "sensor_type")
 
 @dataclass(frozen=True)
 class EdgeResult:
-    """Either a valid ``event`` (ready for Avro encoding) or the ``errors`` (non-empty)."""
+    """Either a valid ``event`` (ready for Avro encoding) or the ``errors`` (non-empty).
+
+    ``codes`` runs parallel to ``errors``: a short, bounded code per error
+    (``value.out_of_range``, ``payload.not_json``) for metrics labels.
+    """
 
     event: dict[str, Any] | None
     errors: tuple[str, ...] = ()
+    codes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -74,18 +79,22 @@ def event_from_mqtt(payload: bytes, topic: str, *, now_ms: int, rules: SensorRul
     try:
         site_id, asset_id, sensor_type = parse_topic(topic)
     except ValueError as exc:
-        return EdgeResult(None, (str(exc),))
+        return EdgeResult(None, (str(exc),), ("topic.invalid",))
     try:
         raw = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
-        return EdgeResult(None, (f"payload is not valid UTF-8 JSON: {exc}",))
+        return EdgeResult(None, (f"payload is not valid UTF-8 JSON: {exc}",),
+                          ("payload.not_json",))
     except RecursionError:
-        return EdgeResult(None, ("payload is not valid JSON: nested too deeply",))
+        return EdgeResult(None, ("payload is not valid JSON: nested too deeply",),
+                          ("payload.not_json",))
     if not isinstance(raw, dict):
-        return EdgeResult(None, (f"payload must be a JSON object, got {type(raw).__name__}",))
+        return EdgeResult(None, (f"payload must be a JSON object, got {type(raw).__name__}",),
+                          ("payload.type",))
 
     from_topic = {"site_id": site_id, "asset_id": asset_id, "sensor_type": sensor_type}
     errors: list[str] = []
+    codes: list[str] = []
     for name in _TOPIC_FIELDS:
         if name not in raw or raw[name] is None:
             raw[name] = from_topic[name].upper() if name == "sensor_type" else from_topic[name]
@@ -98,8 +107,9 @@ def event_from_mqtt(payload: bytes, topic: str, *, now_ms: int, rules: SensorRul
         if not same:
             errors.append(f"{name} {given!r} contradicts the MQTT topic {topic!r} "
                           f"(expected {expected!r})")
+            codes.append(f"{name}.topic_mismatch")
     if errors:
-        return EdgeResult(None, tuple(errors))
+        return EdgeResult(None, tuple(errors), tuple(codes))
     raw["source"] = "mqtt"  # the edge knows the path; a client cannot claim another
     return _complete_and_validate(raw, now_ms=now_ms, rules=rules)
 
@@ -107,7 +117,8 @@ def event_from_mqtt(payload: bytes, topic: str, *, now_ms: int, rules: SensorRul
 def event_from_item(item: Any, *, now_ms: int, rules: SensorRules) -> EdgeResult:
     """Validate one item of a REST body (any JSON value)."""
     if not isinstance(item, dict):
-        return EdgeResult(None, (f"item must be a JSON object, got {_json_type(item)}",))
+        return EdgeResult(None, (f"item must be a JSON object, got {_json_type(item)}",),
+                          ("event.type",))
     raw = dict(item)
     raw["source"] = "http"
     return _complete_and_validate(raw, now_ms=now_ms, rules=rules)
@@ -153,5 +164,6 @@ def _complete_and_validate(raw: dict[str, Any], *, now_ms: int, rules: SensorRul
     # a REST retry and an MQTT resend of the same reading get the same id.
     result = validate_event(raw, now_ms=now_ms, rules=rules)
     if result.event is None:
-        return EdgeResult(None, tuple(result.reasons) or ("event: invalid",))
+        return EdgeResult(None, tuple(result.reasons) or ("event: invalid",),
+                          tuple(result.codes) or ("event.invalid",))
     return EdgeResult(result.event, ())

@@ -5,12 +5,18 @@ with settings from load_settings() plus per-test changes: this module's own
 Kafka topics (so the assertions see only what this server produced), a low
 rate limit for the 429 case, and an unreachable Kafka for the 503 case.
 QuestDB is not involved in ingest and is replaced by a stub store.
+
+The /metrics test runs the API as deployed instead: gunicorn with two workers
+(``runners.wsgi``, Prometheus multiprocess mode), on this module's topics.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,12 +28,13 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 
 from api import create_app
 from api.ingest import EXTENSION
-from runners.settings import Settings, load_settings
-from tests.integration.conftest import scratch_topics
+from runners.settings import REPO_ROOT, Settings, load_settings
+from tests.integration.conftest import free_port, scratch_topics, stop_process_group
 from tests.integration.test_mqtt_bridge import _require_services, consume
 
 pytestmark = pytest.mark.integration
@@ -91,6 +98,20 @@ def session() -> Iterator[requests.Session]:
         yield s
 
 
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """One sample of GET <base_url>/metrics (0 when absent)."""
+    text = requests.get(f"{base_url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+ACCEPTED = "dcmms_ingest_events_accepted_total"
+REJECTED = "dcmms_ingest_events_rejected_total"
+
+
 def event(**fields: Any) -> dict[str, Any]:
     e = {"site_id": f"site-{RUN_ID}", "asset_id": "asset-rest", "sensor_id": "s1",
          "sensor_type": "VOLTAGE", "timestamp": int(time.time() * 1000) - 1000,
@@ -104,10 +125,14 @@ def test_202_only_after_kafka_has_every_accepted_event(server: Server,
     asset = f"asset-{uuid.uuid4().hex[:6]}"
     batch = [event(asset_id=asset, sensor_id=f"s{i}") for i in range(50)]
     batch.insert(10, event(asset_id=asset, value="high"))
+    base = server.url.removesuffix(URL_PATH)
+    accepted, rejected = metric(base, ACCEPTED), metric(base, REJECTED, reason="value.type")
     r = session.post(server.url, json=batch, headers=W, timeout=30)
     assert r.status_code == 202, r.text
     assert r.json() == {"accepted": 50, "rejected": [
         {"index": 10, "errors": ["value: must be a number, got str"]}]}
+    assert metric(base, ACCEPTED) == accepted + 50
+    assert metric(base, REJECTED, reason="value.type") == rejected + 1
     # Acknowledged means readable now: a short consume must already see all of them.
     shapes: list[str] = []
     records = consume(RAW_TOPIC, lambda rs: sum(k == asset.encode() for k, _ in rs) >= 50, 15,
@@ -218,3 +243,65 @@ def test_generated_bodies_never_produce_a_5xx(server: Server, session: requests.
     r = session.post(server.url, data=json.dumps(body).encode(),
                      headers={**W, "Content-Type": "application/json"}, timeout=30)
     assert r.status_code in (202, 400), r.text
+
+
+# -- /metrics of the API as deployed (gunicorn, several workers) ----------------------------------
+
+@pytest.fixture(scope="module")
+def gunicorn_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """runners.wsgi:app in gunicorn with 2 workers on this module's topics; its base URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("rest-gunicorn") / "api.log"
+    # Without PROMETHEUS_MULTIPROC_DIR, runners.wsgi picks a directory of its own per master.
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update({"DCMMS_KAFKA_TOPIC_RAW": RAW_TOPIC, "DCMMS_KAFKA_TOPIC_DLQ": DLQ_TOPIC,
+                "DCMMS_API_API_KEYS": f"{WRITE_KEY}:read+write,{READ_KEY}:read",
+                "DCMMS_API_PORT": str(port)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+         "--no-control-socket", "runners.wsgi:app"],
+        cwd=REPO_ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        if not _serves(base, proc, timeout_s=60):
+            pytest.fail(f"gunicorn API did not start; log {log}:\n"
+                        f"{log.read_text(errors='replace')[-2000:]}")
+        yield base
+    finally:
+        stop_process_group(proc)
+
+
+def _serves(base: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/healthz", timeout=2).ok:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def test_metrics_of_a_gunicorn_api_count_every_accepted_event(gunicorn_api: str) -> None:
+    before = metric(gunicorn_api, ACCEPTED)
+    delivered_before = metric(gunicorn_api, "dcmms_edge_kafka_delivery_seconds_count",
+                              record="batch")
+    asset = f"asset-{uuid.uuid4().hex[:6]}"
+    posted = 0
+    for n in range(1, 9):
+        # A new connection per request: gunicorn hands them to either worker.
+        r = requests.post(f"{gunicorn_api}{URL_PATH}", headers={**W, "Connection": "close"},
+                          json=[event(asset_id=asset, sensor_id=f"s{i}") for i in range(n)],
+                          timeout=30)
+        assert r.status_code == 202, r.text
+        posted += n
+    # Whichever worker answers the scrape, it reports the sum over both workers.
+    for _ in range(4):
+        assert metric(gunicorn_api, ACCEPTED) == before + posted
+    assert metric(gunicorn_api, "dcmms_edge_kafka_delivery_seconds_count",
+                  record="batch") >= delivered_before + 8
+    records = consume(RAW_TOPIC, lambda rs: sum(k == asset.encode() for k, _ in rs) >= posted,
+                      15)
+    assert sum(k == asset.encode() for k, _ in records) == posted

@@ -124,7 +124,8 @@ def _api_routes() -> list[tuple[str, str, str]]:
 
 
 ROUTES = _api_routes()
-PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs"}  # public when [api] public_docs (no data)
+# Public when [api] public_docs (no data): the document, Swagger UI and its files, the index.
+PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs/", "/api/v1/docs/<path:path>", "/api/v1"}
 PROTECTED = [r for r in ROUTES if r[1] not in PUBLIC]
 
 

@@ -75,7 +75,8 @@ def test_buckets_may_span_longer_but_not_too_many_buckets() -> None:
         interval="1s")
 
 
-@pytest.mark.parametrize("value", ["0", "10001", "-1", "abc", "1.5", "", "99999999999"])
+@pytest.mark.parametrize("value", ["0", "10001", "-1", "abc", "1.5", "", "99999999999", "¹",
+                                   "٣", "1²"])
 def test_limit_bounds(value: str) -> None:
     bad("limit", limit=value)
 

@@ -16,6 +16,7 @@ import io_connectors.raw_producer as raw_producer_module
 from io_connectors.kafka_partition import PARTITIONER, partition_for
 from io_connectors.raw_producer import (
     AvroValueEncoder,
+    DeliveryObserver,
     EdgeTarget,
     RawProducer,
     build_raw_producer,
@@ -101,12 +102,14 @@ LOOKUP.register(avro.schema_text(avro.TELEMETRY_BATCH), BATCH_ID)
 LOOKUP.register(avro.schema_text(avro.DEAD_LETTER), DLQ_ID)
 
 
-def make(fake: FakeKafka, batch_max_events: int = 500) -> RawProducer:
+def make(fake: FakeKafka, batch_max_events: int = 500,
+         delivery_observer: DeliveryObserver | None = None) -> RawProducer:
     return RawProducer("127.0.0.1:1", raw_topic="raw", dlq_topic="dlq",
                        event_encoder=AvroValueEncoder(avro.TELEMETRY_EVENT, EVENT_ID),
                        batch_encoder=AvroValueEncoder(avro.TELEMETRY_BATCH, BATCH_ID),
                        dead_letter_encoder=AvroValueEncoder(avro.DEAD_LETTER, DLQ_ID),
-                       batch_max_events=batch_max_events, producer=fake)
+                       batch_max_events=batch_max_events, producer=fake,
+                       delivery_observer=delivery_observer)
 
 
 def event(asset: str, n: int) -> dict[str, Any]:
@@ -283,6 +286,61 @@ def test_single_event_is_keyed_by_asset_and_left_to_the_partitioner() -> None:
     [(topic, key, partition, (schema_id, record))] = [
         (t, k, p, wire.decode(v, LOOKUP)) for t, k, v, p in fake.produced]
     assert (topic, key, partition, schema_id, record) == ("raw", b"a-1", -1, EVENT_ID, EVENT)
+
+
+# -- delivery observer (metrics hook) ------------------------------------------
+
+DL = {"stage": "ingest", "reasons": ["r"], "original": b"{}", "original_format": "json",
+      "source": "http", "topic": None, "partition": None, "offset": None, "key": None,
+      "event_id": None, "failed_at": 1}
+
+
+class Observations:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, float, str | None]] = []
+
+    def __call__(self, kind: str, seconds: float, error: str | None) -> None:
+        self.seen.append((kind, seconds, error))
+
+    def outcomes(self) -> list[tuple[str, str | None]]:
+        return [(kind, error) for kind, _, error in self.seen]
+
+
+def test_observer_sees_each_record_once_after_its_callback() -> None:
+    a, b = assets_in_distinct_partitions(2)
+    fake, observed = FakeKafka(), Observations()
+    producer = make(fake, batch_max_events=2, delivery_observer=observed)
+    order: list[str] = []
+    producer.produce_events([event(a, 0), event(a, 1), event(a, 2), event(b, 3)],
+                            lambda positions, error: order.append("callback"))
+    producer.produce_event(EVENT, lambda error: None)
+    producer.produce_dead_letter(DL, lambda error: None)
+    assert observed.seen == [], "observed on delivery, not on produce"
+    fake.poll(0)
+    # One observation per record: three batch records (2 + 1 + 1 events), not four events.
+    assert sorted(observed.outcomes()) == [("batch", None)] * 3 + [
+        ("dead_letter", None), ("event", None)]
+    assert all(seconds >= 0 for _, seconds, _ in observed.seen)
+    assert order == ["callback"] * 3
+
+
+def test_observer_sees_failed_deliveries_and_a_full_queue_with_their_error() -> None:
+    observed = Observations()
+    assert not make(FakeKafka(fail=True), delivery_observer=observed).send_batch(
+        [EVENT], timeout_s=1).ok
+    assert observed.outcomes() == [("batch", "Kafka delivery failed: Local: Message timed out")]
+
+    observed = Observations()
+    make(FakeKafka(full=10**6), delivery_observer=observed).produce_event(
+        EVENT, lambda error: None, block_s=0.0)
+    assert observed.outcomes() == [("event", "producer queue full (Kafka not keeping up)")]
+
+
+def test_observer_is_not_told_of_records_never_given_to_kafka() -> None:
+    observed = Observations()
+    make(FakeKafka(), delivery_observer=observed).produce_event(
+        {**EVENT, "value": "x"}, lambda error: None)
+    assert observed.seen == [], "an encoding error is the caller's, not Kafka's"
 
 
 def test_producer_config_uses_the_java_compatible_partitioner() -> None:
