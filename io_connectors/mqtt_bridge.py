@@ -7,7 +7,8 @@ broker while the bridge is down and several bridges (different client ids,
 same group) share the load.
 
 Flow: paho's network thread only appends each message to an in-memory inbox.
-The bridge thread (:meth:`MqttBridge.run`) drains the inbox in batches,
+The bridge thread (:meth:`MqttBridge.run`) drains the inbox in batches (a take
+waits up to ``linger_ms`` for ``batch_max`` messages),
 turns each payload into an event or a dead letter (:mod:`schemas.edge`),
 produces them asynchronously with the shared :class:`RawProducer` (the valid
 events of one take as TelemetryBatch records, one per partition chunk; each
@@ -72,6 +73,10 @@ class BridgeConfig:
     receive_maximum: int = 20000
     keepalive_s: int = 30
     batch_max: int = 5000
+    # Hold the first message of a take this long (unless batch_max arrive first) so a
+    # take holds many events: the job pays a fixed cost per Kafka record, and a take
+    # of what happens to be in the inbox is a handful of events per partition.
+    linger_ms: float = 50.0
     reconnect_min_s: int = 1
     reconnect_max_s: int = 30
     retry_backoff_s: float = 1.0
@@ -81,6 +86,9 @@ class BridgeConfig:
         if not self.client_id:
             raise ValueError("bridge client id is empty (setting [mqtt] bridge_client_id "
                              "or --client-id)")
+        if not 0 <= self.linger_ms <= 5000:
+            raise ValueError(f"linger_ms must be 0..5000, got {self.linger_ms} "
+                             "([mqtt] bridge_linger_ms)")
         if not 1 <= self.receive_maximum <= 65535:
             raise ValueError(f"receive_maximum must be 1..65535, got {self.receive_maximum}")
         if self.topic_filter.startswith("$share/"):
@@ -127,6 +135,9 @@ class _Entry:
 class MqttBridge:
     """Bridge MQTT telemetry into Kafka. Call :meth:`run` (blocking) and :meth:`stop`."""
 
+    # The linger's clock (tests replace it).
+    _now = staticmethod(time.monotonic)
+
     def __init__(self, config: BridgeConfig, producer: RawProducer, *, rules: Any,
                  clock_ms: Callable[[], int] | None = None,
                  on_ready: Callable[[], None] | None = None,
@@ -141,6 +152,8 @@ class MqttBridge:
         self._on_healthy = on_healthy
         self._next_health = 0.0
         self._inbox: collections.deque[tuple[int, int, int, str, bytes]] = collections.deque()
+        # When the bridge thread first saw the inbox non-empty (None: empty at last look).
+        self._inbox_seen: float | None = None
         self._wakeup = threading.Event()
         self._stop = threading.Event()
         # Acks must go out in arrival order (MQTT 5 section 4.6).
@@ -242,10 +255,11 @@ class MqttBridge:
     # -- bridge thread ---------------------------------------------------
 
     def _step(self) -> None:
-        took = self._take_batch()
+        linger_left = self._linger_left()
+        took = self._take_batch() if linger_left == 0.0 else 0
         self._retry_due()
-        # Serve delivery reports; block briefly only when idle.
-        self._producer.poll(0 if took else 0.005)
+        # Serve delivery reports; block briefly only when idle or lingering.
+        self._producer.poll(0 if took else min(linger_left or 0.005, 0.005))
         self._ack_ready()
         if self._producer.fatal_error:
             raise RuntimeError(f"Kafka producer failed fatally: {self._producer.fatal_error}")
@@ -253,9 +267,27 @@ class MqttBridge:
             self._next_health = time.monotonic() + HEALTH_INTERVAL_S
             if self.healthy():
                 self._on_healthy()
-        if not took and not self._pending:
+        if linger_left is None and not self._pending:
             self._wakeup.wait(0.05)
             self._wakeup.clear()
+
+    def _linger_left(self) -> float | None:
+        """Seconds until the inbox is due for a take: None when empty, 0.0 when due.
+
+        Due once ``batch_max`` messages wait or ``linger_ms`` after the bridge first
+        saw the inbox non-empty, and at once while stopping.
+        """
+        inbox = self._inbox
+        if not inbox:
+            self._inbox_seen = None
+            return None
+        if len(inbox) >= self.config.batch_max or self._stop.is_set():
+            return 0.0
+        now = self._now()
+        if self._inbox_seen is None:
+            self._inbox_seen = now
+        left = self._inbox_seen + self.config.linger_ms / 1000.0 - now
+        return left if left > 0 else 0.0
 
     def healthy(self) -> bool:
         """Subscribed, and Kafka confirms messages (none waits longer than STALL_S)."""
@@ -265,6 +297,7 @@ class MqttBridge:
         return not pending or time.monotonic() - pending[0].born < STALL_S
 
     def _take_batch(self) -> int:
+        self._inbox_seen = None
         now_ms = self._clock_ms()
         taken = 0
         inbox = self._inbox

@@ -10,7 +10,8 @@ subscribed and Kafka keeps confirming deliveries.
 
 Optional settings (defaults in brackets): ``[mqtt] bridge_client_id``
 [dcmms-bridge-1], ``bridge_share_group`` [dcmms-bridge],
-``bridge_receive_maximum`` [20000], ``bridge_session_expiry_s`` [604800].
+``bridge_receive_maximum`` [20000], ``bridge_session_expiry_s`` [604800],
+``bridge_linger_ms`` [50] (how long a take waits for more messages).
 ``--client-id`` and ``--share-group`` override the first two: every bridge process needs its own,
 stable across restarts so it resumes its broker session.
 """
@@ -51,6 +52,7 @@ def bridge_config(settings: Settings, client_id: str | None = None,
         share_group=share_group or settings.get("mqtt", "bridge_share_group", str,
                                              "dcmms-bridge"),
         receive_maximum=settings.get("mqtt", "bridge_receive_maximum", int, 20000),
+        linger_ms=settings.get("mqtt", "bridge_linger_ms", float, 50.0),
         session_expiry_s=session_expiry_s if session_expiry_s is not None
         else settings.get("mqtt", "bridge_session_expiry_s", int, 7 * 24 * 3600),
     )

@@ -61,7 +61,7 @@ class FakeClient:
 @pytest.fixture
 def bridge() -> tuple[MqttBridge, FakeProducer, FakeClient]:
     config = BridgeConfig(host="127.0.0.1", port=1, username="u", password="p",
-                          client_id="unit", retry_backoff_s=0.0)
+                          client_id="unit", retry_backoff_s=0.0, linger_ms=0)
     producer = FakeProducer()
     b = MqttBridge(config, producer, rules=default_sensor_rules(),  # type: ignore[arg-type]
                    clock_ms=lambda: NOW)
@@ -249,3 +249,58 @@ def test_health_needs_subscription_and_timely_kafka_confirmations(bridge: Any) -
     producer.sent[0][2]([0], None)
     b._step()
     assert b.healthy()
+
+
+def lingering_bridge(bridge: Any, linger_ms: float, batch_max: int = 5000) -> list[float]:
+    """Give the fixture's bridge a linger and a hand-driven clock (returned, in seconds)."""
+    b = bridge[0]
+    b.config = BridgeConfig(**{**b.config.__dict__, "linger_ms": linger_ms,
+                               "batch_max": batch_max})
+    clock = [100.0]
+    b._now = lambda: clock[0]
+    return clock
+
+
+def test_take_waits_for_the_linger_then_sends_everything_in_one_batch(bridge: Any) -> None:
+    b, producer, _ = bridge
+    clock = lingering_bridge(bridge, linger_ms=50)
+    deliver(b, 1)
+    b._step()
+    assert producer.sent == [], "the first message opens the linger window"
+    clock[0] += 0.030
+    deliver(b, 2)
+    b._step()
+    assert producer.sent == [], "30 ms into a 50 ms linger"
+    clock[0] += 0.021
+    b._step()
+    [(kind, records, _)] = producer.sent
+    assert kind == "batch" and [r["sensor_id"] for r in records] == ["s1", "s2"]
+    deliver(b, 3)
+    b._step()
+    assert len(producer.sent) == 1, "a new window opens after each take"
+
+
+def test_full_inbox_is_taken_without_waiting_for_the_linger(bridge: Any) -> None:
+    b, producer, _ = bridge
+    lingering_bridge(bridge, linger_ms=10_000 / 3, batch_max=3)
+    for mid in (1, 2, 3, 4):
+        deliver(b, mid)
+    b._step()
+    [(_, records, _)] = producer.sent
+    assert len(records) == 3, "batch_max messages are due at once, the rest waits"
+    assert b.backlog == 4
+
+
+def test_stopping_bridge_takes_the_inbox_without_lingering(bridge: Any) -> None:
+    b, producer, _ = bridge
+    lingering_bridge(bridge, linger_ms=1000)
+    deliver(b, 1)
+    b._stop.set()
+    b._step()
+    assert len(producer.sent) == 1
+
+
+def test_config_rejects_a_negative_linger() -> None:
+    with pytest.raises(ValueError, match="bridge_linger_ms"):
+        BridgeConfig(host="h", port=1, username="u", password="p", client_id="c",
+                     linger_ms=-1)
