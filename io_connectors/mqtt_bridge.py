@@ -116,6 +116,13 @@ class BridgeConfig:
     # queued messages); two live bridges must never share an id.
     client_id: str
     share_group: str = "dcmms-bridge"
+    # Subscribe as a member of share_group ($share/<group>/...) or plainly. Plain is the
+    # safe default: Mosquitto 2.0.11 (Debian 12's) drops every message for a shared
+    # subscription whose member is offline after a broker restart (the subscription comes
+    # back from its persistence file but no longer queues), which lost readings in the
+    # mosquitto-restart drill; a plain subscription's session keeps queueing. Share only
+    # to spread the load over several bridges (docs/ingestion.md).
+    shared: bool = False
     topic_filter: str = SUBSCRIPTION_FILTER
     session_expiry_s: int = 7 * 24 * 3600
     # MQTT 5 Receive Maximum: how many unacked QoS1 messages the broker may
@@ -141,14 +148,26 @@ class BridgeConfig:
                              "([mqtt] bridge_linger_ms)")
         if not 1 <= self.receive_maximum <= 65535:
             raise ValueError(f"receive_maximum must be 1..65535, got {self.receive_maximum}")
+        if self.shared and not self.share_group:
+            raise ValueError("a shared subscription needs a share group ([mqtt] "
+                             "bridge_share_group or --share-group)")
         if self.topic_filter.startswith("$share/"):
             raise ValueError("topic_filter must not include the $share prefix; "
                              "set share_group instead")
 
     @property
     def subscription(self) -> str:
-        return f"$share/{self.share_group}/{self.topic_filter}" if self.share_group \
-            else self.topic_filter
+        return self._shared_subscription if self.shared else self.topic_filter
+
+    @property
+    def _shared_subscription(self) -> str | None:
+        return f"$share/{self.share_group}/{self.topic_filter}" if self.share_group else None
+
+    @property
+    def stale_subscription(self) -> str | None:
+        """The other form of this bridge's subscription, which a resumed session may still
+        hold from an earlier configuration (both would deliver every message twice)."""
+        return self.topic_filter if self.shared else self._shared_subscription
 
 
 @dataclass
@@ -271,6 +290,10 @@ class MqttBridge:
                      getattr(_flags, "session_present", "?"))
         # Resubscribing on a resumed session is harmless and covers a lost one.
         client.subscribe(self.config.subscription, options=mqtt.SubscribeOptions(qos=1))
+        stale = self.config.stale_subscription
+        if stale is not None:
+            # After the subscription above, so no message falls between the two forms.
+            client.unsubscribe(stale)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any,
                        reason: ReasonCode, _props: Any) -> None:

@@ -11,7 +11,9 @@ subscribed and Kafka keeps confirming deliveries.
 Optional settings (defaults in brackets): ``[mqtt] bridge_client_id``
 [dcmms-bridge-1], ``bridge_share_group`` [dcmms-bridge],
 ``bridge_receive_maximum`` [20000], ``bridge_session_expiry_s`` [604800],
-``bridge_linger_ms`` [50] (how long a take waits for more messages).
+``bridge_linger_ms`` [50] (how long a take waits for more messages),
+``bridge_shared_subscription`` [false] (join the share group instead of subscribing
+plainly; see io_connectors.mqtt_bridge.BridgeConfig.shared for why plain is the default).
 ``--client-id`` and ``--share-group`` override the first two: every bridge process needs its own,
 stable across restarts so it resumes its broker session.
 """
@@ -51,6 +53,9 @@ def bridge_config(settings: Settings, client_id: str | None = None,
         client_id=client_id or settings.get("mqtt", "bridge_client_id", str, "dcmms-bridge-1"),
         share_group=share_group or settings.get("mqtt", "bridge_share_group", str,
                                              "dcmms-bridge"),
+        # --share-group means sharing; otherwise [mqtt] bridge_shared_subscription decides.
+        shared=bool(share_group) or settings.get("mqtt", "bridge_shared_subscription", bool,
+                                                 False),
         receive_maximum=settings.get("mqtt", "bridge_receive_maximum", int, 20000),
         linger_ms=settings.get("mqtt", "bridge_linger_ms", float, 50.0),
         session_expiry_s=session_expiry_s if session_expiry_s is not None
@@ -63,8 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--client-id", help="stable MQTT client id of this bridge instance "
                         "(default: [mqtt] bridge_client_id)")
-    parser.add_argument("--share-group", help="MQTT 5 shared-subscription group "
-                        "(default: [mqtt] bridge_share_group or dcmms-bridge)")
+    parser.add_argument("--share-group", help="subscribe as a member of this MQTT 5 "
+                        "shared-subscription group (default: [mqtt] "
+                        "bridge_shared_subscription and bridge_share_group)")
     parser.add_argument("--session-expiry-s", type=int,
                         help="broker session expiry (default: [mqtt] bridge_session_expiry_s or "
                         "7 days); short for throw-away bridges (tests, benchmarks) so their "

@@ -304,3 +304,33 @@ def test_config_rejects_a_negative_linger() -> None:
     with pytest.raises(ValueError, match="bridge_linger_ms"):
         BridgeConfig(host="h", port=1, username="u", password="p", client_id="c",
                      linger_ms=-1)
+
+
+def test_plain_subscription_by_default_and_the_shared_form_only_when_asked() -> None:
+    plain = BridgeConfig(host="h", port=1, username="u", password="p", client_id="c",
+                         share_group="g")
+    assert plain.subscription == "telemetry/+/+/+"
+    assert plain.stale_subscription == "$share/g/telemetry/+/+/+"
+    shared = BridgeConfig(**{**plain.__dict__, "shared": True})
+    assert shared.subscription == "$share/g/telemetry/+/+/+"
+    assert shared.stale_subscription == "telemetry/+/+/+"
+    with pytest.raises(ValueError, match="share group"):
+        BridgeConfig(**{**plain.__dict__, "shared": True, "share_group": ""})
+
+
+def test_connect_subscribes_then_drops_the_other_form_of_the_subscription(bridge: Any) -> None:
+    b = bridge[0]
+    calls: list[tuple[str, str]] = []
+
+    class Recorder:
+        def subscribe(self, topic: str, **_: Any) -> None:
+            calls.append(("subscribe", topic))
+
+        def unsubscribe(self, topic: str) -> None:
+            calls.append(("unsubscribe", topic))
+
+    ok = mqtt.ReasonCode(mqtt.PacketTypes.CONNACK, "Success")
+    b._on_connect(Recorder(), None, None, ok, None)
+    assert calls == [("subscribe", "telemetry/+/+/+"),
+                     ("unsubscribe", "$share/dcmms-bridge/telemetry/+/+/+")], \
+        "a session resumed from a shared configuration must not receive every message twice"
