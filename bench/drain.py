@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result["drain_eps"] else 1
 
 
-def _context(settings: Settings, load_before: tuple[float, float, float]) -> dict[str, Any]:
+def _context(settings: Settings, load_before: tuple[float, float, float],
+             module: str = "bench.drain") -> dict[str, Any]:
     """What a figure needs next to it: machine, load, the job's settings, the commit."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
@@ -169,7 +170,7 @@ def _context(settings: Settings, load_before: tuple[float, float, float]) -> dic
     except OSError:
         commit, dirty = "", False
     return {
-        "command": "python -m bench.drain " + " ".join(sys.argv[1:]),
+        "command": f"python -m {module} " + " ".join(sys.argv[1:]),
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": commit,
         "commit_dirty": dirty,
