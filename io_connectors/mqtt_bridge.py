@@ -55,21 +55,22 @@ STALL_S = 30.0
 
 
 class BurstReadClient(mqtt.Client):
-    """paho's client reading what the socket holds per wake-up, through a receive buffer.
+    """paho's client reading everything the socket holds per wake-up, through a buffer.
 
     paho (2.2) reads one packet per ``select()`` while no QoS 2 message is in flight, and
     each packet with 3-4 ``recv()`` calls (command byte, length bytes, body). For a QoS 1
     subscriber at thousands of messages/s that was the bridge's largest cost (py-spy at
     5,000 msg/s: the select loop 13 %, ``recv`` 9 % of its busy samples). Here one wake-up
-    reads up to :attr:`READ_BURST` packets out of 64 KiB ``recv()`` chunks. paho's packet
-    parser is unchanged (it already copes with short reads). What stays in the buffer after
-    a burst wakes the loop again through paho's own self-pipe, since ``select()`` only sees
-    the kernel's buffer. Relies on paho's ``_packet_read``, ``_loop_rc_handle``, ``_sock``
-    and ``_sockpairW``: paho-mqtt is pinned in setup.py, and
+    parses packets out of 64 KiB ``recv()`` chunks until the socket has nothing more; paho's
+    packet parser is unchanged (it already copes with short reads). The loop ends: the
+    broker sends at most Receive Maximum unacknowledged messages, and the PUBACKs that free
+    more are written by this same thread after the read. Reading until the socket is empty
+    matters: ``select()`` only sees the kernel's buffer, so bytes left in ours would wait
+    for the next packet. Relies on paho's ``_packet_read``, ``_loop_rc_handle``, ``_sock``
+    and ``_sock_close``: paho-mqtt is pinned in setup.py, and
     tests/integration/test_stack_mosquitto.py runs this client against a real Mosquitto.
     """
 
-    READ_BURST = 2000
     RECV_CHUNK = 65536
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -91,17 +92,14 @@ class BurstReadClient(mqtt.Client):
         super()._sock_close()
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        for _ in range(max(max_packets, self.READ_BURST)):
+        while True:
             if self._sock is None:
                 return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
             rc = self._packet_read()
             if rc > 0:
                 return self._loop_rc_handle(rc)
-            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
+            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:   # buffer and socket both empty
                 return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        if self._rx and self._sockpairW is not None:
-            self._sockpairW.send(b"0")   # buffered bytes left: come back at once
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 @dataclass(frozen=True)
