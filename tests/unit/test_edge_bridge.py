@@ -334,3 +334,26 @@ def test_connect_subscribes_then_drops_the_other_form_of_the_subscription(bridge
     assert calls == [("subscribe", "telemetry/+/+/+"),
                      ("unsubscribe", "$share/dcmms-bridge/telemetry/+/+/+")], \
         "a session resumed from a shared configuration must not receive every message twice"
+
+
+def _mqtt_settings(**mqtt: Any) -> Any:
+    from pathlib import Path
+
+    from runners.settings import Settings
+
+    base = {"host": "127.0.0.1", "port": 1883, "bridge_username": "b",
+            "bridge_password": "p", "bridge_share_group": "grp"}
+    return Settings({"mqtt": {**base, **mqtt}}, Path("bridge-test"), {})
+
+
+def test_bridge_settings_plain_unless_shared_setting_or_share_group_argument() -> None:
+    from runners.mqtt_bridge import bridge_config
+
+    plain = bridge_config(_mqtt_settings(bridge_linger_ms=20))
+    assert (plain.shared, plain.subscription, plain.linger_ms) == (False, "telemetry/+/+/+",
+                                                                    20.0)
+    shared = bridge_config(_mqtt_settings(bridge_shared_subscription=True))
+    assert shared.subscription == "$share/grp/telemetry/+/+/+"
+    by_argument = bridge_config(_mqtt_settings(), share_group="bench-1")
+    assert by_argument.subscription == "$share/bench-1/telemetry/+/+/+", \
+        "--share-group is how tests and benchmarks run several bridges"
