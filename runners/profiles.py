@@ -9,7 +9,8 @@ share group, pipeline consumer group). So a profile's stack runs next to the
 default stack, and next to the other profiles' stacks, without touching them.
 
 * ``chaos`` (ports 1xxxx): ``make chaos``, see docs/reliability.md;
-* ``test`` (ports 2xxxx): ``make test`` (scripts/run-tests.sh), see docs/local-stack.md.
+* ``test`` (ports 2xxxx): ``make test`` (scripts/run-tests.sh), see docs/local-stack.md;
+* ``dev3``, ``dev4``, ``dev5`` (ports 3xxxx-5xxxx): stacks for parallel development.
 
 Values already set in the environment win, so an operator can shift them again;
 :func:`isolation_conflicts` (``--check``) then says whether the result still
@@ -81,9 +82,13 @@ def _profile(name: str, block: int) -> Mapping[str, str]:
 # The chaos profile keeps the default checkpoint interval (60 s): with 10 s a job restored
 # onto a backlog checkpointed before its asset side input was ready and failed every time
 # (docs/reliability.md, "Known defects").
+# dev3..dev5 are for parallel development (a second developer, or an assistant working
+# beside the test suite). Their ports lie in Linux's ephemeral range (32768-60999): an
+# outgoing connection may rarely hold one, which the supervisor's free-port check reports.
 PROFILES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "chaos": _profile("chaos", 1),
     "test": _profile("test", 2),
+    **{f"dev{block}": _profile(f"dev{block}", block) for block in (3, 4, 5)},
 })
 
 
