@@ -50,7 +50,13 @@ fi
 "$CLI" status || true
 
 t_tests=$(date +%s)
-"$BIN/pytest" tests "$@"
+# `bash scripts/run-tests.sh tests/integration/test_x.py -x` runs just those paths on the
+# test stack; with options only (or nothing) it runs every test.
+targets=(tests)
+for arg in "$@"; do
+  case "$arg" in -*) ;; *) targets=(); break ;; esac
+done
+"$BIN/pytest" "${targets[@]}" "$@"
 status=$?
 echo ">> pytest finished in $(elapsed "$t_tests") with exit status $status"
 if [ "$status" -eq 5 ]; then
