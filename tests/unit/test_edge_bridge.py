@@ -54,6 +54,9 @@ class FakeClient:
         assert qos == 1
         self.acks.append(mid)
 
+    def ack_many(self, mids: list[int]) -> None:
+        self.acks.extend(mids)
+
     def disconnect(self) -> None:
         self.disconnected = True
 
@@ -88,6 +91,26 @@ def test_events_taken_together_go_in_one_batch_call(bridge: Any) -> None:
     assert kind == "batch"
     assert [r["sensor_id"] for r in records] == ["s1", "s2", "s3"], "arrival order"
     assert client.acks == []
+
+
+def test_fast_path_batches_join_the_inbox_in_arrival_order(bridge: Any) -> None:
+    """Messages cut out by BurstReadClient (_on_publish_batch) and those paho parsed itself
+    (_on_message) are one stream: taken, produced and acknowledged in arrival order."""
+    b, producer, client = bridge
+
+    def body(mid: int) -> bytes:
+        return json.dumps({"sensor_id": f"s{mid}", "timestamp": NOW - 10, "value": 20.0,
+                           "unit": "c"}).encode()
+
+    b._on_publish_batch([(1, TOPIC.encode(), body(1)), (2, TOPIC.encode(), body(2))])
+    deliver(b, 3)
+    b._on_publish_batch([(4, TOPIC.encode(), body(4))])
+    b._step()
+    [(kind, records, cb)] = producer.sent
+    assert [r["sensor_id"] for r in records] == ["s1", "s2", "s3", "s4"]
+    cb([0, 1, 2, 3], None)
+    b._step()
+    assert client.acks == [1, 2, 3, 4]
 
 
 def test_acks_only_after_the_chunk_is_delivered_and_in_arrival_order(bridge: Any) -> None:
