@@ -7,8 +7,14 @@ One implementation serves the pipeline steps and the direct-peer anchor:
   (TEMPERATURE, POWER, VOLTAGE, CURRENT), values inside the alarm bands;
 * every event has a unique ``event_id`` ``<prefix><worker>-<seq>`` so the
   harness can count what was stored with ``event_id LIKE '<prefix>%'``;
-* MQTT, ``mqtt_client="mosquitto_pub"`` (the default when Debian's
-  ``mosquitto_pub`` is on the PATH, see :func:`resolve_mqtt_client`):
+* MQTT, ``mqtt_client="raw"`` (the default, see :func:`resolve_mqtt_client`):
+  ``processes`` pacing processes, each with ``connections``
+  :class:`bench.mqtt_raw.RawPublisher` connections (MQTT 5, QoS 1, at most ``inflight``
+  unacknowledged messages each), one fleet sensor's topic per connection; what is due is
+  queued every ``write_interval_s`` and written many packets per ``send()``; ``accepted``
+  counts PUBACKs with a success reason code. ~10 us per message instead of ~55 for
+  ``mosquitto_pub`` (see bench/mqtt_raw.py);
+* MQTT, ``mqtt_client="mosquitto_pub"``:
   ``processes`` Python pacing processes, each driving ``connections``
   compiled ``mosquitto_pub -l`` processes (MQTT 5, QoS 1, ``-M inflight``).
   ``mosquitto_pub`` publishes on one topic, so each process is one fleet
@@ -41,7 +47,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -87,16 +92,14 @@ def mqtt_message(item: dict[str, Any], topic_root: str = "telemetry") -> tuple[s
     return topic, json.dumps(payload, separators=(",", ":")).encode()
 
 
-MQTT_CLIENTS = ("auto", "mosquitto_pub", "paho")
+MQTT_CLIENTS = ("auto", "raw", "mosquitto_pub", "paho")
 
 
 def resolve_mqtt_client(name: str = "auto") -> str:
-    """``mosquitto_pub`` or ``paho``: "auto" picks ``mosquitto_pub`` when it is on the PATH."""
+    """``raw``, ``mosquitto_pub`` or ``paho``: "auto" is ``raw`` (the cheapest per message)."""
     if name not in MQTT_CLIENTS:
         raise ValueError(f"mqtt client must be one of {MQTT_CLIENTS}, got {name!r}")
-    if name == "auto":
-        return "mosquitto_pub" if shutil.which("mosquitto_pub") else "paho"
-    return name
+    return "raw" if name == "auto" else name
 
 
 def generator_sensors(count: int) -> list[int]:
@@ -464,6 +467,79 @@ def _mosquitto_pub_worker(cfg: GeneratorConfig, index: int, start_at: float, liv
                            child_cpu_s=_children_cpu_s() - child0))
 
 
+def _raw_mqtt_worker(cfg: GeneratorConfig, index: int, start_at: float, live: Any,
+                     out_q: Any) -> None:
+    """``connections`` :class:`bench.mqtt_raw.RawPublisher` connections, one fleet sensor's
+    topic each, in this process: what is due is queued every ``write_interval_s`` and the
+    sockets are pumped in between (PUBACKs counted by reason code)."""
+    from bench.mqtt_raw import RawPublisher, pump_all
+
+    share = cfg.rate / cfg.processes
+    target = round(share * cfg.seconds)
+    sensors = generator_sensors(cfg.processes * cfg.connections)
+    lines = [TopicLines.for_sensor(sensors[index * cfg.connections + c], cfg.topic_root)
+             for c in range(cfg.connections)]
+    tag = uuid.uuid4().hex[:6]
+    errors: list[str] = []
+    pubs: list[RawPublisher] = []
+    try:
+        for c in range(cfg.connections):
+            pubs.append(RawPublisher(cfg.mqtt_host, cfg.mqtt_port, cfg.mqtt_username,
+                                     cfg.mqtt_password, f"bench-gen-{tag}-{index}-{c}",
+                                     inflight=cfg.inflight))
+    except (OSError, ConnectionError) as exc:
+        for pub in pubs:
+            pub.close()
+        out_q.put(WorkerResult(index, target, 0, 0, 0, 0.0, cfg.seconds,
+                               [f"MQTT connect to {cfg.mqtt_host}:{cfg.mqtt_port}: {exc}"]))
+        return
+    headers = [RawPublisher.topic_header(topic_lines.topic) for topic_lines in lines]
+    # TopicLines' template ends in a newline (mosquitto_pub -l input); a payload does not.
+    templates = [topic_lines.template[:-1] for topic_lines in lines]
+    cpu0, t0 = _wait_for_start(start_at)
+    seq = 0
+    prefix = f"{cfg.id_prefix}{index}-"
+    conns = len(pubs)
+    next_write = time.monotonic()
+    while seq < target:
+        now = time.monotonic()
+        if now >= next_write:
+            due = due_count(share, now - t0, target)
+            if due > seq:
+                now_ms = int(time.time() * 1000)
+                for c in range(conns):
+                    template = templates[c]
+                    pubs[c].publish(headers[c], [
+                        (template % (f"{prefix}{s}", now_ms)).encode()
+                        for s in range(seq + (c - seq) % conns, due, conns)])
+                seq = due
+                live[index] = seq
+            next_write = now + cfg.write_interval_s
+        if now - t0 > cfg.give_up_after:
+            errors.append("generator gave up: could not send what was due")
+            break
+        # Pump once per write interval, not per PUBACK: acks pile up in the socket and are
+        # read many per recv() (waking on each one cost ~15 us per message).
+        for pub in pubs:
+            pub.pump()
+        time.sleep(max(0.0, next_write - time.monotonic()))
+    wall = time.monotonic() - t0
+    cpu = _cpu_s() - cpu0
+    deadline = time.monotonic() + 60
+    while any(p.waiting and p.error is None for p in pubs) and time.monotonic() < deadline:
+        pump_all(pubs, 0.05)
+    acked = failed = 0
+    for c, pub in enumerate(pubs):
+        if pub.error is None and pub.waiting:
+            errors.append(f"connection {c}: {pub.waiting} PUBACKs still missing after 60 s")
+        elif pub.error is not None:
+            errors.append(f"connection {c}: {pub.error}"[:200])
+        acked += pub.acked
+        failed += pub.failed
+        pub.close()
+    out_q.put(WorkerResult(index, target, seq, acked, seq - acked, cpu, wall, errors[:5]))
+
+
 def _rest_worker(cfg: GeneratorConfig, index: int, start_at: float, live: Any,
                  out_q: Any) -> None:
     import requests
@@ -522,6 +598,8 @@ def run_load(cfg: GeneratorConfig, on_tick: Any = None) -> tuple[StepLoad, list[
     out_q = ctx.Queue()
     if cfg.path == "rest":
         target_fn = _rest_worker
+    elif resolve_mqtt_client(cfg.mqtt_client) == "raw":
+        target_fn = _raw_mqtt_worker
     elif resolve_mqtt_client(cfg.mqtt_client) == "mosquitto_pub":
         target_fn = _mosquitto_pub_worker
     else:

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from bench import loadgen
 from bench.loadgen import (
     FLEET_SENSORS,
     SENSOR_KINDS,
@@ -92,12 +91,10 @@ def test_mosquitto_pub_argv() -> None:
         "-q": "1", "-M": "1000", "--id": "bench-gen-1", "-t": "telemetry/s/a/T"}
 
 
-def test_resolve_mqtt_client(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loadgen.shutil, "which", lambda name: "/usr/bin/" + name)
-    assert resolve_mqtt_client("auto") == "mosquitto_pub"
-    monkeypatch.setattr(loadgen.shutil, "which", lambda name: None)
-    assert resolve_mqtt_client("auto") == "paho"
+def test_resolve_mqtt_client() -> None:
+    assert resolve_mqtt_client("auto") == "raw"
     assert resolve_mqtt_client("mosquitto_pub") == "mosquitto_pub"
+    assert resolve_mqtt_client("paho") == "paho"
     with pytest.raises(ValueError):
         resolve_mqtt_client("hivemq")
 
@@ -108,3 +105,20 @@ def test_summarise_workers_counts_children_cpu_but_not_for_saturation() -> None:
     load = summarise_workers(20, 10, results)
     assert load.generator_cpu_s == 63.0
     assert load.generator_max_cpu_util == 0.2 and not load.generator_saturated
+
+
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152,
+                               268_435_455])
+def test_remaining_length_round_trips(n: int) -> None:
+    from bench.mqtt_raw import _decode_varint, encode_remaining_length
+
+    encoded = encode_remaining_length(n)
+    assert len(encoded) == 1 + (n >= 128) + (n >= 16_384) + (n >= 2_097_152)
+    assert _decode_varint(b"\x30" + encoded, 1) == (n, 1 + len(encoded))
+
+
+def test_remaining_length_out_of_range() -> None:
+    from bench.mqtt_raw import encode_remaining_length
+
+    with pytest.raises(ValueError):
+        encode_remaining_length(268_435_456)
