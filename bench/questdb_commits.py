@@ -45,6 +45,8 @@ VARIANTS = {
     "no-index": lambda ddl: ddl.replace(" CACHE INDEX,", " CACHE,"),
     "no-asset-index": lambda ddl: ddl.replace("CAPACITY 65536 CACHE INDEX,",
                                               "CAPACITY 65536 CACHE,"),
+    "no-site-index": lambda ddl: ddl.replace("CAPACITY 1024 CACHE INDEX,",
+                                             "CAPACITY 1024 CACHE,"),
     "no-dedup": lambda ddl: ddl.replace("DEDUP UPSERT KEYS(timestamp, event_id)", ""),
 }
 

@@ -14,7 +14,7 @@ import logging
 
 import requests
 
-from io_connectors.questdb_schema import DDL_STATEMENTS
+from io_connectors.questdb_schema import DDL_STATEMENTS, MIGRATIONS
 from runners.settings import Settings
 from runners.stack.spec import ServiceSpec, StackPaths
 
@@ -45,8 +45,8 @@ def exec_sql(base_url: str, sql: str, timeout_s: float = 30.0) -> dict[str, obje
 
 
 def run_ddl(base_url: str) -> None:
-    """Create the pipeline's tables if missing (every statement is idempotent)."""
-    for statement in DDL_STATEMENTS:
+    """Create the pipeline's tables if missing and migrate older ones (all idempotent)."""
+    for statement in (*DDL_STATEMENTS, *MIGRATIONS):
         exec_sql(base_url, statement)
 
 

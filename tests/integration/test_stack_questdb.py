@@ -21,6 +21,7 @@ from questdb import Sender, TimestampNanos
 from io_connectors.questdb_schema import (
     ALARMS,
     DDL_STATEMENTS,
+    MIGRATIONS,
     SENSOR_READING_COLUMNS,
     SENSOR_READINGS,
 )
@@ -94,12 +95,73 @@ def test_dedup_keys_and_indexes_of_sensor_readings() -> None:
     assert list(cols) == list(SENSOR_READING_COLUMNS)
     assert {c for c, r in cols.items() if r["upsertKey"]} == {"timestamp", "event_id"}
     assert cols["event_id"]["type"] == "VARCHAR"
-    assert cols["asset_id"]["indexed"] and cols["site_id"]["indexed"]
+    assert {c for c, r in cols.items() if r["indexed"]} == {"asset_id"}
+
+
+def test_migrations_drop_the_site_index_of_an_older_table_and_keep_its_rows() -> None:
+    """A sensor_readings table made by an earlier version (site_id indexed) is brought to
+    today's DDL by the migrations every `up` runs; its rows stay, and running them again
+    changes nothing."""
+    old_ddl = DDL_STATEMENTS[0].replace("site_id SYMBOL CAPACITY 1024 CACHE,",
+                                        "site_id SYMBOL CAPACITY 1024 CACHE INDEX,")
+    assert old_ddl != DDL_STATEMENTS[0]
+    table = f"migrate_{uuid.uuid4().hex[:8]}"
+    migrations = [m.replace(f"TABLE {SENSOR_READINGS} ", f"TABLE {table} ") for m in MIGRATIONS]
+    assert all(f"TABLE {table} " in m for m in migrations)
+    _exec(old_ddl.replace(f"EXISTS {SENSOR_READINGS} ", f"EXISTS {table} "))
+    try:
+        _exec(f"INSERT INTO {table} (timestamp, event_id, site_id, asset_id, sensor_id) "
+              "VALUES (now(), 'e1', 's1', 'a1', 'x1')")
+
+        def indexed() -> set[str]:
+            return {r["column"] for r in _rows(f"SELECT \"column\", indexed FROM "
+                                               f"table_columns('{table}')") if r["indexed"]}
+
+        assert indexed() == {"site_id", "asset_id"}
+        for _ in range(2):
+            for statement in migrations:
+                _exec(statement)
+            assert _poll(lambda: indexed() == {"asset_id"}, 30), indexed()
+        assert _poll(lambda: _exec(f"SELECT count() FROM {table}")["dataset"][0][0] == 1, 30)
+    finally:
+        _exec(f"DROP TABLE IF EXISTS {table}")
+
+
+# Properties of tables() that DDL sets (not the statistics QuestDB also reports there).
+_TABLE_PROPERTIES = frozenset({"designatedTimestamp", "partitionBy", "walEnabled", "dedup",
+                               "ttlValue", "ttlUnit", "directoryName"})
+
+
+def _wal_applied(timeout_s: float = 30.0) -> None:
+    """Wait until both tables have applied every WAL transaction committed so far."""
+    def pending() -> list[dict[str, Any]]:
+        return [r for r in _rows("SELECT name, writerTxn, sequencerTxn FROM wal_tables()")
+                if r["name"] in (SENSOR_READINGS, ALARMS) and r["writerTxn"] < r["sequencerTxn"]]
+
+    assert _poll(lambda: not pending(), timeout_s), f"WAL not applied: {pending()}"
 
 
 def test_ddl_is_idempotent() -> None:
-    for statement in DDL_STATEMENTS:
+    """Re-running the DDL (every `up` does) changes no column, key or partitioning and
+    keeps every row: it must never drop or recreate a table."""
+    def snapshot() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for table in (SENSOR_READINGS, ALARMS):
+            out[f"{table} columns"] = _rows(f"SHOW COLUMNS FROM {table}")
+            out[f"{table} table"] = [
+                {k: v for k, v in row.items() if k in _TABLE_PROPERTIES}
+                for row in _rows(f"SELECT * FROM tables() WHERE table_name = '{table}'")]
+            out[f"{table} rows"] = _exec(f"SELECT count() FROM {table}")["dataset"][0][0]
+        return out
+
+    _wal_applied()
+    before = snapshot()
+    assert all(before[f"{t} table"] and "partitionBy" in before[f"{t} table"][0]
+               for t in (SENSOR_READINGS, ALARMS)), before
+    for statement in (*DDL_STATEMENTS, *MIGRATIONS):
         _exec(statement)
+    _wal_applied()
+    assert snapshot() == before
 
 
 def test_ilp_http_write_then_pg_read_and_dedup() -> None:
