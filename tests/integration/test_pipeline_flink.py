@@ -234,6 +234,34 @@ def _dlq_summary(letters: list[dict[str, Any]]) -> Counter[tuple[str, str | None
     return out
 
 
+def _wait_for_dropped(job: FlinkJob, expected: int, context: str = "") -> None:
+    """Wait until the job's dedup stage has dropped exactly ``expected`` copies.
+
+    Beam counters reach Flink REST when bundles finish, so this polls. Every copy the
+    test sent is then accounted for as dropped: none can still be on its way to an
+    output, which is what lets the callers assert exact outputs without sleeping.
+    """
+    def dropped() -> float | None:
+        return flink_metrics(job, ["duplicates_dropped"]).get("duplicates_dropped")
+
+    if wait_for_quietly(lambda: dropped() == float(expected), 60, 1.0) is not True:
+        pytest.fail(f"dedup dropped {dropped()} copies, expected {expected} {context}".strip())
+
+
+def _validated_ids(s: Scenario, expected: set[str]) -> Counter[str]:
+    """Event ids on the job's validated topic, once every one of ``expected`` is there.
+
+    The topic and QuestDB are written by parallel branches: QuestDB having a row does
+    not mean the topic has its record yet. Extra copies are not waited for (see
+    :func:`_wait_for_dropped`); the caller compares the returned counts exactly.
+    """
+    def ids() -> Counter[str] | None:
+        got = Counter(r["event_id"] for r in s.decoded(s.validated, SENSOR_READING))
+        return got if set(got) >= expected else None
+
+    return wait_for(f"{len(expected)} event ids on {s.validated}", ids, 60, 1.0)
+
+
 def test_pipeline_routes_every_kind_of_input(scenario: Scenario,
                                              flink_job: Callable[..., FlinkJob]) -> None:
     s = scenario
@@ -308,8 +336,9 @@ def test_pipeline_routes_every_kind_of_input(scenario: Scenario,
     wait_for("the replayed reading of the new asset in QuestDB",
              lambda: late_id in s.reading_counts(), 60)
 
-    # Exactly once each in QuestDB, enriched; nothing else of this site.
-    time.sleep(3)   # a late duplicate would have arrived by now (WAL apply is async)
+    # Exactly once each in QuestDB, enriched; nothing else of this site. No waiting for
+    # absence: the dedup stage has dropped all 5 copies (its counter), so none is on its way.
+    _wait_for_dropped(job, 5)
     counts = s.reading_counts()
     assert counts == Counter(valid_ids | {late_id}), counts
     rows = s.reading_rows()
@@ -319,8 +348,9 @@ def test_pipeline_routes_every_kind_of_input(scenario: Scenario,
 
     assert s.alarm_rows() == expected_alarms
 
-    validated = s.decoded(s.validated, SENSOR_READING)
-    assert Counter(r["event_id"] for r in validated) == Counter(valid_ids | {late_id})
+    # The pipeline's own dedup, where QuestDB's DEDUP keys cannot hide a copy: the topic.
+    validated = _validated_ids(s, valid_ids | {late_id})
+    assert validated == Counter(valid_ids | {late_id})
     alarm_records = s.decoded(s.alarms, "alarm")
     assert sorted((a["alarm_id"], a["state"], a["severity"], a["event_id"], a["value"])
                   for a in alarm_records) == sorted(expected_alarms)
@@ -355,7 +385,6 @@ def test_pipeline_routes_every_kind_of_input(scenario: Scenario,
 
     if not wait_for_quietly(counters_match, 30):
         names = flink_metric_names(job)
-        Path("/tmp/h3/names.txt").write_text("\n".join(names))
         pytest.fail(f"Beam counters via Flink REST: want {wanted}, got "
                     f"{flink_metrics(job, list(wanted))}; metrics seen: {names}")
     assert job.state() == "RUNNING"
@@ -413,7 +442,9 @@ def test_pipeline_resumes_from_its_checkpoint(scenario: Scenario,
     wait_for("every reading in QuestDB after the restore",
              lambda: set(s.reading_counts()) >= all_ids, OUTPUT_WAIT_S)
     wait_for("the CLEARED transition", lambda: len(s.alarm_rows()) >= 3, 60)
-    time.sleep(3)   # anything doubled or extra would have shown up by now
+    # The restored dedup state dropped all 4 copies sent while the job was down (its
+    # counter): none of them is still on its way to an output.
+    _wait_for_dropped(second, 4, f"restored from {checkpoint}")
 
     assert s.reading_counts() == Counter(all_ids)
     alarm_id = f"{s.asset}:temp-ep:{episode[1]['timestamp']}"
@@ -424,10 +455,7 @@ def test_pipeline_resumes_from_its_checkpoint(scenario: Scenario,
     ], f"restored from {checkpoint}"
     # The topic proves dedup state survived: a duplicate passed by a fresh state would
     # be written again there (QuestDB's DEDUP keys would hide it in the table).
-    validated = Counter(r["event_id"] for r in s.decoded(s.validated, SENSOR_READING))
-    assert validated == Counter(all_ids), f"restored from {checkpoint}"
-    assert wait_for_quietly(lambda: flink_metrics(second, ["duplicates_dropped"]).get(
-        "duplicates_dropped") == 4.0, 30), flink_metrics(second, ["duplicates_dropped"])
+    assert _validated_ids(s, all_ids) == Counter(all_ids), f"restored from {checkpoint}"
     # The dedup timers (restored with the state) fire once the watermark passes the
     # window: state stays bounded. Phase-1 keys expire about 60 s after they were produced.
     assert wait_for_quietly(lambda: flink_metrics(second, ["dedup_state_expired"]).get(
@@ -455,7 +483,7 @@ def test_batch_records_and_single_records_share_the_topic(
     s.send(s.encode_batch([]), partition=0)         # an empty batch: nothing, no dead letter
     s.flush()
 
-    flink_job(s.job_args())
+    job = flink_job(s.job_args())
     valid_ids = {e["event_id"] for e in episode + plain}
     alarm_id = f"{s.asset}:temp-batch:{episode[1]['timestamp']}"
     expected_alarms = [
@@ -466,11 +494,10 @@ def test_batch_records_and_single_records_share_the_topic(
     wait_for("the batch readings in QuestDB",
              lambda: set(s.reading_counts()) >= valid_ids, OUTPUT_WAIT_S)
     wait_for("3 alarm transitions in QuestDB", lambda: len(s.alarm_rows()) >= 3, 60)
-    time.sleep(3)   # a late copy would have arrived by now (WAL apply is async)
+    _wait_for_dropped(job, 2)   # both copies dropped by dedup: none still on its way
     assert s.reading_counts() == Counter(valid_ids)
     assert s.alarm_rows() == expected_alarms
-    validated = s.decoded(s.validated, SENSOR_READING)
-    assert Counter(r["event_id"] for r in validated) == Counter(valid_ids)
+    assert _validated_ids(s, valid_ids) == Counter(valid_ids)
     letters = s.decoded(s.dlq, DEAD_LETTER)
     assert [(d["stage"], d["event_id"], d["original_format"], d["partition"], d["offset"])
             for d in letters] == [("validate", s.eid("b-nan"), "json", 1, 0)], letters

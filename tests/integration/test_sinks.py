@@ -61,20 +61,33 @@ def _readings(site: str, n: int, start_ms: int = 1_790_000_000_000) -> list[dict
             for i in range(n)]
 
 
-def _count(site: str, expected: int, timeout_s: float = 30.0) -> int:
-    """Rows of ``site``; polls because WAL tables apply writes asynchronously."""
+def _wal_applied(table: str = "sensor_readings", timeout_s: float = 30.0) -> None:
+    """Wait until QuestDB has applied every WAL transaction committed so far to ``table``.
+
+    Writes acknowledged by QuestDB are committed to the WAL but applied to the table
+    asynchronously; once the table's ``writerTxn`` reaches the ``sequencerTxn`` seen
+    now, a count includes every row written before this call (no sleeping for absence).
+    """
+    def txns() -> tuple[int, int]:
+        rows = _exec("SELECT writerTxn, sequencerTxn FROM wal_tables() "
+                     f"WHERE name = '{table}'")["dataset"]
+        assert rows, f"table {table} is not a WAL table"
+        return int(rows[0][0]), int(rows[0][1])
+
+    target = txns()[1]
     deadline = time.monotonic() + timeout_s
-    count = -1
-    while time.monotonic() < deadline:
-        count = _exec(f"SELECT count() FROM sensor_readings WHERE site_id = '{site}'")[
-            "dataset"][0][0]
-        if count >= expected:
-            # Wait a little longer: a duplicate would show up as a count above expected.
-            time.sleep(1.0)
-            return _exec(f"SELECT count() FROM sensor_readings WHERE site_id = '{site}'")[
-                "dataset"][0][0]
-        time.sleep(0.3)
-    return count
+    while txns()[0] < target:
+        if time.monotonic() > deadline:
+            pytest.fail(f"QuestDB did not apply {table}'s WAL up to txn {target} within "
+                        f"{timeout_s:.0f} s (at {txns()[0]})")
+        time.sleep(0.2)
+
+
+def _count(site: str) -> int:
+    """Rows of ``site`` once every write made so far is applied (see :func:`_wal_applied`)."""
+    _wal_applied()
+    return _exec(f"SELECT count() FROM sensor_readings WHERE site_id = '{site}'")[
+        "dataset"][0][0]
 
 
 def _site() -> str:
@@ -93,7 +106,7 @@ def test_rows_land_exactly_once_when_flushed_twice() -> None:
     writer = QuestDBWriter(conf)
     assert writer.write([reading_row(r) for r in readings[:10]]) == []
     writer.close()
-    assert _count(site, 50) == 50
+    assert _count(site) == 50
     row = _exec(f"SELECT event_id, value, unit, ingested_at FROM sensor_readings "
                 f"WHERE site_id = '{site}' AND event_id = '{site}-e3'")["dataset"]
     assert row[0][:3] == [f"{site}-e3", 23.0, "C"]
@@ -123,7 +136,7 @@ def test_permanent_rejections_go_to_dead_letters(batched: bool) -> None:
         dead = p | beam.Create(elements) | WriteToQuestDB("sensor_readings", conf,
                                                           batch_rows=100)
         assert_that(dead, check)
-    assert _count(site, 17) == 17
+    assert _count(site) == 17
 
 
 class _LateProxy:
@@ -191,7 +204,7 @@ def test_questdb_down_then_up_gets_every_row() -> None:
             assert_that(dead, equal_to([]))
         waited = time.monotonic() - started
     assert waited >= 2.5, "the sink should have had to wait for QuestDB"
-    assert _count(site, 30) == 30
+    assert _count(site) == 30
 
 
 def test_questdb_down_past_deadline_fails_the_bundle() -> None:

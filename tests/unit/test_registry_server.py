@@ -12,8 +12,9 @@ import fastavro
 import pytest
 from flask.testing import FlaskClient
 
-from io_connectors.registry_store import RegistryState
-from runners.registry_server import SchemaRegistry, create_app
+from schema_registry.app import create_app
+from schema_registry.service import SchemaRegistry
+from schema_registry.store import RegistryState
 
 SUBJECT = "ns-test-value"
 
@@ -39,9 +40,11 @@ class _MemoryStore:
 
     def __init__(self) -> None:
         self.state = RegistryState()
+        self.records: list[tuple[bytes, bytes | None]] = []   # the topic, in order
 
     def append(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
         for key, value in records:
+            self.records.append((key, value))
             self.state.apply(key, value)
 
 
@@ -118,3 +121,66 @@ def test_valid_names_and_zero_size_fixed_are_accepted(client: FlaskClient) -> No
         {"name": "_f1", "type": {"type": "fixed", "name": "Empty", "size": 0}},
         {"name": "u", "type": ["null", "int", {"type": "array", "items": "int"}]}])
     assert _register(client, schema).status_code == 200
+
+
+# --- Confluent's REST conformance: deletes, version numbers, encoded subjects ------------
+
+def _v(n: int) -> dict:
+    fields = [{"name": "a", "type": "int"}] + [
+        {"name": f"f{i}", "type": "int", "default": 0} for i in range(n - 1)]
+    return {"type": "record", "name": "R", "fields": fields}
+
+
+def _reg(client: FlaskClient, subject: str, schema: dict) -> Any:
+    return client.post(f"/subjects/{subject}/versions", json={"schema": json.dumps(schema)})
+
+
+def test_subject_with_a_slash_travels_as_percent_2f(client: FlaskClient) -> None:
+    assert _reg(client, "org%2Fthing-value", _v(1)).status_code == 200
+    assert client.get("/subjects").get_json() == ["org/thing-value"]
+    assert client.get("/subjects/org%2Fthing-value/versions").get_json() == [1]
+    assert client.get("/subjects/org%2Fthing-value/versions/latest").get_json()[
+        "subject"] == "org/thing-value"
+    assert client.delete("/subjects/org%2Fthing-value").get_json() == [1]
+
+
+def test_delete_codes_follow_confluent() -> None:
+    store = _MemoryStore()
+    client = create_app(SchemaRegistry(store, "BACKWARD")).test_client()  # type: ignore[arg-type]
+    ids = [_reg(client, "s", _v(n)).get_json()["id"] for n in (1, 2)]
+    code = lambda resp: resp.get_json()["error_code"]  # noqa: E731
+    assert code(client.delete("/subjects/s/versions/1?permanent=true")) == 40407
+    assert code(client.delete("/subjects/s?permanent=true")) == 40405
+    assert client.delete("/subjects/s/versions/1").get_json() == 1
+    assert code(client.delete("/subjects/s/versions/1")) == 40406
+    assert code(client.get("/subjects/s/versions/1")) == 40402
+    assert client.get("/subjects/s/versions/1?deleted=true").get_json()["id"] == ids[0]
+    assert client.delete("/subjects/s").get_json() == [2]
+    assert code(client.delete("/subjects/s")) == 40404
+    assert client.delete("/subjects/s?permanent=true").get_json() == [1, 2]
+    assert code(client.delete("/subjects/s")) == 40401
+    for bad in ("0", "-2", "x", str(2**31)):
+        assert code(client.get(f"/subjects/s/versions/{bad}")) == 42202, bad
+    # A hard delete is a record, not a tombstone: replayed (or compacted), the ids stay
+    # resolvable and are never handed out again.
+    replayed = _MemoryStore()
+    for key, value in store.records:   # the same apply() a Kafka replay uses
+        replayed.state.apply(key, value)
+    assert replayed.state.subjects == {}
+    assert set(replayed.state.schemas) == set(ids)
+    assert replayed.state.next_id == max(ids) + 1
+
+
+def test_compatibility_against_a_missing_version_is_40402(client: FlaskClient) -> None:
+    body = {"schema": json.dumps(_v(2))}
+    assert client.post("/compatibility/subjects/new/versions/latest",
+                       json=body).get_json() == {"is_compatible": True}
+    assert client.post("/compatibility/subjects/new/versions/3",
+                       json=body).get_json()["error_code"] == 40402
+    _reg(client, "new", _v(1))
+    assert client.post("/compatibility/subjects/new/versions/3",
+                       json=body).get_json()["error_code"] == 40402
+    assert client.post("/compatibility/subjects/new/versions/0",
+                       json=body).get_json()["error_code"] == 42202
+    assert client.post("/compatibility/subjects/new/versions/1",
+                       json=body).get_json() == {"is_compatible": True}

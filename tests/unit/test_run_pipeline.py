@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
+from apache_beam.options.pipeline_options import StandardOptions
 
 from runners.pipeline_options import TelemetryOptions
-from runners.run_pipeline import JOB_NAME, build_sinks, make_options
+from runners.run_pipeline import build_sinks, make_options
 from runners.settings import load_settings
 
 SETTINGS = load_settings(environ={})
 
 
-def test_flink_is_the_default_with_local_job_server_and_worker_pool() -> None:
-    options = make_options([], SETTINGS)
-    assert options.view_as(StandardOptions).runner == "FlinkRunner"
-    assert options.view_as(StandardOptions).streaming
-    portable = options.view_as(PortableOptions)
-    assert portable.job_endpoint == "localhost:8099"
-    # EXTERNAL: no Docker container and no download for the Python SDK harness.
-    assert portable.environment_type == "EXTERNAL"
-    assert portable.environment_config == "localhost:50000"
-    assert options.get_all_options()["job_name"] == JOB_NAME
-    # Kafka is read by KafkaIO through the local expansion service (no Docker).
-    assert options.view_as(TelemetryOptions).kafka_expansion_service == "localhost:8097"
-    # Passed through to the Java runner (FlinkPipelineOptions), see flink_defaults.
-    unknown = options.get_all_options(retain_unknown_options=True)
-    assert unknown["finish_bundle_before_checkpointing"] in (True, "true")
-    assert int(unknown["sdk_worker_parallelism"]) == SETTINGS.get("flink",
-                                                                  "sdk_worker_parallelism", int)
-
-
 def test_settings_fill_telemetry_options_and_argv_wins() -> None:
+    # Settings given on the command line win over config/local.toml; the rest come from it.
     options = make_options(["--runner=DirectRunner", "--raw_topic=other_raw"], SETTINGS)
     assert options.view_as(StandardOptions).runner == "DirectRunner"
     opts = options.view_as(TelemetryOptions)
-    assert opts.raw_topic == "other_raw"
-    assert opts.validated_topic == "validated_telemetry"
-    assert opts.bootstrap_servers == "127.0.0.1:9092"
-    assert opts.dedup_window_seconds == 60.0
-    assert opts.assets_file.endswith("config/assets.json")
+    assert opts.raw_topic == "other_raw" != SETTINGS.get("kafka", "topic_raw")
+    assert opts.validated_topic == SETTINGS.get("kafka", "topic_validated")
+    assert opts.bootstrap_servers == SETTINGS.get("kafka", "bootstrap_servers")
     assert opts.kafka_expansion_service is None  # the Python reader off Flink
 
 

@@ -5,7 +5,10 @@ Every change is one record in the topic (default ``_schemas``, one partition,
 
 - a schema version: key ``{"keytype": "SCHEMA", "subject": s, "version": v}``,
   value ``{"subject", "version", "id", "schema", "deleted"}``; a soft delete
-  re-writes the same key with ``"deleted": true``;
+  re-writes the same key with ``"deleted": true``, a hard delete with
+  ``"permanent": true`` as well (not a tombstone: the record keeps the schema
+  id known after compaction, so ids are never handed out twice and readers of
+  old data still resolve it);
 - a compatibility setting: key ``{"keytype": "CONFIG", "subject": s or null}``,
   value ``{"compatibilityLevel": level}`` (a ``null`` value deletes it).
 
@@ -56,11 +59,13 @@ class SubjectVersion:
 
 
 def schema_record(subject: str, version: int, schema_id: int, schema: str,
-                  deleted: bool = False) -> tuple[bytes, bytes]:
-    """Key and value bytes of a schema-version record."""
+                  deleted: bool = False, permanent: bool = False) -> tuple[bytes, bytes]:
+    """Key and value bytes of a schema-version record (``permanent``: hard-deleted)."""
     key = {"keytype": "SCHEMA", "subject": subject, "version": version}
-    value = {"subject": subject, "version": version, "id": schema_id, "schema": schema,
-             "deleted": deleted}
+    value: dict[str, Any] = {"subject": subject, "version": version, "id": schema_id,
+                             "schema": schema, "deleted": deleted or permanent}
+    if permanent:
+        value["permanent"] = True
     return _dump(key), _dump(value)
 
 
@@ -105,20 +110,29 @@ class RegistryState:
         if keytype != "SCHEMA":
             _LOGGER.warning("skipping registry record of unknown keytype %r", keytype)
             return
-        if value is None:  # tombstone: hard delete of one version
+        if value is None:  # a tombstone (compaction tooling): the version is gone
             self.subjects.get(k["subject"], {}).pop(int(k["version"]), None)
             return
         v = json.loads(value)
         schema_id = int(v["id"])
         self.schemas[schema_id] = v["schema"]
         self.ids_by_schema.setdefault(v["schema"], schema_id)
+        if v.get("permanent"):
+            versions = self.subjects.get(v["subject"], {})
+            versions.pop(int(v["version"]), None)
+            if not versions:
+                self.subjects.pop(v["subject"], None)
+            return
         self.subjects.setdefault(v["subject"], {})[int(v["version"])] = SubjectVersion(
             v["subject"], int(v["version"]), schema_id, bool(v.get("deleted", False)))
 
     def live_versions(self, subject: str) -> list[SubjectVersion]:
         """Versions of a subject that are not soft-deleted, oldest first."""
-        return sorted((sv for sv in self.subjects.get(subject, {}).values() if not sv.deleted),
-                      key=lambda sv: sv.version)
+        return [sv for sv in self.all_versions(subject) if not sv.deleted]
+
+    def all_versions(self, subject: str) -> list[SubjectVersion]:
+        """Versions of a subject, soft-deleted ones included (not hard-deleted), oldest first."""
+        return sorted(self.subjects.get(subject, {}).values(), key=lambda sv: sv.version)
 
 
 class KafkaRegistryStore:
