@@ -146,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
                              "per event); default: as the edge writes")
     parser.add_argument("--out", type=Path, default=None,
                         help="result file (default bench/results/drain-<UTC time>.json)")
+    parser.add_argument("--profile", choices=("single", "cluster"), default=None,
+                        help="topology of the running stack (default: what its `up` recorded)")
     args = parser.parse_args(argv)
+    from runners.stack.cluster import apply_topology
+    topology = apply_topology(args.profile, run_dir=load_settings().path("stack", "run_dir"))
     settings = load_settings()
     load_before = os.getloadavg()
     result = drain(settings, args.n, uuid.uuid4().hex[:6], batch_events=args.batch_events)
-    result["context"] = _context(settings, load_before)
+    result["context"] = _context(settings, load_before) | {"topology": topology}
     out = args.out or RESULTS / f"drain-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print({k: v for k, v in result.items() if k not in ("samples", "flink_vertices")})

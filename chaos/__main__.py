@@ -4,6 +4,9 @@
     python -m chaos --scenarios bridge-sigkill,kafka-restart --bad-cases 0
     python -m chaos --scenarios none --entries mqtt --bad-cases 10000
     python -m chaos --keep-stack             leave the chaos stack running afterwards
+    python -m chaos --profile cluster        the same on the cluster topology (Flink session
+                                             cluster, 3 Kafka brokers), plus taskmanager-sigkill
+                                             and kafka-broker-sigkill
 
 Runs on its own stack (the chaos profile of :mod:`runners.profiles`: ``.run-chaos``
 and ports shifted into 1xxxx), brought up with ``dcmms-telemetry up
@@ -66,15 +69,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "rest-headers, query, raw-kafka) or 'all' (default)")
     parser.add_argument("--keep-stack", action="store_true", help="do not stop the chaos stack")
     parser.add_argument("--no-up", action="store_true", help="use the chaos stack as it runs")
+    parser.add_argument("--profile", choices=("single", "cluster"), default="single",
+                        help="stack topology: 'cluster' = Flink session cluster (2 TaskManagers) "
+                             "and 3 Kafka brokers, with the cluster drills (docs/scaling.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     profile = apply_profile("chaos")
     _say("chaos profile: " + " ".join(f"{k}={v}" for k, v in profile.items()))
+    from runners.stack.cluster import apply_topology
+    topology = apply_topology(args.profile)
+    _say(f"topology: {topology}")
 
     from chaos.badinput import run_bad_input, select_entries
-    from chaos.scenarios import SCENARIOS, ChaosContext, run_scenario
+    from chaos.scenarios import CLUSTER_SCENARIOS, SCENARIOS, ChaosContext, run_scenario
     from chaos.traffic import Asset
     from chaos.verify import QuestDBReader, results_table
     from runners.settings import load_settings
@@ -85,11 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack_modules,
     )
 
-    names = (list(SCENARIOS) if args.scenarios == "all"
+    names = ([n for n in SCENARIOS if topology == "cluster" or n not in CLUSTER_SCENARIOS]
+             if args.scenarios == "all"
              else [] if args.scenarios == "none" else args.scenarios.split(","))
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+    if topology != "cluster" and set(names) & set(CLUSTER_SCENARIOS):
+        parser.error(f"{', '.join(sorted(set(names) & set(CLUSTER_SCENARIOS)))} need "
+                     "--profile cluster")
     try:
         entries = select_entries(args.entries)
     except ValueError as exc:
@@ -99,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = paths_from_settings(settings)
     if not args.no_up:
         _say("bringing up the chaos stack (dcmms-telemetry up --with-pipeline)")
-        if _cli("up", "--with-pipeline") != 0:
+        if _cli("up", "--with-pipeline", "--profile", topology) != 0:
             _say("the chaos stack did not come up; see the messages above")
             _cli("down")
             return 1
@@ -144,8 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         load = os.getloadavg()
         header = (f"chaos run {time.strftime('%Y-%m-%d %H:%M:%S')}, load "
                   f"{args.mqtt_rate:.0f}/s MQTT + {args.rest_rate:.0f}/s REST, "
-                  f"outage {args.outage_s:.0f} s, load average {load[0]:.2f} {load[1]:.2f} "
-                  f"{load[2]:.2f}, {os.cpu_count()} cores")
+                  f"outage {args.outage_s:.0f} s, topology {topology}, "
+                  f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+                  f"{os.cpu_count()} cores")
         out.with_suffix(".md").write_text(f"{header}\n\n{table}\n\n{bad_report}\n")
         out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in results], indent=1))
         if not args.keep_stack:

@@ -33,7 +33,8 @@ from chaos.traffic import Asset, Traffic, make_event, post_until_accepted
 from chaos.verify import QuestDBReader, ScenarioResult, alarm_verdict, compare
 from runners.stack.supervisor import Supervisor
 
-__all__ = ["ChaosContext", "Scenario", "SCENARIOS", "run_scenario", "service_rss_mb"]
+__all__ = ["CLUSTER_SCENARIOS", "ChaosContext", "Scenario", "SCENARIOS", "run_scenario",
+           "service_rss_mb"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -176,6 +177,46 @@ def _start(service: str) -> Callable[[ChaosContext], str]:
     return recovery
 
 
+def _cluster_job_back(service: str) -> Callable[[ChaosContext], str]:
+    """The watcher's restart of ``service``, then the Flink job RUNNING on every TaskManager.
+
+    On the cluster topology (runners/stack/cluster.py) a lost TaskManager makes Flink
+    restart the job from its last checkpoint; it runs again once the restarted
+    TaskManager has registered and every task is RUNNING.
+    """
+    restart = _watcher_restart(service)
+
+    def recovery(ctx: ChaosContext) -> str:
+        import requests
+
+        from runners.settings import load_settings
+        from runners.stack import cluster
+
+        t0 = time.monotonic()
+        how = restart(ctx)
+        settings = load_settings()
+        url = f"http://127.0.0.1:{settings.get('flink', 'web_ui_port', int)}"
+        deadline = t0 + ctx.recovery_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                jobs = requests.get(f"{url}/jobs/overview", timeout=5).json()["jobs"]
+            except (requests.RequestException, ValueError, KeyError):
+                jobs = []
+            running = [j for j in jobs if j.get("state") == "RUNNING"
+                       and j["tasks"]["running"] == j["tasks"]["total"]]
+            if running and all(cluster.taskmanager_health(settings).values()) \
+                    and all(cluster.broker_health(settings).values()):
+                return (f"{how}; job RUNNING on all TaskManagers, every broker registered, "
+                        f"after {time.monotonic() - t0:.1f} s")
+            time.sleep(1.0)
+        raise RuntimeError(f"the Flink job did not run again on every TaskManager within "
+                           f"{ctx.recovery_timeout_s:.0f} s after {service} was restarted")
+    return recovery
+
+
+# Scenarios that need the cluster topology (python -m chaos --profile cluster).
+CLUSTER_SCENARIOS = ("taskmanager-sigkill", "kafka-broker-sigkill")
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("bridge-sigkill", _kill("bridge"), _watcher_restart("bridge"),
              "SIGKILL the MQTT bridge; the watcher restarts it"),
@@ -191,6 +232,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "Kafka down for the outage (REST must answer 503, the bridge holds acks)"),
     Scenario("mosquitto-restart", _outage("mosquitto"), _start("mosquitto"),
              "Mosquitto stopped (SIGTERM: it saves its sessions) and started again"),
+    Scenario("taskmanager-sigkill", _kill("flink-taskmanager-1"),
+             _cluster_job_back("flink-taskmanager-1"),
+             "cluster: SIGKILL one Flink TaskManager; the job restarts from its checkpoint, "
+             "the watcher restarts the TaskManager"),
+    Scenario("kafka-broker-sigkill", _kill("kafka-2"), _cluster_job_back("kafka-2"),
+             "cluster: SIGKILL one of three Kafka brokers; producers and the job go on "
+             "(replication 3, min.insync.replicas 2); the watcher restarts it"),
 )}
 
 _OUTAGE_SCENARIOS = {"questdb-restart", "kafka-restart", "mosquitto-restart"}

@@ -29,6 +29,7 @@ import requests
 
 from runners.run_pipeline import JOB_NAME, run
 from runners.settings import Settings, SettingsError, load_settings
+from runners.stack import cluster
 from runners.stack.flink import cancel_jobs, job_submission_args, running_jobs
 from runners.stack.supervisor import HEARTBEAT_ENV, paths_from_settings, write_heartbeat
 
@@ -114,7 +115,9 @@ class PipelineLauncher:
 
     def shutdown(self) -> int:
         try:
-            cancelled = cancel_jobs(self.rest_url, JOB_NAME)
+            # A session cluster (the cluster topology) outlives its jobs: wait for the job only.
+            cancelled = cancel_jobs(self.rest_url, JOB_NAME,
+                                    until_gone=not cluster.enabled(self.settings))
         except (RuntimeError, requests.RequestException) as exc:
             _LOGGER.error("could not cancel %s: %s", JOB_NAME, exc)
             return 1

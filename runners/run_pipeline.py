@@ -26,6 +26,7 @@ from io_connectors.schema_registry import RegistrySchemas
 from pipelines.telemetry import TelemetrySinks, build_telemetry_pipeline
 from runners.pipeline_options import TelemetryOptions, telemetry_defaults
 from runners.settings import Settings, SettingsError, load_settings
+from runners.stack import cluster
 from runners.stack.flink import expansion_address
 from schemas.avro import ALARM, DEAD_LETTER, SENSOR_READING
 from schemas.validation import load_sensor_rules
@@ -40,13 +41,20 @@ _LOGGER = logging.getLogger(__name__)
 
 def flink_defaults(settings: Settings) -> list[str]:
     """Beam flags for the local Flink job server (no Docker, no downloads)."""
+    parallelism = settings.get("flink", "parallelism", int)
+    sdk_workers = settings.get("flink", "sdk_worker_parallelism", int)
+    if cluster.enabled(settings):
+        # One SDK worker per slot of each TaskManager.
+        parallelism = cluster.total_slots(settings)
+        sdk_workers = cluster.slots_per_taskmanager(settings)
     return [
         "--runner=FlinkRunner",
         f"--job_endpoint=localhost:{settings.get('flink', 'job_port', int)}",
         "--environment_type=EXTERNAL",
         f"--environment_config=localhost:{settings.get('flink', 'worker_pool_port', int)}",
         "--streaming",
-        f"--parallelism={settings.get('flink', 'parallelism', int)}",
+        # On the cluster topology: every slot of every TaskManager (runners/stack/cluster.py).
+        f"--parallelism={parallelism}",
         f"--checkpointing_interval={settings.get('flink', 'checkpointing_interval_ms', int)}",
         f"--max_bundle_size={settings.get('flink', 'max_bundle_size', int)}",
         f"--max_bundle_time_mills={settings.get('flink', 'max_bundle_time_ms', int)}",
@@ -56,7 +64,7 @@ def flink_defaults(settings: Settings) -> list[str]:
         # batches into the alarm state machine) and the job restarted in a loop.
         "--finish_bundle_before_checkpointing",
         # Python SDK processes per task manager: one is one core at most (the GIL).
-        f"--sdk_worker_parallelism={settings.get('flink', 'sdk_worker_parallelism', int)}",
+        f"--sdk_worker_parallelism={sdk_workers}",
         f"--job_name={JOB_NAME}",
     ]
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from pipelines.state_layout import STATE_LAYOUT
 from runners.settings import REPO_ROOT, Settings
+from runners.stack import cluster, jvm_patches
 from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = [
@@ -89,6 +90,11 @@ _LOG_PROPS = [
 
 
 def _checkpoint_root(paths: StackPaths) -> Path:
+    # The cluster topology keeps its own (runners/stack/cluster.py): its checkpoints hold
+    # offsets of the three-broker Kafka's topics, which the single broker's are not. The
+    # CLI puts the topology in force into the environment of everything it starts.
+    if os.environ.get(cluster.TOPOLOGY_ENV) == "cluster":
+        return paths.data("flink") / "checkpoints-cluster"
     return paths.data("flink") / "checkpoints"
 
 
@@ -131,6 +137,10 @@ def write_flink_conf(conf_dir: Path, settings: Settings, paths: StackPaths, *,
         f"rest.address: {bind_host}",
         f"rest.bind-port: {port}",
         f"rest.port: {port}",
+        # The mini cluster's blob server (and any TaskManager data port) would otherwise
+        # listen on every interface.
+        f"jobmanager.bind-host: {bind_host}",
+        f"taskmanager.bind-host: {bind_host}",
         "state.backend.type: hashmap",
         f"state.checkpoints.dir: {(checkpoint_dir or _checkpoint_root(paths)).as_uri()}",
         f"state.savepoints.dir: {(data / 'savepoints').as_uri()}",
@@ -192,7 +202,7 @@ def job_submission_args(settings: Settings, paths: StackPaths, *, name: str = "p
 
 def expansion_address(settings: Settings) -> str:
     """``host:port`` of the kafka-expansion service, for ReadRawTelemetry(expansion_service=...)."""
-    return f"localhost:{settings.get('flink', 'expansion_port', int)}"
+    return f"{settings.get('stack', 'bind_host')}:{settings.get('flink', 'expansion_port', int)}"
 
 
 def running_jobs(rest_url: str, timeout_s: float = 5.0) -> list[dict[str, object]]:
@@ -204,7 +214,8 @@ def running_jobs(rest_url: str, timeout_s: float = 5.0) -> list[dict[str, object
     return list(resp.json().get("jobs", []))
 
 
-def cancel_jobs(rest_url: str, job_name: str, wait_s: float = 60.0) -> int:
+def cancel_jobs(rest_url: str, job_name: str, wait_s: float = 60.0,
+                until_gone: bool = True) -> int:
     """Cancel every unfinished Flink job named ``job_name``; return how many were cancelled.
 
     ``rest_url`` is the job's mini cluster (``http://host:web_ui_port``). Waits
@@ -212,7 +223,9 @@ def cancel_jobs(rest_url: str, job_name: str, wait_s: float = 60.0) -> int:
     a job submitted while the previous one's SDK environment is still being torn
     down was seen to stall without processing anything. Raises RuntimeError when
     the job does not stop in time. Retained checkpoints stay on disk
-    (RETAIN_ON_CANCELLATION) as restart points.
+    (RETAIN_ON_CANCELLATION) as restart points. With ``until_gone`` False (a session
+    cluster, runners/stack/cluster.py, which keeps answering) it waits until the jobs
+    are cancelled instead.
     """
     import requests
 
@@ -227,8 +240,11 @@ def cancel_jobs(rest_url: str, job_name: str, wait_s: float = 60.0) -> int:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            running_jobs(rest_url, timeout_s=2.0)
+            jobs = running_jobs(rest_url, timeout_s=2.0)
         except requests.ConnectionError:
+            return len(jids)
+        if not until_gone and all(str(job.get("state")) in ("CANCELED", "FINISHED", "FAILED")
+                                  for job in jobs if job.get("jid") in jids):
             return len(jids)
         if time.monotonic() > deadline:
             raise RuntimeError(f"Flink job {job_name!r} at {rest_url} did not stop "
@@ -269,11 +285,25 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         artifacts.mkdir(parents=True, exist_ok=True)
         _checkpoint_root(paths).mkdir(parents=True, exist_ok=True)
         write_flink_conf(conf_dir, settings, paths)
+        # Bind fix (runners/stack/jvm_patches.py): Beam's gRPC servers would listen on every
+        # interface.
+        jvm_patches.compile_patches(paths)
+        if on_cluster:
+            cluster.build_patch_jar(paths)
+
+    # The cluster topology (runners/stack/cluster.py): a JobManager and TaskManagers start
+    # first and the job server submits to the JobManager instead of a mini cluster.
+    on_cluster = cluster.enabled(settings)
+    master = cluster.jobmanager_address(settings) if on_cluster else "[local]"
+    cluster_specs = (cluster.flink_cluster_services(settings, paths, java_opens=JAVA_OPENS,
+                                                    log_props=_LOG_PROPS)
+                     if on_cluster else [])
 
     job_server = ServiceSpec(
         name="flink-jobserver",
         argv=["java", f"-Xmx{heap}", "-XX:+ExitOnOutOfMemoryError", *JAVA_OPENS, *_LOG_PROPS,
-              "-cp", f"{jars}/*", JOB_SERVER_MAIN,
+              "-cp", cluster.patched_classpath(paths) if on_cluster
+              else jvm_patches.classpath(paths), JOB_SERVER_MAIN,
               "--job-host", bind_host,
               "--job-port", str(job_port),
               "--artifact-port", str(artifact_port),
@@ -281,10 +311,11 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
               # environment; kafka-expansion below owns the expansion port instead.
               "--expansion-port", "0",
               "--artifacts-dir", str(artifacts),
-              "--flink-master", "[local]",
+              "--flink-master", master,
               "--flink-conf-dir", str(conf_dir)],
-        # The web UI port is bound by each job's mini cluster, not at start: check it too.
-        ports=(job_port, artifact_port, web_ui_port),
+        # The web UI port is bound by each job's mini cluster, not at start: check it too
+        # (on the cluster topology the JobManager holds it).
+        ports=(job_port, artifact_port) if on_cluster else (job_port, artifact_port, web_ui_port),
         healthy=lambda: _grpc_ready(f"{bind_host}:{job_port}"),
         start_timeout_s=60.0,
         stop_timeout_s=20.0,
@@ -298,10 +329,12 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     expansion = ServiceSpec(
         name="kafka-expansion",
         argv=["java", "-Xmx256m", "-XX:+ExitOnOutOfMemoryError", *JAVA_OPENS, *_LOG_PROPS,
-              "-cp", f"{jars}/*", EXPANSION_MAIN, str(expansion_port),
+              "-cp", jvm_patches.classpath(paths), jvm_patches.EXPANSION_MAIN,
+              bind_host, str(expansion_port),
               "--defaultEnvironmentType=EMBEDDED", "--experiments=use_deprecated_read"],
         ports=(expansion_port,),
-        healthy=lambda: _grpc_ready(f"localhost:{expansion_port}"),
+        healthy=lambda: _grpc_ready(f"{bind_host}:{expansion_port}"),
+        prepare=lambda: jvm_patches.compile_patches(paths),
         start_timeout_s=60.0,
         stop_timeout_s=10.0,
         requires={"java": _JAVA_HINT},
@@ -320,8 +353,8 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         env={"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
              "PYTHONPATH": str(REPO_ROOT)},
         cwd=REPO_ROOT,
-        healthy=lambda: _grpc_ready(f"localhost:{pool_port}"),
+        healthy=lambda: _grpc_ready(f"{bind_host}:{pool_port}"),
         start_timeout_s=30.0,
         stop_timeout_s=10.0,
     )
-    return [job_server, expansion, worker_pool]
+    return [*cluster_specs, job_server, expansion, worker_pool]

@@ -26,6 +26,7 @@ from confluent_kafka.admin import (
 )
 
 from runners.settings import Settings, SettingsError
+from runners.stack import cluster
 from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = ["services", "SCHEMAS_TOPIC", "pipeline_topics", "ensure_topics"]
@@ -93,17 +94,19 @@ def _admin(bootstrap: str) -> AdminClient:
 
 
 def ensure_topics(bootstrap: str, wanted: dict[str, tuple[int, dict[str, str]]],
-                  timeout_s: float = 30.0) -> list[str]:
+                  timeout_s: float = 30.0, replication_factor: int = 1) -> list[str]:
     """Create missing topics and align configs/partitions of existing ones; return actions taken.
 
     ``wanted`` maps topic -> (partitions, configs). Partitions are only ever
     increased (Kafka cannot shrink a topic); a topic with more partitions than
-    wanted is left alone and reported.
+    wanted is left alone and reported. ``replication_factor`` applies to created
+    topics (3 on the cluster topology, runners/stack/cluster.py).
     """
     admin = _admin(bootstrap)
     existing = admin.list_topics(timeout=timeout_s).topics
     actions: list[str] = []
-    to_create = [NewTopic(name, num_partitions=parts, replication_factor=1, config=cfg)
+    to_create = [NewTopic(name, num_partitions=parts, replication_factor=replication_factor,
+                          config=cfg)
                  for name, (parts, cfg) in wanted.items() if name not in existing]
     for name, fut in (admin.create_topics(to_create, operation_timeout=timeout_s).items()
                       if to_create else []):
@@ -223,14 +226,26 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         md = _admin(bootstrap).list_topics(timeout=3.0)
         return bool(md.brokers)
 
+    replicated = cluster.enabled(settings)
+    # On the cluster topology every topic has 3 replicas and an acks=all write needs 2.
+    replicas = {"min.insync.replicas": "2"} if replicated else {}
+
     def after_start() -> None:
         wanted: dict[str, tuple[int, dict[str, str]]] = {
-            t: (partitions, {"retention.ms": str(retention_ms)}) for t in pipeline_topics(settings)
+            t: (partitions, {"retention.ms": str(retention_ms), **replicas})
+            for t in pipeline_topics(settings)
         }
         # The schema registry stores schemas here, like Confluent's: keep every key forever.
-        wanted[schemas_topic] = (1, {"cleanup.policy": "compact", "retention.ms": "-1"})
-        for action in ensure_topics(bootstrap, wanted):
+        wanted[schemas_topic] = (1, {"cleanup.policy": "compact", "retention.ms": "-1",
+                                     **replicas})
+        for action in ensure_topics(cluster.cluster_bootstrap(bootstrap) if replicated
+                                    else bootstrap, wanted,
+                                    replication_factor=cluster.BROKERS if replicated else 1):
             _LOGGER.info("kafka topics: %s", action)
+
+    if replicated:
+        return cluster.kafka_cluster_services(settings, paths, log4j_xml=_LOG4J2_XML,
+                                              after_start=after_start)
 
     return [ServiceSpec(
         name="kafka",
