@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
+from api.alarm_acks import annotate as annotate_acks
 from api.assets import AssetCatalogError, AssetDirectory
 from api.auth import require_scope
 from api.errors import ApiError
@@ -63,39 +64,60 @@ def telemetry() -> Response:
     return jsonify({"data": page.rows, "next_cursor": _cursor(q, page.next_key)})
 
 
-def _csv_line(values: Sequence[Any]) -> str:
+def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
+    """Rows as CSV lines (None as an empty field), one writer per chunk, not per row."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(["" if v is None else v for v in values])
+    csv.writer(out, lineterminator="\n").writerows(rows)
     return out.getvalue()
+
+
+def _csv_page(store: Any, q: TelemetryQuery, columns: Sequence[str], limit: int,
+              after: Sequence[Any] | None) -> tuple[list[list[Any]], Sequence[Any] | None]:
+    """One chunk of the export as value lists in ``columns`` order, and the next key.
+
+    The real store returns value lists directly (:meth:`TelemetryStore.reading_rows`: no
+    dict per row); a store without that method (test stand-ins) is read through
+    ``readings``.
+    """
+    reading_rows = getattr(store, "reading_rows", None)
+    if reading_rows is not None:
+        page = reading_rows(q, limit, after)
+        if tuple(page.columns) != tuple(columns):
+            raise RuntimeError(f"CSV columns {page.columns} differ from {columns}")
+        return page.rows, page.next_key
+    page = store.readings(q, limit, after)
+    return [[row[c] for c in columns] for row in page.rows], page.next_key
 
 
 def _csv_response(q: TelemetryQuery, after: Sequence[Any] | None) -> Response:
     """Stream every row of the range (at most ``limit`` if given) in keyset-paged chunks.
 
     The first chunk is read before the response starts, so an unreachable
-    QuestDB is still a proper 503; a failure later can only end the stream
-    early (logged), as with any streamed HTTP body.
+    QuestDB is still a proper 503. A chunk query failing later is logged and
+    re-raised: the server then drops the connection without the final chunk, so
+    the client sees a broken transfer, never a clean end that looks complete.
     """
     store = _store()
     columns = BUCKET_CSV_COLUMNS if q.bucketed else RAW_CSV_COLUMNS
     remaining = q.limit if q.limit_given else None
-    first = store.readings(q, min(MAX_LIMIT, remaining or MAX_LIMIT), after)
+    first = _csv_page(store, q, columns, min(MAX_LIMIT, remaining or MAX_LIMIT), after)
 
     def generate() -> Iterator[str]:
         nonlocal remaining
-        page = first
-        yield _csv_line(columns)
+        rows, next_key = first
+        yield _csv_text([columns])
         while True:
-            yield "".join(_csv_line([row[c] for c in columns]) for row in page.rows)
+            yield _csv_text(rows)
             if remaining is not None:
-                remaining -= len(page.rows)
-            if page.next_key is None or (remaining is not None and remaining <= 0):
+                remaining -= len(rows)
+            if next_key is None or (remaining is not None and remaining <= 0):
                 return
             try:
-                page = store.readings(q, min(MAX_LIMIT, remaining or MAX_LIMIT), page.next_key)
+                rows, next_key = _csv_page(store, q, columns,
+                                           min(MAX_LIMIT, remaining or MAX_LIMIT), next_key)
             except Exception:
-                _LOGGER.exception("CSV stream ended early: a chunk query failed")
-                return
+                _LOGGER.exception("CSV stream aborted: a chunk query failed")
+                raise
 
     return Response(stream_with_context(generate()), mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=telemetry.csv"})
@@ -115,6 +137,7 @@ def alarms() -> Response:
     """Alarm transitions in a range, or the currently active alarms (``active=true``)."""
     q = parse_alarm_query(request.args)
     page = _store().alarms(q, q.cursor.key if q.cursor else None)
+    annotate_acks(page.rows, q.active)  # acknowledged_by/_at; ACKNOWLEDGED when active
     return jsonify({"data": page.rows, "next_cursor": _cursor(q, page.next_key)})
 
 

@@ -23,12 +23,14 @@ is exactly QuestDB's literal syntax; NUL is refused earlier by
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg2
@@ -54,6 +56,7 @@ __all__ = [
     "ALARM_STATE_RAISED",
     "Page",
     "QuestDBClient",
+    "RowPage",
     "TelemetryStore",
     "build_active_alarms_sql",
     "build_alarms_sql",
@@ -61,6 +64,9 @@ __all__ = [
     "build_latest_sql",
     "build_raw_probe_sql",
     "build_raw_sql",
+    "json_rows",
+    "json_timestamp",
+    "timestamp_micros",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -141,11 +147,15 @@ def _reading_filters(q: TelemetryQuery) -> tuple[str, list[Any]]:
 
 
 def _raw_where(q: TelemetryQuery, after: Sequence[Any] | None,
-               floor_us: int | None = None) -> tuple[str, list[Any]]:
-    """WHERE clause of raw reads: time range (raised to ``floor_us``), filters, keyset."""
+               floor_us: int | None = None,
+               ceil_us: int | None = None) -> tuple[str, list[Any]]:
+    """WHERE clause of raw reads: time range (raised to ``floor_us``, lowered to
+    ``ceil_us``), filters, keyset."""
     where, params = _range(q.start_us, q.end_us, q.order, after)
     if floor_us is not None:
         params[0] = max(params[0], floor_us)
+    if ceil_us is not None:
+        params[1] = min(params[1], ceil_us)
     extra, extra_params = _reading_filters(q)
     where += extra
     params += extra_params
@@ -158,27 +168,31 @@ def _raw_where(q: TelemetryQuery, after: Sequence[Any] | None,
 
 def build_raw_probe_sql(q: TelemetryQuery, limit: int,
                         after: Sequence[Any] | None) -> tuple[str, list[Any]]:
-    """Timestamps of the first ``limit`` matching rows in descending time order.
+    """The timestamp of the ``limit``-th matching row in time order (no row: fewer match).
 
-    QuestDB walks a designated timestamp backwards cheaply, but a DESC sort on
+    QuestDB walks a designated timestamp either way cheaply, but a sort on
     (timestamp, event_id) makes it sort the whole range (225 ms for a site over
-    31 days). The smallest timestamp returned here bounds the range the real
-    query has to sort.
+    31 days; an asset-day at 10 sensors x 1 Hz is 864,000 rows). The stamp
+    returned here bounds the range the real query has to sort to about ``limit``
+    rows. One row comes back (``LIMIT limit-1, limit``), not ``limit`` stamps.
     """
     # Same rows as the real query: without the keyset, rows of the cursor's
-    # timestamp already returned would push the bound too high.
+    # timestamp already returned would shift the bound.
     where, params = _raw_where(q, after)
-    sql = f"SELECT timestamp FROM {SENSOR_READINGS} WHERE {where} ORDER BY timestamp DESC LIMIT %s"
-    return sql, [*params, limit]
+    sql = (f"SELECT timestamp FROM {SENSOR_READINGS} WHERE {where} "
+           f"ORDER BY timestamp {_ORDER_SQL[q.order]} LIMIT %s, %s")
+    return sql, [*params, limit - 1, limit]
 
 
 def build_raw_sql(q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
-                  floor_us: int | None = None) -> tuple[str, list[Any]]:
+                  floor_us: int | None = None,
+                  ceil_us: int | None = None) -> tuple[str, list[Any]]:
     """Raw readings in (timestamp, event_id) order, after the keyset ``after``.
 
-    ``floor_us`` raises the lower time bound (see :func:`build_raw_probe_sql`).
+    ``floor_us`` raises the lower time bound, ``ceil_us`` lowers the upper one (see
+    :func:`build_raw_probe_sql`).
     """
-    where, params = _raw_where(q, after, floor_us)
+    where, params = _raw_where(q, after, floor_us, ceil_us)
     direction = _ORDER_SQL[q.order]
     sql = (f"SELECT {', '.join(SENSOR_READING_COLUMNS)} FROM {SENSOR_READINGS} WHERE {where} "
            f"ORDER BY timestamp {direction}, event_id {direction} LIMIT %s")
@@ -304,8 +318,13 @@ class QuestDBClient:
         conn.autocommit = True
         return conn
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run one SELECT and return all its rows."""
+    def query(self, sql: str, params: Sequence[Any] = (),
+              fetch: bool = True, *, text_timestamps: bool = False) -> list[tuple[Any, ...]]:
+        """Run one SELECT and return all its rows (``fetch=False``: a statement, no rows).
+
+        ``text_timestamps``: TIMESTAMP columns come back as QuestDB's text
+        (``2026-11-30 10:00:00.123456``) instead of datetimes; see :func:`json_timestamp`.
+        """
         self._reset_after_fork()
         slots = self._slots
         if not slots.acquire(timeout=self._acquire_timeout):
@@ -319,8 +338,10 @@ class QuestDBClient:
                     conn = self._connect()
                 try:
                     with conn.cursor() as cur:
+                        if text_timestamps:
+                            psycopg2.extensions.register_type(_TIMESTAMP_TEXT, cur)
                         cur.execute(sql, _adapt(params))
-                        rows = cur.fetchall()
+                        rows = cur.fetchall() if fetch else []
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     conn.close()
                     if reused and attempt == 1:
@@ -361,14 +382,36 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
+# TIMESTAMP (OID 1114) as the text QuestDB sends, for the row paths of the store: a page
+# of 10,000 readings held 20,000 datetimes that were parsed only to be printed again.
+_TIMESTAMP_TEXT = psycopg2.extensions.new_type((1114,), "DCMMS_TIMESTAMP_TEXT",
+                                               lambda value, _cursor: value)
+
+
+def json_timestamp(value: datetime | str | None) -> str | None:
+    """A TIMESTAMP as the API prints it (:func:`api.params.format_timestamp`), from a
+    datetime or from QuestDB's text ``YYYY-MM-DD HH:MM:SS.ffffff`` (always six digits)."""
+    if isinstance(value, str):
+        if len(value) == 26 and value[19] == ".":  # milliseconds unless finer is needed
+            return (value[:23] if value.endswith("000") else value).replace(" ", "T") + "Z"
+        value = datetime.fromisoformat(value)
+    return format_timestamp(value)
+
+
+def timestamp_micros(value: datetime | str) -> int:
+    """Epoch microseconds of a TIMESTAMP given as a datetime or as QuestDB's text."""
+    return to_micros(datetime.fromisoformat(value) if isinstance(value, str) else value)
+
+
 # Per-column conversion to JSON values; columns not listed pass through unchanged.
 _CONVERTERS: dict[str, Any] = {
-    "timestamp": format_timestamp, "ingested_at": format_timestamp,
+    "timestamp": json_timestamp, "ingested_at": json_timestamp,
     "value": _finite, "threshold": _finite,
 }
 
 
-def _records(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+def json_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Rows as lists of JSON values (timestamps as ISO text, NaN as None)."""
     # Hot path (thousands of rows per page): convert only the columns that need it.
     converters = [(i, _CONVERTERS[c]) for i, c in enumerate(columns) if c in _CONVERTERS]
     out = []
@@ -376,21 +419,58 @@ def _records(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict
         values = list(row)
         for i, convert in converters:
             values[i] = convert(values[i])
-        out.append(dict(zip(columns, values)))  # noqa: B905 - row width is the column count
+        out.append(values)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _record_builder(columns: tuple[str, ...]) -> Any:
+    """``row -> {column: JSON value}`` for one column tuple, as a generated dict display.
+
+    The hot path of every JSON page (10,000 rows of 13 columns): a dict display with
+    constant keys builds a row in half the time of ``dict(zip(...))`` plus a conversion
+    loop (14 vs 29 ms per 10,000 readings, measured). The generated source holds only
+    the column names of this module's constants (never request values).
+    """
+    if not all(c.isidentifier() for c in columns):
+        raise ValueError(f"not a column name: {columns}")
+    fields, names = [], {}
+    for i, column in enumerate(columns):
+        if column in _CONVERTERS:
+            names[f"_convert{i}"] = _CONVERTERS[column]
+            fields.append(f"{column!r}: _convert{i}(row[{i}])")
+        else:
+            fields.append(f"{column!r}: row[{i}]")
+    return eval(f"lambda row: {{{', '.join(fields)}}}", names)  # noqa: S307
+
+
+def _records(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    return list(map(_record_builder(tuple(columns)), rows))
+
+
+def _next_key(columns: Sequence[str], rows: list[tuple[Any, ...]], limit: int,
+              key_columns: Sequence[str]) -> tuple[Any, ...] | None:
+    """``rows`` was fetched with LIMIT limit+1: a surplus row means another page exists."""
+    if len(rows) <= limit or limit <= 0:
+        return None
+    last = dict(zip(columns, rows[limit - 1], strict=True))
+    return tuple(timestamp_micros(last[c]) if c == "timestamp" else last[c]
+                 for c in key_columns)
 
 
 def _page(columns: Sequence[str], rows: list[tuple[Any, ...]], limit: int,
           key_columns: Sequence[str]) -> Page:
-    """``rows`` was fetched with LIMIT limit+1: a surplus row means another page exists."""
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_key = None
-    if more and rows:
-        last = dict(zip(columns, rows[-1], strict=True))
-        next_key = tuple(to_micros(last[c]) if c == "timestamp" else last[c]
-                         for c in key_columns)
-    return Page(_records(columns, rows), next_key)
+    next_key = _next_key(columns, rows, limit, key_columns)
+    return Page(_records(columns, rows[:limit]), next_key)
+
+
+@dataclass(frozen=True)
+class RowPage:
+    """Rows as lists of JSON values in ``columns`` order (CSV export), and the next key."""
+
+    columns: tuple[str, ...]
+    rows: list[list[Any]]
+    next_key: tuple[Any, ...] | None
 
 
 class TelemetryStore:
@@ -399,26 +479,44 @@ class TelemetryStore:
     def __init__(self, client: QuestDBClient) -> None:
         self.client = client
 
-    def readings(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None) -> Page:
+    def _readings(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
+                  ) -> tuple[tuple[str, ...], list[tuple[Any, ...]], tuple[Any, ...] | None]:
+        """Columns, at most ``limit`` rows (timestamps as text) and the next page's key."""
         if q.bucketed:
             sql, params = build_bucket_sql(q, limit + 1, after)
-            rows = self.client.query(sql, params)
-            return _page(_BUCKET_COLUMNS, rows, limit, ("timestamp", "asset_id", "sensor_id"))
-        floor_us = None
-        if q.order == "desc":
-            probe_sql, probe_params = build_raw_probe_sql(q, limit + 1, after)
-            stamps = self.client.query(probe_sql, probe_params)
-            if not stamps:
-                return Page([], None)
-            # Every row among the first limit+1 (desc) is at or after the last stamp.
-            floor_us = to_micros(stamps[-1][0])
-        sql, params = build_raw_sql(q, limit + 1, after, floor_us)
-        rows = self.client.query(sql, params)
-        return _page(SENSOR_READING_COLUMNS, rows, limit, ("timestamp", "event_id"))
+            rows = self.client.query(sql, params, text_timestamps=True)
+            key = _next_key(_BUCKET_COLUMNS, rows, limit, ("timestamp", "asset_id", "sensor_id"))
+            return _BUCKET_COLUMNS, rows[:limit], key
+        floor_us = ceil_us = None
+        probe_sql, probe_params = build_raw_probe_sql(q, limit + 1, after)
+        stamps = self.client.query(probe_sql, probe_params, text_timestamps=True)
+        if stamps:
+            # More than limit rows match; the first limit+1 in time order all lie at or
+            # before (asc) / at or after (desc) this stamp, so the sort reads only those.
+            bound = timestamp_micros(stamps[0][0])
+            if q.order == "desc":
+                floor_us = bound
+            else:
+                ceil_us = bound + 1
+        sql, params = build_raw_sql(q, limit + 1, after, floor_us, ceil_us)
+        rows = self.client.query(sql, params, text_timestamps=True)
+        key = _next_key(SENSOR_READING_COLUMNS, rows, limit, ("timestamp", "event_id"))
+        return SENSOR_READING_COLUMNS, rows[:limit], key
+
+    def readings(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None) -> Page:
+        columns, rows, key = self._readings(q, limit, after)
+        return Page(_records(columns, rows), key)
+
+    def reading_rows(self, q: TelemetryQuery, limit: int,
+                     after: Sequence[Any] | None) -> RowPage:
+        """Like :meth:`readings`, as value lists (no dict per row): the CSV export."""
+        columns, rows, key = self._readings(q, limit, after)
+        return RowPage(columns, json_rows(columns, rows), key)
 
     def latest(self, q: LatestQuery) -> list[dict[str, Any]]:
         sql, params = build_latest_sql(q)
-        rows = sorted(self.client.query(sql, params), key=lambda r: (r[3] or "", r[4] or ""))
+        rows = sorted(self.client.query(sql, params, text_timestamps=True),
+                      key=lambda r: (r[3] or "", r[4] or ""))
         return _records(SENSOR_READING_COLUMNS, rows)
 
     def alarms(self, q: AlarmQuery, after: Sequence[Any] | None) -> Page:

@@ -547,8 +547,14 @@ def _per_event(steps: list[dict[str, Any]], events: int) -> float | None:
 # -- query ----------------------------------------------------------------
 
 def run_query(settings: Settings, mc: ModeConfig) -> dict[str, Any]:
-    from bench import query_bench
+    from bench import query_bench, query_dense
 
+    dense_loaded = False
+    if mc.mode == "full":
+        # First: when the sparse fleet is missing too, the dense load writes both in one
+        # pass in timestamp order (QuestDB's append path); the check below then reuses it.
+        say("query: dense fleet (bench/query_dense.py): load, resume or reuse")
+        dense_loaded = bool(query_dense.load(settings).get("complete"))
     fleet = query_bench.Fleet("qbench", 20, 25, 8)
     sites = ",".join(f"'{fleet.site(s)}'" for s in range(fleet.sites))
     row = anchors.qdb_exec(settings, f"SELECT count(), min(timestamp), max(timestamp) FROM "
@@ -579,9 +585,14 @@ def run_query(settings: Settings, mc: ModeConfig) -> dict[str, Any]:
     def pick(name: str) -> dict[str, float]:
         return {"p50": measured[name]["p50_ms"], "p99": measured[name]["p99_ms"]}
 
+    dense: dict[str, Any] = {"skipped": "full mode only (loads 120M rows)"}
+    if dense_loaded:
+        dense = query_dense.run(settings, 60, 15, index=False, kinds=None, base_url=base_url,
+                                api_key=key)
     return {"rows": count, "reused": reused, "days": round(days, 2), "load": load_info,
             "requests_per_kind": mc.query_requests, "raw_1d_ms": pick("raw_day"),
-            "bucket_1d_ms": pick("bucket_day"), "latest_ms": pick("latest"), "detail": measured}
+            "bucket_1d_ms": pick("bucket_day"), "latest_ms": pick("latest"), "detail": measured,
+            "dense": dense}
 
 
 # -- main -----------------------------------------------------------------
@@ -610,9 +621,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="MQTT connections per process (mosquitto_pub: one process and "
                              "one topic each)")
     parser.add_argument("--mqtt-client", choices=MQTT_CLIENTS, default="auto",
-                        help="MQTT load generator; auto: mosquitto_pub if installed, else paho")
+                        help="MQTT load generator; auto: raw (bench/mqtt_raw.py, the cheapest)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--profile", choices=("single", "cluster"), default=None,
+                        help="stack topology to start if the stack is down ('cluster': Flink "
+                             "session cluster and 3 Kafka brokers, docs/scaling.md; default: "
+                             "what the running stack's `up` recorded, else single)")
     args = parser.parse_args(argv)
+    # Into the environment, so the stack's `up` and every component list see it.
+    from runners.stack.cluster import apply_topology
+    topology = apply_topology(args.profile,
+                              run_dir=load_settings().path("stack", "run_dir"))
     phases = _phases(args, parser)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("bench.query_bench").setLevel(logging.INFO)  # load progress
@@ -644,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     not_run = "phase not run (--phases)"
     result: dict[str, Any] = {
         "git_sha": sha, "git_dirty": dirty, "started_at": started.isoformat(timespec="seconds"),
-        "mode": mc.mode, "run_id": run, "step_seconds": mc.step_seconds,
+        "mode": mc.mode, "run_id": run, "topology": topology, "step_seconds": mc.step_seconds,
         "drain_seconds": mc.drain_seconds, "soak_seconds": mc.soak_seconds,
         "phases": [p for p in PHASES if p in phases], "machine": machine,
         "stack_started_by_bench": stack_started,

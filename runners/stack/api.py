@@ -1,8 +1,9 @@
 """The REST API service: gunicorn serving ``runners.wsgi:app``; spec only.
 
 Bound to ``[stack] bind_host``:``[api] port`` with ``[api] workers`` worker
-processes (gunicorn's master and workers share one process group, so ``down``
-stops them together). Health: ``GET /healthz`` answers 200.
+processes of ``[api] threads`` threads each (gunicorn's gthread worker when > 1).
+Gunicorn's master and workers share one process group, so ``down`` stops them
+together. Health: ``GET /healthz`` answers 200.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     workers = settings.get("api", "workers", int)
     if workers < 1:
         raise ValueError(f"setting {settings.origin('api', 'workers')} must be >= 1")
+    # Threads per worker (gunicorn's gthread worker when > 1): a request waiting for
+    # QuestDB or streaming a CSV export no longer holds a whole worker process.
+    threads = settings.get("api", "threads", int, 1)
+    if threads < 1:
+        raise ValueError(f"setting {settings.origin('api', 'threads')} must be >= 1")
     url = f"http://{bind_host}:{port}/healthz"
     conf = (["-c", f"python:{GUNICORN_CONF}"]
             if importlib.util.find_spec(GUNICORN_CONF) is not None else [])
@@ -46,7 +52,8 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         # flags set bind and workers so the port check above and the process agree.
         argv=[sys.executable, "-m", "gunicorn", *conf,
               "--bind", f"{bind_host}:{port}",
-              "--workers", str(workers), "--graceful-timeout", "10",
+              "--workers", str(workers), "--threads", str(threads),
+              "--graceful-timeout", "10",
               "--access-logfile", "-",
               # The default control socket (~/.gunicorn/gunicorn.ctl) would clash
               # with the registry's gunicorn; nothing here uses it.
