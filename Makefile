@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 # The venv is rebuilt when setup.py changes (its hash names the stamp file).
 STAMP := $(VENV)/.installed-$(shell sha1sum setup.py | cut -c1-12)
 
-.PHONY: install venv system-deps jars run stop status logs test test-unit test-integration lint clean chaos \
+.PHONY: install venv system-deps jars web-assets run run-cluster stop status logs test test-unit test-integration lint clean chaos \
 	bench bench-quick bench-deps
 
-install: $(STAMP) system-deps jars
+install: $(STAMP) system-deps jars web-assets
 
 $(STAMP): setup.py
 	@echo ">> creating Python venv in $(VENV) with $(PYTHON)"
@@ -28,10 +28,19 @@ system-deps:
 jars:
 	@bash scripts/fetch-jars.sh
 
+# The operator console's chart library (uPlot, pinned) from the npm registry.
+web-assets:
+	@bash scripts/fetch-web-assets.sh
+
 # Installs what is missing, starts every service and the pipeline, waits until
 # healthy and prints the endpoints. A failed start stops what it started.
 run: install
 	@$(BIN)/dcmms-telemetry up --with-pipeline
+
+# The same stack on the cluster topology: a Flink session cluster (JobManager + 2 TaskManagers)
+# and 3 Kafka brokers (runners/stack/cluster.py, docs/scaling.md); `make stop` stops it too.
+run-cluster: install
+	@$(BIN)/dcmms-telemetry up --profile cluster --with-pipeline
 
 stop:
 	@test -x $(BIN)/dcmms-telemetry && $(BIN)/dcmms-telemetry down || echo "nothing to stop (no venv)"
@@ -61,7 +70,7 @@ bench-deps: install
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[bench]'
 
 bench: bench-deps
-	@$(BIN)/python -m bench --mode full
+	@$(BIN)/python -m bench --mode full $(BENCH_ARGS)
 
 bench-quick: bench-deps
 	@$(BIN)/python -m bench --mode quick

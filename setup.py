@@ -14,7 +14,8 @@ setup(
     description="Real-time telemetry pipeline for renewable-energy IoT fleets",
     python_requires=">=3.11,<3.12",
     packages=find_packages(
-        include=["pipelines*", "transforms*", "io_connectors*", "api*", "schemas*", "runners*"]
+        include=["pipelines*", "transforms*", "io_connectors*", "api*", "schemas*", "runners*",
+                 "schema_registry*"]
     ),
     package_data={"schemas": ["*.avsc"]},
     install_requires=[
@@ -43,7 +44,8 @@ setup(
     ],
     extras_require={
         "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
-        "dev": ["pytest==9.2.0", "hypothesis==6.170.17", "ruff==0.17.6"],
+        # playwright: the console's browser tests, driving Debian's chromium (no browser download).
+        "dev": ["pytest==9.2.0", "hypothesis==6.170.17", "ruff==0.17.6", "playwright==1.65.2"],
         # `make bench` only: the results chart and profiles of the Python stages.
         "bench": ["matplotlib==3.11.2", "py-spy==0.4.3"],
     },

@@ -19,7 +19,8 @@ Settings read (``[api]`` unless noted; optional ones have the default shown):
 ``test_config`` entries override Flask config; besides Flask's own keys it
 accepts ``TELEMETRY_STORE`` (an object with the :class:`api.questdb.TelemetryStore`
 methods), ``READY_CHECKS`` (name -> callable raising when not ready) and
-``ASSETS_FILE`` (a path), so tests can replace QuestDB, Kafka and the file.
+``ASSETS_FILE`` (a path) and ``ALARM_ACKS`` (an :class:`api.alarm_acks.AlarmAckStore`
+stand-in), so tests can replace QuestDB, Kafka and the file.
 """
 
 from __future__ import annotations
@@ -38,14 +39,21 @@ __all__ = ["BLUEPRINT_MODULES", "create_app"]
 
 _LOGGER = logging.getLogger(__name__)
 
-BLUEPRINT_MODULES = ("api.query", "api.ingest", "api.health", "api.openapi", "api.landing")
+BLUEPRINT_MODULES = ("api.query", "api.ingest", "api.health", "api.openapi", "api.landing",
+                     "api.alarm_acks", "api.dead_letters")
 
 
 def create_app(settings: Settings | None = None,
-               test_config: dict[str, Any] | None = None) -> Flask:
-    """Build the API app from ``settings`` (default: :func:`runners.settings.load_settings`)."""
+               test_config: dict[str, Any] | None = None,
+               blueprints: tuple[str, ...] = BLUEPRINT_MODULES) -> Flask:
+    """Build the API app from ``settings`` (default: :func:`runners.settings.load_settings`).
+
+    ``blueprints`` are the modules registered (the operator console, :mod:`api.console`,
+    builds its app from a different list).
+    """
     # Imports here keep `import api` free of side effects (prometheus_client reads
     # PROMETHEUS_MULTIPROC_DIR when first imported, so it must come after gunicorn's config).
+    from api.alarm_acks import ACKS_EXTENSION, AlarmAckStore
     from api.assets import AssetDirectory
     from api.auth import EXTENSION as AUTH_EXTENSION
     from api.auth import ApiKeyStore, AuthConfigError, AuthState, RateLimiter
@@ -63,6 +71,7 @@ def create_app(settings: Settings | None = None,
     app.config["DCMMS_SETTINGS"] = settings
     app.config[PUBLIC_DOCS_CONFIG] = settings.get("api", "public_docs", bool, True)
     store = test_config.pop("TELEMETRY_STORE", None)
+    alarm_acks = test_config.pop("ALARM_ACKS", None)
     ready_checks = test_config.pop("READY_CHECKS", None)
     assets_file = test_config.pop("ASSETS_FILE", None)
     app.config.update(test_config)
@@ -83,7 +92,11 @@ def create_app(settings: Settings | None = None,
             password=settings.get("questdb", "pg_password"),
             max_connections=settings.get("api", "questdb_pool_size", int, 4))
         store = TelemetryStore(client)
+        if alarm_acks is None:
+            alarm_acks = AlarmAckStore(client)
     app.extensions[STORE_EXTENSION] = store
+    if alarm_acks is not None:
+        app.extensions[ACKS_EXTENSION] = alarm_acks
     app.extensions[ASSETS_EXTENSION] = AssetDirectory(
         Path(assets_file) if assets_file else settings.path("pipeline", "assets_file"))
     if ready_checks is None:
@@ -93,7 +106,7 @@ def create_app(settings: Settings | None = None,
 
     register_error_handlers(app)
     init_metrics(app)
-    for name in BLUEPRINT_MODULES:
+    for name in blueprints:
         if importlib.util.find_spec(name) is None:
             _LOGGER.info("blueprint module %s not present; skipped", name)
             continue

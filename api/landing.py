@@ -6,7 +6,7 @@
 * ``GET /api/v1`` (and ``/api/v1/``) — the links as JSON; public like the docs
   (:func:`api.openapi.guard_docs`: the read scope when ``[api] public_docs = false``).
 
-The operator console is linked from both but not served yet (issue 13): its
+The operator console (:mod:`api.console`, its own service) is linked from both: its
 address is ``http://<[stack] bind_host>:<[console] port>/`` (port 8080 unless set).
 """
 
@@ -56,8 +56,8 @@ def links() -> tuple[Link, ...]:
              "Requests, ingest accepted / rejected, Kafka delivery latency "
              "(docs/metrics.md)."),
         Link("console", _console_url(), "Operator console",
-             "Coming (issue 13): services, rates, dead letters and replay, alarms. "
-             "Not served yet.", coming=True),
+             "Services, the Flink job, rates and lag, topics, dead letters and replay, "
+             "alarms and acknowledgement, live asset charts (same API key; docs/console.md)."),
     )
 
 

@@ -211,7 +211,8 @@ def build_openapi() -> dict[str, Any]:
         "description": "Transitions in [start_time, end_time), keyset-paginated on "
                        "(timestamp, alarm_id, state). With active=true: alarms whose latest "
                        "transition is RAISED, newest first, no range and no cursor (so "
-                       "state=CLEARED with it is a 400).",
+                       "state=CLEARED with it is a 400); an acknowledged one has state "
+                       "ACKNOWLEDGED (POST /api/v1/alarms/{alarm_id}/acknowledge).",
         "operationId": "listAlarms",
         "parameters": [
             *[_param(n, f"Only alarms with this {n}.", _STR)
@@ -258,6 +259,7 @@ def build_openapi() -> dict[str, Any]:
             "/api/v1/alarms": {"get": alarms},
             "/api/v1/assets": {"get": asset_list},
             "/api/v1/assets/{asset_id}": {"get": asset_one},
+            **_operations_paths(),
             OPENAPI_PATH: {"get": {"summary": "This document", **plain,
                                    "responses": {"200": {"description": "OpenAPI"}}}},
             f"{DOCS_PATH}/": {"get": {
@@ -285,6 +287,103 @@ def build_openapi() -> dict[str, Any]:
     }
 
 
+def _operations_paths() -> dict[str, Any]:
+    """Dead letters and replay (api.dead_letters), alarm acknowledgement (api.alarm_acks)."""
+    from api.dead_letters import (
+        DEFAULT_LIST_LIMIT,
+        DEFAULT_SCAN,
+        MAX_LIST_LIMIT,
+        MAX_REPLAY_IDS,
+        MAX_SCAN,
+    )
+    from schemas.dead_letter import SOURCES, STAGES
+
+    filters = [
+        _param("stage", "Only dead letters of this stage.", _enum(STAGES)),
+        _param("source", "Only dead letters from this source.", _enum(SOURCES)),
+        _param("reason", "A reason class as listed in summary.by_reason (exact), or text "
+               "contained in a reason.", _STR),
+        _param("event_id", "Only dead letters of this event id.", _STR),
+        _param("since", "failed_at at or after (ISO 8601 or epoch ms).", _TIME),
+        _param("until", "failed_at before (ISO 8601 or epoch ms).", _TIME),
+    ]
+    write_errors = {
+        "400": _error("A field is invalid; details.parameter names it."),
+        "401": _error("Missing or invalid API key."),
+        "403": _error("The key lacks the write scope."),
+        "413": _error("Body too large."),
+        "415": _error("Content-Type is not application/json."),
+        "429": _error("Over the key's rate limit; see Retry-After."),
+        "503": _error("Kafka, the schema registry or QuestDB unreachable; see Retry-After."),
+    }
+    return {
+        "/api/v1/dead-letters": {"get": {
+            "summary": "Newest dead letters with their payload and reasons, filtered",
+            "description": "Reads the newest `scan` records of each partition of the dead-letter "
+                           "topic (telemetry_dlq), newest first; `summary` counts the matching "
+                           "ones by stage, by reason class and per minute. Each item's `id` "
+                           "(`<partition>:<offset>`) names it for replay.",
+            "operationId": "listDeadLetters",
+            "parameters": [*filters,
+                           _limit_param(DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, "Dead letters"),
+                           _param("scan", f"Records read per partition, 1..{MAX_SCAN}.",
+                                  {"type": "integer", "minimum": 1, "maximum": MAX_SCAN,
+                                   "default": DEFAULT_SCAN})],
+            "responses": {"200": {"description": "Matching dead letters and their summary.",
+                                  "content": {"application/json": {"schema": {
+                                      "$ref": "#/components/schemas/DeadLetterList"}}}},
+                          **_READ_ERRORS}}},
+        "/api/v1/dead-letters/replay": {"post": {
+            "summary": "Replay dead letters to raw_telemetry (idempotent)",
+            "description": "Re-publishes the readings held by the dead letters named in `ids`, "
+                           "or by every dead letter matching the filters with `all: true`, "
+                           "after they pass the edge's validation again (only valid Avro is "
+                           "written). Each event keeps its event_id, and the pipeline stores "
+                           "an event id once, so replaying twice stores each event once. "
+                           "Undecodable originals (stage decode) and still-invalid readings are "
+                           "listed under `skipped` with the reason. Needs the write scope.",
+            "operationId": "replayDeadLetters",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "oneOf": [
+                    {"type": "object", "required": ["ids"], "additionalProperties": False,
+                     "properties": {"ids": {"type": "array", "minItems": 1,
+                                            "maxItems": MAX_REPLAY_IDS,
+                                            "items": {"type": "string",
+                                                      "pattern": "^[0-9]+:[0-9]+$"}}}},
+                    {"type": "object", "required": ["all"], "additionalProperties": False,
+                     "properties": {"all": {"const": True}, "stage": _enum(STAGES),
+                                    "source": _enum(SOURCES), "reason": _STR,
+                                    "event_id": _STR, "since": _TIME, "until": _TIME,
+                                    "scan": {"type": "integer", "minimum": 1,
+                                             "maximum": MAX_SCAN}}}]}}}},
+            "responses": {"200": {"description": "What was replayed, skipped and why.",
+                                  "content": {"application/json": {"schema": {
+                                      "$ref": "#/components/schemas/ReplayResult"}}}},
+                          **write_errors}}},
+        "/api/v1/alarms/{alarm_id}/acknowledge": {"post": {
+            "summary": "Acknowledge an alarm (who and when)",
+            "description": "Stores an acknowledgement of the alarm episode `alarm_id`; "
+                           "GET /api/v1/alarms then shows acknowledged_by / acknowledged_at "
+                           "and, with active=true, state ACKNOWLEDGED. Without `by` the "
+                           "acknowledgement is recorded as the API key's id. Acknowledging "
+                           "again answers 200 with the first acknowledgement.",
+            "operationId": "acknowledgeAlarm",
+            "parameters": [_param("alarm_id", "Alarm id (asset:sensor:start ms).", _STR,
+                                  "path", True)],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "by": {**_STR, "description": "Who acknowledges"},
+                    "note": {"type": "string", "maxLength": 1000}}}}}},
+            "responses": {
+                "201": {"description": "Acknowledged now.", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Acknowledgement"}}}},
+                "200": {"description": "Already acknowledged: the first acknowledgement.",
+                        "content": {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/Acknowledgement"}}}},
+                "404": _error("No alarm with this id."), **write_errors}}},
+    }
+
+
 _TS = {"type": "string", "format": "date-time", "description": "ISO 8601 UTC (Z)"}
 _NSTR = {"type": ["string", "null"]}
 _NNUM = {"type": ["number", "null"]}
@@ -304,7 +403,9 @@ _SCHEMAS: dict[str, Any] = {
         "timestamp": _TS, "alarm_id": {"type": "string"}, "site_id": _NSTR, "asset_id": _NSTR,
         "sensor_id": _NSTR, "sensor_type": _NSTR, "severity": _NSTR, "state": _NSTR,
         "value": _NNUM, "threshold": _NNUM, "reason": _NSTR, "event_id": _NSTR,
-        "ingested_at": {"type": ["string", "null"], "format": "date-time"}}},
+        "ingested_at": {"type": ["string", "null"], "format": "date-time"},
+        "acknowledged_by": _NSTR,
+        "acknowledged_at": {"type": ["string", "null"], "format": "date-time"}}},
     "Asset": {"type": "object", "required": ["asset_id"], "additionalProperties": True,
               "properties": {"asset_id": {"type": "string"}, "site_id": {"type": "string"},
                              "thresholds": {"type": "object"}}},
@@ -321,6 +422,29 @@ _SCHEMAS: dict[str, Any] = {
                            "value": {"type": "number"}, "unit": {"type": "string"},
                            "quality_flag": {"type": "string",
                                             "examples": ["GOOD", "BAD", "UNCERTAIN"]}}},
+    "DeadLetter": {"type": "object", "additionalProperties": True, "properties": {
+        "id": {"type": "string", "description": "<partition>:<offset> in telemetry_dlq"},
+        "stage": {"type": "string"}, "reasons": {"type": "array", "items": {"type": "string"}},
+        "reason": {"type": "string", "description": "reason class of the first reason"},
+        "source": _NSTR, "original_format": _NSTR, "topic": _NSTR, "event_id": _NSTR,
+        "failed_at": {"type": ["integer", "null"], "description": "epoch ms"},
+        "payload": {"type": ["object", "null"],
+                    "description": "original bytes: {text} or {base64}, bytes, truncated"}}},
+    "DeadLetterList": {"type": "object", "properties": {
+        "data": {"type": "array", "items": {"$ref": "#/components/schemas/DeadLetter"}},
+        "matched": {"type": "integer"}, "scanned": {"type": "integer"},
+        "summary": {"type": "object"}, "next_cursor": {"type": "null"}}},
+    "ReplayResult": {"type": "object", "properties": {
+        "requested": {"type": "integer"},
+        "replayed": {"type": "array", "items": {"type": "string"}},
+        "events_published": {"type": "integer"},
+        "event_ids": {"type": "array", "items": {"type": "string"}},
+        "skipped": {"type": "array", "items": {"type": "object"}},
+        "failed": {"type": "array", "items": {"type": "object"}},
+        "not_found": {"type": "array", "items": {"type": "string"}}}},
+    "Acknowledgement": {"type": "object", "properties": {
+        "alarm_id": {"type": "string"}, "acknowledged_by": {"type": "string"},
+        "acknowledged_at": _TS, "note": _NSTR, "already_acknowledged": {"type": "boolean"}}},
     "IngestResult": {"type": "object", "required": ["accepted", "rejected"], "properties": {
         "accepted": {"type": "integer"},
         "rejected": {"type": "array", "items": {"type": "object", "properties": {

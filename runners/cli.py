@@ -9,6 +9,13 @@
     dcmms-telemetry kill SERVICE [-s SIG]  crash drill: SIGKILL one service's process group;
                                            the watcher restarts it after its back-off
     dcmms-telemetry logs [service] [-n N] [--no-follow]
+    dcmms-telemetry replay (--id P:O ... | --all | --list) [--stage S] [--reason R]
+                                           re-publish dead letters to raw_telemetry
+                                           (idempotent; runners/pipeline_report.py)
+
+    --profile cluster (any command; ``up`` records it in the run dir, ``down`` forgets it):
+    a Flink session cluster (JobManager + 2 TaskManagers) and 3 Kafka brokers instead of
+    the job server's local Flink and one broker (runners/stack/cluster.py, docs/scaling.md).
 
 Settings come from config/local.toml (or DCMMS_CONFIG) with DCMMS_<SECTION>_<KEY>
 environment overrides; see docs/local-stack.md.
@@ -23,7 +30,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from runners.pipeline_report import add_replay_parser, pipeline_lines, replay_main
 from runners.settings import Settings, SettingsError, load_settings
+from runners.stack import cluster
 from runners.stack.supervisor import (
     PIPELINE_MODULE,
     WATCHER_MODULE,
@@ -60,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("service", nargs="?", help="one service (default: all)")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines of history (default 50)")
     logs.add_argument("--no-follow", action="store_true", help="print and exit")
+    add_replay_parser(sub)
+    for command in (up, *(sub.choices[name] for name in ("down", "status")), restart, kill, logs):
+        command.add_argument("--profile", choices=("single", "cluster"), default=None,
+                             help="stack topology: 'cluster' = Flink session cluster and 3 "
+                                  "Kafka brokers (default: what `up` recorded, else single)")
     return parser
 
 
@@ -88,9 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A Ctrl-C during `up` must still run the cleanup of what was started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        # The topology goes into the environment, so every service (and the watcher) started
+        # from here sees it too.
+        run_dir = paths_from_settings(load_settings()).run_dir
+        topology = cluster.apply_topology(args.profile, run_dir=run_dir)
         if args.command == "up":
             settings = load_settings()
             settings.check_production()
+            cluster.record_topology(run_dir, topology)
             sup = _supervisor(args.with_pipeline)
             sup.up()
             _print_endpoints(settings, {s.name for s in sup.specs})
@@ -98,10 +117,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "down":
             # Always include the pipeline so a stack started with it is fully stopped.
             sup = _supervisor(with_pipeline=True, quiet_missing=True)
-            return 0 if sup.down() else 1
+            stopped = sup.down()
+            if stopped:
+                cluster.record_topology(run_dir, None)
+            return 0 if stopped else 1
         if args.command == "status":
             sup = _supervisor(with_pipeline=_pipeline_running(), quiet_missing=True)
-            return 0 if sup.status() else 1
+            healthy = sup.status()
+            if any(spec.name == PIPELINE_MODULE for spec in sup.specs):
+                # Job state, checkpoint age, counters and lag (docs/console.md).
+                for line in pipeline_lines(load_settings()):
+                    print(line)
+            if topology == "cluster":
+                settings = load_settings()
+                print("\ncluster members:")
+                for line in cluster.status_lines(settings):
+                    print(line)
+                healthy = healthy and all(cluster.broker_health(settings).values()) \
+                    and all(cluster.taskmanager_health(settings).values())
+            return 0 if healthy else 1
         if args.command == "restart":
             load_settings().check_production()
             _supervisor(with_pipeline=True, quiet_missing=True).restart(args.service)
@@ -123,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"the watcher is not running, so nothing restarts {args.service}: "
                       f"`dcmms-telemetry up` starts both", file=sys.stderr)
             return 0
+        if args.command == "replay":
+            settings = load_settings()
+            settings.check_production()
+            return replay_main(settings, args)
         if args.command == "logs":
             sup = _supervisor(with_pipeline=True, quiet_missing=True)
             files = sup.log_files(args.service)
@@ -157,8 +195,12 @@ def _print_endpoints(settings: Settings, running: set[str]) -> None:
                               f"{settings.get('mqtt', 'port')} "
                               f"(user {settings.get('mqtt', 'sensor_username')})"),
         ("pipeline", "Flink web UI (job)", f"http://{host}:{settings.get('flink', 'web_ui_port')}"),
+        ("flink-jobmanager", "Flink web UI (cluster)",
+         f"http://{host}:{settings.get('flink', 'web_ui_port')}"),
         ("api", "REST API", f"http://{host}:{settings.get('api', 'port')}/api/v1 "
                             f"(health http://{host}:{settings.get('api', 'port')}/healthz)"),
+        ("console", "Operator console",
+         f"http://{host}:{settings.get('console', 'port', int, 8080)}/ (sign in with an API key)"),
     ]
     print("\nendpoints:")
     for service, name, value in lines:

@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 
 from runners.settings import Settings, load_settings
 
-__all__ = ["PROFILES", "apply_profile", "isolation_conflicts", "main", "profile_environ"]
+__all__ = ["PROFILES", "apply_profile", "isolation_conflicts", "main", "profile_environ",
+           "shifted_environ"]
 
 _BLOCK = 10_000
 
@@ -57,6 +58,7 @@ _PORTS: tuple[tuple[str, str, int], ...] = (
     ("DCMMS_FLINK_WEB_UI_PORT", "{}", 8082),
     ("DCMMS_FLINK_WORKER_POOL_PORT", "{}", 5000),
     ("DCMMS_API_PORT", "{}", 3000),
+    ("DCMMS_CONSOLE_PORT", "{}", 8080),
 )
 
 # Names one stack's processes hold on its broker and Kafka. Two bridges with one client id
@@ -114,6 +116,24 @@ def apply_profile(name: str, environ: MutableMapping[str, str] | None = None) ->
     for var, value in overrides.items():
         target.setdefault(var, value)
     return {var: target[var] for var in overrides}
+
+
+def shifted_environ(base: Mapping[str, str], offset: int, suffix: str) -> dict[str, str]:
+    """``base`` (a profile's environment) moved beside itself: every port + ``offset``, run dir
+    and per-stack names + ``-<suffix>``. The cluster integration test runs its stack so, next
+    to the test profile's (tests/integration/test_cluster_profile.py)."""
+    from runners.settings import load_settings as _load
+
+    settings = _load(environ=base)
+    env = dict(base)
+    for var, template, _place in _PORTS:
+        current = base[var]   # set by the profile
+        port = int(urlsplit(current).port if "://" in current else current.rpartition(":")[2])
+        env[var] = template.format(port + offset)
+    env["DCMMS_STACK_RUN_DIR"] = f"{settings.get('stack', 'run_dir')}-{suffix}"
+    for section, key in _NAMES:
+        env[f"DCMMS_{section}_{key}".upper()] = f"{settings.get(section, key)}-{suffix}"
+    return env
 
 
 def _footprint(settings: Settings) -> dict[str, str]:

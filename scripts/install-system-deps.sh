@@ -5,7 +5,8 @@
 # is missing and apt has no package lists yet or cannot find the package.
 set -euo pipefail
 
-packages=(mosquitto mosquitto-clients)
+# chromium: the console's browser tests (Playwright drives the system browser, not a download).
+packages=(mosquitto mosquitto-clients chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

@@ -69,7 +69,7 @@ _LOGGER = logging.getLogger(__name__)
 
 # Start order; ``down`` uses the reverse. The pipeline module runs only with --with-pipeline.
 MODULE_ORDER: tuple[str, ...] = (
-    "kafka", "registry", "questdb", "mosquitto", "flink", "api", "bridge",
+    "kafka", "registry", "questdb", "mosquitto", "flink", "api", "bridge", "console",
 )
 PIPELINE_MODULE = "pipeline"
 # Started last (after everything it watches is healthy), so stopped first by ``down``.

@@ -71,20 +71,22 @@ def test_every_local_link_of_the_landing_page_answers_200(app: Flask) -> None:
     for href in local:
         response = client.get(href)  # no redirect followed: links point at the page itself
         assert response.status_code == 200, (href, response.status_code)
-    # The one link elsewhere is the console, marked as coming.
+    # The one link elsewhere is the console, on its own port (served by the console service).
     assert [h for h in hrefs if not h.startswith("/")] == ["http://127.0.0.1:8080/"]
-    assert "coming" in page.get_data(as_text=True)
+    assert 'class="coming"' not in page.get_data(as_text=True)
 
 
 def test_landing_links_are_routes_of_the_app(app: Flask) -> None:
     with app.app_context():
-        served = [link for link in links() if not link.coming]
+        served = [link for link in links() if link.href.startswith("/")]
+        elsewhere = [link for link in links() if not link.href.startswith("/")]
         coming = [link for link in links() if link.coming]
     adapter = app.url_map.bind("localhost")
     for link in served:
         endpoint, _ = adapter.match(link.href, method="GET")
         assert endpoint != "static", link
-    assert [link.name for link in coming] == ["console"]
+    assert [link.name for link in elsewhere] == ["console"]
+    assert coming == []
 
 
 def test_landing_page_is_public_and_shows_no_secret() -> None:
@@ -117,7 +119,7 @@ def test_api_redirects_to_the_index(app: Flask, path: str) -> None:
     body = index.get_json()
     with app.app_context():
         assert body["links"] == {link.name: link.href for link in links()}
-    assert body["coming"] == ["console"]
+    assert body["coming"] == []
     assert {"/api/v1/telemetry", "/api/v1/alarms", "/api/v1/docs/"} <= set(body["paths"])
     assert client.get("/api/v1/").get_json() == body
 
@@ -187,5 +189,10 @@ def test_other_methods_are_a_json_405(app: Flask, path: str, method: str) -> Non
                                        max_size=40), max_size=2))
 def test_generated_requests_never_5xx(app: Flask, prefix: str, tail: str,
                                       query: dict[str, str], headers: dict[str, str]) -> None:
-    response = app.test_client().get(prefix + quote(tail), query_string=query, headers=headers)
+    path = prefix + quote(tail)
+    if path.startswith("//"):
+        # Werkzeug's test client reads "//x" as a host (and fails on it) before the app is
+        # called; a client on the wire sends the path, which "/%2F" stands for here.
+        path = "/%2F" + path[2:]
+    response = app.test_client().get(path, query_string=query, headers=headers)
     assert response.status_code < 500, (prefix, tail, response.status_code)

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -324,7 +325,7 @@ def test_openapi_describes_every_route_including_ingest(app: Flask) -> None:
     post = doc["paths"]["/api/v1/telemetry"]["post"]
     assert {"202", "400", "401", "413", "415", "429", "503"} <= set(post["responses"])
     # Swagger UI's own files (below /api/v1/docs/) are not API endpoints.
-    routes = {r.rule.replace("<path:asset_id>", "{asset_id}") for r in app.url_map.iter_rules()
+    routes = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule) for r in app.url_map.iter_rules()
               if r.endpoint != "static" and r.rule != "/api/v1/docs/<path:path>"}
     assert routes - {"/api/v1/telemetry"} <= set(doc["paths"]), routes - set(doc["paths"])
 
