@@ -21,9 +21,10 @@ Phases (each with its own CPU/RSS figures, see bench/resources.py):
    Stepping stops at the first step not held (``report.next_rate``); in full
    mode a 10,000 events/s step is then still run (at most 20 s) so the latency
    at 10k is measured (and labelled not held if it is not). MQTT load comes from
-   ``mosquitto_pub`` when installed, else paho (bench/loadgen.py).
-4. ``soak``: the highest held REST rate again for ``soak_seconds`` (full 10 min,
-   quick 60 s): lost, duplicated, backlog slope, RSS growth of every component.
+   the raw publisher of bench/mqtt_raw.py (``--mqtt-client`` picks another; bench/loadgen.py).
+4. ``soak``: the highest held REST rate (``--soak-path mqtt``: MQTT's) again for
+   ``soak_seconds`` (full 10 min, quick 60 s): lost, duplicated, backlog slope, RSS
+   growth of every component.
 5. ``drain``: bench/drain.py preloads N events into ``raw_telemetry`` and times
    until the job has stored them all: the job's capacity without the edge, once
    as the edge writes (TelemetryBatch records, ``pipeline.drain``) and once one
@@ -490,20 +491,23 @@ def summarise_path(path: str, steps: list[dict[str, Any]], ladder: list[int] | N
 
 
 def run_soak(settings: Settings, mc: ModeConfig, run: str, rate: int, dlq: DlqCounter,
-             gen: dict[str, Any], sampler: ResourceSampler) -> dict[str, Any]:
-    """The REST path at ``rate`` for ``mc.soak_seconds`` (sampler phase "soak" must be on):
-    ``pipeline.soak`` (report.soak_summary) with the step record under ``step``."""
+             gen: dict[str, Any], sampler: ResourceSampler, path: str = "rest"
+             ) -> dict[str, Any]:
+    """``path`` (rest or mqtt) at ``rate`` for ``mc.soak_seconds`` (sampler phase "soak"
+    must be on): ``pipeline.soak`` (report.soak_summary) with the step record under
+    ``step`` and the path under ``path``."""
     soak_mc = ModeConfig(**{**asdict(mc), "step_seconds": mc.soak_seconds})
-    probes = make_probes(settings, "rest", f"{run}soak")
+    probes = make_probes(settings, path, f"{run}soak")
     probes.start()
     try:
-        step = run_step(settings, soak_mc, "rest", rate, "soak", run, probes, dlq, gen,
+        step = run_step(settings, soak_mc, path, rate, "soak", run, probes, dlq, gen,
                         sample_s=1.0 if mc.soak_seconds <= 120 else 5.0)
     finally:
         probes.stop()
     if not step["held"]:
-        _wait_drained(settings, "rest", step, 60 if mc.mode == "quick" else 900)
-    return {**report.soak_summary(step, sampler.rss_series("soak")), "step": step}
+        _wait_drained(settings, path, step, 60 if mc.mode == "quick" else 900)
+    return {**report.soak_summary(step, sampler.rss_series("soak")), "step": step,
+            "path": path}
 
 
 def _cpu_figures(result: dict[str, Any], by_phase: dict[str, Any]) -> None:
@@ -616,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-seconds", type=float, default=None)
     parser.add_argument("--soak-seconds", type=float, default=None,
                         help="soak length (full 600, quick 60)")
+    parser.add_argument("--soak-path", choices=("rest", "mqtt"), default="rest",
+                        help="the path whose highest held rate the soak repeats (default rest)")
     parser.add_argument("--processes", type=int, default=4, help="generator processes per step")
     parser.add_argument("--connections", type=int, default=4,
                         help="MQTT connections per process (mosquitto_pub: one process and "
@@ -740,16 +746,18 @@ def main(argv: list[str] | None = None) -> int:
         for path in ("mqtt", "rest"):
             result["pipeline"].setdefault(path, summarise_path(path, []))
         if "soak" in phases:
-            rest = result["pipeline"]["rest"]
-            if not rest["sustained_eps"]:
+            soak_path = args.soak_path
+            held = result["pipeline"][soak_path]
+            if not held["sustained_eps"]:
                 result["pipeline"]["soak"] = report.soak_skipped(
-                    "no REST step was held in this run" if "rest" in phases
-                    else "the rest phase did not run (--phases): no held REST rate to soak")
+                    f"no {soak_path} step was held in this run" if soak_path in phases
+                    else f"the {soak_path} phase did not run (--phases): no held rate to soak")
             else:
                 sampler.phase("soak")
-                say(f"soak: rest at {rest['sustained_eps']:,}/s for {mc.soak_seconds:.0f} s")
-                result["pipeline"]["soak"] = run_soak(settings, mc, run, rest["sustained_eps"],
-                                                      dlq, gen, sampler)
+                say(f"soak: {soak_path} at {held['sustained_eps']:,}/s for "
+                    f"{mc.soak_seconds:.0f} s")
+                result["pipeline"]["soak"] = run_soak(settings, mc, run, held["sustained_eps"],
+                                                      dlq, gen, sampler, path=soak_path)
         sampler.phase("recount")  # the final counts below are no step's or soak's load
         _zero_loss(settings, result)
         if "drain" in phases:

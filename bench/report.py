@@ -409,7 +409,8 @@ def format_table(result: Mapping[str, Any]) -> str:
         lines.append(f"soak: skipped - {soak['skipped']}")
     elif soak:
         grew = {c: g.get("growth_mb") for c, g in soak.get("rss_growth", {}).items()}
-        lines.append(f"soak rest {_fmt(soak.get('rate'))}/s x {_fmt(soak.get('seconds'))} s: "
+        lines.append(f"soak {soak.get('path', 'rest')} {_fmt(soak.get('rate'))}/s x "
+                     f"{_fmt(soak.get('seconds'))} s: "
                      f"sent {_fmt(soak.get('sent'))}, stored {_fmt(soak.get('stored'))}, lost "
                      f"{_fmt(soak.get('lost'))}, duplicated {_fmt(soak.get('duplicated'))}, "
                      f"backlog slope {_fmt(soak.get('backlog_slope'))} events/s per s, held "
