@@ -40,7 +40,7 @@ __all__ = ["BLUEPRINT_MODULES", "create_app"]
 _LOGGER = logging.getLogger(__name__)
 
 BLUEPRINT_MODULES = ("api.query", "api.ingest", "api.health", "api.openapi", "api.landing",
-                     "api.alarm_acks", "api.dead_letters")
+                     "api.alarm_acks", "api.dead_letters", "api.stream")
 
 
 def create_app(settings: Settings | None = None,

@@ -256,6 +256,7 @@ def build_openapi() -> dict[str, Any]:
         "paths": {
             "/api/v1/telemetry": {"get": telemetry_get, "post": telemetry_post},
             "/api/v1/telemetry/latest": {"get": latest},
+            "/api/v1/telemetry/stream": {"get": _stream_operation()},
             "/api/v1/alarms": {"get": alarms},
             "/api/v1/assets": {"get": asset_list},
             "/api/v1/assets/{asset_id}": {"get": asset_one},
@@ -283,6 +284,44 @@ def build_openapi() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "API key; scopes read / write"}},
             "schemas": _SCHEMAS,
+        },
+    }
+
+
+def _stream_operation() -> dict[str, Any]:
+    """GET /api/v1/telemetry/stream (api.stream)."""
+    return {
+        "summary": "Live stream of an asset's validated readings (Server-Sent Events)",
+        "operationId": "streamTelemetry",
+        "description": "Readings of validated_telemetry for asset_id as they arrive "
+                       "(event: reading, data: a Reading as JSON). Each event's id is the "
+                       "stream position '<partition>:<next offset>,...'; reconnect with it "
+                       "in Last-Event-ID to resume right after it. Without Last-Event-ID "
+                       "the stream starts with new readings. A ': heartbeat' comment "
+                       "every [api] stream_heartbeat_s (15 s) of silence. A slow client "
+                       "gets 'event: dropped' (data {\"dropped\": n}) instead of the "
+                       "readings that did not fit its queue ([api] stream_queue_size). At "
+                       "most [api] stream_max_per_key open streams per key and API worker "
+                       "process (429 too_many_streams beyond); each holds one server "
+                       "thread, so this stays below [api] threads.",
+        "parameters": [
+            _param("asset_id", "Asset (required; must be in the asset catalog).", _STR,
+                   required=True),
+            _param("Last-Event-ID", "Resume after this event id (as sent by the stream).",
+                   {"type": "string", "maxLength": 4096,
+                    "pattern": "^[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*$"}, where="header"),
+        ],
+        "responses": {
+            "200": {"description": "An endless text/event-stream.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "400": _error("asset_id missing, an unknown parameter, or a malformed "
+                          "Last-Event-ID (details.parameter names it)."),
+            "401": _error("Missing or invalid API key."),
+            "403": _error("The key lacks the read scope."),
+            "404": _error("asset_id is not in the asset catalog."),
+            "429": _error("Over the key's rate limit, or too_many_streams: the key already "
+                          "has [api] stream_max_per_key open streams; see Retry-After."),
+            "503": _error("Kafka or the asset catalog unreachable; see Retry-After."),
         },
     }
 
