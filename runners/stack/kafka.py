@@ -13,9 +13,10 @@ import base64
 import logging
 import socket
 import subprocess
+import time
 import uuid
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -129,12 +130,22 @@ def ensure_topics(bootstrap: str, wanted: dict[str, tuple[int, dict[str, str]]],
             ConfigResource.Type.TOPIC, name,
             incremental_configs=[ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
                                  for k, v in cfg.items()])
-        for _res, fut in admin.incremental_alter_configs([resource]).items():
+        # A KRaft quorum that has just formed (the cluster topology's three brokers) answers
+        # "Timed out waiting for controller" for a while: retry what Kafka calls retriable.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            [fut] = admin.incremental_alter_configs([resource]).values()
             try:
                 fut.result()
+                break
             except KafkaException as exc:
-                raise RuntimeError(f"updating config {cfg} of Kafka topic {name} failed: "
-                                   f"{exc}") from exc
+                error = exc.args[0] if exc.args else None
+                retriable = error is not None and (error.retriable() or
+                                                   error.code() == KafkaError._TIMED_OUT)
+                if not retriable or time.monotonic() > deadline:
+                    raise RuntimeError(f"updating config {cfg} of Kafka topic {name} failed: "
+                                       f"{exc}") from exc
+                time.sleep(1.0)
     for name, fut in (admin.create_partitions(list(grow.values())).items() if grow else []):
         try:
             fut.result()
