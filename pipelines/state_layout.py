@@ -25,4 +25,5 @@ __all__ = ["STATE_LAYOUT"]
 # 3: bundles finish before each checkpoint, which then holds no buffered stage output
 #    (a layout-2 checkpoint with such a buffer restored it into the wrong stage).
 # 4: dedup and alarms in one stage keyed by sensor bucket (transforms/sensor_state.py, 0004).
-STATE_LAYOUT = 4
+# 5: a no-data timer per bucket and no-data fields in each sensor's alarm state (issue 16).
+STATE_LAYOUT = 5

@@ -97,6 +97,7 @@ def build_telemetry_pipeline(
     unknown_asset_policy: str = DEAD_LETTER_POLICY,
     dedup_window_seconds: float = 60.0,
     state_buckets: int = 64,
+    no_data_check_seconds: float = 15.0,
     clock: Callable[[], int] = wall_clock_ms,
 ) -> TelemetryOutputs:
     """Wire the pipeline onto ``root`` and return its outputs.
@@ -107,6 +108,8 @@ def build_telemetry_pipeline(
     producing AssetCatalog elements used as a side input (StaticAssetCatalog,
     RefreshingAssetCatalog).
     ``state_buckets``: state keys of the dedup and alarm stage (transforms/buckets.py).
+    ``no_data_check_seconds``: period of the no-data alarm scan (transforms/sensor_state.py;
+    0 turns NO_DATA alarms off).
     ``clock``: epoch-ms clock for validation and ``ingested_at`` (tests pin it).
     """
     pbegin = root if isinstance(root, beam.pvalue.PBegin) else beam.pvalue.PBegin(root)
@@ -119,7 +122,7 @@ def build_telemetry_pipeline(
     enriched = validated.valid | "EnrichWithAssets" >> EnrichWithAssets(
         catalogs, unknown_asset_policy=unknown_asset_policy, clock=clock)
     sensor_state = enriched.readings | "DedupAndDetectAlarms" >> DedupAndDetectAlarms(
-        catalogs, dedup_window_seconds, state_buckets)
+        catalogs, dedup_window_seconds, state_buckets, no_data_check_seconds)
     readings, alarms = sensor_state.readings, sensor_state[ALARMS_TAG]
 
     sink_dead = _apply_sinks(readings, sinks.validated, "WriteValidated")

@@ -33,6 +33,8 @@ def telemetry_defaults(settings: Settings) -> dict[str, object]:
         "dedup_window_seconds": settings.get("pipeline", "dedup_window_seconds", float),
         "sink_batch_rows": settings.get("pipeline", "sink_batch_rows", int),
         "state_buckets": settings.get("pipeline", "state_buckets", int),
+        "no_data_check_seconds": settings.get("pipeline", "no_data_check_seconds", float,
+                                              15.0),
     }
 
 
@@ -60,6 +62,9 @@ class TelemetryOptions(PipelineOptions):
         add("--sink_batch_rows", type=int, help="rows per QuestDB flush")
         add("--state_buckets", type=int,
             help="keyed-state buckets of dedup and alarms (see transforms/buckets.py)")
+        add("--no_data_check_seconds", type=float,
+            help="period of the no-data alarm scan per state bucket; 0 = no NO_DATA alarms "
+                 "(see transforms/sensor_state.py)")
         add("--kafka_expansion_service",
             help="host:port of the KafkaIO expansion service: Kafka is then read by Beam's "
                  "Java KafkaIO as a native Flink source (the Flink default); without it, by "

@@ -137,6 +137,7 @@ def run(argv: Sequence[str] = (), settings: Settings | None = None) -> PipelineR
         unknown_asset_policy=opts.unknown_asset_policy,
         dedup_window_seconds=opts.dedup_window_seconds,
         state_buckets=opts.state_buckets,
+        no_data_check_seconds=opts.no_data_check_seconds,
     )
     _LOGGER.info("submitting telemetry job (streaming=%s, runner=%s)", streaming,
                  options.view_as(StandardOptions).runner)

@@ -14,11 +14,21 @@ Pure (no Beam): the pipeline's enrichment side input, the query API's
                     "site_id": "bench-site-{site:02d}",
                     "asset_id": "bench-asset-{site:02d}-{asset:03d}",
                     "site_name": "...", "asset_type": "...", "location": "...",
-                    "thresholds": {...}}]}
+                    "thresholds": {...}, "max_silence_s": {...}}],
+     "asset_types": {"inverter": {"max_silence_s": {"TEMPERATURE": 300, "POWER": 300}}}}
 
 ``generated`` blocks expand to many sites/assets for tests and benchmarks.
 Every threshold is optional; a sensor type without thresholds only raises
 alarms for quality BAD.
+
+No-data alarms (transforms/alarms.py, docs/pipeline.md): ``asset_types.<type>.max_silence_s``
+gives, per sensor type, the longest silence (seconds, > 0) expected of a sensor of that type
+on an asset of that type; a sensor that has reported and is then silent longer raises a
+NO_DATA alarm. An asset (or a ``generated`` block) may override it with its own
+``max_silence_s`` object: a number replaces the type's value for that sensor type, ``null``
+turns no-data alarms off for it; ``"max_silence_s": null`` turns them off for the whole
+asset. The effective value is carried as :attr:`Thresholds.max_silence_s` (so a sensor type
+with only a silence limit gets a Thresholds without bands, which alarms like none).
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +60,7 @@ _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_ASSETS_FILE = Path(__file__).resolve().parent.parent / "config" / "assets.json"
 _THRESHOLD_KEYS = ("warning_low", "warning_high", "critical_low", "critical_high", "hysteresis")
+_ASSET_TYPE_KEYS = ("max_silence_s", "_doc")
 
 
 class AssetCatalogError(ValueError):
@@ -65,9 +76,11 @@ class Thresholds:
     critical_low: float | None = None
     critical_high: float | None = None
     hysteresis: float = 0.0
+    # No-data alarm: the longest expected silence of the sensor, seconds (None = no such alarm).
+    max_silence_s: float | None = None
 
     def as_dict(self) -> dict[str, float | None]:
-        return {k: getattr(self, k) for k in _THRESHOLD_KEYS}
+        return {k: getattr(self, k) for k in (*_THRESHOLD_KEYS, "max_silence_s")}
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,63 @@ def _parse_thresholds(spec: Any, where: str) -> dict[str, Thresholds]:
     return out
 
 
+def _parse_silences(spec: Any, where: str, *, nullable: bool) -> dict[str, float | None]:
+    """``{sensor_type: seconds}`` of a ``max_silence_s`` object (None values only if
+    ``nullable``: an asset's way to turn its type's no-data alarm off)."""
+    if not isinstance(spec, dict):
+        raise AssetCatalogError(f"{where}: must be an object of sensor type -> seconds")
+    out: dict[str, float | None] = {}
+    for sensor_type, val in spec.items():
+        w = f"{where}.{sensor_type}"
+        if sensor_type not in SENSOR_TYPES:
+            raise AssetCatalogError(f"{w}: unknown sensor type")
+        if val is None and nullable:
+            out[sensor_type] = None
+            continue
+        if (isinstance(val, bool) or not isinstance(val, int | float) or not math.isfinite(val)
+                or val <= 0):
+            raise AssetCatalogError(f"{w}: must be a number of seconds > 0"
+                                    + (" or null" if nullable else "") + f", got {val!r}")
+        out[sensor_type] = float(val)
+    return out
+
+
+def _parse_asset_types(spec: Any) -> dict[str, dict[str, float | None]]:
+    """``{asset_type: {sensor_type: max_silence_s}}`` of the ``asset_types`` section."""
+    if not isinstance(spec, dict):
+        raise AssetCatalogError("'asset_types' must be an object")
+    out = {}
+    for asset_type, body in spec.items():
+        if asset_type.startswith("_"):
+            continue   # "_doc" and other comments
+        where = f"asset_types.{asset_type}"
+        if not isinstance(body, dict) or set(body) - set(_ASSET_TYPE_KEYS):
+            raise AssetCatalogError(f"{where}: must be an object with keys among "
+                                    f"{_ASSET_TYPE_KEYS}")
+        out[asset_type] = _parse_silences(body.get("max_silence_s", {}),
+                                          f"{where}.max_silence_s", nullable=False)
+    return out
+
+
+_UNSET = object()
+
+
+def _with_silences(thresholds: dict[str, Thresholds], defaults: Mapping[str, float | None],
+                   override: Any, where: str) -> dict[str, Thresholds]:
+    """``thresholds`` with each sensor type's effective ``max_silence_s``: the asset's
+    override (an object, or null for none at all) over its asset type's ``defaults``."""
+    if override is None:
+        return thresholds
+    silences = dict(defaults)
+    if override is not _UNSET:
+        silences.update(_parse_silences(override, f"{where}.max_silence_s", nullable=True))
+    out = dict(thresholds)
+    for sensor_type, seconds in silences.items():
+        if seconds is not None:
+            out[sensor_type] = replace(out.get(sensor_type, Thresholds()), max_silence_s=seconds)
+    return out
+
+
 def _str(spec: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
     val = spec.get(key, default)
     if not isinstance(val, str) or not val:
@@ -153,6 +223,7 @@ def parse_asset_catalog(doc: Any, *, version: str = "", loaded_at_ms: int = 0) -
     raw_assets = doc.get("assets", {})
     if not isinstance(sites, dict) or not isinstance(raw_assets, dict):
         raise AssetCatalogError("'sites' and 'assets' must be objects")
+    type_silences = _parse_asset_types(doc.get("asset_types", {}))
     assets: dict[str, AssetInfo] = {}
     for asset_id, spec in raw_assets.items():
         where = f"assets.{asset_id}"
@@ -163,11 +234,14 @@ def parse_asset_catalog(doc: Any, *, version: str = "", loaded_at_ms: int = 0) -
         if not isinstance(site, dict):
             raise AssetCatalogError(f"{where}.site_id: site {site_id!r} is not in 'sites'")
         site_where = f"sites.{site_id}"
+        asset_type = _str(spec, "asset_type", where)
         assets[asset_id] = AssetInfo(
             asset_id=asset_id, site_id=site_id, site_name=_str(site, "name", site_where),
-            asset_type=_str(spec, "asset_type", where),
+            asset_type=asset_type,
             location=_str(spec, "location", where, site.get("location")),
-            thresholds=_parse_thresholds(spec.get("thresholds"), where),
+            thresholds=_with_silences(_parse_thresholds(spec.get("thresholds"), where),
+                                      type_silences.get(asset_type, {}),
+                                      spec.get("max_silence_s", _UNSET), where),
         )
     for n, gen in enumerate(doc.get("generated", [])):
         where = f"generated[{n}]"
@@ -175,7 +249,9 @@ def parse_asset_catalog(doc: Any, *, version: str = "", loaded_at_ms: int = 0) -
             raise AssetCatalogError(f"{where}: must be an object")
         try:
             n_sites, per_site = int(gen["sites"]), int(gen["assets_per_site"])
-            thresholds = _parse_thresholds(gen.get("thresholds"), where)
+            thresholds = _with_silences(_parse_thresholds(gen.get("thresholds"), where),
+                                        type_silences.get(gen["asset_type"], {}),
+                                        gen.get("max_silence_s", _UNSET), where)
             for s in range(1, n_sites + 1):
                 site_id = gen["site_id"].format(site=s)
                 for a in range(1, per_site + 1):

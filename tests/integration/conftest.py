@@ -160,7 +160,8 @@ class FlinkJob:
     def flink_job_id(self) -> str | None:
         try:
             jobs = requests.get(f"{self.rest_url}/jobs/overview", timeout=5).json()["jobs"]
-        except requests.RequestException:
+        except (requests.RequestException, ValueError, KeyError):
+            # Not up yet: a starting mini cluster answers {"errors": [...]} for a while.
             return None
         ids = [j["jid"] for j in jobs if j["name"] == self.job_name and j["state"] == "RUNNING"]
         return ids[0] if ids else None
@@ -168,7 +169,8 @@ class FlinkJob:
     def state(self) -> str | None:
         try:
             jobs = requests.get(f"{self.rest_url}/jobs/overview", timeout=5).json()["jobs"]
-        except requests.RequestException:
+        except (requests.RequestException, ValueError, KeyError):
+            # Not up yet: a starting mini cluster answers {"errors": [...]} for a while.
             return None
         states = [j["state"] for j in jobs if j["name"] == self.job_name]
         return states[0] if states else None
