@@ -35,6 +35,7 @@ from api.params import (
     MAX_LIMIT,
     ORDERS,
     QUERYABLE_SENSOR_TYPES,
+    SOURCES,
 )
 
 __all__ = ["DOCS_PATH", "OPENAPI_PATH", "PUBLIC_DOCS_CONFIG", "bp", "build_openapi",
@@ -81,6 +82,16 @@ def _page(item_ref: str) -> dict[str, Any]:
                         "description": "Pass as cursor for the next page; null on the last."}}}
 
 
+_SOURCE_NAMES = ["raw", "rollup_1m", "rollup_1h"]
+
+
+def _telemetry_page(item_ref: str) -> dict[str, Any]:
+    page = _page(item_ref)
+    page["properties"]["source"] = {**_enum(_SOURCE_NAMES),
+                                    "description": "What the rows were read from."}
+    return page
+
+
 _READ_ERRORS = {
     "400": _error("A parameter is invalid; details.parameter names it, details.allowed lists "
                   "the values of an enum parameter, details.minimum/maximum bound limit."),
@@ -111,9 +122,9 @@ _PAGE_PARAMS = [
 ]
 
 _ENUM_RULE = (
-    "Enum parameters (order, format, interval, agg, fill, sensor_type, severity, state) take "
-    "exactly one of the listed values, case-sensitive as they appear in rows (CRITICAL, not "
-    "critical); any other value is a 400 whose details.allowed lists the values, never an "
+    "Enum parameters (order, format, interval, agg, fill, source, sensor_type, severity, state) "
+    "take exactly one of the listed values, case-sensitive as they appear in rows (CRITICAL, "
+    "not critical); any other value is a 400 whose details.allowed lists the values, never an "
     "empty result."
 )
 
@@ -124,7 +135,15 @@ _TELEMETRY_GET_DESCRIPTION = (
     f"(timestamp, asset_id, sensor_id), at most {MAX_BUCKETS} buckets per series; "
     "`fill` fills empty buckets between the first and last bucket that has data. "
     "`format=csv` streams every row of the range (at most `limit` rows if given) "
-    "instead of one page. Unknown or repeated parameters are refused (400)."
+    "instead of one page. Unknown or repeated parameters are refused (400). "
+    "Buckets of whole minutes over a range on whole minutes (UTC) with agg avg, min, max or "
+    "count (not avg with fill=linear) are read from a rollup (QuestDB materialized views of "
+    "1-minute and 1-hour sum/count/min/max per sensor, refreshed after every commit): the "
+    "same values as the raw rows give, from ~60x (1 minute) or ~3,600x (1 hour, at 1 Hz) "
+    "fewer rows. `source` in the body and the X-Data-Source header say which was read "
+    "(raw, rollup_1m, rollup_1h). A rollup trails the raw rows by its refresh (typically "
+    "under a second after a write); the 1-minute rollup keeps 90 days like the raw rows, "
+    "the 1-hour rollup 2 years, so older buckets exist only there."
 )
 
 _ASSET_LIST_DESCRIPTION = (
@@ -161,12 +180,21 @@ def build_openapi() -> dict[str, Any]:
             _param("fill", "Gap filling of empty buckets (needs interval).",
                    _enum(FILLS, "none")),
             _param("format", "Response format.", _enum(FORMATS, "json")),
+            _param("source", "Where buckets come from: auto (a rollup when it gives the same "
+                   "values, else the raw rows), raw (always the raw rows), rollup (a rollup, "
+                   "or 400 naming why it cannot answer; 503 if QuestDB reports it invalid).",
+                   _enum(SOURCES, "auto")),
         ],
         "responses": {
-            "200": {"description": "One page (JSON) or the whole range (CSV).", "content": {
-                "application/json": {"schema": {"oneOf": [
-                    _page("#/components/schemas/Reading"), _page("#/components/schemas/Bucket")]}},
-                "text/csv": {"schema": {"type": "string"}}}},
+            "200": {"description": "One page (JSON) or the whole range (CSV).",
+                    "headers": {"X-Data-Source": {
+                        "description": "raw, rollup_1m or rollup_1h (also the body's source).",
+                        "schema": _enum(_SOURCE_NAMES)}},
+                    "content": {
+                        "application/json": {"schema": {"oneOf": [
+                            _telemetry_page("#/components/schemas/Reading"),
+                            _telemetry_page("#/components/schemas/Bucket")]}},
+                        "text/csv": {"schema": {"type": "string"}}}},
             **_READ_ERRORS},
     }
     telemetry_post = {
@@ -440,14 +468,21 @@ _SCHEMAS: dict[str, Any] = {
         "sensor_id": _NSTR, "sensor_type": _NSTR, "value": _NNUM}},
     "Alarm": {"type": "object", "properties": {
         "timestamp": _TS, "alarm_id": {"type": "string"}, "site_id": _NSTR, "asset_id": _NSTR,
-        "sensor_id": _NSTR, "sensor_type": _NSTR, "severity": _NSTR, "state": _NSTR,
+        "sensor_id": _NSTR, "sensor_type": _NSTR,
+        "severity": {**_NSTR, "description": "WARNING, CRITICAL, or NO_DATA: the sensor was "
+                     "silent longer than its max_silence_s (value = seconds of silence, "
+                     "threshold = max_silence_s, event_id empty on the raise)"},
+        "state": _NSTR,
         "value": _NNUM, "threshold": _NNUM, "reason": _NSTR, "event_id": _NSTR,
         "ingested_at": {"type": ["string", "null"], "format": "date-time"},
         "acknowledged_by": _NSTR,
         "acknowledged_at": {"type": ["string", "null"], "format": "date-time"}}},
     "Asset": {"type": "object", "required": ["asset_id"], "additionalProperties": True,
               "properties": {"asset_id": {"type": "string"}, "site_id": {"type": "string"},
-                             "thresholds": {"type": "object"}}},
+                             "thresholds": {"type": "object", "description": (
+                                 "Per sensor type: warning_low/high, critical_low/high, "
+                                 "hysteresis, and max_silence_s (seconds without a reading "
+                                 "before a NO_DATA alarm; null: none)")}}},
     "TelemetryEvent": {"type": "object",
                        "required": ["timestamp", "site_id", "asset_id", "sensor_id",
                                     "sensor_type", "value", "unit"],

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from api.errors import BadParameter
+from io_connectors.questdb_schema import ROLLUPS
 from schemas.events import SENSOR_TYPES
 
 __all__ = [
@@ -53,6 +54,8 @@ __all__ = [
     "MAX_RAW_RANGE_US",
     "ORDERS",
     "QUERYABLE_SENSOR_TYPES",
+    "ROLLUP_AGGREGATES",
+    "SOURCES",
     "AlarmQuery",
     "AssetListQuery",
     "Cursor",
@@ -68,6 +71,7 @@ __all__ = [
     "parse_latest_query",
     "parse_telemetry_query",
     "parse_time",
+    "rollup_for",
     "to_micros",
 ]
 
@@ -105,8 +109,13 @@ AGGREGATES = ("avg", "min", "max", "count", "first", "last")
 FILLS = ("none", "null", "prev", "linear")
 ORDERS = ("asc", "desc")
 FORMATS = ("json", "csv")
+# Where bucketed reads come from: ``auto`` (a rollup when one can answer exactly, else the
+# raw rows), ``raw`` (always the raw rows), ``rollup`` (a rollup or a 400 saying why not).
+SOURCES = ("auto", "raw", "rollup")
+# Aggregates a rollup answers exactly (first/last need the raw rows' order).
+ROLLUP_AGGREGATES = ("avg", "min", "max", "count")
 # The symbols of schemas/alarm.avsc, as the alarm branch writes them.
-ALARM_SEVERITIES = ("WARNING", "CRITICAL")
+ALARM_SEVERITIES = ("WARNING", "CRITICAL", "NO_DATA")
 ALARM_STATES = ("RAISED", "CLEARED")
 # Validation rejects UNKNOWN, so no stored reading has it: a filter on it could only be empty.
 QUERYABLE_SENSOR_TYPES = tuple(t for t in SENSOR_TYPES if t != "UNKNOWN")
@@ -148,10 +157,16 @@ class TelemetryQuery:
     fmt: str
     cursor: Cursor | None
     fingerprint: str
+    source: str = "auto"
 
     @property
     def bucketed(self) -> bool:
         return self.interval is not None
+
+    @property
+    def rollup(self) -> str | None:
+        """The rollup that may answer this query (``source`` allowing), or None."""
+        return None if self.source == "raw" else rollup_for(self)
 
 
 @dataclass(frozen=True)
@@ -344,7 +359,7 @@ def decode_key_cursor(text: str, fingerprint: str, key_types: Sequence[type]) ->
 
 
 TELEMETRY_PARAMS = ("asset_id", "site_id", "sensor_id", "sensor_type", "start_time", "end_time",
-                    "limit", "cursor", "order", "interval", "agg", "fill", "format")
+                    "limit", "cursor", "order", "interval", "agg", "fill", "format", "source")
 # Sort keys of a page: raw rows (timestamp, event_id); buckets (timestamp, asset_id, sensor_id).
 RAW_KEY_TYPES = (int, str)
 BUCKET_KEY_TYPES = (int, str, str)
@@ -361,6 +376,7 @@ def parse_telemetry_query(args: Args, now_us: int | None = None) -> TelemetryQue
     agg = r.choice("agg", AGGREGATES, None)
     fill = r.choice("fill", FILLS, None)
     fmt = r.choice("format", FORMATS, "json")
+    source = r.choice("source", SOURCES, "auto") or "auto"
     if interval is None and agg is not None:
         raise BadParameter("agg", "needs an interval")
     if interval is None and fill is not None:
@@ -383,13 +399,52 @@ def parse_telemetry_query(args: Args, now_us: int | None = None) -> TelemetryQue
     if interval is not None and span // INTERVALS[interval][1] > MAX_BUCKETS:
         raise BadParameter("interval", f"more than {MAX_BUCKETS} buckets in the range; "
                            "use a longer interval or a shorter range", max_buckets=MAX_BUCKETS)
-    return TelemetryQuery(
+    q = TelemetryQuery(
         asset_id=ids["asset_id"], site_id=ids["site_id"], sensor_id=ids["sensor_id"],
         sensor_type=ids["sensor_type"], start_us=start_us, end_us=end_us, limit=limit,
         limit_given=limit_given, order=order or "asc", interval=interval,
         agg=agg or "avg", fill=fill or "none", fmt=fmt or "json", cursor=cursor,
-        fingerprint=fingerprint,
+        fingerprint=fingerprint, source=source,
     )
+    if source == "rollup" and q.rollup is None:
+        raise BadParameter("source", _no_rollup_reason(q), allowed=list(SOURCES))
+    return q
+
+
+def rollup_for(q: TelemetryQuery) -> str | None:
+    """The coarsest rollup whose buckets tile this bucketed query exactly, or None.
+
+    A rollup answers exactly when the aggregate can be combined from its columns
+    (:data:`ROLLUP_AGGREGATES`; not avg with fill=linear), the interval is a whole
+    number of its buckets, and both ends of the range lie on its bucket boundaries (a
+    range starting mid-minute would count the whole minute). Later pages keep both
+    properties: their ranges start (asc) or end (desc) on a bucket boundary of the
+    interval.
+    """
+    if q.interval is None or q.agg not in ROLLUP_AGGREGATES:
+        return None
+    if q.fill == "linear" and q.agg == "avg":
+        # QuestDB interpolates sum(value_sum) / sum(value_count) differently from
+        # avg(value) (the rollup test saw other values in filled buckets).
+        return None
+    length_us = INTERVALS[q.interval][1]
+    for view, seconds in sorted(ROLLUPS.items(), key=lambda item: -item[1]):
+        unit = seconds * US_PER_S
+        if length_us % unit == 0 and q.start_us % unit == 0 and q.end_us % unit == 0:
+            return view
+    return None
+
+
+def _no_rollup_reason(q: TelemetryQuery) -> str:
+    if q.interval is None:
+        return "source=rollup needs an interval"
+    if q.agg not in ROLLUP_AGGREGATES:
+        return (f"source=rollup answers agg {', '.join(ROLLUP_AGGREGATES)} only; "
+                f"{q.agg} needs source=raw or auto")
+    if q.fill == "linear" and q.agg == "avg":
+        return "source=rollup does not answer agg=avg with fill=linear; use source=auto or raw"
+    return ("source=rollup needs an interval of whole minutes and start_time and end_time "
+            "on whole minutes (UTC); use source=auto or raw")
 
 
 _MAX_AGE = re.compile(r"^([1-9][0-9]{0,4})([mhd])$")

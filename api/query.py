@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
@@ -36,6 +37,8 @@ __all__ = ["bp", "STORE_EXTENSION", "ASSETS_EXTENSION", "BUCKET_CSV_COLUMNS", "R
 _LOGGER = logging.getLogger(__name__)
 
 STORE_EXTENSION = "dcmms_store"
+# Response header naming where telemetry rows came from (also the JSON body's "source").
+SOURCE_HEADER = "X-Data-Source"
 ASSETS_EXTENSION = "dcmms_assets"
 
 RAW_CSV_COLUMNS = SENSOR_READING_COLUMNS
@@ -61,7 +64,11 @@ def telemetry() -> Response:
     if q.fmt == "csv":
         return _csv_response(q, after)
     page = _store().readings(q, q.limit, after)
-    return jsonify({"data": page.rows, "next_cursor": _cursor(q, page.next_key)})
+    source = getattr(page, "source", "raw")
+    response = jsonify({"data": page.rows, "next_cursor": _cursor(q, page.next_key),
+                        "source": source})
+    response.headers[SOURCE_HEADER] = source
+    return response
 
 
 def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
@@ -72,8 +79,10 @@ def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _csv_page(store: Any, q: TelemetryQuery, columns: Sequence[str], limit: int,
-              after: Sequence[Any] | None) -> tuple[list[list[Any]], Sequence[Any] | None]:
-    """One chunk of the export as value lists in ``columns`` order, and the next key.
+              after: Sequence[Any] | None,
+              ) -> tuple[list[list[Any]], Sequence[Any] | None, str]:
+    """One chunk of the export as value lists in ``columns`` order, the next key and
+    the source of the rows.
 
     The real store returns value lists directly (:meth:`TelemetryStore.reading_rows`: no
     dict per row); a store without that method (test stand-ins) is read through
@@ -84,9 +93,10 @@ def _csv_page(store: Any, q: TelemetryQuery, columns: Sequence[str], limit: int,
         page = reading_rows(q, limit, after)
         if tuple(page.columns) != tuple(columns):
             raise RuntimeError(f"CSV columns {page.columns} differ from {columns}")
-        return page.rows, page.next_key
+        return page.rows, page.next_key, page.source
     page = store.readings(q, limit, after)
-    return [[row[c] for c in columns] for row in page.rows], page.next_key
+    return ([[row[c] for c in columns] for row in page.rows], page.next_key,
+            getattr(page, "source", "raw"))
 
 
 def _csv_response(q: TelemetryQuery, after: Sequence[Any] | None) -> Response:
@@ -103,24 +113,35 @@ def _csv_response(q: TelemetryQuery, after: Sequence[Any] | None) -> Response:
     first = _csv_page(store, q, columns, min(MAX_LIMIT, remaining or MAX_LIMIT), after)
 
     def generate() -> Iterator[str]:
+        # The next chunk is queried in a thread while this one is formatted and sent:
+        # QuestDB's scan (psycopg2 releases the GIL meanwhile) overlaps the Python
+        # formatting. At most two chunks are in memory.
         nonlocal remaining
-        rows, next_key = first
-        yield _csv_text([columns])
-        while True:
-            yield _csv_text(rows)
-            if remaining is not None:
-                remaining -= len(rows)
-            if next_key is None or (remaining is not None and remaining <= 0):
-                return
-            try:
-                rows, next_key = _csv_page(store, q, columns,
-                                           min(MAX_LIMIT, remaining or MAX_LIMIT), next_key)
-            except Exception:
-                _LOGGER.exception("CSV stream aborted: a chunk query failed")
-                raise
+        rows, next_key, _source = first
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-prefetch")
+        try:
+            yield _csv_text([columns])
+            while True:
+                if remaining is not None:
+                    remaining -= len(rows)
+                done = next_key is None or (remaining is not None and remaining <= 0)
+                pending = None if done else pool.submit(
+                    _csv_page, store, q, columns, min(MAX_LIMIT, remaining or MAX_LIMIT),
+                    next_key)
+                yield _csv_text(rows)
+                if pending is None:
+                    return
+                try:
+                    rows, next_key, _source = pending.result()
+                except Exception:
+                    _LOGGER.exception("CSV stream aborted: a chunk query failed")
+                    raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     return Response(stream_with_context(generate()), mimetype="text/csv",
-                    headers={"Content-Disposition": "attachment; filename=telemetry.csv"})
+                    headers={"Content-Disposition": "attachment; filename=telemetry.csv",
+                             SOURCE_HEADER: first[2]})
 
 
 @bp.get("/api/v1/telemetry/latest")

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,12 +49,16 @@ from api.params import (
 from io_connectors.questdb_schema import (
     ALARM_COLUMNS,
     ALARMS,
+    ROLLUP_1H,
+    ROLLUP_1M,
+    ROLLUPS,
     SENSOR_READING_COLUMNS,
     SENSOR_READINGS,
 )
 
 __all__ = [
     "ALARM_STATE_RAISED",
+    "SOURCE_NAMES",
     "Page",
     "QuestDBClient",
     "RowPage",
@@ -61,6 +66,7 @@ __all__ = [
     "build_active_alarms_sql",
     "build_alarms_sql",
     "build_bucket_sql",
+    "build_latest_rollup_sql",
     "build_latest_sql",
     "build_raw_probe_sql",
     "build_raw_sql",
@@ -82,6 +88,16 @@ _AGG_SQL = {
     "first": "first(value)",
     "last": "last(value)",
 }
+# The same aggregates from a rollup's columns (io_connectors/questdb_schema.py): an
+# average is the sum of sums over the sum of counts, never an average of averages.
+_ROLLUP_AGG_SQL = {
+    "avg": "sum(value_sum) / sum(value_count)",
+    "min": "min(value_min)",
+    "max": "max(value_max)",
+    "count": "sum(row_count)",
+}
+# What a response's ``source`` says for each table.
+SOURCE_NAMES = {SENSOR_READINGS: "raw", ROLLUP_1M: "rollup_1m", ROLLUP_1H: "rollup_1h"}
 _FILL_SQL = {"none": "", "null": " FILL(NULL)", "prev": " FILL(PREV)", "linear": " FILL(LINEAR)"}
 _ORDER_SQL = {"asc": "ASC", "desc": "DESC"}
 _BUCKET_COLUMNS = ("timestamp", "asset_id", "sensor_id", "sensor_type", "value")
@@ -184,24 +200,41 @@ def build_raw_probe_sql(q: TelemetryQuery, limit: int,
     return sql, [*params, limit - 1, limit]
 
 
-def build_raw_sql(q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
-                  floor_us: int | None = None,
-                  ceil_us: int | None = None) -> tuple[str, list[Any]]:
+def build_raw_sql(q: TelemetryQuery, limit: int | None, after: Sequence[Any] | None,
+                  floor_us: int | None = None, ceil_us: int | None = None,
+                  sort_ties: bool = True) -> tuple[str, list[Any]]:
     """Raw readings in (timestamp, event_id) order, after the keyset ``after``.
 
     ``floor_us`` raises the lower time bound, ``ceil_us`` lowers the upper one (see
-    :func:`build_raw_probe_sql`).
+    :func:`build_raw_probe_sql`). ``sort_ties=False``: rows in designated-timestamp
+    order only (QuestDB's scan order, no sort), at most ``limit`` (None: no LIMIT); the
+    caller orders rows sharing a timestamp by event_id (:meth:`TelemetryStore._readings`).
     """
     where, params = _raw_where(q, after, floor_us, ceil_us)
     direction = _ORDER_SQL[q.order]
+    if not sort_ties:
+        sql = (f"SELECT {', '.join(SENSOR_READING_COLUMNS)} FROM {SENSOR_READINGS} "
+               f"WHERE {where} ORDER BY timestamp {direction}")
+        return (sql, params) if limit is None else (sql + " LIMIT %s", [*params, limit])
     sql = (f"SELECT {', '.join(SENSOR_READING_COLUMNS)} FROM {SENSOR_READINGS} WHERE {where} "
            f"ORDER BY timestamp {direction}, event_id {direction} LIMIT %s")
     return sql, [*params, limit]
 
 
-def build_bucket_sql(q: TelemetryQuery, limit: int,
-                     after: Sequence[Any] | None) -> tuple[str, list[Any]]:
+def _raw_sort_key(row: Sequence[Any]) -> tuple[str, str]:
+    """(timestamp text, event_id): QuestDB's timestamp text has a fixed width (six
+    fraction digits), so it sorts like the time; a null event_id sorts first, as in SQL."""
+    return row[0], row[1] or ""
+
+
+def build_bucket_sql(q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
+                     rollup: str | None = None) -> tuple[str, list[Any]]:
     """Time buckets per (asset_id, sensor_id) with SAMPLE BY ... ALIGN TO CALENDAR.
+
+    ``rollup``: read that rollup view (:data:`io_connectors.questdb_schema.ROLLUPS`;
+    the caller checked :func:`api.params.rollup_for`) instead of the raw rows. Its
+    buckets tile the requested ones, so the same SAMPLE BY over it gives the same
+    buckets; the aggregate is recombined from its columns (``_ROLLUP_AGG_SQL``).
 
     Pages are ordered by (timestamp, asset_id, sensor_id). Without fill a later
     page starts its scan at the cursor's bucket (buckets are calendar-aligned, so
@@ -221,8 +254,12 @@ def build_bucket_sql(q: TelemetryQuery, limit: int,
     extra, extra_params = _reading_filters(q)
     where += extra
     params += extra_params
-    inner = (f"SELECT timestamp, asset_id, sensor_id, sensor_type, {_AGG_SQL[q.agg]} value "
-             f"FROM {SENSOR_READINGS} WHERE {where} "
+    if rollup is not None and rollup not in ROLLUPS:
+        raise ValueError(f"not a rollup: {rollup}")
+    table, agg_sql = ((rollup, _ROLLUP_AGG_SQL[q.agg]) if rollup is not None
+                      else (SENSOR_READINGS, _AGG_SQL[q.agg]))
+    inner = (f"SELECT timestamp, asset_id, sensor_id, sensor_type, {agg_sql} value "
+             f"FROM {table} WHERE {where} "
              f"SAMPLE BY {INTERVALS[q.interval][0]}{_FILL_SQL[q.fill]} ALIGN TO CALENDAR")
     outer_where = ""
     if after is not None:
@@ -235,14 +272,35 @@ def build_bucket_sql(q: TelemetryQuery, limit: int,
     return sql, [*params, limit]
 
 
-def build_latest_sql(q: LatestQuery) -> tuple[str, list[Any]]:
-    """Latest reading of every (asset_id, sensor_id) of an asset or a site."""
+def build_latest_sql(q: LatestQuery, floor_us: int | None = None,
+                     ceil_us: int | None = None) -> tuple[str, list[Any]]:
+    """Latest reading of every (asset_id, sensor_id) of an asset or a site.
+
+    ``floor_us`` raises the lower time bound (never below ``max_age``), ``ceil_us`` adds
+    an upper one: :meth:`TelemetryStore.latest` narrows the scan with the rollups.
+    """
     # The time bound first: without it QuestDB reads every row of the site (all 90 days).
+    # LATEST ON ... PARTITION BY two symbols cannot stop early: it reads the whole range.
     where, params = _filters([("asset_id", q.asset_id), ("site_id", q.site_id),
                               ("sensor_type", q.sensor_type)])
+    bounds = "timestamp >= %s" + (" AND timestamp < %s" if ceil_us is not None else "")
+    bound_params = [max(q.since_us, floor_us or 0)] + ([ceil_us] if ceil_us is not None else [])
     sql = (f"SELECT {', '.join(SENSOR_READING_COLUMNS)} FROM {SENSOR_READINGS} "
-           f"WHERE timestamp >= %s{where} LATEST ON timestamp PARTITION BY asset_id, sensor_id")
-    return sql, [q.since_us, *params]
+           f"WHERE {bounds}{where} LATEST ON timestamp PARTITION BY asset_id, sensor_id")
+    return sql, [*bound_params, *params]
+
+
+def build_latest_rollup_sql(q: LatestQuery, view: str,
+                            floor_us: int) -> tuple[str, list[Any]]:
+    """The last bucket with data of every (asset_id, sensor_id) in a rollup view, from
+    ``floor_us`` on: ``(timestamp, asset_id, sensor_id)`` rows."""
+    if view not in ROLLUPS:
+        raise ValueError(f"not a rollup: {view}")
+    where, params = _filters([("asset_id", q.asset_id), ("site_id", q.site_id),
+                              ("sensor_type", q.sensor_type)])
+    sql = (f"SELECT timestamp, asset_id, sensor_id FROM {view} WHERE timestamp >= %s{where} "
+           f"LATEST ON timestamp PARTITION BY asset_id, sensor_id")
+    return sql, [floor_us, *params]
 
 
 def build_alarms_sql(q: AlarmQuery, limit: int,
@@ -332,7 +390,7 @@ class QuestDBClient:
         try:
             for attempt in (1, 2):
                 with self._lock:
-                    conn = self._idle.pop() if self._idle else None
+                    conn = self._idle.pop() if self._idle and attempt == 1 else None
                 reused = conn is not None
                 if conn is None:
                     conn = self._connect()
@@ -345,7 +403,14 @@ class QuestDBClient:
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     conn.close()
                     if reused and attempt == 1:
-                        continue  # a stale pooled connection (QuestDB restarted): try a fresh one
+                        # A stale pooled connection (QuestDB restarted, or closed it after
+                        # being idle): so are the other idle ones, most likely. Drop them and
+                        # retry on a fresh connection (the retry never takes a pooled one).
+                        with self._lock:
+                            stale, self._idle = self._idle, []
+                        for other in stale:
+                            other.close()
+                        continue
                     raise ServiceUnavailable(
                         f"QuestDB at {self.address} failed during a query",
                         dependency="questdb", error=str(exc).strip()[:200]) from None
@@ -376,6 +441,7 @@ class Page:
 
     rows: list[dict[str, Any]]
     next_key: tuple[Any, ...] | None
+    source: str = "raw"  # where the rows came from: raw, rollup_1m or rollup_1h
 
 
 def _finite(value: float | None) -> float | None:
@@ -471,6 +537,16 @@ class RowPage:
     columns: tuple[str, ...]
     rows: list[list[Any]]
     next_key: tuple[Any, ...] | None
+    source: str = "raw"
+
+
+# How long the list of usable rollups is reused before QuestDB is asked again.
+ROLLUP_STATUS_TTL_S = 5.0
+# Latest values (TelemetryStore._latest_via_rollups): a sensor whose last minute with data
+# is this much older than the site's newest is "stale" and looked up in its own minute;
+# with more distinct stale minutes than _MAX_STALE_QUERIES one query covers them all.
+_STALE_US = 10 * 60 * 1_000_000
+_MAX_STALE_QUERIES = 8
 
 
 class TelemetryStore:
@@ -478,46 +554,175 @@ class TelemetryStore:
 
     def __init__(self, client: QuestDBClient) -> None:
         self.client = client
+        self._rollups: frozenset[str] = frozenset()
+        self._rollups_checked = -math.inf
+        self._rollups_lock = threading.Lock()
+
+    def valid_rollups(self) -> frozenset[str]:
+        """The rollup views QuestDB reports as ``valid`` (cached for a few seconds).
+
+        A view QuestDB invalidated (a TRUNCATE or UPDATE of sensor_readings, a schema
+        change) or one that does not exist is not used: its buckets come from the raw
+        rows until ``REFRESH MATERIALIZED VIEW <name> FULL`` has rebuilt it.
+        """
+        now = time.monotonic()
+        if now - self._rollups_checked < ROLLUP_STATUS_TTL_S:
+            return self._rollups
+        with self._rollups_lock:
+            if now - self._rollups_checked >= ROLLUP_STATUS_TTL_S:
+                try:
+                    rows = self.client.query(
+                        "SELECT view_name, view_status FROM materialized_views()")
+                    self._rollups = frozenset(name for name, status in rows
+                                              if name in ROLLUPS and status == "valid")
+                except psycopg2.Error as exc:  # e.g. a QuestDB without materialized views
+                    _LOGGER.warning("rollup status unavailable, reading raw rows: %s", exc)
+                    self._rollups = frozenset()
+                self._rollups_checked = time.monotonic()
+        return self._rollups
+
+    def _bucket_source(self, q: TelemetryQuery) -> str | None:
+        """The rollup view to read, or None for the raw rows."""
+        view = q.rollup
+        if view is None:
+            return None
+        if view in self.valid_rollups():
+            return view
+        if q.source == "rollup":
+            raise ServiceUnavailable(f"the rollup {view} is not usable now (QuestDB reports it "
+                                     "missing or invalid); use source=auto or raw",
+                                     dependency="questdb")
+        return None
 
     def _readings(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
-                  ) -> tuple[tuple[str, ...], list[tuple[Any, ...]], tuple[Any, ...] | None]:
-        """Columns, at most ``limit`` rows (timestamps as text) and the next page's key."""
+                  ) -> tuple[tuple[str, ...], list[tuple[Any, ...]], tuple[Any, ...] | None, str]:
+        """Columns, at most ``limit`` rows (timestamps as text), the next page's key and
+        the source (``raw``, ``rollup_1m``, ``rollup_1h``)."""
         if q.bucketed:
-            sql, params = build_bucket_sql(q, limit + 1, after)
+            view = self._bucket_source(q)
+            sql, params = build_bucket_sql(q, limit + 1, after, view)
             rows = self.client.query(sql, params, text_timestamps=True)
             key = _next_key(_BUCKET_COLUMNS, rows, limit, ("timestamp", "asset_id", "sensor_id"))
-            return _BUCKET_COLUMNS, rows[:limit], key
+            return _BUCKET_COLUMNS, rows[:limit], key, SOURCE_NAMES[view or SENSOR_READINGS]
         floor_us = ceil_us = None
         probe_sql, probe_params = build_raw_probe_sql(q, limit + 1, after)
         stamps = self.client.query(probe_sql, probe_params, text_timestamps=True)
         if stamps:
             # More than limit rows match; the first limit+1 in time order all lie at or
-            # before (asc) / at or after (desc) this stamp, so the sort reads only those.
+            # before (asc) / at or after (desc) this stamp, so the read stops there.
             bound = timestamp_micros(stamps[0][0])
             if q.order == "desc":
                 floor_us = bound
             else:
                 ceil_us = bound + 1
-        sql, params = build_raw_sql(q, limit + 1, after, floor_us, ceil_us)
+        # Without a probe row the whole range holds at most `limit` rows. Either way the
+        # range is bounded to about limit+1 rows plus the ties at the bound: QuestDB sends
+        # them in timestamp order (its scan order, no sort), and the rows sharing a
+        # timestamp are put in event_id order here. QuestDB's own sort on (timestamp,
+        # event_id) cost 48 of the page's ~63 ms on a dense asset-day, against 25 without
+        # it and ~2 ms for this sort of nearly ordered rows (decision 0006).
+        sql, params = build_raw_sql(q, None, after, floor_us, ceil_us, sort_ties=False)
         rows = self.client.query(sql, params, text_timestamps=True)
+        rows.sort(key=_raw_sort_key, reverse=q.order == "desc")
+        del rows[limit + 1:]
         key = _next_key(SENSOR_READING_COLUMNS, rows, limit, ("timestamp", "event_id"))
-        return SENSOR_READING_COLUMNS, rows[:limit], key
+        return SENSOR_READING_COLUMNS, rows[:limit], key, "raw"
 
     def readings(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None) -> Page:
-        columns, rows, key = self._readings(q, limit, after)
-        return Page(_records(columns, rows), key)
+        columns, rows, key, source = self._readings(q, limit, after)
+        return Page(_records(columns, rows), key, source)
 
     def reading_rows(self, q: TelemetryQuery, limit: int,
                      after: Sequence[Any] | None) -> RowPage:
-        """Like :meth:`readings`, as value lists (no dict per row): the CSV export."""
-        columns, rows, key = self._readings(q, limit, after)
-        return RowPage(columns, json_rows(columns, rows), key)
+        """Like :meth:`readings`, as value lists (no dict per row): the CSV export.
+
+        Raw chunks may hold fewer than ``limit`` rows (see :meth:`_raw_chunk`)."""
+        if q.bucketed:
+            columns, rows, key, source = self._readings(q, limit, after)
+        else:
+            columns, rows, key, source = self._raw_chunk(q, limit, after)
+        return RowPage(columns, json_rows(columns, rows), key, source)
+
+    def _raw_chunk(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
+                   ) -> tuple[tuple[str, ...], list[tuple[Any, ...]], tuple[Any, ...] | None, str]:
+        """A chunk of the export in one scan: up to ``limit`` rows ending on a whole
+        timestamp, and the key to continue after it.
+
+        The paged reads run a probe and then the query over the same rows, for an exact
+        page size; a sensor-day of CSV (9 chunks; sensor_id has no index, so each scan
+        filters the day's rows) paid each scan twice. Here QuestDB stops after limit+1
+        rows in timestamp order; the rows at the last timestamp read may continue past
+        it, so that timestamp is left to the next chunk, which starts right after the
+        previous complete timestamp. Only when all limit+1 rows share one timestamp does
+        the chunk fall back to the exact paged read.
+        """
+        sql, params = build_raw_sql(q, limit + 1, after, sort_ties=False)
+        rows = self.client.query(sql, params, text_timestamps=True)
+        more = len(rows) > limit
+        if more:
+            cut = rows[-1][0]
+            while rows and rows[-1][0] == cut:
+                rows.pop()
+            if not rows:
+                return self._readings(q, limit, after)
+        rows.sort(key=_raw_sort_key, reverse=q.order == "desc")
+        # The last row closes its timestamp (and is its last in event_id order), so the
+        # keyset after it starts exactly at the next timestamp.
+        key = (timestamp_micros(rows[-1][0]), rows[-1][1]) if more else None
+        return SENSOR_READING_COLUMNS, rows, key, "raw"
 
     def latest(self, q: LatestQuery) -> list[dict[str, Any]]:
-        sql, params = build_latest_sql(q)
-        rows = sorted(self.client.query(sql, params, text_timestamps=True),
-                      key=lambda r: (r[3] or "", r[4] or ""))
-        return _records(SENSOR_READING_COLUMNS, rows)
+        rows = None
+        if all(view in self.valid_rollups() for view in ROLLUPS):
+            rows = self._latest_via_rollups(q)
+        if rows is None:
+            sql, params = build_latest_sql(q)
+            rows = self.client.query(sql, params, text_timestamps=True)
+        return _records(SENSOR_READING_COLUMNS, sorted(rows, key=lambda r: (r[3] or "",
+                                                                            r[4] or "")))
+
+    def _latest_via_rollups(self, q: LatestQuery) -> list[tuple[Any, ...]] | None:
+        """The latest raw row of every sensor, reading the raw rows of minutes only.
+
+        ``LATEST ON`` over the raw rows reads the whole ``max_age`` window (24 h of a
+        dense site: 8.6M rows, ~230 ms). Instead: each sensor's last hour with data from
+        the 1-hour rollup, from the earliest of those its last minute from the 1-minute
+        rollup, then the raw rows from the earliest *recent* last minute on (all sensors,
+        so rows the rollups have not seen yet are found too), and for each sensor silent
+        for longer (:data:`_STALE_US`) the raw rows of its own last minute. None (the
+        caller reads the raw window) when the rollups know no sensor in the window.
+
+        A sensor whose only readings in the window are older than the recent minutes and
+        arrived within the rollups' refresh lag (typically well under a second) can be
+        reported with its previous reading until the rollup has caught up.
+        """
+        hour, minute = ROLLUPS[ROLLUP_1H] * 1_000_000, ROLLUPS[ROLLUP_1M] * 1_000_000
+        sql, params = build_latest_rollup_sql(q, ROLLUP_1H, q.since_us - q.since_us % hour)
+        hours = self.client.query(sql, params, text_timestamps=True)
+        if not hours:
+            return None
+        start = min(timestamp_micros(r[0]) for r in hours)
+        sql, params = build_latest_rollup_sql(
+            q, ROLLUP_1M, max(start, q.since_us - q.since_us % minute))
+        last = {(r[1], r[2]): timestamp_micros(r[0])
+                for r in self.client.query(sql, params, text_timestamps=True)}
+        if not last:
+            return None
+        newest = max(last.values())
+        recent_from = min(m for m in last.values() if m >= newest - _STALE_US)
+        sql, params = build_latest_sql(q, floor_us=recent_from)
+        found = {(r[3], r[4]): r for r in self.client.query(sql, params, text_timestamps=True)}
+        stale = sorted({m for key, m in last.items() if key not in found}, reverse=True)
+        if len(stale) > _MAX_STALE_QUERIES:
+            windows = [(stale[-1], recent_from)]
+        else:
+            windows = [(m, m + minute) for m in stale]
+        for lo, hi in windows:  # newest first: the first row found for a sensor is its latest
+            sql, params = build_latest_sql(q, floor_us=lo, ceil_us=hi)
+            for r in self.client.query(sql, params, text_timestamps=True):
+                if (r[3], r[4]) in last:  # a sensor the rollups do not know: not its latest
+                    found.setdefault((r[3], r[4]), r)
+        return list(found.values())
 
     def alarms(self, q: AlarmQuery, after: Sequence[Any] | None) -> Page:
         if q.active:

@@ -423,7 +423,13 @@ def _rows_before(manifest: dict[str, Any], t_ns: int) -> int:
 
 # -- measurement -----------------------------------------------------------------------
 
-KINDS = ("raw_first", "raw_next", "bucket_1m", "bucket_1h_7d", "latest_site", "csv_day")
+KINDS = ("raw_first", "raw_next", "bucket_1m", "bucket_1h_7d", "latest_site", "csv_day",
+         "bucket_1m_raw", "bucket_1h_90d_sensor", "bucket_1h_90d_sensor_raw",
+         "bucket_1h_90d_site", "bucket_1h_90d_site_raw")
+# Request kinds measured by default (the *_raw twins of the rollup kinds read the raw rows,
+# source=raw, for the comparison: seconds per request over 90 days, ask for them by name).
+DEFAULT_KINDS = ("raw_first", "raw_next", "bucket_1m", "bucket_1h_7d", "latest_site",
+                 "csv_day", "bucket_1h_90d_sensor", "bucket_1h_90d_site")
 _AGGS = ("avg", "min", "max")
 
 
@@ -431,7 +437,7 @@ _AGGS = ("avg", "min", "max")
 class Request:
     """One API request of a kind (``raw`` makes two: first page, then next by cursor)."""
 
-    kind: str        # raw, bucket_1m, bucket_1h_7d, latest_site, csv_day
+    kind: str        # raw, bucket_1m, bucket_1h_7d, latest_site, csv_day, bucket_1h_90d_*
     path: str
     params: dict[str, str]
 
@@ -446,10 +452,22 @@ def _requests_for(kind: str, rng: random.Random, manifest: dict[str, Any],
     if kind == "raw":
         return Request(kind, "/api/v1/telemetry",
                        {"asset_id": DENSE.asset(s, a), **day_range, "limit": "10000"})
-    if kind == "bucket_1m":
+    if kind in ("bucket_1m", "bucket_1m_raw"):
         return Request(kind, "/api/v1/telemetry",
                        {"asset_id": DENSE.asset(s, a), **day_range, "interval": "1m",
-                        "agg": rng.choice(_AGGS), "limit": "10000"})
+                        "agg": rng.choice(_AGGS), "limit": "10000",
+                        **({"source": "raw"} if kind.endswith("_raw") else {})})
+    if kind.startswith("bucket_1h_90d_"):
+        # 90 whole UTC days ending with the last whole hour of the dense data (the dense
+        # fleet has 7 of them, the rest of the range is empty for it): a chart's range.
+        end_h = end_s - end_s % 3600
+        target = ({"sensor_id": DENSE.sensor(s, a, rng.randrange(DENSE.sensors_per_asset))}
+                  if "_sensor" in kind else {"site_id": DENSE.site(s)})
+        return Request(kind, "/api/v1/telemetry",
+                       {**target, "start_time": str((end_h - 90 * DAY_S) * 1000),
+                        "end_time": str(end_h * 1000), "interval": "1h",
+                        "agg": rng.choice(_AGGS), "limit": "10000",
+                        **({"source": "raw"} if kind.endswith("_raw") else {})})
     if kind == "bucket_1h_7d":
         return Request(kind, "/api/v1/telemetry",
                        {"asset_id": DENSE.asset(s, a), "start_time": str(start_s * 1000),
@@ -467,8 +485,9 @@ def _requests_for(kind: str, rng: random.Random, manifest: dict[str, Any],
 
 
 def _api_call(session: requests.Session, base_url: str, req: Request,
-              count_rows: bool) -> list[tuple[str, float, int, int]]:
-    """Samples (kind, seconds to last byte, bytes, rows or -1) of one request."""
+              count_rows: bool) -> list[tuple[str, float, int, int, str]]:
+    """Samples (kind, seconds to last byte, bytes, rows or -1, the response's
+    X-Data-Source) of one request."""
     url = base_url + req.path
     if req.kind == "csv_day":
         t0 = time.perf_counter()
@@ -479,17 +498,20 @@ def _api_call(session: requests.Session, base_url: str, req: Request,
                 size += len(chunk)
                 if count_rows:
                     newlines += chunk.count(b"\n")
-        return [("csv_day", time.perf_counter() - t0, size, newlines - 1 if count_rows else -1)]
+            source = r.headers.get("X-Data-Source", "")
+        return [("csv_day", time.perf_counter() - t0, size, newlines - 1 if count_rows else -1,
+                 source)]
     t0 = time.perf_counter()
     r = session.get(url, params=req.params, timeout=60)
     elapsed = time.perf_counter() - t0
     _check(r, req)
     body = r.content
+    source = r.headers.get("X-Data-Source", "")
     if req.kind != "raw" and not count_rows:
-        return [(req.kind, elapsed, len(body), -1)]
+        return [(req.kind, elapsed, len(body), -1, source)]
     doc = json.loads(body)
     name = "raw_first" if req.kind == "raw" else req.kind
-    out = [(name, elapsed, len(body), len(doc["data"]))]
+    out = [(name, elapsed, len(body), len(doc["data"]), source)]
     if req.kind == "raw":
         if not doc["next_cursor"]:
             raise RuntimeError(f"raw_first: no next_cursor for {req.params}")
@@ -498,7 +520,8 @@ def _api_call(session: requests.Session, base_url: str, req: Request,
         elapsed2 = time.perf_counter() - t0
         _check(r2, req)
         n2 = len(json.loads(r2.content)["data"]) if count_rows else -1
-        out.append(("raw_next", elapsed2, len(r2.content), n2))
+        out.append(("raw_next", elapsed2, len(r2.content), n2,
+                    r2.headers.get("X-Data-Source", "")))
     return out
 
 
@@ -568,10 +591,10 @@ def _db_call(store: Any, client: _TimingClient, req: Request) -> list[tuple[str,
         store.latest(parse_latest_query(MultiDict(req.params)))
         return [(req.kind, client.pg_s, client.http_s)]
     q = parse_telemetry_query(MultiDict(req.params))
-    if req.kind == "csv_day":  # what api/query.py's CSV stream runs: pages of MAX_LIMIT
-        page = store.readings(q, MAX_LIMIT, None)
+    if req.kind == "csv_day":  # what api/query.py's CSV stream runs: chunks of MAX_LIMIT
+        page = store.reading_rows(q, MAX_LIMIT, None)
         while page.next_key is not None:
-            page = store.readings(q, MAX_LIMIT, page.next_key)
+            page = store.reading_rows(q, MAX_LIMIT, page.next_key)
         return [(req.kind, client.pg_s, client.http_s)]
     page = store.readings(q, q.limit, None)
     out = [("raw_first" if req.kind == "raw" else req.kind, client.pg_s, client.http_s)]
@@ -683,14 +706,14 @@ def _run_clients(jobs: list[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], flo
 
 def measure(settings: Settings, manifest: dict[str, Any], base_url: str, api_key: str,
             n1: int, n8: int, seed: int = 1, kinds: Sequence[str] | None = None,
-            ) -> dict[str, Any]:
+            c8: bool = True) -> dict[str, Any]:
     """Every kind through the API and straight to QuestDB, with 1 and 8 clients."""
     now_s = time.time()
     rng = random.Random(seed)
-    request_kinds = ("raw", "bucket_1m", "bucket_1h_7d", "latest_site", "csv_day")
-    if kinds:
-        request_kinds = tuple(k for k in request_kinds
-                              if k in kinds or (k == "raw" and "raw_first" in kinds))
+    wanted = tuple(kinds or DEFAULT_KINDS)
+    request_kinds = tuple(("raw" if k in ("raw_first", "raw_next") else k) for k in KINDS
+                          if k in wanted and k != "raw_next" or (k == "raw_first"
+                                                                 and "raw_next" in wanted))
     out: dict[str, Any] = {}
     for rk in request_kinds:
         csv = rk == "csv_day"
@@ -707,6 +730,8 @@ def measure(settings: Settings, manifest: dict[str, Any], base_url: str, api_key
                                 "count_rows": False} for r in c8_reqs]),
                 ("db_http", "c1", [{"target": "db_http", "requests": c1_reqs, "warmup": warm}]),
                 ("db", "c8", [{"target": "db", "requests": r, "warmup": 2} for r in c8_reqs]))
+        if not c8:
+            runs = tuple(run for run in runs if run[1] != "c8")
         for target, conc, jobs in runs:
             say(f"{rk}: {target} {conc} ({sum(len(j['requests']) - j['warmup'] for j in jobs)}"
                 f" requests)")
@@ -725,6 +750,7 @@ def measure(settings: Settings, manifest: dict[str, Any], base_url: str, api_key
                           "bytes_mean": round(statistics.fmean(s[2] for s in mine))}
                     if mine[0][3] >= 0:
                         st["rows_mean"] = round(statistics.fmean(s[3] for s in mine), 1)
+                    st["source"] = sorted({s[4] for s in mine})  # X-Data-Source seen
                     if csv:
                         mbps = sorted(s[2] / 2**20 / s[1] for s in mine)
                         st["mb_per_s_p50"] = round(mbps[len(mbps) // 2], 1)
@@ -858,6 +884,28 @@ def index_compare(settings: Settings, manifest: dict[str, Any], n: int) -> dict[
     return result
 
 
+def rollup_sizes(settings: Settings) -> dict[str, Any]:
+    """Rows of each rollup view and its state (io_connectors/questdb_schema.py)."""
+    from io_connectors.questdb_schema import ROLLUPS
+
+    out: dict[str, Any] = {}
+    try:
+        status = {r[0]: r[1] for r in qdb_exec(
+            settings, "SELECT view_name, view_status FROM materialized_views()")}
+        for view in ROLLUPS:
+            rows = qdb_exec(settings, f"SELECT count() FROM {view}")[0][0] if view in status \
+                else None
+            root = settings.path("stack", "run_dir") / "data" / "questdb" / "db"
+            size = sum(int(subprocess.run(["du", "-sb", str(d)], capture_output=True,
+                                          text=True, check=True).stdout.split()[0])
+                       for d in root.glob(f"{view}~*"))
+            out[view] = {"rows": rows, "status": status.get(view),
+                         "gb": round(size / 1e9, 2)}
+    except (RuntimeError, OSError, subprocess.CalledProcessError, ValueError) as exc:
+        out["error"] = str(exc)[:300]
+    return out
+
+
 def disk_usage(settings: Settings) -> dict[str, Any]:
     """Bytes of sensor_readings on disk (its QuestDB table directory) and of the run dir."""
     root = settings.path("stack", "run_dir") / "data" / "questdb" / "db"
@@ -874,6 +922,105 @@ def disk_usage(settings: Settings) -> dict[str, Any]:
     table_bytes = sum(du(d) or 0 for d in dirs) if dirs else None
     return {"table_dir": [str(d) for d in dirs], "table_bytes": table_bytes,
             "table_gb": round(table_bytes / 1e9, 2) if table_bytes else None}
+
+
+# -- what the rollups cost the writes ---------------------------------------------------
+
+def _questdb_cpu_s(settings: Settings) -> float:
+    """User + system CPU seconds of the stack's QuestDB process so far."""
+    import psutil
+
+    pidfile = settings.path("stack", "run_dir") / "pids" / "questdb.pid"
+    times = psutil.Process(int(json.loads(pidfile.read_text())["pid"])).cpu_times()
+    return times.user + times.system
+
+
+ROLLUP_COST_VARIANTS = ("plain", "rollups", "rollup_1m_only", "rollups_every_1m")
+
+
+def rollup_cost(settings: Settings, seconds: float = 20.0, rate: int = 5000,
+                commits_per_s: int = 10,
+                variants: Sequence[str] = ("plain", "rollups")) -> dict[str, Any]:
+    """QuestDB CPU per written row into a copy of sensor_readings without and with the two
+    rollup views (the project's DDL, renamed), in the pipeline's shape: ``commits_per_s``
+    ILP/HTTP commits a second of 200 sensors' readings stamped within the last second
+    (out of order, as the job's commits land). Counted until the WAL is applied and both
+    views have refreshed. Scratch tables, dropped afterwards. Variants: ``plain`` (no
+    view), ``rollups`` (the project's DDL), ``rollup_1m_only`` (the 1-minute view alone),
+    ``rollups_every_1m`` (both, refreshed by a 1-minute timer instead of after every
+    commit; QuestDB 9.3.1 accepts no timer unit shorter than m).
+    """
+    from io_connectors.questdb_schema import ROLLUP_1H, ROLLUP_1M, ROLLUP_STATEMENTS
+
+    out: dict[str, Any] = {"seconds": seconds, "rate": rate, "commits_per_s": commits_per_s}
+    conf = (f"http::addr={settings.get('questdb', 'host')}:"
+            f"{settings.get('questdb', 'http_port', int)};auto_flush=off;")
+    for variant in variants:
+        table = f"qrollup_cost_{variant}"
+        views = {ROLLUP_1M: f"{table}_1m", ROLLUP_1H: f"{table}_1h"}
+        for view in views.values():
+            qdb_exec(settings, f"DROP MATERIALIZED VIEW IF EXISTS {view}")
+        qdb_exec(settings, f"DROP TABLE IF EXISTS {table}")
+        qdb_exec(settings, DDL_STATEMENTS[0].replace(f"EXISTS {SENSOR_READINGS} ",
+                                                     f"EXISTS {table} "))
+        if variant != "plain":
+            statements = ROLLUP_STATEMENTS[:1] if variant == "rollup_1m_only" \
+                else ROLLUP_STATEMENTS
+            for ddl in statements:
+                for name, new in (*views.items(), (SENSOR_READINGS, table)):
+                    ddl = re.sub(rf"\b{name}\b", new, ddl)
+                if variant == "rollups_every_1m":
+                    ddl = re.sub(r"(VIEW IF NOT EXISTS \S+)", r"\1 REFRESH EVERY 1m", ddl)
+                qdb_exec(settings, ddl)
+            if variant == "rollup_1m_only":
+                del views[ROLLUP_1H]
+        rng = random.Random(7)
+        per_commit = rate // commits_per_s
+        sent = 0
+        cpu0 = _questdb_cpu_s(settings)
+        t0 = time.monotonic()
+        with Sender.from_conf(conf) as sender:
+            while time.monotonic() - t0 < seconds:
+                tick = t0 + (sent // per_commit + 1) / commits_per_s
+                now_ns = time.time_ns()
+                buf = sender.new_buffer()
+                for i in range(per_commit):
+                    k = rng.randrange(200)
+                    buf.row(table, symbols={"site_id": f"qrc-site-{k // 100}",
+                                            "asset_id": f"qrc-asset-{k // 10}",
+                                            "sensor_id": f"qrc-sensor-{k}",
+                                            "sensor_type": "POWER"},
+                            columns={"event_id": f"qrc-{variant}-{sent + i}",
+                                     "value": rng.uniform(0, 100)},
+                            at=TimestampNanos(now_ns - rng.randrange(NS)))
+                sender.flush(buf)
+                sent += per_commit
+                time.sleep(max(0.0, tick - time.monotonic()))
+        wall = time.monotonic() - t0
+        wait_applied(settings, table, timeout_s=300)
+        if variant != "plain":
+            deadline = time.monotonic() + 300
+            while True:
+                got = {v: qdb_exec(settings, f"SELECT sum(row_count) FROM {v}")[0][0]
+                       for v in views.values()}
+                if all(n == sent for n in got.values()) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            out[f"{variant}_views_rows"] = got
+        cpu = _questdb_cpu_s(settings) - cpu0
+        out[variant] = {"rows": sent, "send_s": round(wall, 1), "questdb_cpu_s": round(cpu, 2),
+                        "us_per_row": round(cpu / sent * 1e6, 1)}
+        say(f"rollup cost, {variant}: {sent} rows in {wall:.1f} s, QuestDB {cpu:.2f} CPU s "
+            f"({cpu / sent * 1e6:.1f} us/row)")
+        for view in views.values():
+            qdb_exec(settings, f"DROP MATERIALIZED VIEW IF EXISTS {view}")
+        qdb_exec(settings, f"DROP TABLE IF EXISTS {table}")
+    if "plain" in out:
+        for variant in variants:
+            if variant != "plain":
+                out[variant]["extra_us_per_row"] = round(
+                    out[variant]["us_per_row"] - out["plain"]["us_per_row"], 1)
+    return out
 
 
 # -- main ------------------------------------------------------------------------------
@@ -896,7 +1043,7 @@ def _context(argv: Sequence[str]) -> dict[str, Any]:
 
 def run(settings: Settings, n1: int, n8: int, index: bool, kinds: Sequence[str] | None,
         base_url: str | None = None, api_key: str | None = None,
-        max_load_seconds: float | None = None) -> dict[str, Any]:
+        max_load_seconds: float | None = None, c8: bool = True) -> dict[str, Any]:
     """Load (or reuse) and measure; the ``query.dense`` section of latest.json."""
     manifest = load(settings, max_load_seconds)
     if not manifest["complete"]:
@@ -918,7 +1065,8 @@ def run(settings: Settings, n1: int, n8: int, index: bool, kinds: Sequence[str] 
                 "questdb_pool_size": settings.get("api", "questdb_pool_size", int, 4)},
         "requests": {"c1": n1, "c8_per_client": n8},
     }
-    out.update(measure(settings, manifest, base_url, api_key, n1, n8, kinds=kinds))
+    out["rollups"] = rollup_sizes(settings)
+    out.update(measure(settings, manifest, base_url, api_key, n1, n8, kinds=kinds, c8=c8))
     if not kinds or "csv_day" in kinds:
         say("csv_day: QuestDB /exp")
         out.setdefault("csv_day", {})["questdb_exp"] = exp_csv(settings, manifest, max(3, n1 // 4))
@@ -940,6 +1088,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed requests per client and kind with 8 clients (CSV: a quarter)")
     parser.add_argument("--kinds", default=None, help=f"comma list of {', '.join(KINDS)}")
     parser.add_argument("--no-index-compare", action="store_true")
+    parser.add_argument("--rollup-cost-only", action="store_true",
+                        help="only QuestDB's CPU per written row without and with the rollups")
+    parser.add_argument("--skip-c8", action="store_true",
+                        help="only 1 client (e.g. for the slow *_raw comparison kinds)")
     parser.add_argument("--index-compare-only", action="store_true",
                         help="only the index comparison (needs the loaded dense fleet)")
     parser.add_argument("--api-url", default=None, help="default: [api] port on 127.0.0.1")
@@ -954,7 +1106,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     context = _context(argv)
     kinds = args.kinds.split(",") if args.kinds else None
-    if args.index_compare_only:
+    if args.rollup_cost_only:
+        dense = {"rollup_cost": rollup_cost(settings, variants=ROLLUP_COST_VARIANTS)}
+    elif args.index_compare_only:
         manifest = load(settings, args.max_load_seconds)
         if not manifest["complete"]:
             say("the load is not complete yet: run again to continue")
@@ -963,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
             dense = run(settings, args.requests, args.requests_per_client,
                     not args.no_index_compare, kinds, args.api_url,
-                    max_load_seconds=args.max_load_seconds)
+                    max_load_seconds=args.max_load_seconds, c8=not args.skip_c8)
     if dense.get("complete") is False:
         say("the load is not complete yet: run again to continue")
         return 3

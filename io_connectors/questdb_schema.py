@@ -2,15 +2,27 @@
 
 Both tables are WAL tables partitioned by day with a 90-day TTL. DEDUP UPSERT
 KEYS make every write idempotent, so the at-least-once sinks can retry freely.
+
+Two rollups of sensor_readings are QuestDB materialized views (issue 16, part 2):
+1-minute and 1-hour buckets per sensor with the sum, count, min and max of ``value``
+(an average over several buckets is ``sum(value_sum) / sum(value_count)``, never an
+average of averages). QuestDB refreshes them incrementally after every commit of the
+base table; the 1-hour view is built on the 1-minute one (cascading), so a refresh reads
+at most 60 rows per sensor and hour, not the raw rows of the hour.
 """
 
 from __future__ import annotations
 
 __all__ = ["SENSOR_READINGS", "ALARMS", "DDL_STATEMENTS", "MIGRATIONS", "SENSOR_READING_COLUMNS",
-           "ALARM_COLUMNS"]
+           "ALARM_COLUMNS", "ROLLUP_1M", "ROLLUP_1H", "ROLLUPS", "ROLLUP_COLUMNS",
+           "ROLLUP_STATEMENTS"]
 
 SENSOR_READINGS = "sensor_readings"
 ALARMS = "alarms"
+ROLLUP_1M = "sensor_readings_1m"
+ROLLUP_1H = "sensor_readings_1h"
+# view -> bucket length in seconds, finest first.
+ROLLUPS = {ROLLUP_1M: 60, ROLLUP_1H: 3600}
 
 # Column order of sensor_readings (designated timestamp first).
 SENSOR_READING_COLUMNS = (
@@ -68,6 +80,41 @@ CREATE TABLE IF NOT EXISTS {ALARMS} (
 DEDUP UPSERT KEYS(timestamp, alarm_id, state)
 """
 
+# Columns of both rollups. value_count counts non-null values (what avg() divides by),
+# row_count every row (what the API's agg=count returns, count() on the raw rows).
+ROLLUP_COLUMNS = ("timestamp", "site_id", "asset_id", "sensor_id", "sensor_type", "value_sum",
+                  "value_count", "row_count", "value_min", "value_max")
+
+# Retention: the 1-minute rollup as long as the raw rows (90 days), the 1-hour rollup two
+# years. QuestDB's TTL drops whole partitions once their end is older than the TTL,
+# measured from the newest row of the table capped at the wall clock; it must be a
+# multiple of the partition size (units HOURS, DAYS, WEEKS, MONTHS, YEARS). A partition
+# dropped by the TTL of a base table does not invalidate a view (checked on 9.3.1): the
+# 1-hour view keeps its rows after the 1-minute view has dropped theirs. asset_id is
+# indexed as in sensor_readings: a dense asset-day of 1-minute buckets read 846,659 rows of
+# the view's day without it (36-191 ms), 14,400 through it (~30 ms, mostly the transfer).
+_ROLLUP_1M_DDL = f"""
+CREATE MATERIALIZED VIEW IF NOT EXISTS {ROLLUP_1M} AS (
+    SELECT timestamp, site_id, asset_id, sensor_id, sensor_type,
+           sum(value) value_sum, count(value) value_count, count() row_count,
+           min(value) value_min, max(value) value_max
+    FROM {SENSOR_READINGS}
+    SAMPLE BY 1m
+), INDEX (asset_id) PARTITION BY DAY TTL 90 DAYS
+"""
+
+_ROLLUP_1H_DDL = f"""
+CREATE MATERIALIZED VIEW IF NOT EXISTS {ROLLUP_1H} AS (
+    SELECT timestamp, site_id, asset_id, sensor_id, sensor_type,
+           sum(value_sum) value_sum, sum(value_count) value_count, sum(row_count) row_count,
+           min(value_min) value_min, max(value_max) value_max
+    FROM {ROLLUP_1M}
+    SAMPLE BY 1h
+), INDEX (asset_id) PARTITION BY MONTH TTL 2 YEARS
+"""
+
+ROLLUP_STATEMENTS = (_ROLLUP_1M_DDL.strip(), _ROLLUP_1H_DDL.strip())
+
 DDL_STATEMENTS = (_SENSOR_READINGS_DDL.strip(), _ALARMS_DDL.strip())
 
 # Run after DDL_STATEMENTS on every start; each is idempotent. They bring tables created by
@@ -76,3 +123,11 @@ MIGRATIONS = (
     # Before 2026-11-30 site_id was indexed too (see above).
     f"ALTER TABLE {SENSOR_READINGS} ALTER COLUMN site_id DROP INDEX",
 )
+
+# The rollups are created on start only with ``[questdb] rollups = true``
+# (runners/stack/questdb.py): QuestDB refreshes them after every commit of
+# sensor_readings, which costs QuestDB CPU on the ingest path (docs/decisions/0004,
+# "Fourth session"). IF NOT EXISTS: an existing view is kept (QuestDB has no CREATE OR
+# REPLACE for them; a changed definition needs a DROP first). On a filled table the first
+# refresh reads every raw row once (176M rows on the dense bench stack: see
+# docs/benchmarks.md, "Dense queries"). Turning the setting off later does not drop them.

@@ -89,7 +89,9 @@ def _profile(name: str, block: int) -> Mapping[str, str]:
 # outgoing connection may rarely hold one, which the supervisor's free-port check reports.
 PROFILES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "chaos": _profile("chaos", 1),
-    "test": _profile("test", 2),
+    # The test stack creates the rollup views ([questdb] rollups, off by default for their
+    # ingest cost) so the query tests cover both read paths.
+    "test": MappingProxyType({**_profile("test", 2), "DCMMS_QUESTDB_ROLLUPS": "true"}),
     **{f"dev{block}": _profile(f"dev{block}", block) for block in (3, 4, 5)},
 })
 

@@ -14,7 +14,7 @@ import logging
 
 import requests
 
-from io_connectors.questdb_schema import DDL_STATEMENTS, MIGRATIONS
+from io_connectors.questdb_schema import DDL_STATEMENTS, MIGRATIONS, ROLLUP_STATEMENTS
 from runners.settings import Settings
 from runners.stack.spec import ServiceSpec, StackPaths
 
@@ -44,9 +44,10 @@ def exec_sql(base_url: str, sql: str, timeout_s: float = 30.0) -> dict[str, obje
     return body
 
 
-def run_ddl(base_url: str) -> None:
-    """Create the pipeline's tables if missing and migrate older ones (all idempotent)."""
-    for statement in (*DDL_STATEMENTS, *MIGRATIONS):
+def run_ddl(base_url: str, rollups: bool = False) -> None:
+    """Create the pipeline's tables if missing and migrate older ones (all idempotent);
+    with ``rollups`` also the rollup views (``[questdb] rollups``)."""
+    for statement in (*DDL_STATEMENTS, *MIGRATIONS, *(ROLLUP_STATEMENTS if rollups else ())):
         exec_sql(base_url, statement)
 
 
@@ -128,6 +129,6 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         start_timeout_s=90.0,
         stop_timeout_s=30.0,
         prepare=prepare,
-        after_start=lambda: run_ddl(base_url),
+        after_start=lambda: run_ddl(base_url, settings.get("questdb", "rollups", bool)),
         requires={"java": _JAVA_HINT},
     )]

@@ -40,7 +40,13 @@ from api.params import (
     ORDERS,
     QUERYABLE_SENSOR_TYPES,
 )
-from io_connectors.questdb_schema import ALARMS, DDL_STATEMENTS, SENSOR_READINGS
+from io_connectors.questdb_schema import (
+    ALARMS,
+    DDL_STATEMENTS,
+    ROLLUP_STATEMENTS,
+    ROLLUPS,
+    SENSOR_READINGS,
+)
 from runners.settings import load_settings
 from schemas.assets import load_asset_catalog
 
@@ -120,6 +126,22 @@ def _count(cur: Any, table: str) -> int:
     return cur.fetchone()[0]
 
 
+def _wait_rollups(cur: Any, sites: list[str], rows: int, timeout_s: float = 60) -> None:
+    """Wait until both rollups hold all ``rows`` raw rows of ``sites`` (QuestDB refreshes
+    them after the WAL commit, asynchronously): the API may read them from then on."""
+    marks = ", ".join(["%s"] * len(sites))
+    deadline = time.monotonic() + timeout_s
+    for view in ROLLUPS:
+        while True:
+            cur.execute(f"SELECT sum(row_count) FROM {view} WHERE site_id IN ({marks})",
+                        tuple(sites))
+            got = cur.fetchone()[0]
+            if got == rows:
+                break
+            assert time.monotonic() < deadline, f"{view} holds {got} of {rows} rows"
+            time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def app() -> Iterator[Flask]:
     try:
@@ -136,6 +158,8 @@ def app() -> Iterator[Flask]:
     for table, ddl in zip((SENSOR_READINGS, ALARMS), DDL_STATEMENTS, strict=True):
         if table not in existing:
             cur.execute(ddl)
+    for ddl in ROLLUP_STATEMENTS:  # IF NOT EXISTS
+        cur.execute(ddl)
     with Sender.from_conf(f"http::addr={HOST}:{HTTP_PORT};auto_flush=off;") as sender:
         for r in ROWS:
             sender.row(SENSOR_READINGS, symbols={k: r[k] for k in (
@@ -154,6 +178,8 @@ def app() -> Iterator[Flask]:
     while (_count(cur, SENSOR_READINGS), _count(cur, ALARMS)) != (len(ROWS), len(ALARM_ROWS)):
         assert time.monotonic() < deadline, "test rows did not become visible in QuestDB"
         time.sleep(0.3)
+    # Bucketed reads over whole minutes come from the rollups (source=auto).
+    _wait_rollups(cur, SITES, len(ROWS))
     conn.close()
     yield create_app(SETTINGS, {"TESTING": True})
 
@@ -477,3 +503,230 @@ def test_random_parameters_never_5xx_nor_rows_outside_filters(client: FlaskClien
             assert ASSETS.get(row["asset_id"], SITES[0] if row["asset_id"] == ODD_ASSET
                               else None) == params["site_id"]
         assert datetime.fromisoformat(row["timestamp"]) >= start - timedelta(hours=1)
+
+
+# --- Rollups (issue 16): buckets from the materialized views equal raw aggregation -------
+
+ROLLUP_SITE = f"{RUN}-site-rollup"
+ROLLUP_ASSETS = [f"{RUN}-rollup-asset-{a}" for a in range(2)]
+ROLLUP_HOURS = 3
+ROLLUP_BASE_MS = BASE_MS - ROLLUP_HOURS * 3_600_000  # before the other tests' hour
+
+
+def _rollup_rows() -> list[dict[str, Any]]:
+    """Uneven rows: a different number per minute and sensor (so an average of
+    averages differs from the average), null values, shared timestamps, and silent
+    stretches (fill)."""
+    import random
+
+    rng = random.Random(16)
+    rows = []
+    for a, asset in enumerate(ROLLUP_ASSETS):
+        for k in range(2):
+            sensor = f"{asset}-sen-{k}"
+            for i in range(900):
+                offset_ms = rng.randrange(ROLLUP_HOURS * 3_600_000)
+                if (k == 1 and 3_600_000 <= offset_ms < 5_400_000
+                        or 1_800_000 <= offset_ms % 3_600_000 < 1_800_000 + 60_000 * k):
+                    continue  # sensor 1 silent for half an hour; a gap minute for sensor 1
+                if i % 7 == 0:
+                    offset_ms -= offset_ms % 1000  # whole seconds: some stamps shared
+                value = None if i % 11 == 0 else rng.uniform(-50, 150) * (1 + a)
+                rows.append({"ms": ROLLUP_BASE_MS + offset_ms, "event_id": f"{sensor}-{i}",
+                             "site_id": ROLLUP_SITE, "asset_id": asset, "sensor_id": sensor,
+                             "sensor_type": TYPES[k], "value": value})
+    # A sensor silent for the last 2.5 hours (latest values: looked up in its own minute).
+    for i in range(40):
+        rows.append({"ms": ROLLUP_BASE_MS + i * 7_500, "event_id": f"stale-{i}",
+                     "site_id": ROLLUP_SITE, "asset_id": ROLLUP_ASSETS[0],
+                     "sensor_id": f"{ROLLUP_ASSETS[0]}-stale", "sensor_type": "POWER",
+                     "value": float(i)})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def rollup_rows(app: Flask) -> list[dict[str, Any]]:
+    rows = _rollup_rows()
+    with Sender.from_conf(f"http::addr={HOST}:{HTTP_PORT};auto_flush=off;") as sender:
+        for r in rows:
+            sender.row(SENSOR_READINGS, symbols={k: r[k] for k in (
+                "site_id", "asset_id", "sensor_id", "sensor_type")},
+                columns={"event_id": r["event_id"],
+                         **({"value": r["value"]} if r["value"] is not None else {})},
+                at=TimestampNanos(r["ms"] * 1_000_000))
+        sender.flush()
+    conn = psycopg2.connect(host=HOST, port=PG_PORT, user=SETTINGS.get("questdb", "pg_user"),
+                            password=SETTINGS.get("questdb", "pg_password"), dbname="qdb")
+    conn.autocommit = True
+    _wait_rollups(conn.cursor(), [ROLLUP_SITE], len(rows))
+    conn.close()
+    return rows
+
+
+_ROLLUP_RANGE = {"start_time": str(ROLLUP_BASE_MS),
+                 "end_time": str(ROLLUP_BASE_MS + ROLLUP_HOURS * 3_600_000)}
+
+
+def _pages_with_source(client: FlaskClient, **params: str) -> tuple[list[dict[str, Any]], set[str]]:
+    out, sources, cursor = [], set(), None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = client.get("/api/v1/telemetry", query_string=query, headers=AUTH)
+        assert response.status_code == 200, response.json
+        assert response.headers["X-Data-Source"] == response.json["source"]
+        sources.add(response.json["source"])
+        out += response.json["data"]
+        cursor = response.json["next_cursor"]
+        if cursor is None:
+            return out, sources
+
+
+def _same_buckets(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
+    assert [(r["timestamp"], r["asset_id"], r["sensor_id"], r["sensor_type"]) for r in a] == \
+        [(r["timestamp"], r["asset_id"], r["sensor_id"], r["sensor_type"]) for r in b]
+    for x, y in zip(a, b, strict=True):
+        if x["value"] is None or y["value"] is None:
+            assert x["value"] is y["value"] is None, (x, y)
+        else:
+            assert math.isclose(x["value"], y["value"], rel_tol=1e-9, abs_tol=1e-9), (x, y)
+
+
+@pytest.mark.parametrize("interval,view", [("1m", "rollup_1m"), ("5m", "rollup_1m"),
+                                           ("15m", "rollup_1m"), ("1h", "rollup_1h")])
+@pytest.mark.parametrize("agg", ["avg", "min", "max", "count"])
+def test_rollup_buckets_equal_raw_aggregation(client: FlaskClient,
+                                              rollup_rows: list[dict[str, Any]],
+                                              interval: str, view: str, agg: str) -> None:
+    for filters in ({"site_id": ROLLUP_SITE}, {"asset_id": ROLLUP_ASSETS[1]}):
+        params = {**_ROLLUP_RANGE, **filters, "interval": interval, "agg": agg,
+                  "limit": "97"}
+        auto, auto_sources = _pages_with_source(client, **params)
+        raw, raw_sources = _pages_with_source(client, **params, source="raw")
+        assert auto_sources == {view} and raw_sources == {"raw"}
+        assert len(auto) >= 6  # 3 hours x 2 sensors at least
+        _same_buckets(auto, raw)
+    if agg == "avg" and interval == "1h":
+        # The raw side really is the average of the rows (not of per-minute averages).
+        values = [r["value"] for r in rollup_rows
+                  if r["asset_id"] == ROLLUP_ASSETS[1] and r["sensor_id"].endswith("-0")
+                  and r["ms"] < ROLLUP_BASE_MS + 3_600_000 and r["value"] is not None]
+        first = next(r for r in auto if r["sensor_id"].endswith("-0")
+                     and r["asset_id"] == ROLLUP_ASSETS[1])
+        assert math.isclose(first["value"], sum(values) / len(values), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("fill", ["null", "prev", "linear"])
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_rollup_fill_and_order_equal_raw(client: FlaskClient, rollup_rows: list[dict[str, Any]],
+                                         fill: str, order: str) -> None:
+    for interval, agg in (("1m", "avg"), ("1m", "count"), ("5m", "min"), ("1h", "max")):
+        params = {**_ROLLUP_RANGE, "site_id": ROLLUP_SITE, "interval": interval, "agg": agg,
+                  "fill": fill, "order": order, "limit": "301"}
+        auto, sources = _pages_with_source(client, **params)
+        raw, _ = _pages_with_source(client, **params, source="raw")
+        # avg with linear fill: QuestDB interpolates the rollup's sum/count differently.
+        expected = "raw" if (agg, fill) == ("avg", "linear") else \
+            f"rollup_{'1h' if interval == '1h' else '1m'}"
+        assert sources == {expected}
+        _same_buckets(auto, raw)
+
+
+def test_rollup_csv_says_its_source_and_equals_raw(client: FlaskClient,
+                                                   rollup_rows: list[dict[str, Any]]) -> None:
+    params = {**_ROLLUP_RANGE, "site_id": ROLLUP_SITE, "interval": "5m", "agg": "avg",
+              "format": "csv"}
+    auto = client.get("/api/v1/telemetry", query_string=params, headers=AUTH)
+    a = list(csv.DictReader(io.StringIO(auto.get_data(as_text=True))))  # before the next
+    raw = client.get("/api/v1/telemetry", query_string={**params, "source": "raw"},
+                     headers=AUTH)
+    b = list(csv.DictReader(io.StringIO(raw.get_data(as_text=True))))
+    assert (auto.headers["X-Data-Source"], raw.headers["X-Data-Source"]) == ("rollup_1m", "raw")
+    assert len(a) == len(b) > 10
+    for x, y in zip(a, b, strict=True):
+        assert x["timestamp"] == y["timestamp"] and x["sensor_id"] == y["sensor_id"]
+        assert math.isclose(float(x["value"]), float(y["value"]), rel_tol=1e-9)
+
+
+def test_raw_rows_when_the_rollup_cannot_answer_exactly(
+        client: FlaskClient, rollup_rows: list[dict[str, Any]]) -> None:
+    base = {"site_id": ROLLUP_SITE, "interval": "5m", "agg": "avg"}
+    unaligned = {"start_time": str(ROLLUP_BASE_MS + 30_000),
+                 "end_time": _ROLLUP_RANGE["end_time"]}
+    cases = [({**base, **_ROLLUP_RANGE, "agg": "first"}, "agg"),
+             ({**base, **_ROLLUP_RANGE, "agg": "last"}, "agg"),
+             ({**base, **unaligned}, "minutes"),
+             ({**base, **_ROLLUP_RANGE, "interval": "10s"}, "minutes")]
+    for params, reason in cases:
+        auto, sources = _pages_with_source(client, **params)
+        assert sources == {"raw"}, params
+        assert auto
+        refused = client.get("/api/v1/telemetry", query_string={**params, "source": "rollup"},
+                             headers=AUTH)
+        assert refused.status_code == 400, params
+        assert refused.json["details"]["parameter"] == "source" and reason in \
+            refused.json["message"]
+    # 1h over a range on whole minutes but not whole hours: the 1-minute rollup.
+    params = {**base, "interval": "1h", "start_time": str(ROLLUP_BASE_MS + 60_000),
+              "end_time": _ROLLUP_RANGE["end_time"]}
+    auto, sources = _pages_with_source(client, **params)
+    raw, _ = _pages_with_source(client, **params, source="raw")
+    assert sources == {"rollup_1m"}
+    _same_buckets(auto, raw)
+    for bad in ({"source": "ROLLUP"}, {"source": "rollup"}):  # rollup without interval
+        response = client.get("/api/v1/telemetry", headers=AUTH,
+                              query_string={**_ROLLUP_RANGE, "site_id": ROLLUP_SITE, **bad})
+        assert response.status_code == 400 and response.json["details"]["parameter"] == "source"
+
+
+def test_latest_values_through_the_rollups_equal_the_raw_rows(
+        client: FlaskClient, rollup_rows: list[dict[str, Any]]) -> None:
+    """The store narrows latest values with the rollups (recent minutes, and its own
+    last minute for a sensor silent for hours); the answer is each sensor's newest row."""
+    newest: dict[str, int] = {}
+    for r in rollup_rows:
+        newest[r["sensor_id"]] = max(newest.get(r["sensor_id"], 0), r["ms"])
+    assert newest[f"{ROLLUP_ASSETS[0]}-stale"] < ROLLUP_BASE_MS + 600_000
+    for params, sensors in (({"site_id": ROLLUP_SITE}, set(newest)),
+                            ({"asset_id": ROLLUP_ASSETS[1], "sensor_type": TYPES[1]},
+                             {f"{ROLLUP_ASSETS[1]}-sen-1"})):
+        response = client.get("/api/v1/telemetry/latest", headers=AUTH,
+                              query_string={**params, "max_age": "7d"})
+        assert response.status_code == 200, response.json
+        got = {r["sensor_id"]: r for r in response.json["data"]}
+        assert set(got) == sensors
+        for sensor, row in got.items():
+            assert row["timestamp"] == _iso(newest[sensor]), sensor
+            # Rows sharing the newest stamp: any of them is the sensor's latest.
+            assert row["event_id"] in {r["event_id"] for r in rollup_rows
+                                       if r["sensor_id"] == sensor and r["ms"] == newest[sensor]}
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+@pytest.mark.parametrize("limit", [1, 7, 50])
+def test_csv_chunks_end_on_whole_timestamps_and_equal_the_pages(
+        app: Flask, client: FlaskClient, rollup_rows: list[dict[str, Any]], order: str,
+        limit: int) -> None:
+    """The CSV export reads raw chunks in one scan each (no probe), leaving the rows of
+    the last timestamp read to the next chunk; rows sharing a timestamp (this site has
+    many) must come out once each, in the pages' (timestamp, event_id) order."""
+    from werkzeug.datastructures import MultiDict
+
+    from api.params import parse_telemetry_query
+    from api.query import STORE_EXTENSION
+
+    params = {**_ROLLUP_RANGE, "site_id": ROLLUP_SITE, "order": order}
+    stamps = [r["ms"] for r in rollup_rows]
+    assert len(stamps) - len(set(stamps)) > 10  # shared timestamps exist
+    pages = _all_pages(client, **params, limit="10000")
+    store = app.extensions[STORE_EXTENSION]
+    q = parse_telemetry_query(MultiDict(params))
+    rows, key, chunks = [], None, 0
+    while True:
+        chunk = store.reading_rows(q, limit, key)
+        assert len(chunk.rows) <= limit and (chunk.rows or chunk.next_key is None)
+        rows += chunk.rows
+        key, chunks = chunk.next_key, chunks + 1
+        if key is None:
+            break
+    assert [r[1] for r in rows] == [p["event_id"] for p in pages]
+    assert len(pages) == len(rollup_rows) and chunks > 1

@@ -22,6 +22,9 @@ from io_connectors.questdb_schema import (
     ALARMS,
     DDL_STATEMENTS,
     MIGRATIONS,
+    ROLLUP_1H,
+    ROLLUP_1M,
+    ROLLUP_COLUMNS,
     SENSOR_READING_COLUMNS,
     SENSOR_READINGS,
 )
@@ -106,7 +109,9 @@ def test_migrations_drop_the_site_index_of_an_older_table_and_keep_its_rows() ->
                                         "site_id SYMBOL CAPACITY 1024 CACHE INDEX,")
     assert old_ddl != DDL_STATEMENTS[0]
     table = f"migrate_{uuid.uuid4().hex[:8]}"
-    migrations = [m.replace(f"TABLE {SENSOR_READINGS} ", f"TABLE {table} ") for m in MIGRATIONS]
+    # The table's own migrations (ALTERs of sensor_readings).
+    migrations = [m.replace(f"TABLE {SENSOR_READINGS} ", f"TABLE {table} ") for m in MIGRATIONS
+                  if m.startswith(f"ALTER TABLE {SENSOR_READINGS} ")]
     assert all(f"TABLE {table} " in m for m in migrations)
     _exec(old_ddl.replace(f"EXISTS {SENSOR_READINGS} ", f"EXISTS {table} "))
     try:
@@ -125,6 +130,30 @@ def test_migrations_drop_the_site_index_of_an_older_table_and_keep_its_rows() ->
         assert _poll(lambda: _exec(f"SELECT count() FROM {table}")["dataset"][0][0] == 1, 30)
     finally:
         _exec(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_rollup_views_exist_with_their_retention() -> None:
+    """`up` created both rollups ([questdb] rollups, on in the test profile): refreshed on
+    every commit, the 1-minute one
+    from sensor_readings and kept 90 days, the 1-hour one from it and kept 2 years."""
+    views = {r["view_name"]: r for r in _rows("SELECT view_name, refresh_type, "
+                                              "base_table_name, view_status "
+                                              "FROM materialized_views()")}
+    assert {v: (views[v]["base_table_name"], views[v]["refresh_type"], views[v]["view_status"])
+            for v in (ROLLUP_1M, ROLLUP_1H)} == {
+        ROLLUP_1M: (SENSOR_READINGS, "immediate", "valid"),
+        ROLLUP_1H: (ROLLUP_1M, "immediate", "valid")}
+    tables = {r["table_name"]: r for r in _rows("SELECT table_name, partitionBy, ttlValue, "
+                                                "ttlUnit FROM tables()")}
+    assert (tables[ROLLUP_1M]["partitionBy"], tables[ROLLUP_1M]["ttlValue"],
+            tables[ROLLUP_1M]["ttlUnit"]) == ("DAY", 90, "DAY")
+    assert (tables[ROLLUP_1H]["partitionBy"], tables[ROLLUP_1H]["ttlValue"],
+            tables[ROLLUP_1H]["ttlUnit"]) == ("MONTH", 2, "YEAR")
+    for view in (ROLLUP_1M, ROLLUP_1H):
+        cols = {r["column"]: r for r in _rows(f"SELECT \"column\", indexed "
+                                              f"FROM table_columns('{view}')")}
+        assert tuple(cols) == ROLLUP_COLUMNS
+        assert {c for c, r in cols.items() if r["indexed"]} == {"asset_id"}
 
 
 # Properties of tables() that DDL sets (not the statistics QuestDB also reports there).

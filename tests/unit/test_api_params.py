@@ -374,3 +374,59 @@ def test_raw_sql_shape_with_cursor() -> None:
     # desc: the upper bound is narrowed to the cursor's timestamp (inclusive).
     assert params[:3] == [NOW_US - 24 * 3600 * 10**6, NOW_US - 6, "a1"]
     assert params[-1] == 11
+
+
+# --- Rollups (issue 16): which source a bucketed read may use ---------------------------
+
+_DAY = {"start_time": "2025-12-31T00:00:00Z", "end_time": "2026-01-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize("params,expected", [
+    ({**_DAY, "interval": "1m"}, "sensor_readings_1m"),
+    ({**_DAY, "interval": "15m", "agg": "count"}, "sensor_readings_1m"),
+    ({**_DAY, "interval": "1h", "agg": "max"}, "sensor_readings_1h"),
+    ({**_DAY, "interval": "1d", "agg": "min"}, "sensor_readings_1h"),
+    # whole minutes but not whole hours: the 1-minute rollup even for 1h buckets
+    ({"start_time": "2025-12-31T00:01:00Z", "end_time": "2026-01-01T00:00:00Z",
+      "interval": "1h"}, "sensor_readings_1m"),
+    ({**_DAY, "interval": "10s"}, None),                                  # finer than 1m
+    ({**_DAY, "interval": "1h", "agg": "first"}, None),                   # needs row order
+    ({**_DAY, "interval": "1h", "agg": "last"}, None),
+    ({"start_time": "2025-12-31T00:00:30Z", "end_time": "2026-01-01T00:00:00Z",
+      "interval": "1m"}, None),                                           # mid-minute start
+    ({"start_time": "2025-12-31T00:00:00Z", "end_time": "2025-12-31T23:59:59.5Z",
+      "interval": "1h"}, None),                                           # mid-second end
+    ({**_DAY, "interval": "1h", "source": "raw"}, None),
+    ({**_DAY, "interval": "1h", "fill": "linear"}, None),                # avg: see rollup_for
+    ({**_DAY, "interval": "1h", "agg": "max", "fill": "linear"}, "sensor_readings_1h"),
+    ({**_DAY}, None),                                                     # raw rows
+])
+def test_rollup_chosen_only_when_it_answers_exactly(params: dict[str, str],
+                                                    expected: str | None) -> None:
+    assert parse(**params).rollup == expected
+
+
+def test_source_rollup_that_cannot_be_answered_is_400_saying_why() -> None:
+    assert parse(**_DAY, interval="5m", source="rollup").rollup == "sensor_readings_1m"
+    assert "interval" in bad("source", **_DAY, source="rollup").message
+    assert "first" in bad("source", **_DAY, interval="1h", agg="first", source="rollup").message
+    assert "whole minutes" in bad("source", start_time="2025-12-31T00:00:30Z",
+                                  end_time="2026-01-01T00:00:00Z", interval="1m",
+                                  source="rollup").message
+    assert bad("source", **_DAY, source="Raw").details["allowed"] == ["auto", "raw", "rollup"]
+
+
+@pytest.mark.parametrize("agg,expression", [
+    ("avg", "sum(value_sum) / sum(value_count)"), ("min", "min(value_min)"),
+    ("max", "max(value_max)"), ("count", "sum(row_count)")])
+def test_rollup_bucket_sql_recombines_the_aggregate(agg: str, expression: str) -> None:
+    q = parse(**_DAY, interval="1h", agg=agg, asset_id="a1")
+    sql, params = Q.build_bucket_sql(q, 11, None, q.rollup)
+    raw_sql, raw_params = Q.build_bucket_sql(q, 11, None)
+    assert f"{expression} value FROM sensor_readings_1h WHERE" in sql
+    assert "FROM sensor_readings WHERE" in raw_sql and params == raw_params
+    assert sql.replace(f"{expression} value FROM sensor_readings_1h",
+                       "X FROM T") == raw_sql.replace(
+        f"{Q._AGG_SQL[agg]} value FROM sensor_readings", "X FROM T")
+    with pytest.raises(ValueError):
+        Q.build_bucket_sql(q, 11, None, "alarms")

@@ -285,8 +285,10 @@ def _enum_params(doc: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
 
 
 # What a request needs besides the enum parameter to be valid at all.
-_ENUM_BASE = {"/api/v1/telemetry/latest": {"site_id": "site-1"}}
-_NEEDS_INTERVAL = ("agg", "fill")
+_ENUM_BASE = {"/api/v1/telemetry/latest": {"site_id": "site-1"},
+              "/api/v1/telemetry": {"start_time": "2026-01-01T00:00:00Z",  # whole hours:
+                                     "end_time": "2026-01-01T01:00:00Z"}}  # source=rollup
+_NEEDS_INTERVAL = ("agg", "fill", "source")  # source=rollup needs whole-minute buckets
 
 
 def test_every_documented_enum_is_enforced_as_documented(app: Flask) -> None:
@@ -298,7 +300,7 @@ def test_every_documented_enum_is_enforced_as_documented(app: Flask) -> None:
         ("/api/v1/telemetry", "format"), ("/api/v1/telemetry/latest", "sensor_type")}
     for path, name, allowed in enums:
         base = {**_ENUM_BASE.get(path, {}), **({"interval": "1h"} if name in _NEEDS_INTERVAL
-                                               else {})}
+                                               and path == "/api/v1/telemetry" else {})}
         for value in allowed:
             ok = client.get(path, query_string={**base, name: value}, headers=AUTH)
             assert ok.status_code == 200, (path, name, value, ok.json)
