@@ -24,7 +24,9 @@ Entry points and what counts as handled:
   come back as a pipeline dead letter with its original bytes.
 
 Every entry interleaves valid sentinel events (one per ``SENTINEL_EVERY``
-cases) that must all arrive; the services' pids must not change (no crash).
+cases) that must all arrive; nothing may crash: the services' pids, the API's gunicorn
+worker pids and the Flink job (its id, restart count and exception history) must not
+change (see :func:`run_bad_input`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psutil
 import requests
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
@@ -55,8 +58,9 @@ from schemas.edge import event_from_item, event_from_mqtt
 from schemas.validation import default_sensor_rules
 
 __all__ = [
-    "BadInputReport", "EntryResult", "ENTRIES", "Target", "kafka_end_offsets", "read_topic",
-    "run_bad_input", "run_entry", "select_entries", "topic_protocol_problem",
+    "BadInputReport", "EntryResult", "ENTRIES", "Target", "flink_job_marks", "gunicorn_workers",
+    "kafka_end_offsets", "read_topic", "run_bad_input", "run_entry", "select_entries",
+    "topic_protocol_problem",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -926,7 +930,50 @@ def run_entry(target: Target, name: str, cases: int) -> EntryResult:
                     raw_start, since_ms, (lambda r: stage(r, tag)) if stage else None)
     pids_after = target.pids()
     result.crashed = sorted(n for n, pid in pids_before.items() if pids_after.get(n) != pid)
+    if result.crashed:
+        result.problems.append("crashed or restarted: " + ", ".join(
+            f"{n} ({pids_before[n]} -> {pids_after.get(n, 'gone')})" for n in result.crashed))
     return result
+
+
+def gunicorn_workers(master: Any) -> dict[str, int]:
+    """``{"api worker <pid>": pid}`` for each worker of a gunicorn master (a psutil.Process).
+
+    A worker that dies (a crash, a timeout kill) is replaced by one with another pid, so
+    its mark is missing afterwards and :func:`run_entry` counts it as a crash; the
+    master's own pid is the ``api`` service's.
+    """
+    if master is None:
+        return {}
+    try:
+        return {f"api worker {w.pid}": w.pid for w in master.children()}
+    except psutil.Error:
+        return {}
+
+
+def flink_job_marks(rest_url: str, job_name: str = "dcmms-telemetry") -> dict[str, int]:
+    """Marks of the running telemetry job that change when Flink restarts or replaces it.
+
+    ``flink job <jid> restarts`` (the job's ``numRestarts`` metric: a failed task makes
+    Flink restart the job from its checkpoint, same job id) and ``flink job <jid>
+    failures`` (entries of its exception history). A new job id (the job server died and
+    the launcher resubmitted) drops both marks. Empty when Flink does not answer: then
+    the ``flink-jobserver`` service's pid tells.
+    """
+    try:
+        jobs = [j for j in requests.get(f"{rest_url}/jobs/overview", timeout=5).json()["jobs"]
+                if j.get("name") == job_name and j.get("state") == "RUNNING"]
+        if not jobs:
+            return {}
+        jid = max(jobs, key=lambda j: int(j.get("start-time", 0)))["jid"]
+        metric = requests.get(f"{rest_url}/jobs/{jid}/metrics", params={"get": "numRestarts"},
+                              timeout=5).json()
+        history = requests.get(f"{rest_url}/jobs/{jid}/exceptions", timeout=5).json()
+    except (requests.RequestException, ValueError, KeyError):
+        return {}
+    restarts = int(float(metric[0]["value"])) if metric else -1
+    failures = len((history.get("exceptionHistory") or {}).get("entries") or [])
+    return {f"flink job {jid} restarts": restarts, f"flink job {jid} failures": failures}
 
 
 def select_entries(spec: str) -> list[str]:
@@ -945,8 +992,14 @@ def run_bad_input(settings: Settings, supervisor: Any, *, cases: int,
                   entries: Sequence[str] | None = None) -> BadInputReport:
     """Entry points (default: every one) against the chaos stack (pipeline running)."""
 
+    flink_url = (f"http://{settings.get('stack', 'bind_host')}:"
+                 f"{settings.get('flink', 'web_ui_port', int)}")
+
     def pids() -> dict[str, int]:
-        return {s.name: s.pid for s in supervisor.statuses() if s.pid is not None}
+        marks = {s.name: s.pid for s in supervisor.statuses() if s.pid is not None}
+        marks.update(gunicorn_workers(supervisor.running_process("api")))
+        marks.update(flink_job_marks(flink_url))
+        return marks
 
     target = Target.from_settings(settings, storage=True, pids=pids)
     done = []

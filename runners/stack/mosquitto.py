@@ -103,6 +103,15 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     bridge_user = settings.get("mqtt", "bridge_username")
     bridge_pw = settings.get("mqtt", "bridge_password")
     bench_root = settings.get("mqtt", "bench_topic_root", str, "").strip().strip("/")
+    # Mosquitto writes its state (sessions, queued messages) to disk only every
+    # autosave_interval seconds (or changes, with autosave_on_changes) and at a clean
+    # stop: a SIGKILL loses what was queued since; the trade-off is measured in
+    # docs/reliability.md ("Mosquitto SIGKILL", chaos/mqtt_persistence.py).
+    autosave_interval = settings.get("mqtt", "autosave_interval", int, 30)
+    autosave_on_changes = settings.get("mqtt", "autosave_on_changes", bool, False)
+    if autosave_interval < 1:
+        raise ValueError(f"setting {settings.origin('mqtt', 'autosave_interval')} must be >= 1 "
+                         "(0 would turn autosave off: state saved only at a clean stop)")
     if sensor_user == bridge_user:
         raise ValueError(f"{settings.origin('mqtt', 'sensor_username')} and "
                          f"{settings.origin('mqtt', 'bridge_username')} must differ")
@@ -162,7 +171,8 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
             f"acl_file {acl}",
             "persistence true",
             f"persistence_location {data_dir}/",
-            "autosave_interval 30",
+            f"autosave_interval {autosave_interval}",
+            f"autosave_on_changes {'true' if autosave_on_changes else 'false'}",
             f"max_queued_messages {MAX_QUEUED_MESSAGES}",
             "max_queued_bytes 0",
             f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
