@@ -332,7 +332,10 @@ def make_probes(settings: Settings, path: str, run: str, topic_root: str = "tele
     else:
         def fetch(since_ms: int) -> list[str]:
             r = session.get(f"{base_url}/api/v1/telemetry",
-                            params={"sensor_id": sensor, "start_time": str(since_ms),
+                            # asset_id first: the table's only index, so each poll reads
+                            # the probe asset's rows, not every row since the phase began.
+                            params={"asset_id": asset, "sensor_id": sensor,
+                                    "start_time": str(since_ms),
                                     "end_time": str(int(time.time() * 1000) + 600_000),
                                     "limit": "10000"}, timeout=10)
             r.raise_for_status()

@@ -379,7 +379,7 @@ def _write_cluster_conf(conf_dir: Path, settings: Settings, paths: StackPaths,
         # classpath: load them from there, once.
         "classloader.resolve-order: parent-first",
         "execution.buffer-timeout.interval: "
-        f"{settings.get('flink', 'buffer_timeout_ms', int, 100)} ms",
+        f"{settings.get('flink', 'buffer_timeout_ms', int, 5)} ms",
         "web.submit.enable: false",
         "web.cancel.enable: true",
         *extra,

@@ -154,7 +154,7 @@ def write_flink_conf(conf_dir: Path, settings: Settings, paths: StackPaths, *,
         # How long a partly filled network buffer waits before it is sent to the next
         # stage (Flink's default 100 ms is paid at each keyed exchange).
         f"execution.buffer-timeout.interval: "
-        f"{settings.get('flink', 'buffer_timeout_ms', int, 100)} ms",
+        f"{settings.get('flink', 'buffer_timeout_ms', int, 5)} ms",
     ]
     if restore_from is not None:
         lines += [
