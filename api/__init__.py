@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None,
             user=settings.get("questdb", "pg_user"),
             password=settings.get("questdb", "pg_password"),
             max_connections=settings.get("api", "questdb_pool_size", int, 4))
-        store = TelemetryStore(client)
+        store = TelemetryStore(client, rollups_enabled=settings.get("questdb", "rollups", bool))
         if alarm_acks is None:
             alarm_acks = AlarmAckStore(client)
     app.extensions[STORE_EXTENSION] = store

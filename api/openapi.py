@@ -182,7 +182,8 @@ def build_openapi() -> dict[str, Any]:
             _param("format", "Response format.", _enum(FORMATS, "json")),
             _param("source", "Where buckets come from: auto (a rollup when it gives the same "
                    "values, else the raw rows), raw (always the raw rows), rollup (a rollup, "
-                   "or 400 naming why it cannot answer; 503 if QuestDB reports it invalid).",
+                   "or 400 naming why it cannot answer, also when the deployment has the rollups "
+                   "off ([questdb] rollups = false); 503 if QuestDB reports it invalid).",
                    _enum(SOURCES, "auto")),
         ],
         "responses": {

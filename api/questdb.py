@@ -37,7 +37,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from api.errors import ServiceUnavailable
+from api.errors import BadParameter, ServiceUnavailable
 from api.params import (
     INTERVALS,
     AlarmQuery,
@@ -552,8 +552,11 @@ _MAX_STALE_QUERIES = 8
 class TelemetryStore:
     """Queries of the API over a :class:`QuestDBClient`."""
 
-    def __init__(self, client: QuestDBClient) -> None:
+    def __init__(self, client: QuestDBClient, rollups_enabled: bool = True) -> None:
         self.client = client
+        # [questdb] rollups: with the views off by configuration, QuestDB is never asked
+        # about them and source=rollup is the caller's error (400), not an outage (503).
+        self.rollups_enabled = rollups_enabled
         self._rollups: frozenset[str] = frozenset()
         self._rollups_checked = -math.inf
         self._rollups_lock = threading.Lock()
@@ -565,6 +568,8 @@ class TelemetryStore:
         change) or one that does not exist is not used: its buckets come from the raw
         rows until ``REFRESH MATERIALIZED VIEW <name> FULL`` has rebuilt it.
         """
+        if not self.rollups_enabled:
+            return frozenset()
         now = time.monotonic()
         if now - self._rollups_checked < ROLLUP_STATUS_TTL_S:
             return self._rollups
@@ -588,6 +593,10 @@ class TelemetryStore:
             return None
         if view in self.valid_rollups():
             return view
+        if q.source == "rollup" and not self.rollups_enabled:
+            raise BadParameter("source", "the rollup views are off on this deployment "
+                               "([questdb] rollups = false); use source=auto or raw",
+                               allowed=["auto", "raw"])
         if q.source == "rollup":
             raise ServiceUnavailable(f"the rollup {view} is not usable now (QuestDB reports it "
                                      "missing or invalid); use source=auto or raw",

@@ -84,3 +84,25 @@ def test_a_fresh_connection_failing_is_503(connections: list[FakeConn],
     monkeypatch.setattr(FakeConn, "cursor", broken)
     with pytest.raises(ServiceUnavailable):
         client.query("SELECT 1")
+
+
+def test_rollups_off_by_configuration_never_ask_questdb_and_refuse_source_rollup() -> None:
+    """[questdb] rollups = false: no materialized_views() query (the client would fail),
+    buckets from raw rows for source=auto, and source=rollup is a 400 naming the setting."""
+    from types import SimpleNamespace
+
+    from api.errors import BadParameter
+    from api.questdb import TelemetryStore
+
+    class NoClient:
+        def query(self, *_args, **_kwargs):
+            raise AssertionError("QuestDB asked about rollups although they are off")
+
+    store = TelemetryStore(NoClient(), rollups_enabled=False)  # type: ignore[arg-type]
+    assert store.valid_rollups() == frozenset()
+    assert store._bucket_source(SimpleNamespace(rollup="sensor_readings_1m",  # type: ignore[arg-type]
+                                                source="auto")) is None
+    with pytest.raises(BadParameter) as err:
+        store._bucket_source(SimpleNamespace(rollup="sensor_readings_1m",  # type: ignore[arg-type]
+                                             source="rollup"))
+    assert "[questdb] rollups" in str(err.value) and err.value.status == 400
