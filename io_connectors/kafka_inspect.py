@@ -130,6 +130,14 @@ class KafkaInspector:
         return KafkaUnavailable(f"Kafka at {self.bootstrap_servers} did not answer: {exc} "
                                 f"(setting {self._setting})")
 
+    def _watermarks(self, consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+        """(low, high) offsets of one partition; KafkaUnavailable naming the setting."""
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                  timeout=self.timeout_s)
+        except KafkaException as exc:
+            raise self._unavailable(exc) from None
+
     def _partition_ids(self, consumer: Consumer, topic: str) -> list[int]:
         try:
             meta = consumer.list_topics(topic, timeout=self.timeout_s)
@@ -157,11 +165,7 @@ class KafkaInspector:
                     raise self._unavailable(exc) from None
             out = []
             for p in ids:
-                try:
-                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                               timeout=self.timeout_s)
-                except KafkaException as exc:
-                    raise self._unavailable(exc) from None
+                low, high = self._watermarks(consumer, topic, p)
                 out.append(PartitionOffsets(p, low, high, committed[p]))
             return out
         finally:
@@ -180,11 +184,7 @@ class KafkaInspector:
             wanted: dict[int, int] = {}
             assign = []
             for p in ids:
-                try:
-                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                               timeout=self.timeout_s)
-                except KafkaException as exc:
-                    raise self._unavailable(exc) from None
+                low, high = self._watermarks(consumer, topic, p)
                 if high > low:
                     start = max(low, high - per_partition)
                     wanted[p] = high
@@ -224,11 +224,7 @@ class KafkaInspector:
             for partition, offset in ids:
                 if partition not in known or offset < 0:
                     continue
-                try:
-                    low, high = consumer.get_watermark_offsets(
-                        TopicPartition(topic, partition), timeout=self.timeout_s)
-                except KafkaException as exc:
-                    raise self._unavailable(exc) from None
+                low, high = self._watermarks(consumer, topic, partition)
                 if not low <= offset < high:
                     continue
                 consumer.assign([TopicPartition(topic, partition, offset)])
