@@ -1,9 +1,8 @@
 """The REST API (ingest and query): :func:`create_app` builds the Flask app.
 
-Blueprints are registered from :data:`BLUEPRINT_MODULES`; each module exposes
-``bp``. A module of that list that does not exist yet (``api.ingest`` while it
-is being written) is skipped with a log line; one that exists but fails to
-import fails the app.
+Blueprints are registered from :data:`BLUEPRINT_MODULES`, names of the modules whose
+``bp`` :func:`blueprints` maps them to (the console, :mod:`api.console`, registers its own
+list).
 
 Settings read (``[api]`` unless noted; optional ones have the default shown):
 
@@ -25,31 +24,46 @@ stand-in), so tests can replace QuestDB, Kafka and the file.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import logging
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask
 
 from runners.settings import Settings, SettingsError, load_settings
 
-__all__ = ["BLUEPRINT_MODULES", "create_app"]
-
-_LOGGER = logging.getLogger(__name__)
+__all__ = ["BLUEPRINT_MODULES", "blueprints", "create_app"]
 
 BLUEPRINT_MODULES = ("api.query", "api.ingest", "api.health", "api.openapi", "api.landing",
                      "api.alarm_acks", "api.dead_letters", "api.stream")
 
 
+def blueprints() -> dict[str, Blueprint]:
+    """Every blueprint of the API and the console, by the name of its module."""
+    # Imported here, not at the top: `import api` stays free of side effects (see create_app).
+    from api import (
+        alarm_acks,
+        console,
+        dead_letters,
+        health,
+        ingest,
+        landing,
+        openapi,
+        query,
+        stream,
+    )
+
+    return {module.__name__: module.bp for module in (
+        query, ingest, health, openapi, landing, alarm_acks, dead_letters, stream, console)}
+
+
 def create_app(settings: Settings | None = None,
                test_config: dict[str, Any] | None = None,
-               blueprints: tuple[str, ...] = BLUEPRINT_MODULES) -> Flask:
+               modules: tuple[str, ...] = BLUEPRINT_MODULES) -> Flask:
     """Build the API app from ``settings`` (default: :func:`runners.settings.load_settings`).
 
-    ``blueprints`` are the modules registered (the operator console, :mod:`api.console`,
-    builds its app from a different list).
+    ``modules`` are the blueprints registered, by module name (the operator console,
+    :mod:`api.console`, builds its app from a different list); an unknown name is a
+    ``ValueError``.
     """
     # Imports here keep `import api` free of side effects (prometheus_client reads
     # PROMETHEUS_MULTIPROC_DIR when first imported, so it must come after gunicorn's config).
@@ -106,9 +120,9 @@ def create_app(settings: Settings | None = None,
 
     register_error_handlers(app)
     init_metrics(app)
-    for name in blueprints:
-        if importlib.util.find_spec(name) is None:
-            _LOGGER.info("blueprint module %s not present; skipped", name)
-            continue
-        app.register_blueprint(importlib.import_module(name).bp)
+    known = blueprints()
+    for name in modules:
+        if name not in known:
+            raise ValueError(f"unknown blueprint module {name!r}; known: {', '.join(known)}")
+        app.register_blueprint(known[name])
     return app

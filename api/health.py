@@ -34,6 +34,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from io_connectors.edge_metrics import DeliveryMetrics
+
 __all__ = ["bp", "ApiMetrics", "IngestMetrics", "KafkaCheck", "METRICS_EXTENSION",
            "READY_CHECKS_EXTENSION", "init_metrics"]
 
@@ -42,10 +44,6 @@ _LOGGER = logging.getLogger(__name__)
 READY_CHECKS_EXTENSION = "dcmms_ready_checks"
 METRICS_EXTENSION = "dcmms_metrics"
 _BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Kafka acknowledgements: a few ms locally (linger 5 ms), up to the producer's
-# message timeout (60 s for REST) when the cluster is struggling.
-_DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                     10.0, 30.0, 60.0)
 # Reasons a whole ingest request is refused: the error codes of api.ingest and
 # api.auth. Listed so their series exist (at 0) before the first refusal.
 INGEST_REFUSALS = ("unauthorized", "forbidden", "rate_limited", "payload_too_large",
@@ -68,13 +66,11 @@ class IngestMetrics:
     accepted: Counter
     rejected: Counter
     refused: Counter
-    delivery: Histogram
-    delivery_failures: Counter
+    # The producer's deliveries (the same families as the MQTT bridge's).
+    kafka: DeliveryMetrics
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
-        from io_connectors.raw_producer import RECORD_KINDS
-
         metrics = cls(
             Counter("dcmms_ingest_events_accepted_total",
                     "Events of POST /api/v1/telemetry acknowledged by Kafka and answered 202",
@@ -86,28 +82,16 @@ class IngestMetrics:
             Counter("dcmms_ingest_requests_refused_total",
                     "POST /api/v1/telemetry requests refused as a whole, by error code",
                     ("reason",), registry=registry),
-            Histogram("dcmms_edge_kafka_delivery_seconds",
-                      "Time from producing a record to Kafka's acknowledgement, per record "
-                      "(a batch record once)", ("record",), buckets=_DELIVERY_BUCKETS,
-                      registry=registry),
-            Counter("dcmms_edge_kafka_delivery_failures_total",
-                    "Records the edge producer could not deliver (delivery error, timeout, "
-                    "queue full)", ("record",), registry=registry),
+            DeliveryMetrics.create(registry),
         )
         for reason in INGEST_REFUSALS:
             metrics.refused.labels(reason)
         metrics.rejected.labels(KAFKA_UNAVAILABLE)
-        for kind in RECORD_KINDS:
-            metrics.delivery.labels(kind)
-            metrics.delivery_failures.labels(kind)
         return metrics
 
     def observe_delivery(self, kind: str, seconds: float, error: str | None) -> None:
         """A :data:`io_connectors.raw_producer.DeliveryObserver`."""
-        if error is None:
-            self.delivery.labels(kind).observe(seconds)
-        else:
-            self.delivery_failures.labels(kind).inc()
+        self.kafka.observe(kind, seconds, error)
 
 
 @dataclass

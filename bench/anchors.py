@@ -25,14 +25,13 @@ import threading
 import time
 from typing import Any
 
-import requests
-
 from bench.loadgen import fleet_item
+from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import DDL_STATEMENTS, SENSOR_READINGS
 from runners.settings import Settings
 
 __all__ = ["kafka_raw", "questdb_raw", "start_direct_peer", "stop_direct_peer", "create_like",
-           "qdb_exec", "RAW_TABLE", "DIRECT_TABLE"]
+           "count_rows", "qdb_exec", "qdb_url", "ts_filter", "RAW_TABLE", "DIRECT_TABLE"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,15 +39,41 @@ RAW_TABLE = "bench_raw_readings"
 DIRECT_TABLE = "bench_direct_readings"
 
 
+def qdb_url(settings: Settings) -> str:
+    """QuestDB's HTTP base URL of the stack in ``settings``."""
+    return questdb_http_url(settings.get("questdb", "host"),
+                            settings.get("questdb", "http_port", int))
+
+
 def qdb_exec(settings: Settings, sql: str, timeout: float = 60.0) -> list[list[Any]]:
     """Run ``sql`` through QuestDB's /exec; the dataset rows. Only harness-built SQL goes here."""
-    url = (f"http://{settings.get('questdb', 'host')}:{settings.get('questdb', 'http_port', int)}"
-           "/exec")
-    r = requests.get(url, params={"query": sql}, timeout=timeout)
-    body = r.json()
-    if r.status_code != 200 or "error" in body:
-        raise RuntimeError(f"QuestDB /exec failed for {sql[:120]!r}: {body.get('error', r.text)}")
-    return body.get("dataset", [])
+    return questdb_exec(qdb_url(settings), sql, timeout_s=timeout).get("dataset", [])
+
+
+def ts_filter(since_ms: int, until_ms: int | None = None) -> str:
+    """SQL condition on the designated timestamp, from ``since_ms`` (to ``until_ms``)."""
+    since = f"timestamp >= cast({int(since_ms) * 1000} as timestamp)"
+    if until_ms is None:
+        return since
+    return f"{since} AND timestamp <= cast({int(until_ms) * 1000} as timestamp)"
+
+
+# A distinct count over a 10-minute soak (6M rows at 10k/s) took more than a minute on a
+# busy 2-core machine and crashed the full run (2026-11-30): distinct counts get longer.
+DISTINCT_COUNT_TIMEOUT_S = 600.0
+
+
+def count_rows(settings: Settings, table: str, prefix: str, since_ms: int,
+               distinct: bool = False, until_ms: int | None = None) -> tuple[int, int]:
+    """(rows, distinct event_ids) of ``table`` whose event_id starts with ``prefix``, among
+    the rows timestamped from ``since_ms`` (to ``until_ms``): the narrower the range, the
+    fewer rows the ``LIKE`` scans (it runs every second while the stack is measured)."""
+    what = "count(), count_distinct(event_id)" if distinct else "count(), 0"
+    row = qdb_exec(settings, f"SELECT {what} FROM {table} "
+                             f"WHERE {ts_filter(since_ms, until_ms)}"
+                             f" AND event_id LIKE '{prefix}%'",
+                   timeout=DISTINCT_COUNT_TIMEOUT_S if distinct else 60.0)[0]
+    return int(row[0]), int(row[1] or 0)
 
 
 def create_like(settings: Settings, table: str, fresh: bool = True) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 import requests
 
 from bench import anchors, report
+from bench.anchors import count_rows
 from io_connectors.questdb_schema import SENSOR_READINGS
 from runners.settings import REPO_ROOT, Settings, load_settings
 
@@ -87,7 +88,6 @@ def drain(settings: Settings, n: int, run: str, timeout_s: float = 600.0,
     """Produce ``n`` events into the raw topic, wait until all are stored; the figures."""
     from confluent_kafka import Producer
 
-    from bench.harness import count_rows  # here: the harness imports this module
     from bench.resources import ResourceSampler
     from io_connectors.raw_producer import producer_config
 

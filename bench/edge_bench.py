@@ -144,7 +144,8 @@ def bench_mqtt(args: argparse.Namespace) -> None:
             bridges.append((subprocess.Popen(
                 [sys.executable, "-m", "runners.mqtt_bridge", "--client-id",
                  f"bench-{run}-{b}", "--share-group", f"bench-{run}",
-                 "--session-expiry-s", "60", "--log-level", args.bridge_log_level],
+                 "--session-expiry-s", "60", "--log-level", args.bridge_log_level,
+                 "--metrics-port", "0"],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
         time.sleep(args.bridge_startup_s)  # at WARNING level there is no "ready" line
         per = args.messages // args.publishers

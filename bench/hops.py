@@ -32,8 +32,10 @@ import requests
 from confluent_kafka import Consumer, TopicPartition
 
 from bench import report
+from bench.anchors import qdb_url
 from bench.drain import RESULTS, _context
 from bench.loadgen import fleet_item, mqtt_message
+from io_connectors.questdb_http import questdb_exec
 from runners.settings import Settings, load_settings
 
 __all__ = ["HOPS", "measure", "main"]
@@ -86,8 +88,7 @@ class _RecordTimes:
 def measure(settings: Settings, n: int, gap_s: float, say: Any = print) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     ids = [f"hop{tag}-{i}" for i in range(n)]
-    exec_url = (f"http://{settings.get('questdb', 'host')}:"
-                f"{settings.get('questdb', 'http_port', int)}/exec")
+    questdb = qdb_url(settings)
     records = _RecordTimes(settings, ids)
     time.sleep(1.0)  # the consumer holds its assignment before the first publish
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-hops-{tag}",
@@ -101,7 +102,7 @@ def measure(settings: Settings, n: int, gap_s: float, say: Any = print) -> dict[
     session = requests.Session()
 
     def query(sql: str) -> list[list[Any]]:
-        return session.get(exec_url, params={"query": sql}, timeout=10).json()["dataset"]
+        return questdb_exec(questdb, sql, timeout_s=10, session=session)["dataset"]
 
     try:
         for i, eid in enumerate(ids):

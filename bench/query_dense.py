@@ -62,6 +62,7 @@ import requests
 from questdb.ingress import Sender, TimestampNanos
 
 from bench.query_bench import SENSOR_TYPES, UNITS, Fleet
+from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import DDL_STATEMENTS, SENSOR_READINGS
 from runners.settings import REPO_ROOT, Settings, load_settings
 
@@ -128,15 +129,12 @@ DENSE = DenseFleet()
 # -- QuestDB helpers -------------------------------------------------------------------
 
 def _http(settings: Settings) -> str:
-    return f"http://{settings.get('questdb', 'host')}:{settings.get('questdb', 'http_port', int)}"
+    return questdb_http_url(settings.get("questdb", "host"),
+                            settings.get("questdb", "http_port", int))
 
 
 def qdb_exec(settings: Settings, sql: str, timeout: float = 300.0) -> list[list[Any]]:
-    r = requests.get(f"{_http(settings)}/exec", params={"query": sql}, timeout=timeout)
-    body = r.json()
-    if r.status_code != 200 or "error" in body:
-        raise RuntimeError(f"QuestDB /exec failed for {sql[:160]!r}: {body.get('error', r.text)}")
-    return body.get("dataset", [])
+    return questdb_exec(_http(settings), sql, timeout_s=timeout).get("dataset", [])
 
 
 def pg_connect(settings: Settings) -> Any:
@@ -541,6 +539,8 @@ class _TimingClient:
 
     def __init__(self, settings: Settings, http: bool = False, table: str | None = None) -> None:
         self.conn = pg_connect(settings)
+        # Not io_connectors.questdb_http.questdb_exec: this times the transport alone
+        # (body read, not parsed), the figure compared with PG wire.
         self.http_url = f"{_http(settings)}/exec" if http else None
         self.session = requests.Session()
         self.table = table

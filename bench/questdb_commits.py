@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import requests
 from questdb import Sender, TimestampMicros
 
 from bench.drain import RESULTS, _context
 from bench.resources import stack_pids
+from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import DDL_STATEMENTS, SENSOR_READINGS
 from runners.settings import Settings, load_settings
 
@@ -54,11 +54,11 @@ VARIANTS = {
 def measure(settings: Settings, writers: int, rows: int, rate: float, seconds: float,
             overlap_ms: int, variant: str = "as-is") -> dict[str, Any]:
     host, port = settings.get("questdb", "host"), settings.get("questdb", "http_port", int)
-    exec_url = f"http://{host}:{port}/exec"
+    base_url = questdb_http_url(host, port)
     table = f"bench_commits_{uuid.uuid4().hex[:6]}"
     ddl = VARIANTS[variant](
         DDL_STATEMENTS[0].replace(f"EXISTS {SENSOR_READINGS} ", f"EXISTS {table} "))
-    requests.get(exec_url, params={"query": ddl}, timeout=30).raise_for_status()
+    questdb_exec(base_url, ddl)
     questdb = psutil.Process(stack_pids(settings.path("stack", "run_dir") / "pids")["questdb"])
     commits = [0] * writers
 
@@ -95,7 +95,7 @@ def measure(settings: Settings, writers: int, rows: int, rate: float, seconds: f
         time.sleep(1.5)  # the last commits are applied
         used, elapsed = _cpu_s(questdb) - cpu0, time.time() - t0
     finally:
-        requests.get(exec_url, params={"query": f"DROP TABLE IF EXISTS {table}"}, timeout=30)
+        questdb_exec(base_url, f"DROP TABLE IF EXISTS {table}")
     total = sum(commits)
     return {"variant": variant, "writers": writers, "rows_per_commit": rows,
             "commits_per_s_each": rate,

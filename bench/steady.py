@@ -24,6 +24,7 @@ from typing import Any
 
 from bench import report
 from bench.drain import RESULTS, _context
+from bench.harness import _api
 from bench.loadgen import GeneratorConfig, resolve_mqtt_client, run_load
 from bench.resources import ResourceSampler
 from runners.settings import Settings, load_settings
@@ -34,8 +35,6 @@ __all__ = ["steady", "main"]
 def steady(settings: Settings, path: str, rate: float, seconds: float,
            warmup: float) -> dict[str, Any]:
     """Run the load; the CPU of each component over the measured part of it."""
-    from bench.harness import _api  # here: the harness imports bench.drain
-
     if not 0 <= warmup < seconds:
         raise ValueError(f"--warmup ({warmup}) must be shorter than --seconds ({seconds})")
     base_url, key = _api(settings)

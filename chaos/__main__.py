@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say("the chaos stack did not come up; see the messages above")
             _cli("down")
             return 1
-    specs = load_specs(settings, paths, stack_modules(with_pipeline=True), _say)
+    specs = load_specs(settings, paths, stack_modules(with_pipeline=True))
     sup = Supervisor(specs, paths, bind_host=settings.get("stack", "bind_host"))
     host = settings.get("stack", "bind_host")
     assets_doc = json.loads(settings.path("pipeline", "assets_file").read_text())["assets"]

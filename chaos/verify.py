@@ -20,6 +20,8 @@ from typing import Any
 
 import requests
 
+from io_connectors.questdb_http import as_dicts, questdb_exec
+
 __all__ = [
     "AlarmVerdict",
     "QuestDBReader",
@@ -123,14 +125,7 @@ class QuestDBReader:
         self.timeout_s = timeout_s
 
     def query(self, sql: str) -> list[dict[str, Any]]:
-        resp = requests.get(f"{self.base_url}/exec", params={"query": sql},
-                            timeout=self.timeout_s)
-        body = resp.json()
-        if resp.status_code != 200 or "error" in body:
-            raise RuntimeError(f"QuestDB at {self.base_url} rejected {sql!r}: "
-                               f"{body.get('error')}")
-        names = [c["name"] for c in body.get("columns", [])]
-        return [dict(zip(names, row, strict=True)) for row in body.get("dataset", [])]
+        return as_dicts(questdb_exec(self.base_url, sql, timeout_s=self.timeout_s))
 
     def event_counts(self, prefix: str, since_ms: int) -> Counter[str]:
         """Rows per event id for ids starting with ``prefix`` (timestamps >= since_ms)."""

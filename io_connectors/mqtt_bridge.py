@@ -28,6 +28,7 @@ never acknowledged by mistake.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import struct
 import threading
@@ -44,7 +45,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from io_connectors.raw_producer import RawProducer
 from schemas.edge import SUBSCRIPTION_FILTER, dead_letter, event_from_mqtt
 
-__all__ = ["BridgeConfig", "BridgeStats", "BurstReadClient", "MqttBridge"]
+__all__ = ["AVRO_ENCODING_FAILED", "BridgeConfig", "BridgeSnapshot", "BridgeStats",
+           "BurstReadClient", "MqttBridge"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ _PENDING, _DONE = 0, 1
 HEALTH_INTERVAL_S = 5.0
 # A message unconfirmed by Kafka for this long means the bridge is stuck.
 STALL_S = 30.0
+# Reason code of an event the Avro schema refused (dead-lettered after validation passed).
+AVRO_ENCODING_FAILED = "event.avro_encoding"
 
 
 class BurstReadClient(mqtt.Client):
@@ -275,15 +279,36 @@ class BridgeConfig:
 
 @dataclass
 class BridgeStats:
-    """Counters since start (read by logs and tests)."""
+    """Counters since start (read by logs, tests and the Prometheus collector of
+    :mod:`io_connectors.edge_metrics`). Valid messages are counted once per take and per
+    delivered batch record, not one by one; dead letters and retries one by one."""
 
     received: int = 0
+    # Messages that passed validation (events) / were dead-lettered at the bridge, by the
+    # first reason code of each (closed set: schemas.edge codes, AVRO_ENCODING_FAILED).
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
     produced: int = 0
     dead_lettered: int = 0
     acked: int = 0
     delivery_failures: int = 0
     stale_acks_dropped: int = 0
     connects: int = 0
+    disconnects: int = 0
+
+
+@dataclass(frozen=True)
+class BridgeSnapshot:
+    """What :meth:`MqttBridge.snapshot` reads for a metrics scrape (any thread)."""
+
+    stats: BridgeStats
+    connected: bool
+    subscribed: bool
+    inbox: int
+    in_flight: int
+    retrying: int
+    kafka_queue: int
+    oldest_unconfirmed_s: float
 
 
 @dataclass
@@ -334,6 +359,7 @@ class MqttBridge:
         self._generation = 0
         self._gen_lock = threading.Lock()
         self.subscribed = threading.Event()
+        self.connected = False
         self._client = self._make_client()
 
     # -- public API ------------------------------------------------------
@@ -364,6 +390,22 @@ class MqttBridge:
         """Messages received but not yet acknowledged."""
         return len(self._inbox) + len(self._pending)
 
+    def snapshot(self) -> BridgeSnapshot:
+        """Counters and queue depths now, for a metrics scrape from another thread.
+
+        Reads only (no lock on the hot path): each number is a consistent value, the set
+        of them may straddle a take.
+        """
+        stats = dataclasses.replace(self.stats, rejected=dict(self.stats.rejected))
+        try:
+            oldest = time.monotonic() - self._pending[0].born
+        except IndexError:
+            oldest = 0.0
+        return BridgeSnapshot(stats=stats, connected=self.connected,
+                              subscribed=self.subscribed.is_set(), inbox=len(self._inbox),
+                              in_flight=len(self._pending), retrying=len(self._retry),
+                              kafka_queue=len(self._producer), oldest_unconfirmed_s=oldest)
+
     # -- paho callbacks (network thread: keep them tiny) -------------------
 
     def _make_client(self) -> BurstReadClient:
@@ -388,6 +430,7 @@ class MqttBridge:
                           "bridge_password); retrying", self.config.host, self.config.port,
                           reason)
             return
+        self.connected = True
         self.stats.connects += 1
         _LOGGER.info("MQTT connected to %s:%d as %s (session present: %s)", self.config.host,
                      self.config.port, self.config.client_id,
@@ -405,6 +448,9 @@ class MqttBridge:
             # Packet ids of the old connection are meaningless from now on.
             self._generation += 1
         self.subscribed.clear()
+        if self.connected:
+            self.connected = False
+            self.stats.disconnects += 1
         if not self._stop.is_set():
             _LOGGER.warning("MQTT disconnected (%s); reconnecting with backoff", reason)
 
@@ -498,6 +544,7 @@ class MqttBridge:
                 entry.record = dead_letter(stage="bridge", reasons=list(result.errors),
                                            original=payload, source="mqtt", topic=topic,
                                            failed_at_ms=now_ms)
+                self._count_rejected(result.codes[0] if result.codes else "event.invalid")
             self._pending.append(entry)
             if entry.kind == "event":
                 events.append(entry)
@@ -505,8 +552,14 @@ class MqttBridge:
                 self._send(entry)
         if events:
             self._send_events(events)
-        self.stats.received += taken
+        stats = self.stats
+        stats.received += taken
+        stats.accepted += len(events)
         return taken
+
+    def _count_rejected(self, code: str) -> None:
+        rejected = self.stats.rejected
+        rejected[code] = rejected.get(code, 0) + 1
 
     def _send_events(self, entries: list[_Entry]) -> None:
         """Produce the events of ``entries`` as TelemetryBatch records (first attempt)."""
@@ -514,6 +567,11 @@ class MqttBridge:
             entry.attempts += 1
 
         def delivered(positions: list[int], error: str | None) -> None:
+            if error is None:
+                for position in positions:
+                    entries[position].state = _DONE
+                self.stats.produced += len(positions)      # once per batch record
+                return
             # A failed chunk's entries are retried one by one (produce_event, keyed
             # by asset, same partition): failures are rare (Kafka down, timeouts),
             # and per-entry retries keep each message's own backoff, attempt count
@@ -537,6 +595,7 @@ class MqttBridge:
                         "retrying in %.1f s", entry.topic, entry.attempts, error, delay)
         if entry.kind == "event" and error.startswith("Avro encoding failed"):
             # Not transient: dead-letter it instead of retrying forever.
+            self._count_rejected(AVRO_ENCODING_FAILED)
             entry.kind = "dlq"
             entry.record = dead_letter(stage="bridge", reasons=[error],
                                        original=entry.payload, source="mqtt",

@@ -30,7 +30,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from runners.pipeline_report import add_replay_parser, pipeline_lines, replay_main
+from runners.mqtt_bridge import metrics_url
+from runners.pipeline_report import add_replay_parser, bridge_lines, pipeline_lines, replay_main
 from runners.settings import Settings, SettingsError, load_settings
 from runners.stack import cluster
 from runners.stack.supervisor import (
@@ -77,16 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _supervisor(with_pipeline: bool, quiet_missing: bool = False) -> Supervisor:
+def _supervisor(with_pipeline: bool) -> Supervisor:
     settings = load_settings()
     paths = paths_from_settings(settings)
-    modules = stack_modules(with_pipeline)
-
-    def warn(msg: str) -> None:
-        if not quiet_missing:
-            print(msg, file=sys.stderr)
-
-    specs = load_specs(settings, paths, modules, warn)
+    specs = load_specs(settings, paths, stack_modules(with_pipeline))
     return Supervisor(specs, paths, bind_host=settings.get("stack", "bind_host"))
 
 
@@ -116,17 +111,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "down":
             # Always include the pipeline so a stack started with it is fully stopped.
-            sup = _supervisor(with_pipeline=True, quiet_missing=True)
+            sup = _supervisor(with_pipeline=True)
             stopped = sup.down()
             if stopped:
                 cluster.record_topology(run_dir, None)
             return 0 if stopped else 1
         if args.command == "status":
-            sup = _supervisor(with_pipeline=_pipeline_running(), quiet_missing=True)
+            sup = _supervisor(with_pipeline=_pipeline_running())
             healthy = sup.status()
             if any(spec.name == PIPELINE_MODULE for spec in sup.specs):
                 # Job state, checkpoint age, counters and lag (docs/console.md).
                 for line in pipeline_lines(load_settings()):
+                    print(line)
+            if sup.running_process("bridge") is not None:
+                # Counters and queues from the bridge's /metrics (docs/metrics.md).
+                for line in bridge_lines(load_settings()):
                     print(line)
             if topology == "cluster":
                 settings = load_settings()
@@ -138,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if healthy else 1
         if args.command == "restart":
             load_settings().check_production()
-            _supervisor(with_pipeline=True, quiet_missing=True).restart(args.service)
+            _supervisor(with_pipeline=True).restart(args.service)
             return 0
         if args.command == "kill":
             name = args.signal.upper()
@@ -147,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except KeyError:
                 print(f"unknown signal {args.signal!r}", file=sys.stderr)
                 return 2
-            sup = _supervisor(with_pipeline=True, quiet_missing=True)
+            sup = _supervisor(with_pipeline=True)
             pgid = sup.kill(args.service, sig)
             if pgid is None:
                 print(f"{args.service} is not running", file=sys.stderr)
@@ -162,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.check_production()
             return replay_main(settings, args)
         if args.command == "logs":
-            sup = _supervisor(with_pipeline=True, quiet_missing=True)
+            sup = _supervisor(with_pipeline=True)
             files = sup.log_files(args.service)
             if not files:
                 print("no logs yet (is the stack up?)", file=sys.stderr)
@@ -199,6 +198,7 @@ def _print_endpoints(settings: Settings, running: set[str]) -> None:
          f"http://{host}:{settings.get('flink', 'web_ui_port')}"),
         ("api", "REST API", f"http://{host}:{settings.get('api', 'port')}/api/v1 "
                             f"(health http://{host}:{settings.get('api', 'port')}/healthz)"),
+        ("bridge", "MQTT bridge metrics", metrics_url(settings) or "none ([mqtt] metrics_port 0)"),
         ("console", "Operator console",
          f"http://{host}:{settings.get('console', 'port', int, 8080)}/ (sign in with an API key)"),
     ]

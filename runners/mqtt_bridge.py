@@ -16,6 +16,11 @@ Optional settings (defaults in brackets): ``[mqtt] bridge_client_id``
 plainly; see io_connectors.mqtt_bridge.BridgeConfig.shared for why plain is the default).
 ``--client-id`` and ``--share-group`` override the first two: every bridge process needs its own,
 stable across restarts so it resumes its broker session.
+
+Prometheus metrics (docs/metrics.md) are served at ``http://[stack] bind_host:[mqtt]
+metrics_port/metrics`` (9883; ``--metrics-port`` overrides it, 0 serves none: a second
+bridge on one machine needs a port of its own). A port already taken stops the bridge at
+start with a message naming the setting.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from prometheus_client import CollectorRegistry, start_http_server
+
+from io_connectors.edge_metrics import BridgeCollector, DeliveryMetrics
 from io_connectors.mqtt_bridge import BridgeConfig, MqttBridge
 from io_connectors.raw_producer import build_raw_producer
 from runners.edge import edge_target
@@ -36,9 +44,12 @@ from runners.settings import Settings, SettingsError, load_settings
 from runners.stack.supervisor import HEARTBEAT_ENV, write_heartbeat
 from schemas.validation import RulesError, default_sensor_rules
 
-__all__ = ["bridge_config", "main"]
+__all__ = ["DEFAULT_METRICS_PORT", "bridge_config", "main", "metrics_port", "metrics_url"]
 
 _LOGGER = logging.getLogger("runners.mqtt_bridge")
+
+# [mqtt] metrics_port when the setting is absent.
+DEFAULT_METRICS_PORT = 9883
 
 
 def bridge_config(settings: Settings, client_id: str | None = None,
@@ -63,6 +74,26 @@ def bridge_config(settings: Settings, client_id: str | None = None,
     )
 
 
+def metrics_port(settings: Settings, override: int | None = None) -> int:
+    """The bridge's metrics port (0: none); errors name the setting."""
+    port = override if override is not None else settings.get("mqtt", "metrics_port", int,
+                                                              DEFAULT_METRICS_PORT)
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"setting {settings.origin('mqtt', 'metrics_port')} (or "
+                            f"--metrics-port) must be 0..65535, got {port}")
+    return port
+
+
+def metrics_url(settings: Settings) -> str | None:
+    """Where the stack's bridge serves ``/metrics`` (None when [mqtt] metrics_port is 0)."""
+    port = metrics_port(settings)
+    if not port:
+        return None
+    host = settings.get("stack", "bind_host")
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    return f"http://{host}:{port}/metrics"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runners.mqtt_bridge",
                                      description=__doc__.splitlines()[0])
@@ -75,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="broker session expiry (default: [mqtt] bridge_session_expiry_s or "
                         "7 days); short for throw-away bridges (tests, benchmarks) so their "
                         "sessions do not keep queueing telemetry after they are gone")
+    parser.add_argument("--metrics-port", type=int,
+                        help="serve Prometheus metrics on this port (default: [mqtt] "
+                        f"metrics_port or {DEFAULT_METRICS_PORT}; 0: no metrics server)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -85,9 +119,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = bridge_config(settings, args.client_id, args.share_group,
                                args.session_expiry_s)
         rules = default_sensor_rules()
+        port = metrics_port(settings, args.metrics_port)
+        bind_host = settings.get("stack", "bind_host")
     except (SettingsError, RulesError, ValueError) as exc:
         _LOGGER.error("cannot start the bridge: %s", exc)
         return 2
+    # A registry of its own, served (daemon thread) before anything else so a taken port
+    # fails the start at once; the bridge's collector joins it once the bridge exists.
+    registry = CollectorRegistry()
+    delivery = DeliveryMetrics.create(registry)
+    if port:
+        try:
+            start_http_server(port, addr=bind_host, registry=registry)
+        except OSError as exc:
+            _LOGGER.error("cannot serve the bridge's metrics on %s:%d (setting %s, or "
+                          "--metrics-port; 0 serves none): %s", bind_host, port,
+                          settings.origin("mqtt", "metrics_port"), exc)
+            return 2
+        _LOGGER.info("bridge metrics on http://%s:%d/metrics", bind_host, port)
     stopping = threading.Event()
     bridge: MqttBridge | None = None
 
@@ -105,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     while True:
         try:
             producer = build_raw_producer(edge_target(settings),
-                                          client_id=f"dcmms-bridge-{config.client_id}")
+                                          client_id=f"dcmms-bridge-{config.client_id}",
+                                          delivery_observer=delivery.observe)
             break
         except Exception as exc:  # noqa: BLE001 - reported, then retried
             _LOGGER.error("cannot register schemas / create the Kafka producer (registry %s, "
@@ -124,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             config.subscription, config.host, config.port),
                         on_healthy=(lambda: write_heartbeat(heartbeat_file))
                         if heartbeat_file else None)
+    registry.register(BridgeCollector(bridge.snapshot))
 
     if stopping.is_set():
         return 0

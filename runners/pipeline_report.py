@@ -1,9 +1,10 @@
-"""The pipeline part of ``dcmms-telemetry status`` and the ``dcmms-telemetry replay`` command.
+"""The pipeline and bridge parts of ``dcmms-telemetry status``, and ``dcmms-telemetry replay``.
 
 ``status`` prints, under the services table, the Flink job's state and uptime, the
 last completed checkpoint and its age, the main Beam counters with their average
 rate per minute since the job started, and the job's consumer lag on raw_telemetry
-(the console's Overview has the last-minute rates and the last hour).
+(the console's Overview has the last-minute rates and the last hour). Then the MQTT
+bridge's counters and queues, read from its Prometheus endpoint ([mqtt] metrics_port).
 
 ``replay`` re-publishes dead letters to raw_telemetry (the same code as
 ``POST /api/v1/dead-letters/replay`` and the console's Replay; idempotent):
@@ -23,7 +24,7 @@ from typing import Any, TextIO
 
 from runners.settings import Settings
 
-__all__ = ["add_replay_parser", "pipeline_lines", "replay_main"]
+__all__ = ["add_replay_parser", "bridge_lines", "pipeline_lines", "replay_main"]
 
 # Counters shown by status, in order: (label, counter names summed).
 _STATUS_COUNTERS = (
@@ -100,6 +101,53 @@ def pipeline_lines(settings: Settings) -> list[str]:
                            for p in parts)
             lines.append(f"  consumer lag   {sum(lag or 0 for lag in lags):,} records "
                          f"({per})")
+    return lines
+
+
+def bridge_lines(settings: Settings) -> list[str]:
+    """The bridge section of ``status``, from its ``/metrics`` (never raises)."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from runners.mqtt_bridge import metrics_url
+
+    lines = ["", "bridge:"]
+    url = metrics_url(settings)
+    if url is None:
+        return [*lines, "  metrics        none ([mqtt] metrics_port = 0)"]
+    try:
+        resp = requests.get(url, timeout=2.0)
+        resp.raise_for_status()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(resp.text)
+                   for s in family.samples}
+    except (requests.RequestException, ValueError) as exc:
+        return [*lines, f"  metrics        not readable at {url}: {str(exc)[:160]}"]
+
+    def value(name: str, **labels: str) -> int:
+        return int(samples.get((name, tuple(sorted(labels.items()))), 0))
+
+    rejected = {dict(labels)["reason"]: int(v) for (name, labels), v in samples.items()
+                if name == "dcmms_bridge_messages_rejected_total"}
+    state = ("connected" if value("dcmms_bridge_mqtt_connected") else "NOT connected") + (
+        ", subscribed" if value("dcmms_bridge_mqtt_subscribed") else ", NOT subscribed")
+    reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(rejected.items(), key=lambda kv: -kv[1]))
+    records = ", ".join(f"{kind} {value('dcmms_edge_kafka_delivery_seconds_count', record=kind):,}"
+                        for kind in ("batch", "event", "dead_letter"))
+    failures = sum(int(v) for (name, _labels), v in samples.items()
+                   if name == "dcmms_edge_kafka_delivery_failures_total")
+    lines += [
+        f"  MQTT           {state} (reconnects {value('dcmms_bridge_mqtt_reconnects_total')})",
+        f"  messages       received {value('dcmms_bridge_messages_received_total'):,}, "
+        f"accepted {value('dcmms_bridge_messages_accepted_total'):,}, "
+        f"rejected {sum(rejected.values()):,}" + (f" ({reasons})" if reasons else ""),
+        f"  to Kafka       events {value('dcmms_bridge_events_produced_total'):,}, dead letters "
+        f"{value('dcmms_bridge_dead_letters_produced_total'):,}; records {records}; "
+        f"failed records {failures:,}",
+        f"  queues now     inbox {value('dcmms_bridge_inbox_messages'):,}, in flight "
+        f"{value('dcmms_bridge_in_flight_messages'):,}, retrying "
+        f"{value('dcmms_bridge_retry_messages'):,}  (metrics: {url})",
+    ]
     return lines
 
 

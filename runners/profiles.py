@@ -52,6 +52,7 @@ _PORTS: tuple[tuple[str, str, int], ...] = (
     ("DCMMS_QUESTDB_ILP_TCP_PORT", "{}", 9009),
     ("DCMMS_QUESTDB_MIN_HTTP_PORT", "{}", 9003),
     ("DCMMS_MQTT_PORT", "{}", 1883),
+    ("DCMMS_MQTT_METRICS_PORT", "{}", 9883),
     ("DCMMS_FLINK_JOB_PORT", "{}", 8099),
     ("DCMMS_FLINK_ARTIFACT_PORT", "{}", 8098),
     ("DCMMS_FLINK_EXPANSION_PORT", "{}", 8097),
@@ -153,7 +154,7 @@ def _footprint(settings: Settings) -> dict[str, str]:
     held[f"port {registry_port}"] = "[schema_registry] url"
     # The services' own port lists (those the supervisor checks free before a start), so a
     # port added to a service later is covered without touching this module.
-    for spec in load_specs(settings, paths, [*MODULE_ORDER, PIPELINE_MODULE], lambda _msg: None):
+    for spec in load_specs(settings, paths, [*MODULE_ORDER, PIPELINE_MODULE]):
         held.update((f"port {port}", f"service {spec.name}") for port in spec.ports)
     held.update((f"{key} {settings.get(section, key)}", f"[{section}] {key}")
                 for section, key in _NAMES)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "counter",
     "make_envelope",
     "envelope_dead_letter",
+    "wall_clock_ms",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -40,6 +42,11 @@ DEAD_LETTER_TAG = "dead_letters"
 METRICS_NAMESPACE = "dcmms.telemetry"
 
 Envelope = tuple[dict[str, Any], bytes | None, dict[str, Any]]
+
+
+def wall_clock_ms() -> int:
+    """Now, in epoch milliseconds: the transforms' one wall clock (tests replace it)."""
+    return int(time.time() * 1000)
 
 
 @functools.cache

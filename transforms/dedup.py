@@ -24,7 +24,6 @@ import logging
 import pickle
 import secrets
 import threading
-import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -41,7 +40,7 @@ from apache_beam.transforms.userstate import (
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.buckets import BatchByBucket, unpack_batch
-from transforms.common import counter
+from transforms.common import counter, wall_clock_ms
 
 __all__ = ["DeduplicateByEventId", "dedup_step", "first_copies"]
 
@@ -252,8 +251,8 @@ def _expiry_due(oldest_seen_ms: int, window_ms: int) -> int:
     return oldest_seen_ms + window_ms + window_ms // 2
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+# The wall clock of the expiry and no-data timers (tests replace it here).
+_now_ms = wall_clock_ms
 
 
 def _key_by_event_id(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

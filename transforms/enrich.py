@@ -52,7 +52,13 @@ from apache_beam.transforms import trigger, window
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from schemas.assets import AssetCatalog, AssetCatalogError, latest_catalog, load_asset_catalog
-from transforms.common import DEAD_LETTER_TAG, Envelope, counter, envelope_dead_letter
+from transforms.common import (
+    DEAD_LETTER_TAG,
+    Envelope,
+    counter,
+    envelope_dead_letter,
+    wall_clock_ms,
+)
 
 __all__ = [
     "READING_FIELDS",
@@ -179,21 +185,9 @@ class FileAssetCatalog:
         return cached.catalog
 
     def _refresh(self, cached: _CachedCatalog) -> None:
-        previous = cached.catalog
-        now_ms = max(_wall_clock_ms(), previous.loaded_at_ms + 1 if previous else 0)
-        try:
-            catalog = refresh_catalog(self.path, previous.version if previous else None,
-                                      now_ms=now_ms)
-        except AssetCatalogError as exc:
-            counter("asset_refresh_failed").inc()
-            _LOGGER.error("asset catalog refresh failed, keeping version %s: %s",
-                          previous.version if previous else None, exc)
-            return
+        catalog = _reload(self.path, cached.catalog)
         if catalog is not None:
             cached.catalog = catalog
-            counter("asset_refreshes").inc()
-            _LOGGER.info("asset catalog %s loaded from %s: %d assets", catalog.version,
-                         self.path, len(catalog))
 
 
 def catalog_input(catalogs: beam.PCollection | FileAssetCatalog
@@ -212,11 +206,8 @@ class _CatalogUser:
     _catalog: AssetCatalog | None
 
     def _current(self, catalogs: Sequence[AssetCatalog] | None) -> AssetCatalog | None:
-        # getattr: a DoFn pickled by an older submitter (no _file) may run on a worker
-        # pool that already has this code.
-        file_catalog = getattr(self, "_file", None)
-        if file_catalog is not None:
-            return file_catalog.current()
+        if self._file is not None:
+            return self._file.current()
         # The side-input list object is stable between refreshes: pick the newest once.
         if catalogs is not self._last_side:
             self._last_side = catalogs
@@ -275,17 +266,13 @@ class EnrichWithAssets(beam.PTransform):
                              f"got {unknown_asset_policy!r}")
         self._catalogs = catalogs
         self._policy = unknown_asset_policy
-        self._clock = clock or _wall_clock_ms
+        self._clock = clock or wall_clock_ms
 
     def expand(self, pcoll):
         file_catalog, side = catalog_input(self._catalogs)
         return pcoll | "Enrich" >> beam.ParDo(
             _EnrichFn(self._policy, self._clock, file_catalog), *side,
         ).with_outputs(DEAD_LETTER_TAG, main="readings")
-
-
-def _wall_clock_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class StaticAssetCatalog(beam.PTransform):
@@ -302,26 +289,32 @@ class StaticAssetCatalog(beam.PTransform):
 class _RefreshCatalogFn(beam.DoFn):
     def __init__(self, path: str) -> None:
         self._path = path
-        self._version: str | None = None
-        self._last_loaded_ms = 0
+        self._catalog: AssetCatalog | None = None
 
     def process(self, _tick: Any):  # type: ignore[override]
-        # Strictly increasing load times: latest_catalog must never face a tie.
-        now_ms = max(_wall_clock_ms(), self._last_loaded_ms + 1)
-        try:
-            catalog = refresh_catalog(self._path, self._version, now_ms=now_ms)
-        except AssetCatalogError as exc:
-            # Keep the previous catalog in force; an operator sees the error and the counter.
-            counter("asset_refresh_failed").inc()
-            _LOGGER.error("asset catalog refresh failed, keeping version %s: %s",
-                          self._version, exc)
-            catalog = None
+        catalog = _reload(self._path, self._catalog)
         if catalog is not None:
-            self._version = catalog.version
-            self._last_loaded_ms = catalog.loaded_at_ms
-            counter("asset_refreshes").inc()
-            _LOGGER.info("asset catalog %s loaded: %d assets", catalog.version, len(catalog))
+            self._catalog = catalog
             yield catalog
+
+
+def _reload(path: str, previous: AssetCatalog | None) -> AssetCatalog | None:
+    """The file's catalog if it changed since ``previous``, else None; a bad file is logged
+    and counted (``asset_refresh_failed``) and None keeps ``previous`` in force. Load times
+    strictly increase, so latest_catalog never faces a tie."""
+    now_ms = max(wall_clock_ms(), previous.loaded_at_ms + 1 if previous else 0)
+    version = previous.version if previous else None
+    try:
+        catalog = refresh_catalog(path, version, now_ms=now_ms)
+    except AssetCatalogError as exc:
+        counter("asset_refresh_failed").inc()
+        _LOGGER.error("asset catalog refresh failed, keeping version %s: %s", version, exc)
+        return None
+    if catalog is not None:
+        counter("asset_refreshes").inc()
+        _LOGGER.info("asset catalog %s loaded from %s: %d assets", catalog.version, path,
+                     len(catalog))
+    return catalog
 
 
 class RefreshingAssetCatalog(beam.PTransform):

@@ -10,22 +10,23 @@ become dead letters (stage ``validate``) listing every reason. Counters: ``valid
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
 
 from schemas.validation import SensorRules, validate_event
-from transforms.common import DEAD_LETTER_TAG, Envelope, counter, envelope_dead_letter
+from transforms.common import (
+    DEAD_LETTER_TAG,
+    Envelope,
+    counter,
+    envelope_dead_letter,
+    wall_clock_ms,
+)
 
 __all__ = ["ValidateReadings", "validate_envelope", "wall_clock_ms"]
 
 _LOGGER = logging.getLogger(__name__)
-
-
-def wall_clock_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def validate_envelope(envelope: Envelope, *, now_ms: int, rules: SensorRules

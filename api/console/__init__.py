@@ -163,7 +163,7 @@ def create_console_app(settings: Settings | None = None,
     from runners.settings import load_settings
 
     settings = settings or load_settings()
-    app = create_app(settings, test_config, blueprints=CONSOLE_BLUEPRINTS)
+    app = create_app(settings, test_config, modules=CONSOLE_BLUEPRINTS)
     if backend is None:
         backend = ConsoleBackend(settings)
         backend.sampler.start()

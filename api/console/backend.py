@@ -209,7 +209,7 @@ def _supervisor_statuses(settings: Any) -> Callable[[], list[dict[str, Any]]]:
                 return cache["value"]
             paths = paths_from_settings(settings)
             modules = stack_modules(with_pipeline=paths.pidfile("pipeline").exists())
-            specs = load_specs(settings, paths, modules, lambda _msg: None)
+            specs = load_specs(settings, paths, modules)
             sup = Supervisor(specs, paths, bind_host=settings.get("stack", "bind_host"))
             value = [{"name": s.name, "pid": s.pid, "ports": list(s.ports), "up": s.healthy,
                       "running": s.pid is not None, "uptime_s": s.uptime_s,

@@ -8,8 +8,6 @@ together. Health: ``GET /healthz`` answers 200.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import sys
 
 import requests
@@ -19,16 +17,8 @@ from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = ["services"]
 
-_LOGGER = logging.getLogger(__name__)
-
-GUNICORN_CONF = "api.gunicorn_conf"
-
 
 def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
-    if importlib.util.find_spec("runners.wsgi") is None:
-        # Temporary while the project is assembled: the module is written separately.
-        _LOGGER.warning("runners.wsgi is not there yet; the api service is skipped")
-        return []
     bind_host = settings.get("stack", "bind_host")
     port = settings.get("api", "port", int)
     workers = settings.get("api", "workers", int)
@@ -40,17 +30,15 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     if threads < 1:
         raise ValueError(f"setting {settings.origin('api', 'threads')} must be >= 1")
     url = f"http://{bind_host}:{port}/healthz"
-    conf = (["-c", f"python:{GUNICORN_CONF}"]
-            if importlib.util.find_spec(GUNICORN_CONF) is not None else [])
 
     def healthy() -> bool:
         return requests.get(url, timeout=2.0).status_code == 200
 
     return [ServiceSpec(
         name="api",
-        # A gunicorn config module of the API (hooks) is used when it exists; the
-        # flags set bind and workers so the port check above and the process agree.
-        argv=[sys.executable, "-m", "gunicorn", *conf,
+        # No gunicorn config file: the flags set bind and workers, so the port check and the
+        # process agree; runners/wsgi.py does what a config's hooks would (metrics directory).
+        argv=[sys.executable, "-m", "gunicorn",
               "--bind", f"{bind_host}:{port}",
               "--workers", str(workers), "--threads", str(threads),
               "--graceful-timeout", "10",

@@ -1,6 +1,7 @@
 """The MQTT -> Kafka bridge service (``python -m runners.mqtt_bridge``); spec only.
 
-The bridge has no port. It counts as healthy while its process runs and either
+The bridge's one port is its Prometheus metrics (``[mqtt] metrics_port``, checked free
+before the start; none when 0). It counts as healthy while its process runs and either
 
 * its heartbeat file is fresh: the supervisor starts it with
   ``DCMMS_HEALTH_FILE=<run>/health/bridge`` in its environment; the bridge
@@ -13,33 +14,28 @@ The bridge has no port. It counts as healthy while its process runs and either
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import sys
 
+from runners.mqtt_bridge import metrics_port
 from runners.settings import Settings
 from runners.stack.spec import ServiceSpec, StackPaths
 from runners.stack.supervisor import HEARTBEAT_ENV, heartbeat_healthy, log_says_ready
 
 __all__ = ["services"]
 
-_LOGGER = logging.getLogger(__name__)
-
 # Logged by runners.mqtt_bridge once it is connected and subscribed.
 READY_MARKER = "bridge ready"
 
 
 def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
-    if importlib.util.find_spec("runners.mqtt_bridge") is None:
-        # Temporary while the project is assembled: the module is written separately.
-        _LOGGER.warning("runners.mqtt_bridge is not there yet; the bridge service is skipped")
-        return []
     heartbeat = paths.run_dir / "health" / "bridge"
     pidfile = paths.pidfile("bridge")
     log = paths.log("bridge")
+    port = metrics_port(settings)
     return [ServiceSpec(
         name="bridge",
         argv=[sys.executable, "-m", "runners.mqtt_bridge"],
+        ports=(port,) if port else (),
         env={HEARTBEAT_ENV: str(heartbeat)},
         healthy=lambda: (heartbeat_healthy(heartbeat, pidfile)
                          or log_says_ready(log, pidfile, READY_MARKER)),

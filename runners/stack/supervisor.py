@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import importlib
 import json
 import logging
 import os
@@ -56,6 +55,7 @@ __all__ = [
     "Supervisor",
     "ServiceStatus",
     "load_specs",
+    "service_modules",
     "paths_from_settings",
     "port_owner",
     "stack_modules",
@@ -102,25 +102,43 @@ def paths_from_settings(settings: Settings) -> StackPaths:
                       jar_cache=settings.path("stack", "jar_cache"))
 
 
-def load_specs(settings: Settings, paths: StackPaths, modules: Iterable[str],
-               warn: Callable[[str], None]) -> list[ServiceSpec]:
-    """Import ``runners.stack.<name>`` for each name and collect its services.
+def service_modules() -> dict[str, ServicesFn]:
+    """Every stack module's ``services`` function by name: the registry of :data:`MODULE_ORDER`,
+    :data:`PIPELINE_MODULE` and :data:`WATCHER_MODULE`."""
+    # Imported here, not at the top: bridge, pipeline and watcher import this module.
+    from runners.stack import (
+        api,
+        bridge,
+        console,
+        flink,
+        kafka,
+        mosquitto,
+        pipeline,
+        questdb,
+        registry,
+        watcher,
+    )
 
-    A module that does not exist yet is reported through ``warn`` and skipped
-    (parts of the stack are written by different people); any other import
-    error propagates, because a broken module must not be silently ignored.
-    """
+    return {"kafka": kafka.services, "registry": registry.services,
+            "questdb": questdb.services, "mosquitto": mosquitto.services,
+            "flink": flink.services, "api": api.services, "bridge": bridge.services,
+            "console": console.services, PIPELINE_MODULE: pipeline.services,
+            WATCHER_MODULE: watcher.services}
+
+
+def load_specs(settings: Settings, paths: StackPaths, modules: Iterable[str]
+               ) -> list[ServiceSpec]:
+    """The services of the stack modules ``modules`` (names of :func:`service_modules`), in
+    order. An unknown name is a ``ValueError``."""
+    known = service_modules()
     specs: list[ServiceSpec] = []
     for name in modules:
-        module_name = f"runners.stack.{name}"
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            warn(f"WARNING: stack module {module_name} is not there yet; skipping '{name}'")
-            continue
-        specs.extend(module.services(settings, paths))
+            services = known[name]
+        except KeyError:
+            raise ValueError(f"unknown stack module {name!r}; known: "
+                             f"{', '.join(known)}") from None
+        specs.extend(services(settings, paths))
     return specs
 
 

@@ -244,7 +244,7 @@ def main() -> int:
     settings = load_settings()
     paths = paths_from_settings(settings)
     # Every module, the pipeline included: only services with a pid file are acted on.
-    specs = load_specs(settings, paths, stack_modules(with_pipeline=True), _LOGGER.warning)
+    specs = load_specs(settings, paths, stack_modules(with_pipeline=True))
     supervisor = Supervisor(specs, paths, bind_host=settings.get("stack", "bind_host"))
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     stop = threading.Event()

@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 import requests
 
+from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from runners.profiles import apply_profile
 from runners.settings import Settings, load_settings
 from runners.stack.flink import (
@@ -92,14 +93,10 @@ def qdb_exec(settings: Settings, query: str) -> dict[str, Any]:
     """Run ``query`` on QuestDB's /exec; fails the test with the setting names when unreachable."""
     host, port = settings.get("questdb", "host"), settings.get("questdb", "http_port", int)
     try:
-        resp = requests.get(f"http://{host}:{port}/exec", params={"query": query}, timeout=10)
+        return questdb_exec(questdb_http_url(host, port), query, timeout_s=10)
     except requests.RequestException as exc:
         pytest.fail(f"QuestDB not reachable at {host}:{port} (settings [questdb] host, "
                     f"http_port; start the test stack with `make test`): {exc}")
-    body = resp.json()
-    if resp.status_code != 200 or "error" in body:
-        raise AssertionError(f"QuestDB rejected {query!r}: {body.get('error', resp.text[:300])}")
-    return body
 
 
 def require_flink(settings: Settings) -> None:

@@ -96,7 +96,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     procs = {
         "bridge": subprocess.Popen(
             [sys.executable, "-m", "runners.mqtt_bridge", "--client-id", f"bad-input-{RUN_ID}",
-             "--share-group", f"bad-input-{RUN_ID}", "--session-expiry-s", "60"],
+             "--share-group", f"bad-input-{RUN_ID}", "--session-expiry-s", "60",
+             "--metrics-port", "0"],
             cwd=REPO_ROOT, env=env, stdout=bridge_log.open("ab"), stderr=subprocess.STDOUT,
             start_new_session=True),
         "api": subprocess.Popen(

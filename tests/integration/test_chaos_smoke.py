@@ -88,7 +88,8 @@ def _start_bridge(log: Path, client_id: str) -> subprocess.Popen[bytes]:
     fh = log.open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "runners.mqtt_bridge", "--client-id",
                              client_id, "--share-group", f"chaos-smoke-{RUN_ID}",
-                             "--session-expiry-s", "300"], cwd=REPO_ROOT, env=_env(),
+                             "--session-expiry-s", "300", "--metrics-port", "0"],
+                            cwd=REPO_ROOT, env=_env(),
                             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     start = log.stat().st_size if log.exists() else 0
     deadline = time.monotonic() + 60

@@ -101,7 +101,8 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with scratch_topics(SETTINGS, list(TOPICS.values())), log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "runners.mqtt_bridge", "--client-id", f"console-{RUN}",
-             "--share-group", f"console-{RUN}", "--session-expiry-s", "60"],
+             "--share-group", f"console-{RUN}", "--session-expiry-s", "60",
+             "--metrics-port", "0"],
             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for("the test's MQTT bridge", lambda: "bridge ready" in log_path.read_text(

@@ -26,6 +26,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from io_connectors.kafka_source import KafkaRecord, ReadRawTelemetry
+from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from runners.settings import load_settings
 from runners.stack.flink import (
     _grpc_ready,
@@ -51,11 +52,7 @@ STALL_S = 45.0
 
 
 def _exec(query: str) -> dict[str, Any]:
-    resp = requests.get(f"http://{QDB_HOST}:{QDB_HTTP}/exec", params={"query": query}, timeout=10)
-    body = resp.json()
-    if resp.status_code != 200 or "error" in body:
-        raise AssertionError(f"QuestDB rejected {query!r}: {body.get('error', resp.text[:300])}")
-    return body
+    return questdb_exec(questdb_http_url(QDB_HOST, QDB_HTTP), query, timeout_s=10)
 
 
 class _WriteRecordsToQuestDB(beam.DoFn):

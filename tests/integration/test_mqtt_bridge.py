@@ -27,13 +27,16 @@ import pytest
 import requests
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from io_connectors.kafka_partition import partition_for
 from io_connectors.schema_registry import RegistrySchemas
+from runners.mqtt_bridge import metrics_url
+from runners.pipeline_report import bridge_lines
 from runners.settings import REPO_ROOT, load_settings
 from schemas import wire
 from schemas.avro import TELEMETRY_BATCH_FULLNAME
-from tests.integration.conftest import scratch_topics
+from tests.integration.conftest import free_port, scratch_topics
 
 pytestmark = pytest.mark.integration
 
@@ -76,10 +79,13 @@ def topics() -> Iterator[None]:
 class BridgeProcess:
     """``python -m runners.mqtt_bridge`` writing to this module's topics."""
 
-    def __init__(self, log_dir: Path, client_id: str, share_group: str) -> None:
+    def __init__(self, log_dir: Path, client_id: str, share_group: str,
+                 metrics_port: int = 0) -> None:
         self.log_path = log_dir / f"bridge-{client_id}.log"
         self.client_id = client_id
         self.share_group = share_group
+        # 0: no metrics server (the stack's bridge holds [mqtt] metrics_port).
+        self.metrics_port = metrics_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -93,7 +99,8 @@ class BridgeProcess:
                  "--share-group", self.share_group,
                  # Long enough to survive the kill/restart, short enough that the
                  # broker forgets this throw-away session (and stops queueing for it).
-                 "--session-expiry-s", "120"], cwd=REPO_ROOT, env=env,
+                 "--session-expiry-s", "120", "--metrics-port", str(self.metrics_port)],
+                cwd=REPO_ROOT, env=env,
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -383,3 +390,64 @@ def test_two_bridges_in_one_share_group_split_the_load(tmp_path: Path,
     finally:
         for b in bridges:
             b.kill()
+
+
+def bridge_metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of a bridge's /metrics: ``{(name, sorted labels): value}``."""
+    resp = requests.get(url, timeout=5)
+    assert resp.status_code == 200, resp.text[:300]
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(resp.text) for s in family.samples}
+
+
+def test_metrics_count_a_good_and_a_bad_message(tmp_path: Path, publisher: Publisher) -> None:
+    """A valid and an invalid message move the bridge's counters, read over HTTP from its
+    metrics port: received, accepted, rejected by reason, produced to Kafka, acked."""
+    name = uuid.uuid4().hex[:8]
+    proc = BridgeProcess(tmp_path, f"test-bridge-{name}", f"test-{name}",
+                         metrics_port=free_port())
+    proc.start()
+    url = f"http://127.0.0.1:{proc.metrics_port}/metrics"
+    try:
+        before = bridge_metrics(url)
+        assert before[("dcmms_bridge_mqtt_connected", ())] == 1
+        assert before[("dcmms_bridge_mqtt_subscribed", ())] == 1
+
+        def moved(name: str, **labels: str) -> float:
+            key = (name, tuple(sorted(labels.items())))
+            return now.get(key, 0.0) - before.get(key, 0.0)
+
+        ts = int(time.time() * 1000)
+        publisher.wait_all([publisher.publish(topic_for("asset-metrics"), reading("s-m", ts)),
+                            publisher.publish(topic_for("asset-metrics"), b"{not json")])
+        deadline = time.monotonic() + 30
+        while True:
+            now = bridge_metrics(url)
+            if moved("dcmms_bridge_messages_acked_total") >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert moved("dcmms_bridge_messages_acked_total") == 2, proc.log()
+        assert moved("dcmms_bridge_messages_received_total") == 2
+        assert moved("dcmms_bridge_messages_accepted_total") == 1
+        assert moved("dcmms_bridge_messages_rejected_total", reason="payload.not_json") == 1
+        assert moved("dcmms_bridge_events_produced_total") == 1
+        assert moved("dcmms_bridge_dead_letters_produced_total") == 1
+        assert moved("dcmms_edge_kafka_delivery_seconds_count", record="batch") == 1
+        assert moved("dcmms_edge_kafka_delivery_seconds_count", record="dead_letter") == 1
+        assert moved("dcmms_edge_kafka_delivery_failures_total", record="batch") == 0
+        assert now[("dcmms_bridge_in_flight_messages", ())] == 0
+        assert now[("dcmms_bridge_inbox_messages", ())] == 0
+        assert now[("dcmms_bridge_mqtt_reconnects_total", ())] == 0
+    finally:
+        proc.kill()
+
+
+def test_stack_bridge_serves_metrics_on_its_configured_port() -> None:
+    """The stack's own bridge answers on [mqtt] metrics_port (the test profile's), and the
+    status command's bridge section reads it."""
+    url = metrics_url(SETTINGS)
+    assert url is not None and f":{SETTINGS.get('mqtt', 'metrics_port', int)}/" in url
+    samples = bridge_metrics(url)
+    assert samples[("dcmms_bridge_mqtt_connected", ())] == 1
+    lines = bridge_lines(SETTINGS)
+    assert any("connected, subscribed" in line for line in lines), lines

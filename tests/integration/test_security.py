@@ -54,6 +54,7 @@ from werkzeug.serving import make_server
 
 from api import create_app
 from api.auth import ApiKeyStore
+from io_connectors.questdb_http import questdb_exec
 from runners.profiles import profile_environ
 from runners.settings import DEV_DEFAULTS, REPO_ROOT, Settings, env_name, load_settings
 from runners.stack.supervisor import paths_from_settings
@@ -308,8 +309,7 @@ def known_rows() -> int:
         f"'WARNING', 'RAISED', 99, 80, 'test', 'sec-{RUN_ID}-0', now())"
     ]
     for sql in stmts:
-        resp = requests.get(f"{QUESTDB_HTTP}/exec", params={"query": sql}, timeout=10)
-        assert resp.status_code == 200, resp.text
+        questdb_exec(QUESTDB_HTTP, sql, timeout_s=10)
     headers = {"Authorization": f"Bearer {STACK_KEY}"}
     deadline = time.monotonic() + 30  # WAL apply is asynchronous
     while time.monotonic() < deadline:

@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from io_connectors.kafka_sink import KafkaDeliveryError, WriteToKafkaTopic
+from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import DDL_STATEMENTS
 from io_connectors.questdb_sink import QuestDBWriter, WriteToQuestDB, questdb_conf, reading_row
 from io_connectors.schema_registry import RegistrySchemas
@@ -37,9 +38,7 @@ REGISTRY = SETTINGS.get("schema_registry", "url")
 
 
 def _exec(query: str) -> dict:
-    resp = requests.get(f"http://{QDB_HOST}:{QDB_HTTP}/exec", params={"query": query}, timeout=10)
-    resp.raise_for_status()
-    return resp.json()
+    return questdb_exec(questdb_http_url(QDB_HOST, QDB_HTTP), query, timeout_s=10)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,9 +15,9 @@ from typing import Any
 
 import psycopg2
 import pytest
-import requests
 from questdb import Sender, TimestampNanos
 
+from io_connectors.questdb_http import as_dicts
 from io_connectors.questdb_schema import (
     ALARMS,
     DDL_STATEMENTS,
@@ -29,6 +29,7 @@ from io_connectors.questdb_schema import (
     SENSOR_READINGS,
 )
 from runners.settings import load_settings
+from tests.integration.conftest import qdb_exec
 
 pytestmark = pytest.mark.integration
 
@@ -36,22 +37,16 @@ SETTINGS = load_settings()
 HOST = SETTINGS.get("questdb", "host")
 HTTP_PORT = SETTINGS.get("questdb", "http_port", int)
 PG_PORT = SETTINGS.get("questdb", "pg_port", int)
-BASE = f"http://{HOST}:{HTTP_PORT}"
 SEED_QUERY = ("SELECT * FROM sensor_readings WHERE asset_id='asset-001' "
               "ORDER BY timestamp DESC LIMIT 100;")
 
 
 def _exec(sql: str) -> dict[str, Any]:
-    resp = requests.get(f"{BASE}/exec", params={"query": sql}, timeout=10)
-    body = resp.json()
-    assert resp.status_code == 200 and "error" not in body, f"{sql!r}: {body}"
-    return body
+    return qdb_exec(SETTINGS, sql)
 
 
 def _rows(sql: str) -> list[dict[str, Any]]:
-    body = _exec(sql)
-    names = [c["name"] for c in body["columns"]]
-    return [dict(zip(names, row, strict=True)) for row in body.get("dataset", [])]
+    return as_dicts(_exec(sql))
 
 
 def _poll(fn: Callable[[], Any], timeout_s: float = 20.0) -> Any:
@@ -73,11 +68,7 @@ def _pg_connect(password: str | None = None) -> Any:
 
 @pytest.fixture(scope="module", autouse=True)
 def _questdb_up() -> None:
-    try:
-        requests.get(f"{BASE}/exec", params={"query": "SELECT 1"}, timeout=5).raise_for_status()
-    except requests.RequestException as exc:
-        pytest.fail(f"QuestDB not reachable at {BASE} (settings [questdb] host/http_port; "
-                    f"start the test stack with `make test`): {exc}")
+    _exec("SELECT 1")      # fails the module with the settings to check when unreachable
 
 
 @pytest.mark.parametrize("table", [SENSOR_READINGS, ALARMS])

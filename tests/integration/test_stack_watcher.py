@@ -36,7 +36,7 @@ VICTIM = "mosquitto"
 
 def _supervisor() -> Supervisor:
     paths = paths_from_settings(SETTINGS)
-    specs = load_specs(SETTINGS, paths, stack_modules(with_pipeline=False), lambda _m: None)
+    specs = load_specs(SETTINGS, paths, stack_modules(with_pipeline=False))
     return Supervisor(specs, paths, bind_host=SETTINGS.get("stack", "bind_host"))
 
 

@@ -28,6 +28,10 @@ class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any], Any]] = []
         self.fatal_error: str | None = None
+        self.queued = 0       # what len() says librdkafka still holds (metrics)
+
+    def __len__(self) -> int:
+        return self.queued
 
     def produce_events(self, records: list[dict[str, Any]], cb: Any, **_: Any) -> None:
         self.sent.append(("batch", records, cb))

@@ -21,7 +21,7 @@ def _settings(topology: str | None, base: dict[str, str] | None = None):
 
 
 def _specs(settings):
-    return load_specs(settings, paths_from_settings(settings), MODULE_ORDER, lambda _m: None)
+    return load_specs(settings, paths_from_settings(settings), MODULE_ORDER)
 
 
 def test_single_is_the_default_and_unchanged() -> None:
