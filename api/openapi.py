@@ -320,16 +320,23 @@ def build_openapi() -> dict[str, Any]:
 def _stream_operation() -> dict[str, Any]:
     """GET /api/v1/telemetry/stream (api.stream)."""
     return {
-        "summary": "Live stream of an asset's validated readings (Server-Sent Events)",
+        "summary": "Live stream of an asset's validated readings and alarm transitions "
+                   "(Server-Sent Events)",
         "operationId": "streamTelemetry",
-        "description": "Readings of validated_telemetry for asset_id as they arrive "
-                       "(event: reading, data: a Reading as JSON). Each event's id is the "
-                       "stream position '<partition>:<next offset>,...'; reconnect with it "
-                       "in Last-Event-ID to resume right after it. Without Last-Event-ID "
-                       "the stream starts with new readings. A ': heartbeat' comment "
+        "description": "Readings of validated_telemetry (event: reading, data: a Reading "
+                       "as JSON) and alarm transitions of the alarms topic (event: alarm, "
+                       "data: an Alarm as JSON, the fields of schemas/alarm.avsc) of "
+                       "asset_id as they arrive. Each event's id is the stream position in "
+                       "both topics: 'r<partition>:<next offset>' for every partition of "
+                       "the readings topic, then 'a<partition>:<next offset>' for every "
+                       "partition of the alarms topic, comma separated; reconnect with it "
+                       "in Last-Event-ID to resume right after it in both. An id of bare "
+                       "'<partition>:<offset>' pairs (the reading-only stream's) resumes "
+                       "the readings; alarms then start at the end. Without Last-Event-ID "
+                       "the stream starts with new events. A ': heartbeat' comment "
                        "every [api] stream_heartbeat_s (15 s) of silence. A slow client "
                        "gets 'event: dropped' (data {\"dropped\": n}) instead of the "
-                       "readings that did not fit its queue ([api] stream_queue_size). At "
+                       "events that did not fit its queue ([api] stream_queue_size). At "
                        "most [api] stream_max_per_key open streams per key and API worker "
                        "process (429 too_many_streams beyond); each holds one server "
                        "thread, so this stays below [api] threads.",
@@ -338,7 +345,7 @@ def _stream_operation() -> dict[str, Any]:
                    required=True),
             _param("Last-Event-ID", "Resume after this event id (as sent by the stream).",
                    {"type": "string", "maxLength": 4096,
-                    "pattern": "^[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*$"}, where="header"),
+                    "pattern": "^[ra]?[0-9]+:[0-9]+(,[ra]?[0-9]+:[0-9]+)*$"}, where="header"),
         ],
         "responses": {
             "200": {"description": "An endless text/event-stream.",

@@ -1,42 +1,48 @@
-"""Live stream of an asset's validated readings: ``GET /api/v1/telemetry/stream`` (SSE).
+"""Live stream of an asset's readings and alarms: ``GET /api/v1/telemetry/stream`` (SSE).
 
-Readings are read from the Kafka topic ``[kafka] topic_validated`` (Confluent-framed
-Avro, decoded with the schema registry), never by polling QuestDB.
+Two Kafka topics are read, never QuestDB: ``[kafka] topic_validated`` (``event:
+reading``) and ``[kafka] topic_alarms`` (``event: alarm``, one alarm transition),
+both Confluent-framed Avro decoded with the schema registry; only the records of
+the requested asset are sent.
 
-* Event ids are the stream's *position*: ``"<partition>:<next offset>"`` for every
-  partition of the topic, comma separated (``"0:120,1:98,..."``). A client that
-  reconnects with ``Last-Event-ID`` resumes exactly after the last event it saw,
-  in every partition (an asset's sensors may live in several partitions).
-  Without it the stream starts at the end of the topic (only new readings).
+* Event ids are the stream's *position* in both topics (api/sse.py):
+  ``r<partition>:<next offset>`` for every partition of the readings topic and
+  ``a<partition>:<next offset>`` for every partition of the alarms topic, comma
+  separated. A client that reconnects with ``Last-Event-ID`` resumes exactly after
+  the last event it saw, in every partition of both topics. An id of the
+  reading-only stream (bare ``<partition>:<offset>`` pairs) resumes the readings;
+  its alarms start at the end. Without it the stream starts at the end of both
+  topics (only new events).
 * A comment line (``: heartbeat``) is sent every ``[api] stream_heartbeat_s``
   (15 s) of silence; it also lets the server notice a client that went away.
 * At most ``[api] stream_max_per_key`` (2) open streams per API key and gunicorn
   worker; one more is a 429 ``too_many_streams``. A stream holds one gunicorn
   thread for its whole life, so keep this below ``[api] threads``.
 * Back-pressure: each stream has a bounded queue (``[api] stream_queue_size``,
-  1000). When the client reads slower than readings arrive, new readings are
-  dropped and, once there is room again, one ``event: dropped`` is sent with how
-  many were dropped and the position after them. Memory never grows.
+  1000) shared by readings and alarms. When the client reads slower than events
+  arrive, new events are dropped and, once there is room again, one ``event:
+  dropped`` is sent with how many were dropped and the position after them.
+  Memory never grows.
 
 Design (one Kafka consumer per stream, not one per worker fanning out): resume
 needs per-connection offsets, which a shared consumer cannot give without a seek
 per client; streams are few (bounded by threads), so a consumer each is cheap.
-Its cost: every stream decodes every record of the topic to filter on asset_id.
-The consumer runs in a reader thread that fills the bounded queue; the gunicorn
-thread writes to the socket. The consumer never commits and has a throw-away
-group id: streams never move the pipeline's offsets.
+Its cost: every stream reads every record of both topics; it decodes only those
+keyed with its asset_id (the design's topic key) or without a key, and filters
+them on the decoded asset_id.
+The consumer (assigned every partition of both topics) runs in a reader thread
+that fills the bounded queue; the gunicorn thread writes to the socket. The
+consumer never commits and has a throw-away group id: streams never move the
+pipeline's offsets.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,152 +50,45 @@ from flask import Blueprint, Response, current_app, g, request
 
 from api.auth import require_scope
 from api.errors import ApiError, BadParameter, ServiceUnavailable
+from api.sse import (
+    ALARMS,
+    READINGS,
+    BoundedEventQueue,
+    Dropped,
+    Position,
+    StreamCursor,
+    StreamSlots,
+    format_comment,
+    format_event,
+    format_position,
+    parse_position,
+)
 
-__all__ = ["bp", "BoundedEventQueue", "StreamSlots", "format_event", "format_comment",
-           "format_position", "parse_position", "STREAM_EXTENSION"]
+__all__ = ["bp", "STREAM_EXTENSION", "StreamTopic", "StreamConfig", "init_stream"]
 
 _LOGGER = logging.getLogger(__name__)
 
 STREAM_EXTENSION = "dcmms_stream"
-MAX_ID_LENGTH = 4096
-_PAIR = re.compile(r"^(\d{1,6}):(\d{1,19})$")
 
 bp = Blueprint("stream", __name__)
 
 
-# ---------------------------------------------------------------- pure parts
-
-def format_event(data: Any, event: str | None = None, event_id: str | None = None) -> str:
-    """One SSE event: optional ``event:`` and ``id:`` lines, ``data:`` as compact JSON."""
-    lines = []
-    if event:
-        lines.append(f"event: {event}")
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    # JSON has no raw newlines, so the data is one line.
-    lines.append("data: " + json.dumps(data, separators=(",", ":"), default=str))
-    return "\n".join(lines) + "\n\n"
-
-
-def format_comment(text: str) -> str:
-    """An SSE comment line (ignored by clients; used as heartbeat)."""
-    return "".join(f": {line}\n" for line in text.splitlines() or [""]) + "\n"
-
-
-def format_position(position: Mapping[int, int]) -> str:
-    """``{partition: next offset}`` as an event id: ``"0:12,1:40"`` (partition order)."""
-    return ",".join(f"{p}:{o}" for p, o in sorted(position.items()))
-
-
-def parse_position(text: str) -> dict[int, int]:
-    """An event id back to ``{partition: next offset}``; raises BadParameter when malformed."""
-    if len(text) > MAX_ID_LENGTH:
-        raise BadParameter("Last-Event-ID", f"longer than {MAX_ID_LENGTH} characters")
-    out: dict[int, int] = {}
-    for part in text.strip().split(","):
-        m = _PAIR.match(part.strip())
-        if m is None:
-            raise BadParameter("Last-Event-ID",
-                               "expected '<partition>:<offset>' pairs separated by commas, "
-                               "as sent in the id of a stream event", value=text[:256])
-        p, o = int(m.group(1)), int(m.group(2))
-        if p in out:
-            raise BadParameter("Last-Event-ID", f"partition {p} given twice", value=text[:256])
-        out[p] = o
-    return out
-
+# ---------------------------------------------------------------- Kafka side
 
 @dataclass(frozen=True)
-class Dropped:
-    """Marker in the queue: ``count`` items were dropped; ``event_id`` is the position after."""
+class StreamTopic:
+    """One topic a stream reads: its tag in event ids, SSE event name and setting."""
 
-    count: int
-    event_id: str
+    tag: str        # api.sse READINGS / ALARMS
+    event: str      # "reading" / "alarm"
+    name: str       # the Kafka topic
+    setting: str    # where it is configured, for error messages
 
-
-class BoundedEventQueue:
-    """A queue of at most ``maxsize`` items that drops new items when full (thread-safe).
-
-    Drops are counted; the next :meth:`put` that finds room first enqueues one
-    :class:`Dropped` marker (the marker takes a slot: never more than ``maxsize``).
-    """
-
-    def __init__(self, maxsize: int) -> None:
-        if maxsize < 2:
-            raise ValueError("maxsize must be at least 2 (one slot for the drop marker)")
-        self.maxsize = maxsize
-        self._items: deque[Any] = deque()
-        self._cond = threading.Condition()
-        self._dropped = 0
-        self._dropped_id = ""
-        self.dropped_total = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, item: Any, event_id: str) -> bool:
-        """Enqueue ``item`` (its id ``event_id``); False when it was dropped."""
-        with self._cond:
-            if self._dropped and len(self._items) < self.maxsize - 1:
-                self._items.append(Dropped(self._dropped, self._dropped_id))
-                self._dropped = 0
-            if self._dropped or len(self._items) >= self.maxsize:
-                self._dropped += 1
-                self.dropped_total += 1
-                self._dropped_id = event_id
-                return False
-            self._items.append(item)
-            self._cond.notify()
-            return True
-
-    def put_final(self, item: Any) -> None:
-        """Enqueue ``item`` even when full (one last item, e.g. an end marker)."""
-        with self._cond:
-            self._items.append(item)
-            self._cond.notify()
-
-    def get(self, timeout: float) -> Any | None:
-        """The oldest item, or None after ``timeout`` seconds without one."""
-        with self._cond:
-            if not self._items:
-                self._cond.wait(timeout)
-            return self._items.popleft() if self._items else None
-
-
-class StreamSlots:
-    """Open streams per API key (this worker process), at most ``limit`` each."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._open: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, key_id: str) -> bool:
-        with self._lock:
-            if self._open.get(key_id, 0) >= self.limit:
-                return False
-            self._open[key_id] = self._open.get(key_id, 0) + 1
-            return True
-
-    def release(self, key_id: str) -> None:
-        with self._lock:
-            left = self._open.get(key_id, 0) - 1
-            if left > 0:
-                self._open[key_id] = left
-            else:
-                self._open.pop(key_id, None)
-
-    def count(self, key_id: str) -> int:
-        with self._lock:
-            return self._open.get(key_id, 0)
-
-
-# ---------------------------------------------------------------- Kafka side
 
 @dataclass
 class StreamConfig:
     bootstrap_servers: str
-    topic: str
+    topics: tuple[StreamTopic, ...]
     schema_lookup: Callable[[int], Any]
     heartbeat_s: float = 15.0
     queue_size: int = 1000
@@ -197,15 +96,17 @@ class StreamConfig:
 
 
 class KafkaReader:
-    """A consumer of ``topic`` at a position, filtering ``asset_id``, filling a queue."""
+    """A consumer of the stream's topics at a position, filtering ``asset_id``, filling a
+    queue with ``(event name, record, event id)``."""
 
     def __init__(self, cfg: StreamConfig, asset_id: str,
-                 resume: dict[int, int] | None, queue: BoundedEventQueue) -> None:
+                 resume: Position | None, queue: BoundedEventQueue) -> None:
         from confluent_kafka import Consumer
 
         self.cfg = cfg
         self.asset_id = asset_id
         self.queue = queue
+        self._by_name = {t.name: t for t in cfg.topics}
         self._stop = threading.Event()
         self._consumer = Consumer({
             "bootstrap.servers": cfg.bootstrap_servers,
@@ -226,39 +127,48 @@ class KafkaReader:
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"stream-{asset_id[:32]}")
 
-    def _start_position(self, resume: dict[int, int] | None) -> dict[int, int]:
-        """Resume offsets (checked against the topic) or the end of every partition."""
-        from confluent_kafka import KafkaException, TopicPartition
+    def _partitions(self, topic: StreamTopic) -> list[int]:
+        from confluent_kafka import KafkaException
 
-        topic = self.cfg.topic
         try:
-            meta = self._consumer.list_topics(topic, timeout=self.cfg.timeout_s)
+            meta = self._consumer.list_topics(topic.name, timeout=self.cfg.timeout_s)
         except KafkaException as exc:
             raise ServiceUnavailable(f"Kafka did not answer: {exc}",
                                      setting="[kafka] bootstrap_servers") from None
-        info = meta.topics.get(topic)
+        info = meta.topics.get(topic.name)
         if info is None or info.error is not None or not info.partitions:
-            raise ServiceUnavailable(f"topic {topic!r} not found on Kafka",
-                                     setting="[kafka] topic_validated")
-        ids = sorted(info.partitions)
+            raise ServiceUnavailable(f"topic {topic.name!r} not found on Kafka",
+                                     setting=topic.setting)
+        return sorted(info.partitions)
+
+    def _start_position(self, resume: Position | None) -> Position:
+        """Resume offsets (checked against the topics) or the end of every partition."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        ids = {t.tag: self._partitions(t) for t in self.cfg.topics}
         if resume is not None:
-            unknown = sorted(set(resume) - set(ids))
+            unknown = sorted(f"{tag}{p}" for tag, p in resume if p not in ids.get(tag, ()))
             if unknown:
-                raise BadParameter("Last-Event-ID", f"partitions {unknown} do not exist in "
-                                   f"the topic (it has {len(ids)})")
-        position: dict[int, int] = {}
-        for p in ids:
-            if resume is not None and p in resume:
-                position[p] = resume[p]
-                continue
-            try:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                               timeout=self.cfg.timeout_s)
-            except KafkaException as exc:
-                raise ServiceUnavailable(f"Kafka did not answer: {exc}",
-                                         setting="[kafka] bootstrap_servers") from None
-            position[p] = high
-        self._consumer.assign([TopicPartition(topic, p, o) for p, o in position.items()])
+                sizes = ", ".join(f"{t.tag}: {len(ids[t.tag])} ({t.name})"
+                                  for t in self.cfg.topics)
+                raise BadParameter("Last-Event-ID", f"partitions {unknown} do not exist "
+                                   f"(partitions per topic: {sizes})")
+        position: Position = {}
+        assign = []
+        for topic in self.cfg.topics:
+            for p in ids[topic.tag]:
+                key = (topic.tag, p)
+                if resume is not None and key in resume:
+                    position[key] = resume[key]
+                else:
+                    try:
+                        _, position[key] = self._consumer.get_watermark_offsets(
+                            TopicPartition(topic.name, p), timeout=self.cfg.timeout_s)
+                    except KafkaException as exc:
+                        raise ServiceUnavailable(f"Kafka did not answer: {exc}",
+                                                 setting="[kafka] bootstrap_servers") from None
+                assign.append(TopicPartition(topic.name, p, position[key]))
+        self._consumer.assign(assign)
         return position
 
     def start(self) -> None:
@@ -267,22 +177,26 @@ class KafkaReader:
     def _run(self) -> None:
         from io_connectors.kafka_inspect import decode_record
 
-        position = dict(self.position)
+        cursor = StreamCursor(self.position, self.asset_id)
+        asset_key = self.asset_id.encode()
         try:
             while not self._stop.is_set():
                 for msg in self._consumer.consume(500, timeout=0.5):
                     if msg.error() is not None:
                         continue
-                    position[msg.partition()] = msg.offset() + 1
-                    _, record, error = decode_record(msg.value(), self.cfg.schema_lookup)
-                    if record is None:
-                        _LOGGER.warning("stream: undecodable record %d:%d of %s: %s",
-                                        msg.partition(), msg.offset(), self.cfg.topic, error)
-                        continue
-                    if record.get("asset_id") != self.asset_id:
-                        continue
-                    event_id = format_position(position)
-                    self.queue.put((record, event_id), event_id)
+                    topic = self._by_name[msg.topic()]
+                    key = msg.key()
+                    record = None
+                    if key is None or key == asset_key:
+                        _, record, error = decode_record(msg.value(), self.cfg.schema_lookup)
+                        if record is None:
+                            _LOGGER.warning("stream: undecodable record %d:%d of %s: %s",
+                                            msg.partition(), msg.offset(), topic.name, error)
+                    # else another asset's record (the topics are keyed by asset_id): not
+                    # decoded, which keeps a stream's CPU per record of the topic small
+                    event_id = cursor.advance(topic.tag, msg.partition(), msg.offset(), record)
+                    if event_id is not None:
+                        self.queue.put((topic.event, record, event_id), event_id)
         except Exception:  # noqa: BLE001 - a reader failure ends the stream, logged
             _LOGGER.exception("stream reader for %s failed", self.asset_id)
             self.queue.put_final(_ReaderFailed())
@@ -322,8 +236,11 @@ def init_stream(settings: Any, schema_lookup: Callable[[int], Any] | None = None
     if limit < 1 or queue_size < 2 or heartbeat <= 0:
         raise ValueError("[api] stream_max_per_key must be >= 1, stream_queue_size >= 2, "
                          "stream_heartbeat_s > 0")
-    cfg = StreamConfig(settings.get("kafka", "bootstrap_servers"),
-                       settings.get("kafka", "topic_validated"), schema_lookup,
+    topics = (StreamTopic(READINGS, "reading", settings.get("kafka", "topic_validated"),
+                          "[kafka] topic_validated"),
+              StreamTopic(ALARMS, "alarm", settings.get("kafka", "topic_alarms"),
+                          "[kafka] topic_alarms"))
+    cfg = StreamConfig(settings.get("kafka", "bootstrap_servers"), topics, schema_lookup,
                        heartbeat, queue_size)
     return StreamState(cfg, StreamSlots(limit))
 
@@ -339,7 +256,7 @@ def _state() -> StreamState:
 @bp.get("/api/v1/telemetry/stream")
 @require_scope("read")
 def stream() -> Response:
-    """Server-Sent Events of one asset's validated readings, as they arrive."""
+    """Server-Sent Events of one asset's validated readings and alarm transitions."""
     from api.assets import AssetCatalogError
     from api.query import ASSETS_EXTENSION
 
@@ -404,8 +321,8 @@ def stream() -> Response:
                 if isinstance(item, Dropped):
                     yield format_event({"dropped": item.count}, "dropped", item.event_id)
                 else:
-                    record, event_id = item
-                    yield format_event(record, "reading", event_id)
+                    event, record, event_id = item
+                    yield format_event(record, event, event_id)
                 last_sent = time.monotonic()
         finally:
             cleanup()

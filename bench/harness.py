@@ -25,6 +25,8 @@ Phases (each with its own CPU/RSS figures, see bench/resources.py):
 4. ``soak``: the highest held REST rate (``--soak-path mqtt``: MQTT's) again for
    ``soak_seconds`` (full 10 min, quick 60 s): lost, duplicated, backlog slope, RSS
    growth of every component.
+   ``stream``: bench/stream.py, sent -> pushed on the live stream (SSE) at a steady
+   5,000 events/s REST load (``stream.e2e_ms``; full 70 s, quick 25 s).
 5. ``drain``: bench/drain.py preloads N events into ``raw_telemetry`` and times
    until the job has stored them all: the job's capacity without the edge, once
    as the edge writes (TelemetryBatch records, ``pipeline.drain``) and once one
@@ -64,6 +66,8 @@ import psutil
 import requests
 
 from bench import anchors, drain, report
+from bench import stream as stream_bench
+from bench.anchors import count_rows, ts_filter
 from bench.loadgen import (
     MQTT_CLIENTS,
     GeneratorConfig,
@@ -82,7 +86,7 @@ _LOGGER = logging.getLogger(__name__)
 RESULTS = REPO_ROOT / "bench" / "results"
 PROBE_ASSET = ("bench-site-01", "bench-asset-01-001")
 # What `--phases` can select, in the order they run.
-PHASES = ("anchors", "direct", "mqtt", "rest", "soak", "drain", "query")
+PHASES = ("anchors", "direct", "mqtt", "rest", "soak", "stream", "drain", "query")
 
 
 @dataclass(frozen=True)
@@ -163,31 +167,6 @@ def git_sha() -> tuple[str, bool]:
 
 
 # -- counting -------------------------------------------------------------
-
-def _ts_filter(since_ms: int, until_ms: int | None = None) -> str:
-    since = f"timestamp >= cast({int(since_ms) * 1000} as timestamp)"
-    if until_ms is None:
-        return since
-    return f"{since} AND timestamp <= cast({int(until_ms) * 1000} as timestamp)"
-
-
-# A distinct count over a 10-minute soak (6M rows at 10k/s) took more than a minute on a
-# busy 2-core machine and crashed the full run (2026-11-30): distinct counts get longer.
-DISTINCT_COUNT_TIMEOUT_S = 600.0
-
-
-def count_rows(settings: Settings, table: str, prefix: str, since_ms: int,
-               distinct: bool = False, until_ms: int | None = None) -> tuple[int, int]:
-    """(rows, distinct event_ids) of ``table`` whose event_id starts with ``prefix``, among
-    the rows timestamped from ``since_ms`` (to ``until_ms``): the narrower the range, the
-    fewer rows the ``LIKE`` scans (it runs every second while the stack is measured)."""
-    what = "count(), count_distinct(event_id)" if distinct else "count(), 0"
-    row = anchors.qdb_exec(settings, f"SELECT {what} FROM {table} "
-                                     f"WHERE {_ts_filter(since_ms, until_ms)}"
-                                     f" AND event_id LIKE '{prefix}%'",
-                           timeout=DISTINCT_COUNT_TIMEOUT_S if distinct else 60.0)[0]
-    return int(row[0]), int(row[1] or 0)
-
 
 class DlqCounter:
     """Sum of the end offsets of the dead-letter topic (all sources: others share the stack)."""
@@ -326,7 +305,7 @@ def make_probes(settings: Settings, path: str, run: str, topic_root: str = "tele
     if path == "direct":
         def fetch(since_ms: int) -> list[str]:
             rows = anchors.qdb_exec(settings, f"SELECT event_id FROM {anchors.DIRECT_TABLE} WHERE "
-                                              f"{_ts_filter(since_ms)} AND sensor_id = '{sensor}'",
+                                              f"{ts_filter(since_ms)} AND sensor_id = '{sensor}'",
                                     timeout=10)
             return [r[0] for r in rows]
     else:
@@ -694,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
                   "bucket_1d_ms": {"p50": None, "p99": None},
                   "latest_ms": {"p50": None, "p99": None}},
         "steps": [],
+        "stream": stream_bench.skipped(not_run),
     }
     dlq = DlqCounter(settings)
     try:
@@ -761,6 +741,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"{mc.soak_seconds:.0f} s")
                 result["pipeline"]["soak"] = run_soak(settings, mc, run, held["sustained_eps"],
                                                       dlq, gen, sampler, path=soak_path)
+        if "stream" in phases:
+            sampler.phase("stream")
+            seconds, warmup = stream_bench.mode_seconds(mc.mode)
+            try:
+                result["stream"] = stream_bench.measure(settings, seconds=seconds,
+                                                        warmup=warmup, gen=gen, say=say)
+            except RuntimeError as exc:  # the stream did not open or nothing came through
+                say(str(exc))
+                result["stream"] = stream_bench.skipped(str(exc))
         sampler.phase("recount")  # the final counts below are no step's or soak's load
         _zero_loss(settings, result)
         if "drain" in phases:

@@ -15,7 +15,7 @@ from typing import Any
 __all__ = [
     "percentiles", "backlog_slope", "second_half_slope", "judge_step", "rate_steps",
     "path_ladder", "next_rate", "e2e_at", "E2E_AT", "sum_usage", "cpu_us_per_event",
-    "rss_growth", "soak_summary", "soak_skipped", "ratio_rows", "REQUIRED_KEYS",
+    "rss_growth", "soak_summary", "soak_skipped", "ratio_rows", "stream_summary", "REQUIRED_KEYS",
     "missing_keys", "format_table", "format_markdown", "draw_chart", "main",
 ]
 
@@ -57,6 +57,7 @@ REQUIRED_KEYS = (
     "pipeline.lost_events", "query.rows",
     "query.raw_1d_ms.p50", "query.raw_1d_ms.p99", "query.bucket_1d_ms.p50",
     "query.bucket_1d_ms.p99", "query.latest_ms.p50", "query.latest_ms.p99",
+    "stream.e2e_ms.p50", "stream.e2e_ms.p99",
 )
 
 
@@ -366,6 +367,22 @@ def _fmt_cpu(per_event: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {_fmt(per_event[k])}" for k in head + rest)
 
 
+def stream_summary(stream: Mapping[str, Any]) -> str:
+    """One line on the live stream phase (bench/stream.py): sent -> pushed, the goal, hops."""
+    if not stream or stream.get("skipped"):
+        return f"live stream: skipped - {stream.get('skipped') if stream else 'not measured'}"
+    e, q = stream.get("e2e_ms") or {}, stream.get("queryable_ms") or {}
+    hops = stream.get("hops_ms") or {}
+    goal = stream.get("goal_p99_ms")
+    verdict = "met" if stream.get("goal_met") else "NOT met"
+    return (f"live stream at {_fmt(stream.get('rate'))}/s {stream.get('path')}: sent -> pushed "
+            f"p50/p95/p99 {_fmt(e.get('p50'))}/{_fmt(e.get('p95'))}/{_fmt(e.get('p99'))} ms "
+            f"(n {e.get('n')}, unseen {e.get('unseen')}; goal p99 < {_fmt(goal)}: {verdict}); "
+            f"sent -> queryable p50/p99 {_fmt(q.get('p50'))}/{_fmt(q.get('p99'))} ms; p50 "
+            f"sent -> validated {_fmt((hops.get('sent_to_validated') or {}).get('p50'))}, "
+            f"validated -> pushed {_fmt((hops.get('validated_to_pushed') or {}).get('p50'))} ms")
+
+
 def format_table(result: Mapping[str, Any]) -> str:
     """Human-readable summary: steps, headline figures, ratios, query, resources."""
     lines = [f"dCMMS telemetry benchmark ({result.get('mode')} mode) {result.get('started_at')} "
@@ -429,6 +446,8 @@ def format_table(result: Mapping[str, Any]) -> str:
                          "without the edge)")
             if d.get("cpu_us_per_event"):
                 lines.append(f"  cpu us/event: {_fmt_cpu(d['cpu_us_per_event'])}")
+    if "stream" in result:
+        lines.append(stream_summary(result["stream"]))
     if result.get("cpu_us_per_event"):
         lines.append(f"cpu us/event over the pipeline steps (stored events): "
                      f"{_fmt_cpu(result['cpu_us_per_event'])}")
@@ -546,6 +565,13 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         if d and not d.get("skipped"):
             rows.append((f"pipeline drain of {_fmt(d.get('events'))} preloaded events"
                          f"{_drain_shape(d)} (events/s)", d.get("drain_eps")))
+    stream = result.get("stream") or {}
+    if stream and not stream.get("skipped"):
+        e = stream.get("e2e_ms") or {}
+        rows.append((f"live stream sent -> pushed p50 / p99 (ms) at {_fmt(stream.get('rate'))}/s"
+                     f" (goal p99 < {_fmt(stream.get('goal_p99_ms'))}: "
+                     f"{'met' if stream.get('goal_met') else 'not met'})",
+                     f"{_fmt(e.get('p50'))} / {_fmt(e.get('p99'))}"))
     cpu = result.get("cpu_us_per_event") or {}
     if cpu:
         rows.append(("CPU us per stored event over the pipeline steps: stack total / "

@@ -47,6 +47,8 @@ def _result() -> dict[str, Any]:
                   "bucket_1d_ms": {"p50": 1, "p99": 2}, "latest_ms": {"p50": 1, "p99": 2}},
         "resources": {"kafka": {"cpu_s": 1.0, "rss_mb_peak": 2.0}},
         "steps": [],
+        "stream": {"e2e_ms": dict(pct), "goal_p99_ms": 500.0, "goal_met": True,
+                   "skipped": None},
     }
 
 

@@ -202,10 +202,11 @@ def test_soak_skipped_has_every_required_soak_key() -> None:
 # -- phases --------------------------------------------------------------------------
 
 def _phases(argv: list[str]) -> set[str]:
+    from bench.harness import PHASES
     from bench.harness import _phases as phases
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--phases", default="anchors,direct,mqtt,rest,soak,drain,query")
+    parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--paths", default=None)
     for flag in ("--skip-anchors", "--skip-query", "--skip-drain"):
         parser.add_argument(flag, action="store_true")
@@ -218,6 +219,6 @@ def test_phases_selection() -> None:
     assert _phases([]) == set(PHASES)
     assert _phases(["--phases", "mqtt,rest,soak"]) == {"mqtt", "rest", "soak"}
     assert _phases(["--paths", "mqtt", "--skip-query", "--skip-anchors"]) == {
-        "mqtt", "soak", "drain"}
+        "mqtt", "soak", "stream", "drain"}
     with pytest.raises(SystemExit):
         _phases(["--phases", "mqtt,warp"])
