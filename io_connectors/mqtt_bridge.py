@@ -42,7 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from io_connectors.raw_producer import RawProducer
+from io_connectors.raw_producer import DeliveryFailure, FailureKind, RawProducer
 from schemas.edge import SUBSCRIPTION_FILTER, dead_letter, event_from_mqtt
 
 __all__ = ["AVRO_ENCODING_FAILED", "BridgeConfig", "BridgeSnapshot", "BridgeStats",
@@ -566,7 +566,7 @@ class MqttBridge:
         for entry in entries:
             entry.attempts += 1
 
-        def delivered(positions: list[int], error: str | None) -> None:
+        def delivered(positions: list[int], error: DeliveryFailure | None) -> None:
             if error is None:
                 for position in positions:
                     entries[position].state = _DONE
@@ -581,7 +581,7 @@ class MqttBridge:
 
         self._producer.produce_events([entry.record for entry in entries], delivered)
 
-    def _delivered(self, entry: _Entry, error: str | None) -> None:
+    def _delivered(self, entry: _Entry, error: DeliveryFailure | None) -> None:
         if error is None:
             entry.state = _DONE
             if entry.kind == "event":
@@ -593,11 +593,11 @@ class MqttBridge:
         delay = min(self.config.retry_backoff_s * 2 ** min(entry.attempts - 1, 5), 30.0)
         _LOGGER.warning("delivery of MQTT message from %s failed (attempt %d): %s; "
                         "retrying in %.1f s", entry.topic, entry.attempts, error, delay)
-        if entry.kind == "event" and error.startswith("Avro encoding failed"):
+        if entry.kind == "event" and error.kind is FailureKind.ENCODING_REFUSED:
             # Not transient: dead-letter it instead of retrying forever.
             self._count_rejected(AVRO_ENCODING_FAILED)
             entry.kind = "dlq"
-            entry.record = dead_letter(stage="bridge", reasons=[error],
+            entry.record = dead_letter(stage="bridge", reasons=[error.message],
                                        original=entry.payload, source="mqtt",
                                        topic=entry.topic, failed_at_ms=self._clock_ms())
             delay = 0.0
@@ -607,7 +607,7 @@ class MqttBridge:
         """(Re)produce one entry as a single record: its dead letter, or a retried event."""
         entry.attempts += 1
 
-        def delivered(error: str | None) -> None:
+        def delivered(error: DeliveryFailure | None) -> None:
             self._delivered(entry, error)
 
         if entry.kind == "event":

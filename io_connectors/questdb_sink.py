@@ -9,11 +9,14 @@ for rows QuestDB permanently refused. Layers:
   symbol columns taken from the DDL in ``io_connectors/questdb_schema.py``;
 - :class:`QuestDBWriter`, a small client wrapper: builds explicit buffers from
   rows and flushes them (``auto_flush=off``; ``sender.flush(buf)`` keeps the
-  buffer on failure, so nothing is lost). Transient failures (connection
-  refused, timeouts, 5xx) are retried with exponential backoff until
-  ``retry_deadline_s`` and then raised, so the runner retries the bundle;
-  permanent rejections (4xx) are narrowed down by re-sending the batch in
-  halves until the offending rows are alone, and those are returned;
+  buffer on failure, so nothing is lost). :func:`classify_error` sorts a
+  failure into a :class:`WriteFailure` from the client's error code and
+  QuestDB's error document (:class:`ServerError`). Transient failures
+  (connection refused, timeouts, server errors) are retried with exponential
+  backoff until ``retry_deadline_s`` and then raised, so the runner retries
+  the bundle; permanent rejections (rows at fault) are narrowed down by
+  re-sending the batch in halves until the offending rows are alone, and
+  those are returned;
 - ``_WriteToQuestDBFn``: buffers rows per bundle, flushes every
   ``batch_rows`` and in ``finish_bundle``.
 
@@ -23,6 +26,7 @@ written twice is stored once.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import math
@@ -35,7 +39,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
-from questdb import TimestampMicros
+from questdb import QuestDBError, QuestDBErrorCode, TimestampMicros
 
 from io_connectors.questdb_schema import (
     ALARM_COLUMNS,
@@ -52,11 +56,14 @@ __all__ = [
     "QuestDBUnavailableError",
     "QuestDBWriter",
     "RowMappingError",
+    "ServerError",
+    "WriteFailure",
     "WriteToQuestDB",
     "alarm_row",
     "classify_error",
     "questdb_conf",
     "reading_row",
+    "server_error",
     "symbol_columns",
 ]
 
@@ -200,43 +207,101 @@ _ROW_MAPPERS: dict[str, Callable[[Mapping[str, Any]], IlpRow]] = {
 
 # --- error classification -------------------------------------------------------------
 
-TRANSIENT = "transient"
-REJECTED = "rejected"
-FATAL = "fatal"
+class WriteFailure(enum.Enum):
+    """What a failed write means for the rows in it."""
+
+    TRANSIENT = "transient"   # QuestDB down, slow or failing: retry the same rows later
+    REJECTED = "rejected"     # the data is at fault: isolate the rows, dead-letter them
+    FATAL = "fatal"           # the configuration is at fault (auth, endpoint): fail
 
 
-def classify_error(exc: Exception) -> str:
-    """``transient`` (retry later), ``rejected`` (the data is at fault) or ``fatal``."""
-    from questdb import QuestDBError, QuestDBErrorCode
+_TRANSIENT_CODES = frozenset({QuestDBErrorCode.SocketError,
+                              QuestDBErrorCode.CouldNotResolveAddr,
+                              QuestDBErrorCode.ConnectTimeout})
+# Raised by the client for a row (bad name, UTF-8, timestamp), never by a flush.
+_REJECTED_CODES = frozenset({QuestDBErrorCode.InvalidUtf8, QuestDBErrorCode.InvalidName,
+                             QuestDBErrorCode.InvalidTimestamp, QuestDBErrorCode.BadDataFrame})
 
+
+@dataclass(frozen=True)
+class ServerError:
+    """QuestDB's ILP/HTTP error document: ``{"code", "message", "line", "errorId"}``.
+
+    ``code`` is QuestDB's error class: ``invalid`` (HTTP 400: a line of the request is at
+    fault), ``internal error`` (500), ``request too large`` (413), ``not accepting writes``
+    (421), ``not supported`` (415/400); ``line`` is set when QuestDB names the line at fault.
+    """
+
+    code: str
+    message: str
+    line: int | None = None
+    error_id: str | None = None
+
+
+_FLUSH_PREFIX = "Could not flush buffer: "
+
+
+def server_error(exc: BaseException) -> ServerError | None:
+    """The error document QuestDB answered a flush with, or None (no answer, not QuestDB's).
+
+    The client (questdb 6.0) exposes no HTTP status, only the code ``ServerFlushError`` and
+    a text holding QuestDB's answer, in one of two forms: the JSON body as sent (QuestDB 9.3
+    answers ``application/json; charset=utf-8``, which the client does not take for JSON),
+    or, for a plain ``application/json`` answer, the client's own rendering
+    ``<message> [id: <errorId>, code: <code>, line: <line>]``. Both are read here.
+    """
+    if not isinstance(exc, QuestDBError) or exc.code is not QuestDBErrorCode.ServerFlushError:
+        return None
+    text = str(exc).removeprefix(_FLUSH_PREFIX)
+    if text.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return None
+        if not (isinstance(doc, dict) and isinstance(doc.get("code"), str)
+                and isinstance(doc.get("message"), str)):
+            return None
+        line = doc.get("line")
+        error_id = doc.get("errorId")
+        return ServerError(doc["code"], doc["message"],
+                           line if type(line) is int else None,
+                           error_id if isinstance(error_id, str) else None)
+    message, bracket, fields = text.rpartition(" [")
+    if not bracket or not fields.endswith("]"):
+        return None
+    parts = dict(f.partition(": ")[::2] for f in fields[:-1].split(", "))
+    if "code" not in parts:
+        return None
+    line = parts.get("line", "")
+    return ServerError(parts["code"], message, int(line) if line.isdigit() else None,
+                       parts.get("id"))
+
+
+def classify_error(exc: Exception) -> WriteFailure:
+    """What a failed flush (or buffer build) means: retry, dead-letter the rows, or fail.
+
+    By the client's error code: transport errors are transient, authentication and a
+    missing ILP endpoint fatal. A ``ServerFlushError`` is QuestDB's answer: the rows are
+    at fault when its error document (:func:`server_error`) says ``invalid``; anything else
+    it answers (an internal error, even one naming a line, request too large, not accepting
+    writes, a proxy's page) is retried.
+    """
     if not isinstance(exc, QuestDBError):
-        return FATAL
+        return WriteFailure.FATAL
     code = exc.code
-    if code in (QuestDBErrorCode.SocketError, QuestDBErrorCode.CouldNotResolveAddr,
-                QuestDBErrorCode.ConnectTimeout):
-        return TRANSIENT
-    if code == QuestDBErrorCode.AuthError:
-        return FATAL
-    if code == QuestDBErrorCode.ServerFlushError:
-        text = str(exc)
-        status = re.search(r"\b(?:HTTP status|status)[ :]*(\d{3})\b", text)
-        if status:
-            number = int(status.group(1))
-            if number in (401, 403):
-                return FATAL
-            if number in (408, 429) or number >= 500:
-                return TRANSIENT
-            return REJECTED
-        # QuestDB's 400 body is JSON with "code": "invalid" and the line at fault.
-        if '"code":"invalid"' in text or "failed to parse line protocol" in text:
-            return REJECTED
-        if "timed out" in text.lower() or "timeout" in text.lower():
-            return TRANSIENT
-        return TRANSIENT
-    if code in (QuestDBErrorCode.InvalidUtf8, QuestDBErrorCode.InvalidName,
-                QuestDBErrorCode.InvalidTimestamp, QuestDBErrorCode.BadDataFrame):
-        return REJECTED
-    return FATAL
+    if code in _TRANSIENT_CODES:
+        return WriteFailure.TRANSIENT
+    if code is QuestDBErrorCode.ServerFlushError:
+        answer = server_error(exc)
+        # Only "invalid" puts the rows at fault. An internal error QuestDB pins on a line
+        # (a write error such as errno 28, disk full) is QuestDB's trouble: retry, so good
+        # rows never go to the dead-letter topic because a disk filled up.
+        if answer is not None and answer.code == "invalid":
+            return WriteFailure.REJECTED
+        return WriteFailure.TRANSIENT
+    if code in _REJECTED_CODES:
+        return WriteFailure.REJECTED
+    return WriteFailure.FATAL
 
 
 # --- client wrapper -----------------------------------------------------------------
@@ -342,10 +407,10 @@ class QuestDBWriter:
                 return refused
             except Exception as exc:
                 kind = classify_error(exc)
-                if kind == FATAL:
+                if kind is WriteFailure.FATAL:
                     raise QuestDBConfigError(f"QuestDB refused the write ({self.conf}): "
                                              f"{exc}") from exc
-                if kind == REJECTED:
+                if kind is WriteFailure.REJECTED:
                     rejection = exc
                     break
                 # Transient: reconnect and back off, until the deadline.
@@ -370,11 +435,9 @@ class QuestDBWriter:
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc)
-    match = re.search(r'"message":"((?:[^"\\]|\\.)*)"', text)
-    if match:
-        return match.group(1).replace("\\n", " ")
-    return text
+    """QuestDB's message for a rejection, on one line (else the client's text)."""
+    answer = server_error(exc)
+    return answer.message.replace("\n", " ") if answer is not None else str(exc)
 
 
 # --- Beam ------------------------------------------------------------------------------

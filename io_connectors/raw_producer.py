@@ -21,11 +21,17 @@ Two ways to use it:
 * asynchronous (the bridge): :meth:`RawProducer.produce_events` (batches, one
   callback per batch with the positions it covered), :meth:`RawProducer.produce_event`
   and :meth:`RawProducer.produce_dead_letter` (one callback each, ``None`` on
-  success or an error string), then :meth:`RawProducer.poll` regularly from
-  the same thread;
+  success or a :class:`DeliveryFailure`), then :meth:`RawProducer.poll` regularly
+  from the same thread;
 * synchronous (REST): :meth:`RawProducer.send_batch` produces a list of events
   as batches and waits, up to a deadline, for the delivery report of each
   batch, returning which events failed or are still unconfirmed.
+
+A :class:`DeliveryFailure` says what went wrong as a :class:`FailureKind`:
+``ENCODING_REFUSED`` (the record does not fit its Avro schema; trying again
+fails the same way) or ``NOT_DELIVERED`` (Kafka did not take or confirm it:
+down, slow, queue full, timed out; trying again may succeed). Callers match on
+the kind; the message is for people (logs, dead-letter reasons).
 
 The raw topic's partition count is read from the producer's metadata and
 cached for :data:`PARTITIONS_MAX_AGE_S`.
@@ -45,6 +51,7 @@ into each message.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -65,8 +72,10 @@ __all__ = [
     "ChunkDeliveryCallback",
     "DEFAULT_BATCH_MAX_EVENTS",
     "DeliveryCallback",
+    "DeliveryFailure",
     "DeliveryObserver",
     "EdgeTarget",
+    "FailureKind",
     "PARTITIONS_MAX_AGE_S",
     "PartitionsUnavailable",
     "RECORD_KINDS",
@@ -88,15 +97,49 @@ PARTITIONS_MAX_AGE_S = 60.0
 # After a failed read, callers are not blocked on another one for this long.
 _PARTITIONS_RETRY_S = 5.0
 
-# Called once per message with None (delivered) or a human-readable error.
-DeliveryCallback = Callable[[str | None], None]
+
+class FailureKind(enum.Enum):
+    """Why a record did not reach Kafka, i.e. whether trying it again can help."""
+
+    # The record does not fit its Avro schema: a retry fails the same way.
+    ENCODING_REFUSED = "encoding_refused"
+    # Kafka did not take or confirm it (down, slow, local queue full, timed out): retry.
+    NOT_DELIVERED = "not_delivered"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailure:
+    """What a delivery callback gets instead of ``None`` when a record was not delivered.
+
+    ``kind`` is for code to match on; ``message`` (also ``str()``) is for people: logs,
+    dead-letter reasons, the REST answer.
+    """
+
+    kind: FailureKind
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _encoding_refused(exc: Exception, what: str = "Avro") -> DeliveryFailure:
+    return DeliveryFailure(FailureKind.ENCODING_REFUSED, f"{what} encoding failed: {exc}")
+
+
+def _not_delivered(message: str) -> DeliveryFailure:
+    return DeliveryFailure(FailureKind.NOT_DELIVERED, message)
+
+
+# Called once per message with None (delivered) or why it was not.
+DeliveryCallback = Callable[[DeliveryFailure | None], None]
 # Called once per batch record with the positions (in the list given to
-# produce_events) of the events it carried, and None or an error.
-ChunkDeliveryCallback = Callable[[list[int], str | None], None]
+# produce_events) of the events it carried, and None or why it was not delivered.
+ChunkDeliveryCallback = Callable[[list[int], DeliveryFailure | None], None]
 ValueEncoder = Callable[[Mapping[str, Any]], bytes]
 # Called once per record given to Kafka with its kind (one of RECORD_KINDS), the
 # seconds since it was first offered to the producer, and None (delivered) or the
-# error. It runs on the thread that serves delivery callbacks: keep it cheap, never raise.
+# failure's message. It runs on the thread that serves delivery callbacks: keep it
+# cheap, never raise.
 DeliveryObserver = Callable[[str, float, str | None], None]
 RECORD_KINDS = ("batch", "event", "dead_letter")
 
@@ -250,12 +293,13 @@ class RawProducer:
         read each event's ``asset_id``), and the explicit partition already
         puts every asset where its keyed single records go.
 
-        ``on_delivery(positions, error)`` is called once per chunk (positions
-        index ``events``) with ``None`` once Kafka acknowledged it, else an
-        error; every position appears in exactly one call. An event that does
-        not fit the Avro schema is reported alone ("Avro encoding failed: ...")
-        and its chunk goes without it. When the partition count cannot be read
-        (:meth:`raw_partitions`) every position is reported failed in one call.
+        ``on_delivery(positions, failure)`` is called once per chunk (positions
+        index ``events``) with ``None`` once Kafka acknowledged it, else a
+        :class:`DeliveryFailure`; every position appears in exactly one call. An
+        event that does not fit the Avro schema is reported alone
+        (``ENCODING_REFUSED``, "Avro encoding failed: ...") and its chunk goes
+        without it. When the partition count cannot be read (:meth:`raw_partitions`)
+        every position is reported ``NOT_DELIVERED`` in one call.
         """
         if not events:
             return
@@ -263,7 +307,7 @@ class RawProducer:
         try:
             partitions = self.raw_partitions(min(block_s, self._metadata_timeout_s))
         except PartitionsUnavailable as exc:
-            on_delivery(list(range(len(events))), str(exc))
+            on_delivery(list(range(len(events))), _not_delivered(str(exc)))
             return
         for partition, positions in chunk_by_partition(
                 [_event_key(e) for e in events], partitions, self.batch_max_events):
@@ -274,13 +318,14 @@ class RawProducer:
                       *, block_s: float = 30.0) -> None:
         """Encode and enqueue one TelemetryEvent record (key ``asset_id``).
 
-        Errors go to ``on_delivery``. The partitioner puts it on the partition
+        Failures go to ``on_delivery`` (an event the schema refuses:
+        ``ENCODING_REFUSED``, at once). The partitioner puts it on the partition
         :meth:`produce_events` uses for the same asset.
         """
         try:
             value = self._encode_event(event)
         except Exception as exc:  # noqa: BLE001 - reported to the caller as data
-            on_delivery(f"Avro encoding failed: {exc}")
+            on_delivery(_encoding_refused(exc))
             return
         self._produce(self.raw_topic, _event_key(event), value, on_delivery, block_s, "event")
 
@@ -290,7 +335,7 @@ class RawProducer:
         try:
             value = self._encode_dead_letter(record)
         except Exception as exc:  # noqa: BLE001
-            on_delivery(f"dead-letter encoding failed: {exc}")
+            on_delivery(_encoding_refused(exc, "dead-letter"))
             return
         self._produce(self.dlq_topic, key, value, on_delivery, block_s, "dead_letter")
 
@@ -363,23 +408,23 @@ class RawProducer:
         Grouping, chunking and keys (``None``: a batch holds several assets) are
         those of :meth:`produce_events`. Waits until every chunk is acknowledged
         or ``timeout_s`` passes; every event of a chunk that failed or is still
-        unconfirmed is in ``failures`` under its index in ``events``.
-        ``dead_letters`` are produced too, one record each, but not waited for
-        (best effort).
+        unconfirmed is in ``failures`` under its index in ``events``, with the
+        failure's message. ``dead_letters`` are produced too, one record each,
+        but not waited for (best effort).
         """
         deadline = time.monotonic() + timeout_s
         outcome = BatchOutcome(sent=len(events))
         pending: set[int] = set(range(len(events)))
         lock = threading.Lock()
 
-        def done(positions: list[int], error: str | None) -> None:
+        def done(positions: list[int], error: DeliveryFailure | None) -> None:
             with lock:
                 pending.difference_update(positions)
                 if error is not None:
                     for index in positions:
-                        outcome.failures[index] = error
+                        outcome.failures[index] = error.message
 
-        def ignore(error: str | None) -> None:
+        def ignore(error: DeliveryFailure | None) -> None:
             if error is not None:
                 _LOGGER.warning("dead letter not delivered: %s", error)
 
@@ -430,7 +475,7 @@ class RawProducer:
                 try:
                     self._encode_event(events[i])
                 except Exception as exc:  # noqa: BLE001 - reported to the caller as data
-                    on_delivery([i], f"Avro encoding failed: {exc}")
+                    on_delivery([i], _encoding_refused(exc))
                 else:
                     good.append(i)
             if not good:
@@ -439,7 +484,7 @@ class RawProducer:
             try:
                 value = self._encode_batch({"events": [events[i] for i in positions]})
             except Exception as exc:  # noqa: BLE001
-                on_delivery(positions, f"Avro encoding failed: {exc}")
+                on_delivery(positions, _encoding_refused(exc))
                 return
         covered = positions
         self._produce(self.raw_topic, None, value,
@@ -453,7 +498,7 @@ class RawProducer:
         notify = self._observed(on_delivery, kind, started)
 
         def report(err: KafkaError | None, _msg: Any) -> None:
-            notify(None if err is None else f"Kafka delivery failed: {err.str()}")
+            notify(None if err is None else _not_delivered(f"Kafka delivery failed: {err.str()}"))
 
         while True:
             try:
@@ -464,11 +509,11 @@ class RawProducer:
             except BufferError:
                 # Local queue full (broker slow or down): serve callbacks to make room.
                 if time.monotonic() >= deadline:
-                    notify("producer queue full (Kafka not keeping up)")
+                    notify(_not_delivered("producer queue full (Kafka not keeping up)"))
                     return
                 self._producer.poll(0.05)
             except KafkaException as exc:
-                notify(f"Kafka produce failed: {exc}")
+                notify(_not_delivered(f"Kafka produce failed: {exc}"))
                 return
 
     def _observed(self, on_delivery: DeliveryCallback, kind: str,
@@ -478,9 +523,9 @@ class RawProducer:
         if observe is None:
             return on_delivery
 
-        def notify(error: str | None) -> None:
+        def notify(error: DeliveryFailure | None) -> None:
             on_delivery(error)
-            observe(kind, time.monotonic() - started, error)
+            observe(kind, time.monotonic() - started, None if error is None else error.message)
 
         return notify
 

@@ -20,6 +20,7 @@ from io_connectors.mqtt_bridge import (
     BridgeSnapshot,
     BridgeStats,
 )
+from io_connectors.raw_producer import DeliveryFailure, FailureKind
 from tests.unit.test_edge_bridge import bridge, deliver
 
 __all__ = ["bridge"]   # the fixture (fake producer and MQTT client) of test_edge_bridge
@@ -107,7 +108,8 @@ def test_unencodable_event_counts_as_rejected_and_its_failure(bridge: Any) -> No
     b, producer, _client = bridge
     deliver(b, 1)
     b._step()
-    producer.sent[0][2]([0], "Avro encoding failed: no")
+    producer.sent[0][2]([0], DeliveryFailure(FailureKind.ENCODING_REFUSED,
+                                             "Avro encoding failed: no"))
     snap = b.snapshot()
     assert snap.stats.rejected == {AVRO_ENCODING_FAILED: 1}
     assert snap.stats.delivery_failures == 1 and snap.retrying == 1

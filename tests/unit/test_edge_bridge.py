@@ -16,12 +16,22 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from io_connectors.kafka_partition import partition_for
-from io_connectors.mqtt_bridge import BridgeConfig, MqttBridge
+from io_connectors.mqtt_bridge import AVRO_ENCODING_FAILED, BridgeConfig, MqttBridge
+from io_connectors.raw_producer import DeliveryFailure, FailureKind
+from schemas import wire
 from schemas.validation import default_sensor_rules
-from tests.unit.test_edge_producer import BATCH_ID, PARTITIONS, FakeKafka, make
+from tests.unit.test_edge_producer import BATCH_ID, LOOKUP, PARTITIONS, FakeKafka, make
 
 NOW = 1_800_000_000_000
 TOPIC = "telemetry/site-1/asset-001/temperature"
+
+
+def refused(message: str) -> DeliveryFailure:
+    return DeliveryFailure(FailureKind.ENCODING_REFUSED, message)
+
+
+def not_delivered(message: str) -> DeliveryFailure:
+    return DeliveryFailure(FailureKind.NOT_DELIVERED, message)
 
 
 class FakeProducer:
@@ -142,7 +152,7 @@ def test_failed_chunk_is_retried_event_by_event_and_blocks_later_acks(bridge: An
         deliver(b, mid)
     b._step()
     _, records, cb = producer.sent[0]
-    cb([0, 1], "Kafka delivery failed: broker down")
+    cb([0, 1], not_delivered("Kafka delivery failed: broker down"))
     cb([2], None)
     b._step()
     assert client.acks == []
@@ -158,21 +168,75 @@ def test_failed_chunk_is_retried_event_by_event_and_blocks_later_acks(bridge: An
     assert client.acks == [1, 2, 3]
 
 
-def test_unencodable_event_of_a_chunk_is_dead_lettered(bridge: Any) -> None:
-    b, producer, client = bridge
+def take_two(b: MqttBridge, producer: FakeProducer, first: DeliveryFailure | None,
+             second: DeliveryFailure | None) -> None:
+    """Mids 1 and 2 taken in one batch, whose delivery reports ``first`` and ``second``."""
     deliver(b, 1)
     deliver(b, 2)
     b._step()
     cb = producer.sent[0][2]
-    cb([0], "Avro encoding failed: no")
-    cb([1], None)
+    cb([0], first)
+    cb([1], second)
     b._step()
+
+
+def test_unencodable_event_of_a_chunk_is_dead_lettered(bridge: Any) -> None:
+    b, producer, client = bridge
+    take_two(b, producer, refused("Avro encoding failed: no"), None)
     kind, record, dl_cb = producer.sent[1]
     assert kind == "dlq" and record["reasons"] == ["Avro encoding failed: no"]
+    assert record["stage"] == "bridge" and record["topic"] == TOPIC
+    assert b.stats.rejected == {AVRO_ENCODING_FAILED: 1}
     assert client.acks == []
     dl_cb(None)
     b._step()
     assert client.acks == [1, 2]
+    assert (b.stats.produced, b.stats.dead_lettered) == (1, 1)
+
+
+def test_a_retried_event_the_schema_refuses_is_dead_lettered(bridge: Any) -> None:
+    b, producer, client = bridge
+    deliver(b, 1)
+    b._step()
+    producer.sent[0][2]([0], not_delivered("Kafka delivery failed: broker down"))
+    b._step()
+    kind, _, retry_cb = producer.sent[1]
+    assert kind == "event"
+    retry_cb(refused("Avro encoding failed: later"))
+    b._step()
+    kind, record, dl_cb = producer.sent[2]
+    assert kind == "dlq" and record["reasons"] == ["Avro encoding failed: later"]
+    dl_cb(None)
+    b._step()
+    assert client.acks == [1]
+
+
+def test_the_failure_kind_decides_not_the_message(bridge: Any) -> None:
+    """A Kafka failure whose text happens to read like an encoding error is retried, and an
+    encoding refusal worded otherwise is dead-lettered with its own words."""
+    b, producer, _ = bridge
+    take_two(b, producer, not_delivered("Avro encoding failed, says the broker"),
+             refused("value: not a double"))
+    assert [(kind, record) for kind, record, _ in producer.sent[1:]] == [
+        ("event", producer.sent[0][1][0]),
+        ("dlq", producer.sent[2][1])]
+    assert producer.sent[2][1]["reasons"] == ["value: not a double"]
+    assert b.stats.rejected == {AVRO_ENCODING_FAILED: 1}
+    assert b.stats.delivery_failures == 2
+
+
+def test_a_dead_letter_the_schema_refuses_is_retried_as_a_dead_letter(bridge: Any) -> None:
+    b, producer, client = bridge
+    deliver(b, 1, b"{not json")
+    b._step()
+    kind, record, cb = producer.sent[0]
+    cb(refused("dead-letter encoding failed: odd"))
+    b._step()
+    assert [(k, r) for k, r, _ in producer.sent] == [("dlq", record), ("dlq", record)]
+    assert b.stats.rejected == {"payload.not_json": 1}, "counted once, when it was rejected"
+    producer.sent[1][2](None)
+    b._step()
+    assert client.acks == [1]
 
 
 def test_mixed_take_batches_events_and_dead_letters_each_bad_payload(bridge: Any) -> None:
@@ -214,6 +278,55 @@ def test_bridge_over_the_real_producer_acks_after_kafka_confirms(bridge: Any) ->
     kafka.deliver = True
     b._step()
     assert client.acks == list(range(1, 8))
+
+
+def test_bridge_over_the_real_producer_dead_letters_what_avro_refuses(bridge: Any) -> None:
+    """The RawProducer's ENCODING_REFUSED reaches the bridge's dead-letter path: an event
+    that passed validation but that the Avro encoder refuses (made so here) is dead-lettered,
+    the others of its take go in the batch, all three are acked once Kafka confirmed."""
+    b, _, client = bridge
+    kafka = FakeKafka()
+    producer = make(kafka)
+    b._producer = producer
+
+    def refusing(encode: Any) -> Any:
+        def wrapped(record: dict[str, Any]) -> bytes:
+            if any(e["sensor_id"] == "s2" for e in record.get("events", [record])):
+                raise ValueError("s2 does not fit")
+            return encode(record)
+        return wrapped
+
+    producer._encode_event = refusing(producer._encode_event)
+    producer._encode_batch = refusing(producer._encode_batch)
+    for mid in (1, 2, 3):
+        deliver(b, mid)
+    b._step()
+    assert [e["sensor_id"] for _, _, _, r in kafka.raw_records() for e in r["events"]] == \
+        ["s1", "s3"]
+    [dlq_value] = [value for topic, _, value, _ in kafka.produced if topic == "dlq"]
+    _, dead = wire.decode(dlq_value, LOOKUP)
+    assert dead["reasons"] == ["Avro encoding failed: s2 does not fit"]
+    assert dead["original"] == json.dumps({"sensor_id": "s2", "timestamp": NOW - 10,
+                                           "value": 20.0, "unit": "c"}).encode()
+    assert b.stats.rejected == {AVRO_ENCODING_FAILED: 1}
+    assert (b.stats.produced, b.stats.dead_lettered) == (2, 1)
+    assert client.acks == [1, 2, 3]
+
+
+def test_bridge_over_the_real_producer_retries_what_kafka_did_not_confirm(bridge: Any) -> None:
+    b, _, client = bridge
+    kafka = FakeKafka(fail=True)
+    b._producer = make(kafka)
+    deliver(b, 1)
+    b._step()
+    assert [p[0] for p in kafka.produced] == ["raw"]
+    assert b.stats.delivery_failures == 1 and b.stats.rejected == {}
+    b._step()                             # the retry (backoff 0) as a single keyed record
+    assert [(p[0], p[1]) for p in kafka.produced] == [("raw", None), ("raw", b"asset-001")]
+    assert client.acks == []
+    kafka.fail = False
+    b._step()
+    assert client.acks == [1] and b.stats.rejected == {} and b.stats.produced == 1
 
 
 def test_bad_payload_is_dead_lettered_then_acked(bridge: Any) -> None:

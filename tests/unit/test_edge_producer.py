@@ -16,8 +16,10 @@ import io_connectors.raw_producer as raw_producer_module
 from io_connectors.kafka_partition import PARTITIONER, partition_for
 from io_connectors.raw_producer import (
     AvroValueEncoder,
+    DeliveryFailure,
     DeliveryObserver,
     EdgeTarget,
+    FailureKind,
     RawProducer,
     build_raw_producer,
     chunk_by_partition,
@@ -270,7 +272,7 @@ def test_produce_events_calls_back_once_per_chunk_with_its_positions() -> None:
     a, b = assets_in_distinct_partitions(2)
     events = [event(a, 0), event(b, 1), event(a, 2), event(a, 3)]
     fake = FakeKafka()
-    calls: list[tuple[list[int], str | None]] = []
+    calls: list[tuple[list[int], DeliveryFailure | None]] = []
     make(fake, batch_max_events=2).produce_events(events, lambda p, e: calls.append((p, e)))
     assert calls == [], "nothing before delivery reports are served"
     fake.poll(0)
@@ -279,13 +281,94 @@ def test_produce_events_calls_back_once_per_chunk_with_its_positions() -> None:
 
 def test_single_event_is_keyed_by_asset_and_left_to_the_partitioner() -> None:
     fake = FakeKafka()
-    results: list[str | None] = []
+    results: list[DeliveryFailure | None] = []
     make(fake).produce_event(EVENT, results.append)
     fake.poll(0)
     assert results == [None]
     [(topic, key, partition, (schema_id, record))] = [
         (t, k, p, wire.decode(v, LOOKUP)) for t, k, v, p in fake.produced]
     assert (topic, key, partition, schema_id, record) == ("raw", b"a-1", -1, EVENT_ID, EVENT)
+
+
+# -- failure kinds: what a caller matches on (the bridge dead-letters ENCODING_REFUSED) --
+
+REFUSED, NOT_DELIVERED = FailureKind.ENCODING_REFUSED, FailureKind.NOT_DELIVERED
+UNENCODABLE = {**EVENT, "value": "x"}    # a string where the schema has a double
+
+
+def kinds(failures: list[DeliveryFailure | None]) -> list[tuple[FailureKind, str] | None]:
+    return [None if f is None else (f.kind, f.message) for f in failures]
+
+
+def test_an_event_the_schema_refuses_is_encoding_refused_at_once() -> None:
+    fake, results = FakeKafka(), []
+    make(fake).produce_event(UNENCODABLE, results.append)
+    [failure] = results                   # before any poll: it never reached Kafka
+    assert failure is not None and failure.kind is REFUSED
+    assert failure.message.startswith("Avro encoding failed: ") and str(failure) == failure.message
+    assert fake.produced == []
+
+
+def test_the_unencodable_event_of_a_chunk_is_encoding_refused_alone() -> None:
+    fake = FakeKafka()
+    calls: list[tuple[list[int], DeliveryFailure | None]] = []
+    make(fake).produce_events([event("a-1", 0), {**UNENCODABLE, "asset_id": "a-1"},
+                               event("a-1", 2)], lambda p, e: calls.append((p, e)))
+    fake.poll(0)
+    assert [(p, None if e is None else e.kind) for p, e in calls] == \
+        [([1], REFUSED), ([0, 2], None)]
+
+
+def test_a_batch_the_schema_refuses_as_a_whole_is_encoding_refused() -> None:
+    def refuse(_record: Any) -> bytes:
+        raise ValueError("batch too odd")
+
+    producer = RawProducer("127.0.0.1:1", raw_topic="raw", dlq_topic="dlq",
+                           event_encoder=AvroValueEncoder(avro.TELEMETRY_EVENT, EVENT_ID),
+                           batch_encoder=refuse,
+                           dead_letter_encoder=AvroValueEncoder(avro.DEAD_LETTER, DLQ_ID),
+                           producer=FakeKafka())
+    calls: list[tuple[list[int], DeliveryFailure | None]] = []
+    producer.produce_events([EVENT, EVENT], lambda p, e: calls.append((p, e)))
+    assert [(p, kinds([e])) for p, e in calls] == \
+        [([0, 1], [(REFUSED, "Avro encoding failed: batch too odd")])]
+
+
+def test_a_dead_letter_the_schema_refuses_is_encoding_refused() -> None:
+    results: list[DeliveryFailure | None] = []
+    make(FakeKafka()).produce_dead_letter({**DL, "reasons": None}, results.append)
+    [failure] = results
+    assert failure is not None and failure.kind is REFUSED
+    assert failure.message.startswith("dead-letter encoding failed: ")
+
+
+class RefusingKafka(FakeKafka):
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too big"))
+
+
+@pytest.mark.parametrize(("kafka", "message"), [
+    (FakeKafka(fail=True), "Kafka delivery failed: Local: Message timed out"),
+    (FakeKafka(full=10**6), "producer queue full (Kafka not keeping up)"),
+    (RefusingKafka(), "Kafka produce failed: KafkaError{code=MSG_SIZE_TOO_LARGE,val=10,"
+                      "str=\"too big\"}"),
+], ids=["delivery-report", "queue-full", "produce-raises"])
+def test_what_kafka_did_not_take_or_confirm_is_not_delivered(kafka: FakeKafka,
+                                                             message: str) -> None:
+    results: list[DeliveryFailure | None] = []
+    make(kafka).produce_event(EVENT, results.append, block_s=0.0)
+    kafka.poll(0)
+    assert kinds(results) == [(NOT_DELIVERED, message)]
+
+
+def test_an_unreadable_partition_count_is_not_delivered() -> None:
+    fake = FakeKafka()
+    fake.metadata_error = KafkaException(KafkaError(KafkaError._TRANSPORT, "all brokers down"))
+    calls: list[tuple[list[int], DeliveryFailure | None]] = []
+    make(fake).produce_events([EVENT, EVENT], lambda p, e: calls.append((p, e)))
+    [(positions, failure)] = calls
+    assert positions == [0, 1] and failure is not None and failure.kind is NOT_DELIVERED
+    assert "'raw'" in failure.message and "127.0.0.1:1" in failure.message
 
 
 # -- delivery observer (metrics hook) ------------------------------------------

@@ -1,31 +1,46 @@
 """QuestDB sink: pure row mapping, error classification, and the writer's retry/isolation
-logic against a fake sender (the real server is exercised in tests/integration/test_sinks.py)."""
+logic against a fake sender (the real server is exercised in tests/integration/test_sinks.py).
+
+Error classification runs the real questdb client against a stub HTTP server answering
+what QuestDB 9.3 answers (status, content type and JSON body taken from its
+``LineHttpProcessorState``): the client's rendering of those answers is what the sink reads,
+so a client upgrade that changes it fails here."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import math
+import socket
+import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from questdb import QuestDBError, QuestDBErrorCode, TimestampMicros
+from questdb import QuestDBError, QuestDBErrorCode, Sender, TimestampMicros, TimestampNanos
 from questdb._client import Buffer
 
 from io_connectors.questdb_schema import ALARM_COLUMNS, SENSOR_READING_COLUMNS
 from io_connectors.questdb_sink import (
-    FATAL,
-    REJECTED,
-    TRANSIENT,
     IlpRow,
+    QuestDBConfigError,
     QuestDBUnavailableError,
     QuestDBWriter,
     RowMappingError,
+    ServerError,
+    WriteFailure,
     WriteToQuestDB,
     alarm_row,
     classify_error,
+    questdb_conf,
     reading_row,
+    server_error,
     symbol_columns,
 )
+
+TRANSIENT, REJECTED, FATAL = WriteFailure.TRANSIENT, WriteFailure.REJECTED, WriteFailure.FATAL
 
 READING = {
     "timestamp": 1_790_000_000_123, "event_id": "e-1", "site_id": "site-001",
@@ -105,18 +120,176 @@ def _err(code: QuestDBErrorCode, text: str) -> QuestDBError:
     return QuestDBError(code, text)
 
 
-def test_classify_error() -> None:
-    assert classify_error(_err(QuestDBErrorCode.SocketError, "Connection refused")) == TRANSIENT
-    assert classify_error(_err(
-        QuestDBErrorCode.ServerFlushError,
-        'Could not flush buffer: {"code":"invalid","message":"failed to parse line protocol",'
-        '"line":1}')) == REJECTED
-    assert classify_error(_err(QuestDBErrorCode.ServerFlushError,
-                               "Could not flush buffer: HTTP status 503")) == TRANSIENT
-    assert classify_error(_err(QuestDBErrorCode.ServerFlushError,
-                               "HTTP status 401 unauthorized")) == FATAL
-    assert classify_error(_err(QuestDBErrorCode.AuthError, "no")) == FATAL
-    assert classify_error(ValueError("x")) == FATAL
+# -- error classification, through the real client ----------------------------------------
+
+QDB_JSON = "application/json; charset=utf-8"     # QuestDB 9.3's HttpConstants.CONTENT_TYPE_JSON
+CAST = ("failed to parse line protocol:errors encountered on line(s):\nerror in line 1: "
+        "table: sensor_readings, column: location; cast error from protocol type: LONG to "
+        "column type: VARCHAR")
+WRITE_ERROR = ("failed to parse line protocol:errors encountered on line(s):\nerror in line 3: "
+               "write error: sensor_readings, errno: 28, error: no space left")
+
+
+def questdb_answer(code: str, message: str, line: int | None = None) -> str:
+    """A body as QuestDB's LineHttpProcessorState.formatError writes it."""
+    doc: dict[str, object] = {"code": code, "message": message}
+    if line is not None:
+        doc["line"] = line
+    doc["errorId"] = "5e2b1f-7"
+    return json.dumps(doc, separators=(",", ":"))
+
+
+class StubQuestDB:
+    """An HTTP server answering every ILP write with ``answer`` (status, content type, body)."""
+
+    def __init__(self) -> None:
+        self.answer: tuple[int, str, str] = (204, "", "")
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, content_type, body = stub.answer
+                data = body.encode()
+                self.send_response(status)
+                if content_type:
+                    self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def flush_error(self, answer: tuple[int, str, str]) -> QuestDBError:
+        """What the real client raises when QuestDB answers a flush with ``answer``."""
+        self.answer = answer
+        sender = Sender.from_conf(questdb_conf("127.0.0.1", self.port, 5000))
+        sender.establish()
+        try:
+            buf = sender.new_buffer()
+            buf.row("sensor_readings", columns={"value": 1.0}, at=TimestampNanos(1))
+            with pytest.raises(QuestDBError) as caught:
+                sender.flush(buf)
+            return caught.value
+        finally:
+            sender.close()
+
+
+@pytest.fixture(scope="module")
+def questdb_stub() -> Iterator[StubQuestDB]:
+    stub = StubQuestDB()
+    yield stub
+    stub.server.shutdown()
+    stub.server.server_close()
+
+
+ONE_LINE_CAST = CAST.replace("\n", " ")
+
+
+@pytest.mark.parametrize(("answer", "kind", "document"), [
+    # 400 "invalid": a line is at fault (parse, cast, column add): dead-letter the rows.
+    ((400, QDB_JSON, questdb_answer("invalid", CAST, 1)), REJECTED,
+     ServerError("invalid", CAST, 1, "5e2b1f-7")),
+    # The same answer under a plain application/json, which the client renders itself.
+    ((400, "application/json", questdb_answer("invalid", CAST, 1)), REJECTED,
+     ServerError("invalid", CAST, 1, "5e2b1f-7")),
+    ((400, QDB_JSON, questdb_answer("invalid", "table name is invalid")), REJECTED,
+     ServerError("invalid", "table name is invalid", None, "5e2b1f-7")),
+    # A server-side failure QuestDB pins on a line (a write error, e.g. disk full) is not
+    # the rows' fault: retry, never dead-letter good rows.
+    ((500, QDB_JSON, questdb_answer("internal error", WRITE_ERROR, 3)),
+     TRANSIENT, ServerError("internal error", WRITE_ERROR, 3, "5e2b1f-7")),
+    # Anything else QuestDB answers is QuestDB's trouble: retry.
+    ((500, QDB_JSON, questdb_answer("internal error", "commit error for table: t")),
+     TRANSIENT, ServerError("internal error", "commit error for table: t", None, "5e2b1f-7")),
+    ((413, QDB_JSON, questdb_answer("request too large", "server buffer is too small")),
+     TRANSIENT, ServerError("request too large", "server buffer is too small", None,
+                            "5e2b1f-7")),
+    ((421, QDB_JSON, questdb_answer("not accepting writes", "replica")), TRANSIENT,
+     ServerError("not accepting writes", "replica", None, "5e2b1f-7")),
+    ((415, QDB_JSON, questdb_answer("not supported", "gzip decompression error")), TRANSIENT,
+     ServerError("not supported", "gzip decompression error", None, "5e2b1f-7")),
+    ((503, "application/json", questdb_answer("internal error", "busy")), TRANSIENT,
+     ServerError("internal error", "busy", None, "5e2b1f-7")),
+    # Not QuestDB's document (a proxy in the way, an empty answer): retry.
+    ((502, "text/html", "<html>bad gateway: invalid upstream, line 1</html>"), TRANSIENT,
+     None),
+    ((400, "", ""), TRANSIENT, None),
+    # Configuration at fault: fail, naming the conf.
+    ((403, QDB_JSON, questdb_answer("unauthorised", "no access")), FATAL, None),
+    ((401, "", ""), FATAL, None),
+    ((404, QDB_JSON, questdb_answer("invalid", "not found")), FATAL, None),
+], ids=["invalid-line", "invalid-line-client-rendered", "invalid-no-line",
+        "internal-error-on-a-line", "internal-error", "too-large", "not-accepting-writes",
+        "unsupported-encoding", "busy-client-rendered", "proxy-page",
+        "empty-400", "forbidden", "unauthorized", "no-ilp-endpoint"])
+def test_questdb_answers_are_classified_by_code_and_error_document(
+        questdb_stub: StubQuestDB, answer: tuple[int, str, str], kind: WriteFailure,
+        document: ServerError | None) -> None:
+    exc = questdb_stub.flush_error(answer)
+    assert (classify_error(exc), server_error(exc)) == (kind, document)
+
+
+def test_unreachable_questdb_is_transient_and_other_exceptions_fatal() -> None:
+    sender = Sender.from_conf(questdb_conf("127.0.0.1", _free_port(), 2000))
+    sender.establish()
+    buf = sender.new_buffer()
+    buf.row("t", columns={"v": 1.0}, at=TimestampNanos(1))
+    with pytest.raises(QuestDBError) as caught:
+        sender.flush(buf)
+    assert caught.value.code is QuestDBErrorCode.SocketError
+    assert classify_error(caught.value) is TRANSIENT and server_error(caught.value) is None
+    assert classify_error(ValueError("x")) is FATAL
+    assert classify_error(_err(QuestDBErrorCode.InvalidName, "bad name")) is REJECTED
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stub_writer(stub: StubQuestDB, **kw: object) -> QuestDBWriter:
+    return QuestDBWriter(questdb_conf("127.0.0.1", stub.port, 5000),
+                         sleep=lambda s: time.sleep(min(s, 0.05)), **kw)  # type: ignore[arg-type]
+
+
+def test_writer_dead_letters_the_row_questdb_calls_invalid_with_its_message(
+        questdb_stub: StubQuestDB) -> None:
+    questdb_stub.answer = (400, QDB_JSON, questdb_answer("invalid", CAST, 1))
+    writer = stub_writer(questdb_stub)
+    try:
+        [row] = _rows(["bad-1"])
+        assert writer.write([row]) == [(row, f"QuestDB rejected the row: {ONE_LINE_CAST}")]
+    finally:
+        writer.close()
+
+
+def test_writer_fails_on_an_auth_error_naming_the_conf(questdb_stub: StubQuestDB) -> None:
+    questdb_stub.answer = (403, QDB_JSON, questdb_answer("unauthorised", "no access"))
+    writer = stub_writer(questdb_stub)
+    try:
+        with pytest.raises(QuestDBConfigError, match=f"127.0.0.1:{questdb_stub.port}"):
+            writer.write(_rows(["ok-1"]))
+    finally:
+        writer.close()
+
+
+def test_writer_retries_a_server_error_then_gives_up(questdb_stub: StubQuestDB) -> None:
+    questdb_stub.answer = (500, QDB_JSON, questdb_answer("internal error", "commit error"))
+    retries: list[str] = []
+    writer = stub_writer(questdb_stub, retry_deadline_s=0.3, on_retry=retries.append)
+    try:
+        with pytest.raises(QuestDBUnavailableError, match="commit error"):
+            writer.write(_rows(["ok-1", "ok-2"]))
+    finally:
+        writer.close()
+    assert len(retries) >= 1 and all("commit error" in r for r in retries)
 
 
 class FakeSender:
@@ -173,7 +346,7 @@ def test_writer_isolates_rejected_rows_by_halving() -> None:
     ids[12] = "bad-12"
     rejected = writer.write(_rows(ids))
     assert sorted(row.columns["event_id"] for row, _ in rejected) == ["bad-12", "bad-5"]
-    assert all("cast error" in reason for _, reason in rejected)
+    assert {reason for _, reason in rejected} == {"QuestDB rejected the row: cast error on line 1"}
     written = b"".join(sender.flushed)
     for i in ids:
         assert (f'event_id="{i}"'.encode() in written) == i.startswith("ok")
