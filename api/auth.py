@@ -44,6 +44,8 @@ __all__ = [
     "RateLimiter",
     "TokenBucket",
     "authenticate",
+    "configured_api_key",
+    "parse_api_keys",
     "require_scope",
 ]
 
@@ -68,6 +70,43 @@ class ApiKey:
     scopes: frozenset[str]
 
 
+def parse_api_keys(spec: str, origin: str = "[api] api_keys") -> list[tuple[str, frozenset[str]]]:
+    """``[(key, scopes), ...]`` of a ``"key:read+write,key2:read"`` spec, in order: the one
+    parser of the setting (the API's key store, and the benchmark and chaos tools that
+    pick a key to call the API with). Errors name ``origin`` and the entry index, never a key.
+    """
+    entries = []
+    for index, entry in enumerate(spec.split(",")):
+        entry = entry.strip()
+        if not entry:
+            continue
+        key, sep, scope_text = entry.rpartition(":")
+        if not sep or not key.strip():
+            raise AuthConfigError(
+                f"setting {origin}: entry {index} must look like 'key:read+write'")
+        scopes = frozenset(s.strip() for s in scope_text.split("+") if s.strip())
+        unknown = scopes - SCOPES
+        if not scopes or unknown:
+            raise AuthConfigError(
+                f"setting {origin}: entry {index} has unknown or no scopes "
+                f"{sorted(unknown)}; allowed: {sorted(SCOPES)}")
+        entries.append((key.strip(), scopes))
+    if not entries:
+        raise AuthConfigError(f"setting {origin} defines no API key")
+    return entries
+
+
+def configured_api_key(settings: Any, needs: Iterable[str] = ("read", "write")) -> str:
+    """The first key of ``[api] api_keys`` with every scope in ``needs``: what the benchmark
+    and chaos tools call the API with."""
+    origin = settings.origin("api", "api_keys")
+    needs = frozenset(needs)
+    for key, scopes in parse_api_keys(settings.get("api", "api_keys"), origin):
+        if needs <= scopes:
+            return key
+    raise AuthConfigError(f"setting {origin} has no key with the scopes {sorted(needs)}")
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
@@ -84,24 +123,9 @@ class ApiKeyStore:
     def from_spec(cls, spec: str, origin: str = "[api] api_keys") -> ApiKeyStore:
         """Parse ``"key:read+write,key2:read"``; errors name ``origin`` and the entry index."""
         keys = []
-        for index, entry in enumerate(spec.split(",")):
-            entry = entry.strip()
-            if not entry:
-                continue
-            key, sep, scope_text = entry.rpartition(":")
-            if not sep or not key.strip():
-                raise AuthConfigError(
-                    f"setting {origin}: entry {index} must look like 'key:read+write'")
-            scopes = frozenset(s.strip() for s in scope_text.split("+") if s.strip())
-            unknown = scopes - SCOPES
-            if not scopes or unknown:
-                raise AuthConfigError(
-                    f"setting {origin}: entry {index} has unknown or no scopes "
-                    f"{sorted(unknown)}; allowed: {sorted(SCOPES)}")
-            digest = _digest(key.strip())
+        for key, scopes in parse_api_keys(spec, origin):
+            digest = _digest(key)
             keys.append(ApiKey(digest, digest.hex()[:12], scopes))
-        if not keys:
-            raise AuthConfigError(f"setting {origin} defines no API key")
         return cls(keys)
 
     def lookup(self, presented: str) -> ApiKey | None:

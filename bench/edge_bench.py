@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from api.auth import configured_api_key
+
 __all__ = ["main"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -198,7 +200,7 @@ def bench_rest(args: argparse.Namespace) -> None:
     run = uuid.uuid4().hex[:6]
     raw, dlq = f"bench_raw_{run}", f"bench_dlq_{run}"
     _make_topics(bootstrap, [raw, dlq])
-    key = args.api_key or s.get("api", "api_keys").split(",")[0].rpartition(":")[0]
+    key = args.api_key or configured_api_key(s)
     env = {**os.environ, "DCMMS_KAFKA_TOPIC_RAW": raw, "DCMMS_KAFKA_TOPIC_DLQ": dlq}
     logs = s.path("stack", "run_dir") / "bench"
     logs.mkdir(parents=True, exist_ok=True)

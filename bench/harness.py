@@ -65,6 +65,7 @@ from typing import Any
 import psutil
 import requests
 
+from api.auth import configured_api_key
 from bench import anchors, drain, report
 from bench import stream as stream_bench
 from bench.anchors import count_rows, ts_filter
@@ -263,8 +264,7 @@ class Probes:
 
 
 def _api(settings: Settings) -> tuple[str, str]:
-    key = os.environ.get("DCMMS_BENCH_API_KEY") or settings.get("api", "api_keys").split(
-        ",")[0].rpartition(":")[0]
+    key = os.environ.get("DCMMS_BENCH_API_KEY") or configured_api_key(settings)
     return f"http://127.0.0.1:{settings.get('api', 'port', int)}", key
 
 

@@ -32,6 +32,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from api.auth import configured_api_key
+
 __all__ = ["main"]
 
 _LOGGER = logging.getLogger("chaos")
@@ -139,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reader=QuestDBReader(f"http://{settings.get('questdb', 'host')}:"
                              f"{settings.get('questdb', 'http_port')}"),
         api_url=f"http://{host}:{settings.get('api', 'port', int)}",
-        api_key=settings.get("api", "api_keys").split(",")[0].rpartition(":")[0].strip(),
+        api_key=configured_api_key(settings),
         mqtt=(settings.get("mqtt", "host"), settings.get("mqtt", "port", int),
               settings.get("mqtt", "sensor_username"), settings.get("mqtt", "sensor_password")),
         assets=assets, alarm_asset=alarm_asset, mqtt_rate=args.mqtt_rate,

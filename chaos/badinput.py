@@ -49,6 +49,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from api.auth import configured_api_key
 from io_connectors.raw_producer import build_raw_producer
 from io_connectors.schema_registry import RegistrySchemas
 from runners.edge import edge_target
@@ -273,8 +274,7 @@ class Target:
         host = settings.get("stack", "bind_host")
         return cls(settings=settings,
                    api_url=f"http://{host}:{settings.get('api', 'port', int)}",
-                   api_key=settings.get("api", "api_keys").split(",")[0].rpartition(":")[0]
-                   .strip(),
+                   api_key=configured_api_key(settings),
                    storage=storage, pids=pids,
                    questdb_url=f"http://{settings.get('questdb', 'host')}:"
                                f"{settings.get('questdb', 'http_port')}")

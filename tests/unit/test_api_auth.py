@@ -10,7 +10,15 @@ import pytest
 from flask import Flask, jsonify
 
 from api import create_app
-from api.auth import ApiKeyStore, AuthConfigError, RateLimiter, TokenBucket, require_scope
+from api.auth import (
+    ApiKeyStore,
+    AuthConfigError,
+    RateLimiter,
+    TokenBucket,
+    configured_api_key,
+    parse_api_keys,
+    require_scope,
+)
 from runners.settings import DEV_DEFAULTS, SettingsError, env_name, load_settings
 
 
@@ -154,3 +162,21 @@ def test_wsgi_refuses_dev_key_in_production(monkeypatch: pytest.MonkeyPatch,
     client = app.test_client()
     assert client.get("/api/v1/alarms",
                       headers={"Authorization": "Bearer dev-api-key"}).status_code == 401
+
+
+def test_one_parser_gives_keys_and_scopes_in_order() -> None:
+    assert parse_api_keys(" a:read , b:read+write ,") == [
+        ("a", frozenset({"read"})), ("b", frozenset({"read", "write"}))]
+
+
+def test_tools_pick_the_first_key_with_the_scopes_they_need() -> None:
+    settings = load_settings(environ={env_name("api", "api_keys"): "r:read,w:write,rw:read+write"})
+    assert configured_api_key(settings) == "rw"
+    assert configured_api_key(settings, needs=("read",)) == "r"
+    assert configured_api_key(settings, needs=("write",)) == "w"
+
+
+def test_tools_without_a_suitable_key_name_the_setting() -> None:
+    settings = load_settings(environ={env_name("api", "api_keys"): "r:read"})
+    with pytest.raises(AuthConfigError, match="DCMMS_API_API_KEYS"):
+        configured_api_key(settings, needs=("write",))
