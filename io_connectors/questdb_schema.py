@@ -13,9 +13,11 @@ at most 60 rows per sensor and hour, not the raw rows of the hour.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = ["SENSOR_READINGS", "ALARMS", "DDL_STATEMENTS", "MIGRATIONS", "SENSOR_READING_COLUMNS",
            "ALARM_COLUMNS", "ROLLUP_1M", "ROLLUP_1H", "ROLLUPS", "ROLLUP_COLUMNS",
-           "ROLLUP_STATEMENTS"]
+           "ROLLUP_STATEMENTS", "Column", "TABLE_COLUMNS", "SYMBOL_COLUMNS"]
 
 SENSOR_READINGS = "sensor_readings"
 ALARMS = "alarms"
@@ -24,16 +26,25 @@ ROLLUP_1H = "sensor_readings_1h"
 # view -> bucket length in seconds, finest first.
 ROLLUPS = {ROLLUP_1M: 60, ROLLUP_1H: 3600}
 
-# Column order of sensor_readings (designated timestamp first).
-SENSOR_READING_COLUMNS = (
-    "timestamp", "event_id", "site_id", "asset_id", "sensor_id", "sensor_type", "value",
-    "unit", "quality_flag", "site_name", "asset_type", "location", "ingested_at",
-)
+@dataclass(frozen=True)
+class Column:
+    """One column of a pipeline table: the single definition its DDL, the sink's ILP rows
+    (which columns are SYMBOLs) and the API's column lists are derived from."""
 
-ALARM_COLUMNS = (
-    "timestamp", "alarm_id", "site_id", "asset_id", "sensor_id", "sensor_type", "severity",
-    "state", "value", "threshold", "reason", "event_id", "ingested_at",
-)
+    name: str
+    type: str                        # QuestDB type: TIMESTAMP, VARCHAR, SYMBOL, DOUBLE
+    capacity: int | None = None      # SYMBOL only: expected distinct values
+    index: bool = False              # SYMBOL only: a bitmap index
+
+    def ddl(self) -> str:
+        if self.type != "SYMBOL":
+            return f"{self.name} {self.type}"
+        return f"{self.name} SYMBOL CAPACITY {self.capacity} CACHE{' INDEX' if self.index else ''}"
+
+
+def _symbol(name: str, capacity: int, index: bool = False) -> Column:
+    return Column(name, "SYMBOL", capacity, index)
+
 
 # Only asset_id is indexed. Every commit of the job lands out of order (readings carry
 # their sensors' clocks), and an out-of-order commit rewrites each index's tail: with the
@@ -42,43 +53,57 @@ ALARM_COLUMNS = (
 # commits/s. No query kind of the dense query benchmark got slower without it
 # (docs/benchmarks.md, "Dense queries": a site filter scans the time range's site_id
 # column, which is small); asset_id's index is what an asset-day query needs.
-_SENSOR_READINGS_DDL = f"""
-CREATE TABLE IF NOT EXISTS {SENSOR_READINGS} (
-    timestamp TIMESTAMP,
-    event_id VARCHAR,
-    site_id SYMBOL CAPACITY 1024 CACHE,
-    asset_id SYMBOL CAPACITY 65536 CACHE INDEX,
-    sensor_id SYMBOL CAPACITY 262144 CACHE,
-    sensor_type SYMBOL CAPACITY 64 CACHE,
-    value DOUBLE,
-    unit SYMBOL CAPACITY 64 CACHE,
-    quality_flag SYMBOL CAPACITY 16 CACHE,
-    site_name VARCHAR,
-    asset_type SYMBOL CAPACITY 256 CACHE,
-    location VARCHAR,
-    ingested_at TIMESTAMP
-) TIMESTAMP(timestamp) PARTITION BY DAY TTL 90 DAYS WAL
-DEDUP UPSERT KEYS(timestamp, event_id)
-"""
+# Designated timestamp first; the order is the column order of the table.
+_SENSOR_READINGS_SPEC = (
+    Column("timestamp", "TIMESTAMP"),
+    Column("event_id", "VARCHAR"),
+    _symbol("site_id", 1024),
+    _symbol("asset_id", 65536, index=True),
+    _symbol("sensor_id", 262144),
+    _symbol("sensor_type", 64),
+    Column("value", "DOUBLE"),
+    _symbol("unit", 64),
+    _symbol("quality_flag", 16),
+    Column("site_name", "VARCHAR"),
+    _symbol("asset_type", 256),
+    Column("location", "VARCHAR"),
+    Column("ingested_at", "TIMESTAMP"),
+)
 
-_ALARMS_DDL = f"""
-CREATE TABLE IF NOT EXISTS {ALARMS} (
-    timestamp TIMESTAMP,
-    alarm_id VARCHAR,
-    site_id SYMBOL CAPACITY 1024 CACHE,
-    asset_id SYMBOL CAPACITY 65536 CACHE,
-    sensor_id SYMBOL CAPACITY 262144 CACHE,
-    sensor_type SYMBOL CAPACITY 64 CACHE,
-    severity SYMBOL CAPACITY 16 CACHE,
-    state SYMBOL CAPACITY 8 CACHE,
-    value DOUBLE,
-    threshold DOUBLE,
-    reason VARCHAR,
-    event_id VARCHAR,
-    ingested_at TIMESTAMP
-) TIMESTAMP(timestamp) PARTITION BY DAY TTL 90 DAYS WAL
-DEDUP UPSERT KEYS(timestamp, alarm_id, state)
-"""
+_ALARMS_SPEC = (
+    Column("timestamp", "TIMESTAMP"),
+    Column("alarm_id", "VARCHAR"),
+    _symbol("site_id", 1024),
+    _symbol("asset_id", 65536),
+    _symbol("sensor_id", 262144),
+    _symbol("sensor_type", 64),
+    _symbol("severity", 16),
+    _symbol("state", 8),
+    Column("value", "DOUBLE"),
+    Column("threshold", "DOUBLE"),
+    Column("reason", "VARCHAR"),
+    Column("event_id", "VARCHAR"),
+    Column("ingested_at", "TIMESTAMP"),
+)
+
+TABLE_COLUMNS: dict[str, tuple[Column, ...]] = {
+    SENSOR_READINGS: _SENSOR_READINGS_SPEC,
+    ALARMS: _ALARMS_SPEC,
+}
+SYMBOL_COLUMNS: dict[str, frozenset[str]] = {
+    table: frozenset(c.name for c in spec if c.type == "SYMBOL")
+    for table, spec in TABLE_COLUMNS.items()
+}
+SENSOR_READING_COLUMNS = tuple(c.name for c in _SENSOR_READINGS_SPEC)
+ALARM_COLUMNS = tuple(c.name for c in _ALARMS_SPEC)
+
+
+def _table_ddl(table: str, dedup_keys: str) -> str:
+    columns = ",\n".join(f"    {c.ddl()}" for c in TABLE_COLUMNS[table])
+    return (f"CREATE TABLE IF NOT EXISTS {table} (\n{columns}\n"
+            f") TIMESTAMP(timestamp) PARTITION BY DAY TTL 90 DAYS WAL\n"
+            f"DEDUP UPSERT KEYS({dedup_keys})")
+
 
 # Columns of both rollups. value_count counts non-null values (what avg() divides by),
 # row_count every row (what the API's agg=count returns, count() on the raw rows).
@@ -115,7 +140,8 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS {ROLLUP_1H} AS (
 
 ROLLUP_STATEMENTS = (_ROLLUP_1M_DDL.strip(), _ROLLUP_1H_DDL.strip())
 
-DDL_STATEMENTS = (_SENSOR_READINGS_DDL.strip(), _ALARMS_DDL.strip())
+DDL_STATEMENTS = (_table_ddl(SENSOR_READINGS, "timestamp, event_id"),
+                  _table_ddl(ALARMS, "timestamp, alarm_id, state"))
 
 # Run after DDL_STATEMENTS on every start; each is idempotent. They bring tables created by
 # an earlier version to the DDL above (CREATE TABLE IF NOT EXISTS leaves them as they are).

@@ -6,7 +6,7 @@ for rows QuestDB permanently refused. Layers:
 
 - pure row mapping (:func:`reading_row`, :func:`alarm_row`): a pipeline dict
   becomes an :class:`IlpRow` (symbols, columns, designated timestamp), with
-  symbol columns taken from the DDL in ``io_connectors/questdb_schema.py``;
+  symbol columns taken from the column spec in ``io_connectors/questdb_schema.py``;
 - :class:`QuestDBWriter`, a small client wrapper: builds explicit buffers from
   rows and flushes them (``auto_flush=off``; ``sender.flush(buf)`` keeps the
   buffer on failure, so nothing is lost). :func:`classify_error` sorts a
@@ -30,7 +30,6 @@ import enum
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,9 +43,9 @@ from questdb import QuestDBError, QuestDBErrorCode, TimestampMicros
 from io_connectors.questdb_schema import (
     ALARM_COLUMNS,
     ALARMS,
-    DDL_STATEMENTS,
     SENSOR_READING_COLUMNS,
     SENSOR_READINGS,
+    SYMBOL_COLUMNS,
 )
 from schemas.dead_letter import make_dead_letter
 
@@ -85,12 +84,14 @@ class QuestDBConfigError(RuntimeError):
 
 # --- pure row mapping ---------------------------------------------------------------
 
-def symbol_columns(table: str, ddl_statements: Sequence[str] = DDL_STATEMENTS) -> frozenset[str]:
-    """Names of the SYMBOL columns of ``table``, read from its DDL (the single definition)."""
-    for ddl in ddl_statements:
-        if re.search(rf"CREATE TABLE IF NOT EXISTS {re.escape(table)}\b", ddl):
-            return frozenset(re.findall(r"^\s*(\w+)\s+SYMBOL\b", ddl, flags=re.MULTILINE))
-    raise KeyError(f"no DDL for QuestDB table {table!r} in io_connectors/questdb_schema.py")
+def symbol_columns(table: str) -> frozenset[str]:
+    """Names of the SYMBOL columns of ``table``, from its column spec in
+    io_connectors/questdb_schema.py (the single definition its DDL is rendered from)."""
+    try:
+        return SYMBOL_COLUMNS[table]
+    except KeyError:
+        raise KeyError(f"no QuestDB table {table!r} in io_connectors/questdb_schema.py "
+                       f"TABLE_COLUMNS") from None
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, which cost more

@@ -22,7 +22,12 @@ from hypothesis import strategies as st
 from questdb import QuestDBError, QuestDBErrorCode, Sender, TimestampMicros, TimestampNanos
 from questdb._client import Buffer
 
-from io_connectors.questdb_schema import ALARM_COLUMNS, SENSOR_READING_COLUMNS
+from io_connectors.questdb_schema import (
+    ALARM_COLUMNS,
+    DDL_STATEMENTS,
+    SENSOR_READING_COLUMNS,
+    TABLE_COLUMNS,
+)
 from io_connectors.questdb_sink import (
     IlpRow,
     QuestDBConfigError,
@@ -57,13 +62,29 @@ ALARM = {
 }
 
 
-def test_symbols_come_from_the_ddl() -> None:
+def test_symbols_come_from_the_column_spec() -> None:
     assert symbol_columns("sensor_readings") == {
         "site_id", "asset_id", "sensor_id", "sensor_type", "unit", "quality_flag", "asset_type"}
     assert symbol_columns("alarms") == {
         "site_id", "asset_id", "sensor_id", "sensor_type", "severity", "state"}
     with pytest.raises(KeyError, match="questdb_schema"):
         symbol_columns("nope")
+
+
+def test_the_ddl_is_rendered_from_the_column_spec() -> None:
+    # Every spec column appears in the rendered DDL, in order, with its type; the SYMBOLs
+    # there are exactly the sink's symbol columns, and only asset_id of sensor_readings
+    # carries an index (decision 0004: each index costs every out-of-order commit).
+    for table, spec in TABLE_COLUMNS.items():
+        head = f"CREATE TABLE IF NOT EXISTS {table} ("
+        (ddl,) = [d for d in DDL_STATEMENTS if d.startswith(head)]
+        body = [line.strip().rstrip(",") for line in ddl.splitlines()[1:len(spec) + 1]]
+        assert [line.split()[:2] for line in body] == [[c.name, c.type] for c in spec]
+        assert {line.split()[0] for line in body if " SYMBOL " in f"{line} "} == \
+            symbol_columns(table)
+    indexed = [c.name for spec in TABLE_COLUMNS.values() for c in spec if c.index]
+    assert indexed == ["asset_id"]
+    assert "asset_id SYMBOL CAPACITY 65536 CACHE INDEX" in DDL_STATEMENTS[0]
 
 
 def test_reading_row_maps_every_column() -> None:
