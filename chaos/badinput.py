@@ -625,6 +625,12 @@ class _Publisher:
                               f"unacknowledged publishes one by one did not reproduce it")
 
 
+def _refusal(exc: ValueError) -> str:
+    """Why paho would not send a publish, as counted in ``EntryResult.handled``."""
+    return ("topic not encodable as UTF-8" if isinstance(exc, UnicodeError)
+            else str(exc).rstrip("."))
+
+
 def _publish_alone(connect: ConnectionFactory, client_id: str, topic: str, payload: bytes,
                    timeout_s: float = 15.0) -> int | None:
     """Publish once on a throw-away connection: the PUBACK code, or None when dropped."""
@@ -681,7 +687,11 @@ def _entry_mqtt(target: Target, cases: int, tag: str, result: EntryResult,
         problem = topic_protocol_problem(topic)
         if problem is not None:
             x = _Sent(topic, payload)
-            x.code = _publish_alone(connect, f"{tag}-alone-{result.cases}", topic, payload)
+            try:
+                x.code = _publish_alone(connect, f"{tag}-alone-{result.cases}", topic, payload)
+            except ValueError as exc:  # also paho-refused (e.g. a surrogate): nothing was sent
+                result.handled[f"not sendable: {_refusal(exc)}"] += 1
+                return
             if x.code is None:
                 result.handled["broker disconnected client (protocol error)"] += 1
                 _LOGGER.debug("broker refused %r: %s", topic, problem)
@@ -691,9 +701,7 @@ def _entry_mqtt(target: Target, cases: int, tag: str, result: EntryResult,
         try:
             publisher.send(topic, payload)
         except ValueError as exc:  # paho refuses it locally: nothing was sent
-            reason = ("topic not encodable as UTF-8" if isinstance(exc, UnicodeError)
-                      else str(exc).rstrip("."))
-            result.handled[f"not sendable: {reason}"] += 1
+            result.handled[f"not sendable: {_refusal(exc)}"] += 1
 
     try:
         _run_given(_mqtt_case(tag, target.place), cases, one)

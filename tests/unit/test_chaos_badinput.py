@@ -188,6 +188,9 @@ def test_entry_mqtt_classifies_each_kind_of_refusal(monkeypatch: pytest.MonkeyPa
     good = b'{"event_id": "e1", "timestamp": 1, "sensor_id": "s", "value": 1.0}'
     cases = [("telemetry/site-001/I\x88W/TEMPERATURE", b"{}"),   # broker closes (protocol)
              ("telemetry/\ud800x/a/b", b"{}"),                    # paho: not UTF-8
+             # a protocol problem and a surrogate (found by hypothesis): paho refuses it on
+             # the throw-away connection too, nothing is sent
+             ("telemetry/\ud800x/a/e\x13b", b"{}"),
              ("telemetry/a+/b/c", b"{}"),                          # paho: wildcard
              ("telemetry/a/b", b"{}"),                             # ACL: 0x87
              (POISON, b"123"),                                     # unexpected drop
@@ -199,9 +202,9 @@ def test_entry_mqtt_classifies_each_kind_of_refusal(monkeypatch: pytest.MonkeyPa
                     pids=dict)
     result = EntryResult("mqtt")
     _entry_mqtt(target, len(cases), "t", result, connect=broker.connect)
-    assert result.cases == 6
+    assert result.cases == 7
     assert result.handled == {"broker disconnected client (protocol error)": 1,
-                              "not sendable: topic not encodable as UTF-8": 1,
+                              "not sendable: topic not encodable as UTF-8": 2,
                               "not sendable: Publish topic cannot contain wildcards": 1,
                               "broker dropped the publisher (unexpected)": 1}
     assert result.statuses == {0x87: 1}
