@@ -63,11 +63,17 @@ def test_sigkilled_service_is_restarted_by_the_watcher() -> None:
     assert killed.returncode == 0, killed.stdout + killed.stderr
 
     def restarted() -> ServiceStatus | None:
+        # The count is part of the condition: status reads the watcher's restarts.json and
+        # the process table separately, so one read can see the new process before the
+        # count (make test 19:20 UTC, 2026-11-30: new pid, restarts still 0). A count that
+        # never moves still fails here, after the timeout.
         row = _row(sup, VICTIM)
-        return row if row.healthy and row.pid not in (None, before.pid) else None
+        done = (row.healthy and row.pid not in (None, before.pid)
+                and row.restarts == before.restarts + 1)
+        return row if done else None
 
-    after = wait_for(f"{VICTIM} restarted by the watcher (log {sup.paths.log('watcher')})",
-                     restarted, timeout_s=90, interval_s=0.5)
+    after = wait_for(f"{VICTIM} restarted by the watcher and counted once "
+                     f"(log {sup.paths.log('watcher')})", restarted, timeout_s=90, interval_s=0.5)
     assert after.restarts == before.restarts + 1
     assert after.last_exit == "SIGKILL from dcmms-telemetry kill"
     host, port = SETTINGS.get("mqtt", "host"), SETTINGS.get("mqtt", "port", int)
