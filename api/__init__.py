@@ -10,7 +10,9 @@ Settings read (``[api]`` unless noted; optional ones have the default shown):
 * ``rate_limit_per_second`` = 1000, ``rate_limit_burst`` = 2000 — per key and per worker
 * ``public_docs`` = true — openapi.json and the docs page without a key
 * ``questdb_pool_size`` = 4 — PG-wire connections per worker
-* ``[questdb] host``, ``pg_port``, ``pg_user``, ``pg_password``
+* ``[questdb] host``, ``pg_port``, ``pg_user``, ``pg_password``; ``http_port`` for the CSV
+  export (QuestDB's ``/exp``)
+* ``export_timeout_s`` = 60 — longest wait for QuestDB's next bytes of a CSV export
 * ``[kafka] bootstrap_servers`` — for /readyz
 * ``[pipeline] assets_file`` — for /api/v1/assets
 * ``[console] port`` = 8080 — the operator console linked from ``/`` (not served here)
@@ -76,7 +78,7 @@ def create_app(settings: Settings | None = None,
     from api.json_provider import OrjsonProvider
     from api.openapi import PUBLIC_DOCS_CONFIG
     from api.query import ASSETS_EXTENSION, STORE_EXTENSION
-    from api.questdb import QuestDBClient, TelemetryStore
+    from api.questdb import QuestDBClient, QuestDBExporter, TelemetryStore
 
     settings = settings or load_settings()
     test_config = dict(test_config or {})
@@ -105,7 +107,11 @@ def create_app(settings: Settings | None = None,
             user=settings.get("questdb", "pg_user"),
             password=settings.get("questdb", "pg_password"),
             max_connections=settings.get("api", "questdb_pool_size", int, 4))
-        store = TelemetryStore(client, rollups_enabled=settings.get("questdb", "rollups", bool))
+        exporter = QuestDBExporter(
+            settings.get("questdb", "host"), settings.get("questdb", "http_port", int),
+            read_timeout_s=settings.get("api", "export_timeout_s", float, 60.0))
+        store = TelemetryStore(client, rollups_enabled=settings.get("questdb", "rollups", bool),
+                               exporter=exporter)
         if alarm_acks is None:
             alarm_acks = AlarmAckStore(client)
     app.extensions[STORE_EXTENSION] = store

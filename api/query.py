@@ -7,11 +7,8 @@ runs the queries, and this module shapes responses.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
@@ -21,7 +18,6 @@ from api.assets import AssetCatalogError, AssetDirectory
 from api.auth import require_scope
 from api.errors import ApiError
 from api.params import (
-    MAX_LIMIT,
     TelemetryQuery,
     encode_cursor,
     encode_key_cursor,
@@ -30,9 +26,8 @@ from api.params import (
     parse_latest_query,
     parse_telemetry_query,
 )
-from io_connectors.questdb_schema import SENSOR_READING_COLUMNS
 
-__all__ = ["bp", "STORE_EXTENSION", "ASSETS_EXTENSION", "BUCKET_CSV_COLUMNS", "RAW_CSV_COLUMNS"]
+__all__ = ["bp", "STORE_EXTENSION", "ASSETS_EXTENSION"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,9 +35,6 @@ STORE_EXTENSION = "dcmms_store"
 # Response header naming where telemetry rows came from (also the JSON body's "source").
 SOURCE_HEADER = "X-Data-Source"
 ASSETS_EXTENSION = "dcmms_assets"
-
-RAW_CSV_COLUMNS = SENSOR_READING_COLUMNS
-BUCKET_CSV_COLUMNS = ("timestamp", "asset_id", "sensor_id", "sensor_type", "value")
 
 bp = Blueprint("query", __name__)
 
@@ -71,77 +63,19 @@ def telemetry() -> Response:
     return response
 
 
-def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
-    """Rows as CSV lines (None as an empty field), one writer per chunk, not per row."""
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
-    return out.getvalue()
-
-
-def _csv_page(store: Any, q: TelemetryQuery, columns: Sequence[str], limit: int,
-              after: Sequence[Any] | None,
-              ) -> tuple[list[list[Any]], Sequence[Any] | None, str]:
-    """One chunk of the export as value lists in ``columns`` order, the next key and
-    the source of the rows.
-
-    The real store returns value lists directly (:meth:`TelemetryStore.reading_rows`: no
-    dict per row); a store without that method (test stand-ins) is read through
-    ``readings``.
-    """
-    reading_rows = getattr(store, "reading_rows", None)
-    if reading_rows is not None:
-        page = reading_rows(q, limit, after)
-        if tuple(page.columns) != tuple(columns):
-            raise RuntimeError(f"CSV columns {page.columns} differ from {columns}")
-        return page.rows, page.next_key, page.source
-    page = store.readings(q, limit, after)
-    return ([[row[c] for c in columns] for row in page.rows], page.next_key,
-            getattr(page, "source", "raw"))
-
-
 def _csv_response(q: TelemetryQuery, after: Sequence[Any] | None) -> Response:
-    """Stream every row of the range (at most ``limit`` if given) in keyset-paged chunks.
+    """Stream every row of the range (at most ``limit`` if given) as CSV: QuestDB's own
+    export (``/exp``) passed through (:meth:`api.questdb.TelemetryStore.export`).
 
-    The first chunk is read before the response starts, so an unreachable
-    QuestDB is still a proper 503. A chunk query failing later is logged and
-    re-raised: the server then drops the connection without the final chunk, so
-    the client sees a broken transfer, never a clean end that looks complete.
+    The export has started (its first chunk read) before the response does, so an
+    unreachable QuestDB is still a proper 503. A failure later ends the transfer
+    without its final chunk: the client sees a broken response, never a clean end that
+    looks complete (decision 0006, "Third pass").
     """
-    store = _store()
-    columns = BUCKET_CSV_COLUMNS if q.bucketed else RAW_CSV_COLUMNS
-    remaining = q.limit if q.limit_given else None
-    first = _csv_page(store, q, columns, min(MAX_LIMIT, remaining or MAX_LIMIT), after)
-
-    def generate() -> Iterator[str]:
-        # The next chunk is queried in a thread while this one is formatted and sent:
-        # QuestDB's scan (psycopg2 releases the GIL meanwhile) overlaps the Python
-        # formatting. At most two chunks are in memory.
-        nonlocal remaining
-        rows, next_key, _source = first
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-prefetch")
-        try:
-            yield _csv_text([columns])
-            while True:
-                if remaining is not None:
-                    remaining -= len(rows)
-                done = next_key is None or (remaining is not None and remaining <= 0)
-                pending = None if done else pool.submit(
-                    _csv_page, store, q, columns, min(MAX_LIMIT, remaining or MAX_LIMIT),
-                    next_key)
-                yield _csv_text(rows)
-                if pending is None:
-                    return
-                try:
-                    rows, next_key, _source = pending.result()
-                except Exception:
-                    _LOGGER.exception("CSV stream aborted: a chunk query failed")
-                    raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    return Response(stream_with_context(generate()), mimetype="text/csv",
+    export = _store().export(q, after)
+    return Response(stream_with_context(export.chunks), mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=telemetry.csv",
-                             SOURCE_HEADER: first[2]})
+                             SOURCE_HEADER: export.source})
 
 
 @bp.get("/api/v1/telemetry/latest")

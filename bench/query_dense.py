@@ -61,6 +61,7 @@ import psycopg2
 import requests
 from questdb.ingress import Sender, TimestampNanos
 
+from api.auth import configured_api_key
 from bench.query_bench import SENSOR_TYPES, UNITS, Fleet
 from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import DDL_STATEMENTS, SENSOR_READINGS
@@ -584,17 +585,18 @@ def _db_call(store: Any, client: _TimingClient, req: Request) -> list[tuple[str,
     """Samples (kind, pg seconds, http seconds) of the SQL one API request runs."""
     from werkzeug.datastructures import MultiDict
 
-    from api.params import MAX_LIMIT, parse_latest_query, parse_telemetry_query
+    from api.params import parse_latest_query, parse_telemetry_query
 
     client.reset()
     if req.kind == "latest_site":
         store.latest(parse_latest_query(MultiDict(req.params)))
         return [(req.kind, client.pg_s, client.http_s)]
     q = parse_telemetry_query(MultiDict(req.params))
-    if req.kind == "csv_day":  # what api/query.py's CSV stream runs: chunks of MAX_LIMIT
-        page = store.reading_rows(q, MAX_LIMIT, None)
-        while page.next_key is not None:
-            page = store.reading_rows(q, MAX_LIMIT, page.next_key)
+    if req.kind == "csv_day":  # the one query the API's CSV export sends to QuestDB's /exp
+        from api.questdb import build_export_sql
+
+        _columns, sql = build_export_sql(q, None)
+        client.query(sql.replace("%", "%%"))  # no parameters: a literal % for psycopg2
         return [(req.kind, client.pg_s, client.http_s)]
     page = store.readings(q, q.limit, None)
     out = [("raw_first" if req.kind == "raw" else req.kind, client.pg_s, client.http_s)]
@@ -1053,8 +1055,8 @@ def run(settings: Settings, n1: int, n8: int, index: bool, kinds: Sequence[str] 
     if base_url is None:
         base_url = f"http://127.0.0.1:{settings.get('api', 'port', int)}"
     if api_key is None:
-        api_key = os.environ.get("DCMMS_BENCH_API_KEY") or settings.get(
-            "api", "api_keys").split(",")[0].rpartition(":")[0]
+        api_key = (os.environ.get("DCMMS_BENCH_API_KEY")
+                   or configured_api_key(settings, needs=("read",)))
     out: dict[str, Any] = {
         "rows": total, "dense_rows": counts["dense"]["rows"],
         "sparse_rows": counts["sparse"]["rows"],

@@ -55,6 +55,11 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         raise SettingsError(f"{settings.origin('questdb', 'o3_split_min_size')} must be a size "
                             f"like 2m, 512k or 1048576, got {split_min_size!r}")
 
+    export_limit = settings.get("questdb", "export_connection_limit", int, 16)
+    if export_limit < 1:
+        raise SettingsError(f"{settings.origin('questdb', 'export_connection_limit')} must be "
+                            f"at least 1, got {export_limit}")
+
     def prepare() -> None:
         if not jar.exists():
             raise RuntimeError(f"QuestDB jar not found: {jar}; run `make jars` "
@@ -93,6 +98,10 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
             # (always out of order) rewrote ~100x its own rows; 2 MB: 6-16x and QuestDB's CPU at
             # 7,500 MQTT events/s 0.33 -> 0.25 cores (decision 0004, "Fifth session").
             f"cairo.o3.partition.split.min.size={split_min_size}",
+            # The API's CSV export streams QuestDB's /exp (decision 0006, "Third pass");
+            # QuestDB's default allows min(cores, 25 % of HTTP connections) concurrent
+            # exports (2 on this machine) and refuses the others with 429.
+            f"http.export.connection.limit={export_limit}",
             # Prometheus metrics on the min server (http://<bind_host>:<min_http_port>/metrics).
             "metrics.enabled=true",
             "",

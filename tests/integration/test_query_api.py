@@ -45,6 +45,7 @@ from io_connectors.questdb_schema import (
     DDL_STATEMENTS,
     ROLLUP_STATEMENTS,
     ROLLUPS,
+    SENSOR_READING_COLUMNS,
     SENSOR_READINGS,
 )
 from runners.settings import load_settings
@@ -296,12 +297,36 @@ def test_csv_equals_json(client: FlaskClient, extra: dict[str, str]) -> None:
     response = client.get("/api/v1/telemetry", query_string={**params, "format": "csv"},
                           headers=AUTH)
     assert response.status_code == 200 and response.mimetype == "text/csv"
-    csv_rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
-    assert len(csv_rows) == len(json_rows) > 0
-    for c, j in zip(csv_rows, json_rows, strict=True):
-        assert c.keys() == j.keys()
-        for key, value in j.items():
-            assert c[key] == ("" if value is None else str(value)), key
+    assert len(json_rows) > 0
+    _assert_csv_equals_json(response.get_data(as_text=True), json_rows)
+
+
+def _csv_value(text: str, like: Any) -> Any:
+    """A CSV field parsed to the type of the JSON value it must equal (empty: None, or
+    an empty string; CSV has one text for both)."""
+    if text == "":
+        return like if like == "" else None
+    if isinstance(like, bool) or like is None or isinstance(like, str):
+        return text
+    if isinstance(like, int):
+        return int(text)
+    return float(text)
+
+
+def _assert_csv_equals_json(text: str, json_rows: list[dict[str, Any]]) -> None:
+    """The CSV's header is the JSON rows' keys in order, and every field parses (csv
+    module, then int/float; timestamps compared as text and as instants) to the JSON
+    value, row by row in the same order."""
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    header, body = rows[0], rows[1:]
+    assert len(body) == len(json_rows)
+    for c, j in zip(body, json_rows, strict=True):
+        assert header == list(j)
+        for name, field, value in zip(header, c, j.values(), strict=True):
+            got = _csv_value(field, value)
+            assert got == value and type(got) is type(value), (name, field, value)
+            if name in ("timestamp", "ingested_at") and value is not None:
+                assert datetime.fromisoformat(got) == datetime.fromisoformat(value)
 
 
 def test_latest_of_site_and_asset(client: FlaskClient) -> None:
@@ -702,31 +727,180 @@ def test_latest_values_through_the_rollups_equal_the_raw_rows(
 
 
 @pytest.mark.parametrize("order", ["asc", "desc"])
-@pytest.mark.parametrize("limit", [1, 7, 50])
-def test_csv_chunks_end_on_whole_timestamps_and_equal_the_pages(
-        app: Flask, client: FlaskClient, rollup_rows: list[dict[str, Any]], order: str,
-        limit: int) -> None:
-    """The CSV export reads raw chunks in one scan each (no probe), leaving the rows of
-    the last timestamp read to the next chunk; rows sharing a timestamp (this site has
-    many) must come out once each, in the pages' (timestamp, event_id) order."""
-    from werkzeug.datastructures import MultiDict
-
-    from api.params import parse_telemetry_query
-    from api.query import STORE_EXTENSION
-
+def test_csv_equals_the_pages_with_shared_timestamps_limit_and_cursor(
+        client: FlaskClient, rollup_rows: list[dict[str, Any]], order: str) -> None:
+    """The CSV export (one /exp query) holds the pages' rows in their (timestamp,
+    event_id) order, also where many rows share a timestamp; ``limit`` cuts it, a
+    cursor continues it."""
     params = {**_ROLLUP_RANGE, "site_id": ROLLUP_SITE, "order": order}
     stamps = [r["ms"] for r in rollup_rows]
     assert len(stamps) - len(set(stamps)) > 10  # shared timestamps exist
     pages = _all_pages(client, **params, limit="10000")
-    store = app.extensions[STORE_EXTENSION]
-    q = parse_telemetry_query(MultiDict(params))
-    rows, key, chunks = [], None, 0
+    assert len(pages) == len(rollup_rows)
+    whole = client.get("/api/v1/telemetry", query_string={**params, "format": "csv"},
+                       headers=AUTH)
+    assert whole.status_code == 200
+    _assert_csv_equals_json(whole.get_data(as_text=True), pages)
+    first = client.get("/api/v1/telemetry", query_string={**params, "limit": "7"},
+                       headers=AUTH).json
+    limited = client.get("/api/v1/telemetry", headers=AUTH,
+                         query_string={**params, "format": "csv", "limit": "7"})
+    _assert_csv_equals_json(limited.get_data(as_text=True), first["data"])
+    rest = client.get("/api/v1/telemetry", headers=AUTH, query_string={
+        **params, "format": "csv", "cursor": first["next_cursor"]})
+    _assert_csv_equals_json(rest.get_data(as_text=True), pages[7:])
+
+
+# --- CSV export through QuestDB's /exp: its dialect parses to the JSON values -------------
+
+CSV_SITE = f"{RUN}-site-csv"
+CSV_ASSET = f"{RUN}-csv-asset"
+CSV_BASE_MS = BASE_MS - 6 * 3_600_000  # an hour of its own, before the rollup hours
+# Doubles whose text differs between Java and Python (1.0E-5 / 1e-05) or that need all 17
+# digits; the random ones check the round trip of QuestDB's number text.
+CSV_VALUES = [1e-05, 1e300, -1e-300, 5e-324, 1.7976931348623157e308, 0.1 + 0.2, -0.0, 1e22,
+              123456789.0, 1 / 3, 2.5, 100.0, None]
+
+
+def _csv_rows() -> list[dict[str, Any]]:
+    import random
+    import struct
+
+    rng = random.Random(12)
+    values = CSV_VALUES + [v for v in (struct.unpack("<d", rng.randbytes(8))[0]
+                                       for _ in range(300)) if math.isfinite(v)]
+    texts = [None, 'comma, "quote" and \'apostrophe\'', "Zürich – “Nord” 東京 😀", "",
+             "plain", "semi;colon\ttab", "back\\slash"]
+    rows = []
+    for i, value in enumerate(values):
+        # Every third stamp has microseconds (printed with six digits), the rest whole ms.
+        us = CSV_BASE_MS * 1000 + i * 1_000_000 + (123 if i % 3 == 0 else 0) + (i % 5) * 1000
+        rows.append({"us": us, "event_id": f"{RUN}-csv,\"{i}\"-é",
+                     "site_id": CSV_SITE, "asset_id": CSV_ASSET,
+                     "sensor_id": f"{CSV_ASSET}-sen-{i % 2}", "sensor_type": TYPES[i % 2],
+                     "value": value, "unit": "u", "quality_flag": "GOOD",
+                     "site_name": texts[i % len(texts)], "location": texts[(i + 3) % len(texts)],
+                     "ingested_at": None if i % 4 == 0 else us + 1_500_001 + (i % 2) * 999})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def csv_rows(app: Flask) -> list[dict[str, Any]]:
+    from questdb import TimestampMicros
+
+    rows = _csv_rows()
+    with Sender.from_conf(f"http::addr={HOST}:{HTTP_PORT};auto_flush=off;") as sender:
+        for r in rows:
+            columns: dict[str, Any] = {"event_id": r["event_id"]}
+            for name in ("value", "site_name", "location"):
+                if r[name] is not None:
+                    columns[name] = r[name]
+            if r["ingested_at"] is not None:
+                columns["ingested_at"] = TimestampMicros(r["ingested_at"])
+            sender.row(SENSOR_READINGS, symbols={k: r[k] for k in (
+                "site_id", "asset_id", "sensor_id", "sensor_type", "unit", "quality_flag")},
+                columns=columns, at=TimestampNanos(r["us"] * 1000))
+        sender.flush()
+    conn = psycopg2.connect(host=HOST, port=PG_PORT, user=SETTINGS.get("questdb", "pg_user"),
+                            password=SETTINGS.get("questdb", "pg_password"), dbname="qdb")
+    conn.autocommit = True
+    cur = conn.cursor()
+    deadline = time.monotonic() + 60
     while True:
-        chunk = store.reading_rows(q, limit, key)
-        assert len(chunk.rows) <= limit and (chunk.rows or chunk.next_key is None)
-        rows += chunk.rows
-        key, chunks = chunk.next_key, chunks + 1
-        if key is None:
+        cur.execute(f"SELECT count() FROM {SENSOR_READINGS} WHERE site_id = %s", (CSV_SITE,))
+        if cur.fetchone()[0] == len(rows):
             break
-    assert [r[1] for r in rows] == [p["event_id"] for p in pages]
-    assert len(pages) == len(rollup_rows) and chunks > 1
+        assert time.monotonic() < deadline, "CSV test rows did not become visible"
+        time.sleep(0.3)
+    _wait_rollups(cur, [CSV_SITE], len(rows))
+    conn.close()
+    return rows
+
+
+_CSV_RANGE = {"start_time": str(CSV_BASE_MS), "end_time": str(CSV_BASE_MS + 3_600_000)}
+
+
+@pytest.mark.parametrize("extra", [
+    {}, {"order": "desc"}, {"sensor_id": f"{CSV_ASSET}-sen-1"},
+    {"interval": "1m", "agg": "count", "fill": "null", "source": "raw"},
+    {"interval": "1m", "agg": "max", "fill": "null"},
+    {"interval": "10s", "agg": "avg"}])
+def test_csv_export_parses_to_the_json_values(client: FlaskClient,
+                                              csv_rows: list[dict[str, Any]],
+                                              extra: dict[str, str]) -> None:
+    """QuestDB's CSV dialect (quoted strings, CRLF, Java number text such as 1.0E-5, empty
+    for null) read by Python's csv module gives exactly the JSON values: strings with
+    commas, quotes and non-ASCII text, nulls, tiny and huge doubles, microsecond stamps,
+    integer counts and null buckets."""
+    params = {**_CSV_RANGE, "site_id": CSV_SITE, **extra}
+    json_rows = _all_pages(client, **params, limit="10000")
+    assert len(json_rows) > 10
+    if "interval" not in extra:
+        # The test rows are all there, with their special values (JSON = what was written).
+        assert len(json_rows) == len([r for r in csv_rows if extra.get("sensor_id") in
+                                      (None, r["sensor_id"])])
+        got = {r["event_id"]: r for r in json_rows}
+        for r in csv_rows:
+            if r["event_id"] in got and r["value"] in CSV_VALUES:
+                assert got[r["event_id"]]["value"] == r["value"], r
+        names = {r["site_name"] for r in json_rows}
+        assert {'comma, "quote" and \'apostrophe\'', "Zürich – “Nord” 東京 😀"} <= names
+    response = client.get("/api/v1/telemetry", query_string={**params, "format": "csv"},
+                          headers=AUTH)
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert response.headers["Content-Disposition"] == "attachment; filename=telemetry.csv"
+    assert response.headers["X-Data-Source"] == ("raw" if extra.get("source") == "raw"
+                                                 or extra.get("interval") in (None, "10s")
+                                                 else "rollup_1m")
+    text = response.get_data(as_text=True)
+    assert "\r\n" in text  # QuestDB's line ends (RFC 4180)
+    _assert_csv_equals_json(text, json_rows)
+    if not extra:
+        assert "1.0E-5" in text or "1.0E-5" not in str([r["value"] for r in json_rows])
+        assert any(r["value"] == 1e-05 for r in json_rows)
+        assert any(r["value"] is None for r in json_rows)
+        assert any(r["ingested_at"] is None for r in json_rows)
+        assert any(len(r["timestamp"]) == len("2026-01-01T00:00:00.000123Z") for r in json_rows)
+
+
+@pytest.mark.parametrize("params", [
+    {"site_id": f"{RUN}-nothing-here"},
+    {"sensor_id": "'; drop table x; --"},
+    {"asset_id": "a\\'b\\", "interval": "1m"},
+    {"site_id": "é'\"😀,"}])
+def test_csv_export_of_nothing_is_the_header_only(client: FlaskClient,
+                                                  csv_rows: list[dict[str, Any]],
+                                                  params: dict[str, str]) -> None:
+    response = client.get("/api/v1/telemetry", headers=AUTH,
+                          query_string={**_CSV_RANGE, **params, "format": "csv"})
+    assert response.status_code == 200
+    rows = list(csv.reader(io.StringIO(response.get_data(as_text=True), newline="")))
+    assert rows == [["timestamp", "asset_id", "sensor_id", "sensor_type", "value"]
+                    if "interval" in params else list(SENSOR_READING_COLUMNS)]
+    # The injection attempt was a value like any other: the table is still there.
+    still = client.get("/api/v1/telemetry", headers=AUTH,
+                       query_string={**_CSV_RANGE, "site_id": CSV_SITE, "limit": "1"})
+    assert still.status_code == 200 and len(still.json["data"]) == 1
+
+
+def test_csv_export_with_questdb_http_unreachable_is_503_naming_the_setting(
+        app: Flask) -> None:
+    import socket
+
+    from api.query import STORE_EXTENSION
+    from api.questdb import QuestDBExporter
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = app.extensions[STORE_EXTENSION]
+    exporter = store.exporter
+    store.exporter = QuestDBExporter("127.0.0.1", port)
+    try:
+        response = app.test_client().get("/api/v1/telemetry", headers=AUTH,
+                                         query_string={**RANGE, "format": "csv"})
+    finally:
+        store.exporter = exporter
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert f"127.0.0.1:{port}" in response.json["message"]
+    assert "http_port" in response.json["message"]

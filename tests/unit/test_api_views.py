@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from api import create_app
 from api.errors import ServiceUnavailable
 from api.params import AlarmQuery, LatestQuery, TelemetryQuery, format_timestamp
-from api.questdb import Page
+from api.questdb import CsvExport, Page
+from io_connectors.questdb_schema import SENSOR_READING_COLUMNS
 from runners.settings import load_settings
 
 AUTH = {"Authorization": "Bearer dev-api-key"}
@@ -71,6 +72,17 @@ class FakeStore:
         page = rows[:limit]
         next_key = (page[-1]["_us"], page[-1]["event_id"]) if len(rows) > limit else None
         return Page([{k: v for k, v in r.items() if k != "_us"} for r in page], next_key)
+
+    def export(self, q: TelemetryQuery, after: Any) -> CsvExport:
+        """The rows of every page from ``after`` on (at most ``limit`` if given) as CSV,
+        as the real store promises (its text is QuestDB's: tests/unit/test_api_export.py)."""
+        columns = (("timestamp", "asset_id", "sensor_id", "sensor_type", "value")
+                   if q.bucketed else SENSOR_READING_COLUMNS)
+        page = self.readings(q, q.limit if q.limit_given else len(self.rows) + 1, after)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerows([columns, *([r[c] for c in columns] for r in page.rows)])
+        return CsvExport(columns, page.source, iter([out.getvalue().encode()]))
 
     def latest(self, q: LatestQuery) -> list[dict[str, Any]]:
         self.calls.append(("latest", q))
@@ -132,11 +144,12 @@ def test_pages_visit_every_row_once(app: Flask, store: FakeStore) -> None:
         assert seen == expected
 
 
-def test_csv_streams_all_rows_in_chunks_and_equals_json(app: Flask, store: FakeStore) -> None:
+def test_csv_is_the_stores_export_of_the_json_rows(app: Flask, store: FakeStore) -> None:
     client = app.test_client()
     response = client.get("/api/v1/telemetry", query_string={**RANGE, "format": "csv"},
                           headers=AUTH)
     assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert response.headers["X-Data-Source"] == "raw"
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     json_rows = client.get("/api/v1/telemetry", query_string={**RANGE, "limit": "100"},
                            headers=AUTH).json["data"]
@@ -145,6 +158,7 @@ def test_csv_streams_all_rows_in_chunks_and_equals_json(app: Flask, store: FakeS
     limited = client.get("/api/v1/telemetry", query_string={**RANGE, "format": "csv",
                                                               "limit": "7"}, headers=AUTH)
     assert len(limited.get_data(as_text=True).strip().splitlines()) == 1 + 7
+    assert [c for c in store.calls if c[0] == "readings"][-1][2] == 7
 
 
 def test_bad_parameter_is_400_naming_it(app: Flask) -> None:
