@@ -15,9 +15,10 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(
         include=["pipelines*", "transforms*", "io_connectors*", "api*", "schemas*", "runners*",
-                 "schema_registry*"]
+                 "schema_registry*", "config*"]
     ),
-    package_data={"schemas": ["*.avsc"]},
+    # config/: the settings loader (config/settings.py) and the files it and the job read.
+    package_data={"schemas": ["*.avsc"], "config": ["*.toml", "*.json"]},
     install_requires=[
         f"apache-beam=={BEAM_VERSION}",
         "fastavro==1.13.1",

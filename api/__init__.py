@@ -31,7 +31,7 @@ from typing import Any
 
 from flask import Blueprint, Flask
 
-from runners.settings import Settings, SettingsError, load_settings
+from config.settings import Settings, SettingsError, load_settings
 
 __all__ = ["BLUEPRINT_MODULES", "blueprints", "create_app"]
 
@@ -61,7 +61,7 @@ def blueprints() -> dict[str, Blueprint]:
 def create_app(settings: Settings | None = None,
                test_config: dict[str, Any] | None = None,
                modules: tuple[str, ...] = BLUEPRINT_MODULES) -> Flask:
-    """Build the API app from ``settings`` (default: :func:`runners.settings.load_settings`).
+    """Build the API app from ``settings`` (default: :func:`config.settings.load_settings`).
 
     ``modules`` are the blueprints registered, by module name (the operator console,
     :mod:`api.console`, builds its app from a different list); an unknown name is a
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None,
     app = Flask(__name__)
     app.json = OrjsonProvider(app)  # keeps column order in rows; fast for large pages
     app.config["DCMMS_SETTINGS"] = settings
-    app.config[PUBLIC_DOCS_CONFIG] = settings.get("api", "public_docs", bool, True)
+    app.config[PUBLIC_DOCS_CONFIG] = settings.api.public_docs
     store = test_config.pop("TELEMETRY_STORE", None)
     alarm_acks = test_config.pop("ALARM_ACKS", None)
     ready_checks = test_config.pop("READY_CHECKS", None)
@@ -93,24 +93,24 @@ def create_app(settings: Settings | None = None,
     app.config.update(test_config)
 
     try:
-        keys = ApiKeyStore.from_spec(settings.get("api", "api_keys"),
+        keys = ApiKeyStore.from_spec(settings.api.api_keys,
                                      settings.origin("api", "api_keys"))
     except AuthConfigError as exc:
         raise SettingsError(str(exc)) from None
-    limiter = RateLimiter(settings.get("api", "rate_limit_per_second", float, 1000.0),
-                          settings.get("api", "rate_limit_burst", float, 2000.0))
+    limiter = RateLimiter(settings.api.rate_limit_per_second,
+                          settings.api.rate_limit_burst)
     app.extensions[AUTH_EXTENSION] = AuthState(keys, limiter)
 
     if store is None:
         client = QuestDBClient(
-            host=settings.get("questdb", "host"), port=settings.get("questdb", "pg_port", int),
-            user=settings.get("questdb", "pg_user"),
-            password=settings.get("questdb", "pg_password"),
-            max_connections=settings.get("api", "questdb_pool_size", int, 4))
+            host=settings.questdb.host, port=settings.questdb.pg_port,
+            user=settings.questdb.pg_user,
+            password=settings.questdb.pg_password,
+            max_connections=settings.api.questdb_pool_size)
         exporter = QuestDBExporter(
-            settings.get("questdb", "host"), settings.get("questdb", "http_port", int),
-            read_timeout_s=settings.get("api", "export_timeout_s", float, 60.0))
-        store = TelemetryStore(client, rollups_enabled=settings.get("questdb", "rollups", bool),
+            settings.questdb.host, settings.questdb.http_port,
+            read_timeout_s=settings.api.export_timeout_s)
+        store = TelemetryStore(client, rollups_enabled=settings.questdb.rollups,
                                exporter=exporter)
         if alarm_acks is None:
             alarm_acks = AlarmAckStore(client)
@@ -118,10 +118,10 @@ def create_app(settings: Settings | None = None,
     if alarm_acks is not None:
         app.extensions[ACKS_EXTENSION] = alarm_acks
     app.extensions[ASSETS_EXTENSION] = AssetDirectory(
-        Path(assets_file) if assets_file else settings.path("pipeline", "assets_file"))
+        Path(assets_file) if assets_file else settings.pipeline.assets_file)
     if ready_checks is None:
         ready_checks = {"questdb": store.ping,
-                        "kafka": KafkaCheck(settings.get("kafka", "bootstrap_servers"))}
+                        "kafka": KafkaCheck(settings.kafka.bootstrap_servers)}
     app.extensions[READY_CHECKS_EXTENSION] = dict(ready_checks)
 
     register_error_handlers(app)

@@ -101,7 +101,7 @@ def configured_api_key(settings: Any, needs: Iterable[str] = ("read", "write")) 
     and chaos tools call the API with."""
     origin = settings.origin("api", "api_keys")
     needs = frozenset(needs)
-    for key, scopes in parse_api_keys(settings.get("api", "api_keys"), origin):
+    for key, scopes in parse_api_keys(settings.api.api_keys, origin):
         if needs <= scopes:
             return key
     raise AuthConfigError(f"setting {origin} has no key with the scopes {sorted(needs)}")

@@ -58,16 +58,15 @@ _lock = threading.Lock()
 def _build_store() -> Any:
     from io_connectors.dead_letter_store import DeadLetterStore
     from io_connectors.kafka_inspect import KafkaInspector
-    from io_connectors.raw_producer import build_raw_producer
+    from io_connectors.raw_producer import EdgeTarget, build_raw_producer
     from io_connectors.schema_registry import RegistrySchemas
-    from runners.edge import edge_target
     from schemas.validation import load_sensor_rules
 
     settings = current_app.config["DCMMS_SETTINGS"]
-    target = edge_target(settings)
-    registry = RegistrySchemas(settings.get("schema_registry", "url"))
+    target = EdgeTarget.from_settings(settings)
+    registry = RegistrySchemas(settings.schema_registry.url)
     producer: list[Any] = []
-    rules_file = settings.path("pipeline", "sensor_rules_file")
+    rules_file = settings.pipeline.sensor_rules_file
 
     def make_producer() -> Any:
         with _lock:

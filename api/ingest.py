@@ -47,9 +47,13 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from api.auth import require_scope
 from api.errors import ApiError, ServiceUnavailable
 from api.health import INGEST_REFUSALS, KAFKA_UNAVAILABLE, METRICS_EXTENSION, IngestMetrics
-from io_connectors.raw_producer import DeliveryObserver, RawProducer, build_raw_producer
-from runners.edge import edge_target
-from runners.settings import Settings, load_settings
+from config.settings import ApiSettings, Settings, load_settings
+from io_connectors.raw_producer import (
+    DeliveryObserver,
+    EdgeTarget,
+    RawProducer,
+    build_raw_producer,
+)
 from schemas.edge import dead_letter, event_from_item
 from schemas.validation import SensorRules, default_sensor_rules
 
@@ -65,21 +69,22 @@ bp = Blueprint("ingest", __name__)
 
 @dataclass(frozen=True)
 class IngestLimits:
-    """Request limits; from settings ``[api] ingest_*`` when present."""
+    """Request limits (settings ``[api] ingest_*``; the defaults are those of
+    :class:`config.settings.ApiSettings`)."""
 
-    max_body_bytes: int = 5 * 1024 * 1024
-    max_items: int = 10_000
+    max_body_bytes: int = ApiSettings.ingest_max_body_bytes
+    max_items: int = ApiSettings.ingest_max_items
     # How long a request waits for Kafka's acknowledgements before answering 503.
-    ack_timeout_s: float = 5.0
-    retry_after_s: int = 5
+    ack_timeout_s: float = ApiSettings.ingest_ack_timeout_s
+    retry_after_s: int = ApiSettings.ingest_retry_after_s
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestLimits:
         return cls(
-            max_body_bytes=settings.get("api", "ingest_max_body_bytes", int, cls.max_body_bytes),
-            max_items=settings.get("api", "ingest_max_items", int, cls.max_items),
-            ack_timeout_s=settings.get("api", "ingest_ack_timeout_s", float, cls.ack_timeout_s),
-            retry_after_s=settings.get("api", "ingest_retry_after_s", int, cls.retry_after_s),
+            max_body_bytes=settings.api.ingest_max_body_bytes,
+            max_items=settings.api.ingest_max_items,
+            ack_timeout_s=settings.api.ingest_ack_timeout_s,
+            retry_after_s=settings.api.ingest_retry_after_s,
         )
 
 
@@ -109,7 +114,8 @@ class IngestState:
                     raise RuntimeError("ingest has neither settings nor a producer")
                 try:
                     self._producer = build_raw_producer(
-                        edge_target(self.settings), client_id=f"dcmms-rest-{os.getpid()}",
+                        EdgeTarget.from_settings(self.settings),
+                        client_id=f"dcmms-rest-{os.getpid()}",
                         # Undelivered messages expire instead of piling up while
                         # Kafka is down; the client was answered 503 long before.
                         config_overrides={"message.timeout.ms": 60000},

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template_string
 
 from api.openapi import DOCS_PATH, OPENAPI_PATH, build_openapi, guard_docs
+from config.settings import ConsoleSettings
 
 __all__ = ["CONSOLE_DEFAULT_PORT", "INDEX_PATH", "Link", "bp", "links"]
 
 _LOGGER = logging.getLogger(__name__)
 
 INDEX_PATH = "/api/v1"
-CONSOLE_DEFAULT_PORT = 8080
+CONSOLE_DEFAULT_PORT: int = ConsoleSettings.port
 
 bp = Blueprint("landing", __name__)
 
@@ -63,12 +64,12 @@ def links() -> tuple[Link, ...]:
 
 def _console_url() -> str:
     settings = current_app.config["DCMMS_SETTINGS"]
-    host = settings.get("stack", "bind_host", str, "127.0.0.1")
+    host = settings.stack.bind_host
     if host in ("", "0.0.0.0", "::"):  # listening everywhere: loopback is one of them
         host = "127.0.0.1"
     elif ":" in host:
         host = f"[{host}]"
-    port = settings.get("console", "port", int, CONSOLE_DEFAULT_PORT)
+    port = settings.console.port
     return f"http://{host}:{port}/"
 
 

@@ -82,7 +82,9 @@ def _page(item_ref: str) -> dict[str, Any]:
                         "description": "Pass as cursor for the next page; null on the last."}}}
 
 
-_SOURCE_NAMES = ["raw", "rollup_1m", "rollup_1h"]
+# A rollup read with its raw tail names its parts, coarsest first (api.questdb.bucket_parts).
+_SOURCE_NAMES = ["raw", "rollup_1m", "rollup_1h", "rollup_1m+raw", "rollup_1h+rollup_1m",
+                 "rollup_1h+raw", "rollup_1h+rollup_1m+raw"]
 
 
 def _telemetry_page(item_ref: str) -> dict[str, Any]:
@@ -143,11 +145,15 @@ _TELEMETRY_GET_DESCRIPTION = (
     "Unknown or repeated parameters are refused (400). "
     "Buckets of whole minutes over a range on whole minutes (UTC) with agg avg, min, max or "
     "count (not avg with fill=linear) are read from a rollup (QuestDB materialized views of "
-    "1-minute and 1-hour sum/count/min/max per sensor, refreshed after every commit): the "
-    "same values as the raw rows give, from ~60x (1 minute) or ~3,600x (1 hour, at 1 Hz) "
-    "fewer rows. `source` in the body and the X-Data-Source header say which was read "
-    "(raw, rollup_1m, rollup_1h). A rollup trails the raw rows by its refresh (typically "
-    "under a second after a write); the 1-minute rollup keeps 90 days like the raw rows, "
+    "1-minute and 1-hour sum/count/min/max per sensor, the 1-minute one refreshed once a "
+    "minute): the same values as the raw rows give, from ~60x (1 minute) or ~3,600x (1 hour, "
+    "at 1 Hz) fewer rows. The buckets of rows newer than the last refresh (less a 2-minute "
+    "margin) are computed from the raw rows in the same query, so a reading is counted as "
+    "soon as it is stored; only a reading stored more than 2 minutes after its own timestamp "
+    "(a backlog) reaches the rollup's answer after the next refresh, up to a minute later "
+    "(`source=raw` always has it). `source` in the body and the X-Data-Source header say what "
+    "was read (raw, rollup_1m, rollup_1h, or the parts of a read with its raw tail, coarsest "
+    "first, such as rollup_1m+raw); the 1-minute rollup keeps 90 days like the raw rows, "
     "the 1-hour rollup 2 years, so older buckets exist only there."
 )
 
@@ -194,7 +200,9 @@ def build_openapi() -> dict[str, Any]:
         "responses": {
             "200": {"description": "One page (JSON) or the whole range (CSV).",
                     "headers": {"X-Data-Source": {
-                        "description": "raw, rollup_1m or rollup_1h (also the body's source).",
+                        "description": "raw, rollup_1m, rollup_1h or the parts of a rollup "
+                                       "read with its raw tail, e.g. rollup_1m+raw (also "
+                                       "the body's source).",
                         "schema": _enum(_SOURCE_NAMES)}},
                     "content": {
                         "application/json": {"schema": {"oneOf": [

@@ -27,9 +27,11 @@ doubled), which is exactly QuestDB's literal syntax; NUL is refused earlier by
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
+import operator
 import os
 import re
 import threading
@@ -72,6 +74,9 @@ __all__ = [
     "TelemetryStore",
     "build_active_alarms_sql",
     "build_alarms_sql",
+    "bucket_parts",
+    "bucket_source_name",
+    "bucket_sources",
     "build_bucket_sql",
     "build_export_sql",
     "inline_sql",
@@ -262,50 +267,154 @@ def _raw_sort_key(row: Sequence[Any]) -> tuple[str, str]:
     return row[0], row[1] or ""
 
 
+# How late a reading may be applied to QuestDB after its timestamp (the pipeline's lag and
+# QuestDB's WAL apply) and still be found by the raw tail: the rollups are trusted only for
+# rows older than this before their last refresh (TelemetryStore._freshness).
+ROLLUP_TAIL_MARGIN_S = 120
+# The columns every part of a rollup read gives (a view's own; the raw tail's computed).
+_ROLLUP_PART_SQL = ("timestamp, asset_id, sensor_id, sensor_type, value_sum, value_count, "
+                    "row_count, value_min, value_max")
+_RAW_PART_SQL = ("timestamp, asset_id, sensor_id, sensor_type, sum(value) value_sum, "
+                 "count(value) value_count, count() row_count, min(value) value_min, "
+                 "max(value) value_max")
+
+
+def _floor(us: int, unit_us: int) -> int:
+    return us - us % unit_us
+
+
+def bucket_parts(lo: int, hi: int, rollup: str | None,
+                 fresh: dict[str, int] | None = None) -> list[tuple[str, int, int]]:
+    """Which table answers which part of the time range ``[lo, hi)`` of a bucketed read:
+    ``(table, from_us, to_us)`` in time order, empty parts left out.
+
+    ``rollup`` None: the raw rows. Otherwise the rollup for the rows older than its
+    freshness and the raw rows (1-minute buckets of them) for the newer ones: ``fresh``
+    maps each usable view to the time before which it holds every row
+    (:meth:`TelemetryStore._freshness`; None: both hold everything). A view missing from
+    ``fresh`` is not read. With the 1-hour rollup the hours it holds come from it, the
+    minutes after them from the 1-minute rollup, the rest from the raw rows. The parts
+    split on minute (hour) boundaries, which are boundaries of every bucket of a
+    rollup-eligible interval too (:func:`api.params.rollup_for`), so each bucket is
+    recombined exactly (sum of sums, count of counts, min of mins, max of maxes).
+    """
+    if rollup is None:
+        return [(SENSOR_READINGS, lo, hi)] if lo < hi else []
+    if rollup not in ROLLUPS:
+        raise ValueError(f"not a rollup: {rollup}")
+    everything = {view: hi for view in ROLLUPS} if fresh is None else fresh
+
+    def until(view: str, floor_from: int) -> int:
+        """End of the part a view can answer, from ``floor_from`` on."""
+        if view not in everything:
+            return floor_from
+        unit = ROLLUPS[view] * 1_000_000
+        return min(hi, max(floor_from, _floor(everything[view], unit)))
+
+    parts: list[tuple[str, int, int]] = []
+    split = lo
+    if rollup == ROLLUP_1H:
+        hours_to = until(ROLLUP_1H, lo)
+        parts.append((ROLLUP_1H, lo, hours_to))
+        split = hours_to
+    minutes_to = until(ROLLUP_1M, split)
+    parts.append((ROLLUP_1M, split, minutes_to))
+    parts.append((SENSOR_READINGS, minutes_to, hi))
+    return [part for part in parts if part[1] < part[2]]
+
+
+def bucket_source_name(parts: Sequence[tuple[str, int, int]]) -> str:
+    """What a bucketed read says it read (``source``, X-Data-Source): the tables of its
+    parts, coarsest first (``rollup_1h+rollup_1m+raw``); ``raw`` for an empty range."""
+    return "+".join(SOURCE_NAMES[table] for table, _, _ in parts) or "raw"
+
+
+def _bucket_range(q: TelemetryQuery, after: Sequence[Any] | None) -> tuple[int, int]:
+    """The time range a bucketed page reads: the query's, narrowed by the cursor without
+    fill (see :func:`build_bucket_sql`)."""
+    assert q.interval is not None
+    lo, hi = q.start_us, q.end_us
+    if after is not None and q.fill == "none":
+        if q.order == "asc":
+            # The cursor's bucket starts at after[0]: never read rows before start_time.
+            lo = max(q.start_us, after[0])
+        else:
+            # desc: the cursor's bucket holds rows up to the bucket's end, not its start.
+            hi = min(q.end_us, after[0] + INTERVALS[q.interval][1])
+    return lo, hi
+
+
+def bucket_sources(q: TelemetryQuery, after: Sequence[Any] | None, rollup: str | None,
+                   fresh: dict[str, int] | None = None) -> str:
+    """:func:`bucket_source_name` of the page :func:`build_bucket_sql` reads."""
+    return bucket_source_name(bucket_parts(*_bucket_range(q, after), rollup, fresh))
+
+
 def build_bucket_sql(q: TelemetryQuery, limit: int | None, after: Sequence[Any] | None,
-                     rollup: str | None = None) -> tuple[str, list[Any]]:
+                     rollup: str | None = None, fresh: dict[str, int] | None = None,
+                     sort_ties: bool = True) -> tuple[str, list[Any]]:
     """Time buckets per (asset_id, sensor_id) with SAMPLE BY ... ALIGN TO CALENDAR.
 
     At most ``limit`` buckets (None: no LIMIT). ``rollup``: read that rollup view
     (:data:`io_connectors.questdb_schema.ROLLUPS`; the caller checked
     :func:`api.params.rollup_for`) instead of the raw rows. Its buckets tile the
     requested ones, so the same SAMPLE BY over it gives the same buckets; the aggregate
-    is recombined from its columns (``_ROLLUP_AGG_SQL``).
+    is recombined from its columns (``_ROLLUP_AGG_SQL``). ``fresh``: how far each view
+    is complete; the newer rows come from the raw rows (:func:`bucket_parts`: the parts
+    are one ``UNION ALL`` in time order, under the same SAMPLE BY).
 
-    Pages are ordered by (timestamp, asset_id, sensor_id). Without fill a later
+    Pages are ordered by (timestamp, asset_id, sensor_id); ``sort_ties=False`` orders by
+    timestamp only (QuestDB's scan order, no sort) and the caller orders the buckets
+    sharing a timestamp (:meth:`TelemetryStore._readings`). Without fill a later
     page starts its scan at the cursor's bucket (buckets are calendar-aligned, so
     that bucket is computed from the same rows). With fill the scan always starts
     at ``start_time``: QuestDB fills only between a series' first and last bucket
     with data, so filled buckets must not depend on where a page begins.
     """
     assert q.interval is not None
-    narrow = after if q.fill == "none" else None
-    where, params = _range(q.start_us, q.end_us, q.order, narrow)
-    if narrow is not None and q.order == "asc":
-        # max(start, bucket start): never read rows before start_time.
-        params[0] = max(q.start_us, after[0])  # type: ignore[index]
-    elif narrow is not None:
-        # desc: the cursor's bucket holds rows up to the bucket's end, not its start.
-        params[1] = min(q.end_us, after[0] + INTERVALS[q.interval][1])  # type: ignore[index]
-    extra, extra_params = _reading_filters(q)
-    where += extra
-    params += extra_params
-    if rollup is not None and rollup not in ROLLUPS:
-        raise ValueError(f"not a rollup: {rollup}")
-    table, agg_sql = ((rollup, _ROLLUP_AGG_SQL[q.agg]) if rollup is not None
-                      else (SENSOR_READINGS, _AGG_SQL[q.agg]))
-    inner = (f"SELECT timestamp, asset_id, sensor_id, sensor_type, {agg_sql} value "
-             f"FROM {table} WHERE {where} "
-             f"SAMPLE BY {INTERVALS[q.interval][0]}{_FILL_SQL[q.fill]} ALIGN TO CALENDAR")
+    lo, hi = _bucket_range(q, after)
+    filters, filter_params = _reading_filters(q)
+    parts = bucket_parts(lo, hi, rollup, fresh)
+    sample = f"SAMPLE BY {INTERVALS[q.interval][0]}{_FILL_SQL[q.fill]} ALIGN TO CALENDAR"
+    params: list[Any] = []
+    if len(parts) <= 1:
+        table = parts[0][0] if parts else (rollup or SENSOR_READINGS)
+        agg_sql = _AGG_SQL[q.agg] if table == SENSOR_READINGS else _ROLLUP_AGG_SQL[q.agg]
+        inner = (f"SELECT timestamp, asset_id, sensor_id, sensor_type, {agg_sql} value "
+                 f"FROM {table} WHERE timestamp >= %s AND timestamp < %s{filters} {sample}")
+        params += [lo, hi, *filter_params]
+    else:
+        selects = []
+        for table, part_lo, part_hi in parts:
+            where = f"WHERE timestamp >= %s AND timestamp < %s{filters}"
+            if table == SENSOR_READINGS:
+                selects.append(f"SELECT {_RAW_PART_SQL} FROM {table} {where} "
+                               f"SAMPLE BY 1m ALIGN TO CALENDAR")
+            else:
+                selects.append(f"SELECT {_ROLLUP_PART_SQL} FROM {table} {where}")
+            params += [part_lo, part_hi, *filter_params]
+        union = " UNION ALL ".join(f"({select})" for select in selects)
+        # The parts cover consecutive time ranges, each in timestamp order: the union is
+        # in timestamp order and may be the designated timestamp of the SAMPLE BY.
+        inner = (f"SELECT timestamp, asset_id, sensor_id, sensor_type, "
+                 f"{_ROLLUP_AGG_SQL[q.agg]} value FROM ({union}) timestamp(timestamp) {sample}")
     outer_where = ""
     if after is not None:
         keyset, keyset_params = _keyset(("timestamp", "asset_id", "sensor_id"), after, q.order)
         outer_where = " WHERE" + keyset[len(" AND"):]
         params += keyset_params
     d = _ORDER_SQL[q.order]
-    sql = (f"SELECT {', '.join(_BUCKET_COLUMNS)} FROM ({inner}){outer_where} "
-           f"ORDER BY timestamp {d}, asset_id {d}, sensor_id {d}")
+    order = f"timestamp {d}" + (f", asset_id {d}, sensor_id {d}" if sort_ties else "")
+    sql = (f"SELECT {', '.join(_BUCKET_COLUMNS)} FROM ({inner}){outer_where} ORDER BY {order}")
     return (sql, params) if limit is None else (sql + " LIMIT %s", [*params, limit])
+
+
+_BUCKET_KEY = operator.itemgetter(0, 1, 2)
+
+
+def _bucket_sort_key(row: Sequence[Any]) -> tuple[str, str, str]:
+    """(timestamp text, asset_id, sensor_id) of a bucket row (see :func:`_raw_sort_key`)."""
+    return row[0], row[1] or "", row[2] or ""
 
 
 # TIMESTAMP columns of the CSV export as the JSON prints them (json_timestamp: milliseconds
@@ -316,7 +425,8 @@ _EXPORT_TIMESTAMPS = ("timestamp", "ingested_at")
 
 
 def build_export_sql(q: TelemetryQuery, after: Sequence[Any] | None,
-                     rollup: str | None = None) -> tuple[tuple[str, ...], str]:
+                     rollup: str | None = None,
+                     fresh: dict[str, int] | None = None) -> tuple[tuple[str, ...], str]:
     """The CSV export's columns and its one SQL text (no bind parameters: ``/exp``).
 
     The same rows in the same order as the JSON pages (:func:`build_raw_sql` with the
@@ -328,7 +438,7 @@ def build_export_sql(q: TelemetryQuery, after: Sequence[Any] | None,
     limit = q.limit if q.limit_given else None
     if q.bucketed:
         columns = _BUCKET_COLUMNS
-        sql, params = build_bucket_sql(q, limit, after, rollup)
+        sql, params = build_bucket_sql(q, limit, after, rollup, fresh)
     else:
         columns = SENSOR_READING_COLUMNS
         sql, params = build_raw_sql(q, limit, after)
@@ -720,8 +830,10 @@ def _page(columns: Sequence[str], rows: list[tuple[Any, ...]], limit: int,
     return Page(_records(columns, rows[:limit]), next_key)
 
 
-# How long the list of usable rollups is reused before QuestDB is asked again.
+# How long the list of usable rollups (and their freshness) is reused before QuestDB is
+# asked again; while the 1-hour view has not caught up with the 1-minute one, this short.
 ROLLUP_STATUS_TTL_S = 5.0
+_ROLLUP_STATUS_CATCHUP_TTL_S = 0.5
 # Latest values (TelemetryStore._latest_via_rollups): a sensor whose last minute with data
 # is this much older than the site's newest is "stale" and looked up in its own minute;
 # with more distinct stale minutes than _MAX_STALE_QUERIES one query covers them all.
@@ -740,7 +852,10 @@ class TelemetryStore:
         # about them and source=rollup is the caller's error (400), not an outage (503).
         self.rollups_enabled = rollups_enabled
         self._rollups: frozenset[str] = frozenset()
+        self._fresh: dict[str, int] = {}
+        self._fresh_1h_known = 0  # the 1-minute freshness the 1-hour view last caught up with
         self._rollups_checked = -math.inf
+        self._rollups_ttl = ROLLUP_STATUS_TTL_S
         self._rollups_lock = threading.Lock()
 
     def valid_rollups(self) -> frozenset[str]:
@@ -752,21 +867,75 @@ class TelemetryStore:
         """
         if not self.rollups_enabled:
             return frozenset()
-        now = time.monotonic()
-        if now - self._rollups_checked < ROLLUP_STATUS_TTL_S:
-            return self._rollups
-        with self._rollups_lock:
-            if now - self._rollups_checked >= ROLLUP_STATUS_TTL_S:
-                try:
-                    rows = self.client.query(
-                        "SELECT view_name, view_status FROM materialized_views()")
-                    self._rollups = frozenset(name for name, status in rows
-                                              if name in ROLLUPS and status == "valid")
-                except psycopg2.Error as exc:  # e.g. a QuestDB without materialized views
-                    _LOGGER.warning("rollup status unavailable, reading raw rows: %s", exc)
-                    self._rollups = frozenset()
-                self._rollups_checked = time.monotonic()
+        self._check_rollups()
         return self._rollups
+
+    def _freshness(self) -> dict[str, int]:
+        """For each usable view, the time (epoch us) before which it holds every raw row:
+        the buckets of newer rows are read from the raw rows (:func:`bucket_parts`).
+
+        The 1-minute view is refreshed by a timer: it holds the rows QuestDB had applied
+        when its last refresh started, unless it has seen every transaction of
+        sensor_readings (then: the rows applied when QuestDB was asked). Rows applied
+        later are trusted to carry timestamps at most :data:`ROLLUP_TAIL_MARGIN_S` older
+        than that moment (a reading applied later than that after its own time, e.g. an
+        edge backlog, is in the rollup's answer only after the next refresh, <= 1 minute
+        later; ``source=raw`` always reads it). The 1-hour view (refreshed after each
+        commit of the 1-minute view) is as fresh as the 1-minute view was when the
+        1-hour view last had seen all of its commits.
+        """
+        if not self.rollups_enabled:
+            return {}
+        self._check_rollups()
+        return self._fresh
+
+    def _check_rollups(self) -> None:
+        now = time.monotonic()
+        if now - self._rollups_checked < self._rollups_ttl:
+            return
+        with self._rollups_lock:
+            if now - self._rollups_checked < self._rollups_ttl:
+                return
+            asked_us = int(time.time() * 1_000_000)
+            try:
+                rows = self.client.query(
+                    "SELECT view_name, view_status, last_refresh_start_timestamp, "
+                    "refresh_base_table_txn, base_table_txn FROM materialized_views()")
+            except psycopg2.Error as exc:  # e.g. a QuestDB without materialized views
+                _LOGGER.warning("rollup status unavailable, reading raw rows: %s", exc)
+                rows = []
+            status = {row[0]: row for row in rows if row[0] in ROLLUPS and row[1] == "valid"}
+            margin = ROLLUP_TAIL_MARGIN_S * 1_000_000
+            fresh: dict[str, int] = {}
+            ttl = ROLLUP_STATUS_TTL_S
+            if ROLLUP_1M in status:
+                _, _, started, refresh_txn, base_txn = status[ROLLUP_1M]
+                caught_up = refresh_txn is not None and base_txn is not None \
+                    and refresh_txn >= base_txn
+                anchor = asked_us if caught_up else (
+                    to_micros(started) if isinstance(started, datetime) else 0)
+                fresh[ROLLUP_1M] = max(0, anchor - margin)
+            if ROLLUP_1H in status:
+                # Asked after the 1-minute view's state above: if the 1-hour view has seen
+                # every commit of the 1-minute view now, it holds at least that state.
+                # Refreshes only move forward: what it caught up with is remembered.
+                caught = []
+                if ROLLUP_1M in fresh:
+                    try:
+                        caught = self.client.query(
+                            "SELECT view_name FROM materialized_views() WHERE view_name = %s "
+                            "AND refresh_base_table_txn >= base_table_txn", (ROLLUP_1H,))
+                    except psycopg2.Error as exc:
+                        _LOGGER.warning("rollup status unavailable: %s", exc)
+                if caught:
+                    self._fresh_1h_known = max(self._fresh_1h_known, fresh[ROLLUP_1M])
+                else:
+                    ttl = _ROLLUP_STATUS_CATCHUP_TTL_S
+                fresh[ROLLUP_1H] = self._fresh_1h_known
+            self._rollups = frozenset(status)
+            self._fresh = fresh
+            self._rollups_ttl = ttl
+            self._rollups_checked = time.monotonic()
 
     def _bucket_source(self, q: TelemetryQuery) -> str | None:
         """The rollup view to read, or None for the raw rows."""
@@ -788,13 +957,15 @@ class TelemetryStore:
     def _readings(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
                   ) -> tuple[tuple[str, ...], list[tuple[Any, ...]], tuple[Any, ...] | None, str]:
         """Columns, at most ``limit`` rows (timestamps as text), the next page's key and
-        the source (``raw``, ``rollup_1m``, ``rollup_1h``)."""
+        the source (``raw``, ``rollup_1m``, ``rollup_1h``, or the parts of a rollup read
+        with its raw tail such as ``rollup_1m+raw``: :func:`bucket_source_name`)."""
         if q.bucketed:
             view = self._bucket_source(q)
-            sql, params = build_bucket_sql(q, limit + 1, after, view)
-            rows = self.client.query(sql, params, text_timestamps=True)
+            fresh = self._freshness() if view is not None else None
+            rows = self._buckets(q, limit, after, view, fresh)
             key = _next_key(_BUCKET_COLUMNS, rows, limit, ("timestamp", "asset_id", "sensor_id"))
-            return _BUCKET_COLUMNS, rows[:limit], key, SOURCE_NAMES[view or SENSOR_READINGS]
+            return (_BUCKET_COLUMNS, rows[:limit], key,
+                    bucket_sources(q, after, view, fresh))
         floor_us = ceil_us = None
         probe_sql, probe_params = build_raw_probe_sql(q, limit + 1, after)
         stamps = self.client.query(probe_sql, probe_params, text_timestamps=True)
@@ -819,6 +990,45 @@ class TelemetryStore:
         key = _next_key(SENSOR_READING_COLUMNS, rows, limit, ("timestamp", "event_id"))
         return SENSOR_READING_COLUMNS, rows[:limit], key, "raw"
 
+    def _buckets(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
+                 view: str | None, fresh: dict[str, int] | None) -> list[tuple[Any, ...]]:
+        """At most limit+1 buckets in (timestamp, asset_id, sensor_id) order.
+
+        Without fill QuestDB returns them in timestamp order only (no sort: ~20 of the ~60
+        ms of a dense asset-day of 1-minute buckets went to QuestDB's sort on the three
+        columns) and they are ordered here. Rows sharing the last timestamp of the
+        limit+1 may be an arbitrary part of that bucket time's rows: when the page needs
+        some of them, that one bucket time is read whole (a second, small query; the
+        bucket is calendar-aligned, so it is computed from the same rows). With fill
+        QuestDB sorts (a filled bucket depends on the whole range).
+        """
+        if q.fill != "none":
+            sql, params = build_bucket_sql(q, limit + 1, after, view, fresh)
+            return self.client.query(sql, params, text_timestamps=True)
+        sql, params = build_bucket_sql(q, limit + 1, after, view, fresh, sort_ties=False)
+        rows = self.client.query(sql, params, text_timestamps=True)
+        if len(rows) > limit:
+            # Some of the rows at the last bucket time are here; the page (limit rows and
+            # one more, the sign of a next page) needs them all unless the earlier rows
+            # fill it.
+            last = rows[-1][0]
+            before = [row for row in rows if row[0] != last]
+            if len(before) < limit:
+                # (timestamp text fixed-width: != is the time's inequality.)
+                at_us = timestamp_micros(last)
+                one = dataclasses.replace(q, start_us=max(q.start_us, at_us),
+                                          end_us=min(q.end_us, at_us + INTERVALS[q.interval][1]))
+                sql, params = build_bucket_sql(one, None, after, view, fresh, sort_ties=False)
+                rows = before + [row for row in self.client.query(sql, params,
+                                                                  text_timestamps=True)
+                                 if row[0] == last]
+        try:  # C-level key (~2 ms per 10,000 rows against ~6 with the function)
+            rows.sort(key=_BUCKET_KEY, reverse=q.order == "desc")
+        except TypeError:  # a null asset_id or sensor_id: None sorts first, as in SQL
+            rows.sort(key=_bucket_sort_key, reverse=q.order == "desc")
+        del rows[limit + 1:]
+        return rows
+
     def readings(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None) -> Page:
         columns, rows, key, source = self._readings(q, limit, after)
         return Page(_records(columns, rows), key, source)
@@ -833,8 +1043,10 @@ class TelemetryStore:
             raise ServiceUnavailable("the CSV export is not configured (no QuestDB HTTP "
                                      "address: [questdb] host, http_port)", dependency="questdb")
         view = self._bucket_source(q) if q.bucketed else None
-        columns, sql = build_export_sql(q, after, view)
-        return CsvExport(columns, SOURCE_NAMES[view or SENSOR_READINGS], self.exporter.stream(sql))
+        fresh = self._freshness() if view is not None else None
+        columns, sql = build_export_sql(q, after, view, fresh)
+        source = bucket_sources(q, after, view, fresh) if q.bucketed else "raw"
+        return CsvExport(columns, source, self.exporter.stream(sql))
 
     def latest(self, q: LatestQuery) -> list[dict[str, Any]]:
         rows = None

@@ -229,18 +229,16 @@ def init_stream(settings: Any, schema_lookup: Callable[[int], Any] | None = None
     if schema_lookup is None:
         from io_connectors.schema_registry import RegistrySchemas
 
-        schema_lookup = RegistrySchemas(settings.get("schema_registry", "url"))
-    limit = settings.get("api", "stream_max_per_key", int, 2)
-    queue_size = settings.get("api", "stream_queue_size", int, 1000)
-    heartbeat = settings.get("api", "stream_heartbeat_s", float, 15.0)
-    if limit < 1 or queue_size < 2 or heartbeat <= 0:
-        raise ValueError("[api] stream_max_per_key must be >= 1, stream_queue_size >= 2, "
-                         "stream_heartbeat_s > 0")
-    topics = (StreamTopic(READINGS, "reading", settings.get("kafka", "topic_validated"),
+        schema_lookup = RegistrySchemas(settings.schema_registry.url)
+    limit = settings.api.stream_max_per_key
+    queue_size = settings.api.stream_queue_size
+    heartbeat = settings.api.stream_heartbeat_s
+    # >= 1, >= 2 and > 0: checked (naming the setting) by config.settings.
+    topics = (StreamTopic(READINGS, "reading", settings.kafka.topic_validated,
                           "[kafka] topic_validated"),
-              StreamTopic(ALARMS, "alarm", settings.get("kafka", "topic_alarms"),
+              StreamTopic(ALARMS, "alarm", settings.kafka.topic_alarms,
                           "[kafka] topic_alarms"))
-    cfg = StreamConfig(settings.get("kafka", "bootstrap_servers"), topics, schema_lookup,
+    cfg = StreamConfig(settings.kafka.bootstrap_servers, topics, schema_lookup,
                        heartbeat, queue_size)
     return StreamState(cfg, StreamSlots(limit))
 

@@ -26,9 +26,9 @@ import time
 from typing import Any
 
 from bench.loadgen import fleet_item
+from config.settings import Settings
 from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import DDL_STATEMENTS, SENSOR_READINGS
-from runners.settings import Settings
 
 __all__ = ["kafka_raw", "questdb_raw", "start_direct_peer", "stop_direct_peer", "create_like",
            "count_rows", "qdb_exec", "qdb_url", "ts_filter", "RAW_TABLE", "DIRECT_TABLE"]
@@ -41,8 +41,8 @@ DIRECT_TABLE = "bench_direct_readings"
 
 def qdb_url(settings: Settings) -> str:
     """QuestDB's HTTP base URL of the stack in ``settings``."""
-    return questdb_http_url(settings.get("questdb", "host"),
-                            settings.get("questdb", "http_port", int))
+    return questdb_http_url(settings.questdb.host,
+                            settings.questdb.http_port)
 
 
 def qdb_exec(settings: Settings, sql: str, timeout: float = 60.0) -> list[list[Any]]:
@@ -145,9 +145,9 @@ def kafka_raw(settings: Settings, n: int, run: str) -> dict[str, Any]:
 
     from io_connectors.raw_producer import producer_config
 
-    bootstrap = settings.get("kafka", "bootstrap_servers")
+    bootstrap = settings.kafka.bootstrap_servers
     topic = f"bench_anchor_{run}"
-    partitions = settings.get("kafka", "partitions", int)
+    partitions = settings.kafka.partitions
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result()
     records = encoded_fleet_records(n, f"k{run}-", schema_id=1)
@@ -199,8 +199,8 @@ def questdb_raw(settings: Settings, n: int, run: str, batch: int = 10000) -> dic
 
     create_like(settings, RAW_TABLE)
     items = _items(n, f"q{run}-")
-    conf = (f"http::addr={settings.get('questdb', 'host')}:"
-            f"{settings.get('questdb', 'http_port', int)};auto_flush=off;request_timeout=120000;")
+    conf = (f"http::addr={settings.questdb.host}:"
+            f"{settings.questdb.http_port};auto_flush=off;request_timeout=120000;")
     t0 = time.perf_counter()
     with Sender.from_conf(conf) as sender:
         buf = sender.new_buffer()
@@ -291,18 +291,18 @@ def _direct_peer(settings_env: dict[str, Any], topic_filter: str, client_id: str
 
 def start_direct_peer(settings: Settings, run: str) -> tuple[Any, Any, str]:
     """Create DIRECT_TABLE fresh and start the peer; (process, stop event, topic root)."""
-    bench_root = settings.get("mqtt", "bench_topic_root", str, "").strip().strip("/")
+    bench_root = settings.mqtt.bench_topic_root  # stripped of blanks and slashes
     if not bench_root:
         raise RuntimeError("the direct MQTT peer needs [mqtt] bench_topic_root (e.g. \"bench\") "
                            "in the settings file; the broker's ACL admits no other root")
     create_like(settings, DIRECT_TABLE)
     root = f"{bench_root}/direct-{run}"
-    env = {"qdb_host": settings.get("questdb", "host"),
-           "qdb_http": settings.get("questdb", "http_port", int),
-           "mqtt_host": settings.get("mqtt", "host"),
-           "mqtt_port": settings.get("mqtt", "port", int),
-           "user": settings.get("mqtt", "bridge_username"),
-           "password": settings.get("mqtt", "bridge_password")}
+    env = {"qdb_host": settings.questdb.host,
+           "qdb_http": settings.questdb.http_port,
+           "mqtt_host": settings.mqtt.host,
+           "mqtt_port": settings.mqtt.port,
+           "user": settings.mqtt.bridge_username,
+           "password": settings.mqtt.bridge_password}
     ctx = mp.get_context("fork")
     ready, stop = ctx.Event(), ctx.Event()
     proc = ctx.Process(target=_direct_peer, args=(env, f"{root}/#", f"bench-direct-{run}",

@@ -36,8 +36,8 @@ import requests
 
 from bench import anchors, report
 from bench.anchors import count_rows
+from config.settings import REPO_ROOT, Settings, load_settings
 from io_connectors.questdb_schema import SENSOR_READINGS
-from runners.settings import REPO_ROOT, Settings, load_settings
 
 __all__ = ["drain", "flink_vertex_load", "main"]
 
@@ -50,8 +50,8 @@ def _records(settings: Settings, n: int, prefix: str, batch_events: int
     from io_connectors.schema_registry import RegistrySchemas, subject_for_record
     from schemas.avro import TELEMETRY_BATCH, TELEMETRY_BATCH_FULLNAME, TELEMETRY_EVENT, schema_text
 
-    registry = RegistrySchemas(settings.get("schema_registry", "url"))
-    topic = settings.get("kafka", "topic_raw")
+    registry = RegistrySchemas(settings.schema_registry.url)
+    topic = settings.kafka.topic_raw
     if batch_events <= 1:
         schema_id = registry.register_for_topic(topic, schema_text(TELEMETRY_EVENT))
         return [({"key": key}, value)
@@ -59,14 +59,14 @@ def _records(settings: Settings, n: int, prefix: str, batch_events: int
     batch_id = registry.register(subject_for_record(topic, TELEMETRY_BATCH_FULLNAME),
                                  schema_text(TELEMETRY_BATCH))
     batches = anchors.encoded_fleet_batches(n, prefix, batch_id,
-                                            settings.get("kafka", "partitions", int),
+                                            settings.kafka.partitions,
                                             max_events=batch_events)
     return [({"partition": partition}, value) for partition, value in batches]
 
 
 def flink_vertex_load(settings: Settings) -> list[dict[str, Any]]:
     """Busy / back-pressured ms per s (average over subtasks) of each vertex of the stack's job."""
-    url = f"http://127.0.0.1:{settings.get('flink', 'web_ui_port', int)}"
+    url = f"http://127.0.0.1:{settings.flink.web_ui_port}"
     try:
         jobs = requests.get(f"{url}/jobs/overview", timeout=5).json()["jobs"]
         jid = next(j["jid"] for j in jobs if j["state"] == "RUNNING")
@@ -95,11 +95,11 @@ def drain(settings: Settings, n: int, run: str, timeout_s: float = 600.0,
     # The fleet items are timestamped now - n .. now (ms): count only that range.
     since, until = int(time.time() * 1000) - n - 5_000, int(time.time() * 1000) + 60_000
     records = _records(settings, n, prefix, batch_events)
-    sampler = ResourceSampler(settings.path("stack", "run_dir") / "pids")
+    sampler = ResourceSampler(settings.stack.run_dir / "pids")
     sampler.start()
     sampler.phase("drain")
-    topic = settings.get("kafka", "topic_raw")
-    producer = Producer(producer_config(settings.get("kafka", "bootstrap_servers"),
+    topic = settings.kafka.topic_raw
+    producer = Producer(producer_config(settings.kafka.bootstrap_servers,
                                         f"bench-drain-{run}"))
     t0 = time.monotonic()
     for placement, value in records:
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="topology of the running stack (default: what its `up` recorded)")
     args = parser.parse_args(argv)
     from runners.stack.cluster import apply_topology
-    topology = apply_topology(args.profile, run_dir=load_settings().path("stack", "run_dir"))
+    topology = apply_topology(args.profile, run_dir=load_settings().stack.run_dir)
     settings = load_settings()
     load_before = os.getloadavg()
     result = drain(settings, args.n, uuid.uuid4().hex[:6], batch_events=args.batch_events)
@@ -182,9 +182,9 @@ def _context(settings: Settings, load_before: tuple[float, float, float],
         "platform": platform.platform(),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "flink": {k: settings.get("flink", k, int) for k in (
+        "flink": {k: getattr(settings.flink, k) for k in (
             "parallelism", "max_bundle_size", "max_bundle_time_ms", "sdk_worker_parallelism")},
-        "state_buckets": settings.get("pipeline", "state_buckets", int),
+        "state_buckets": settings.pipeline.state_buckets,
     }
 
 

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _settings() -> Any:
-    from runners.settings import load_settings
+    from config.settings import load_settings
 
     return load_settings()
 
@@ -114,8 +114,8 @@ def _publish_with_mosquitto_pub(s: Any, run: str, per: int, args: argparse.Names
         files.append(path)
     t0 = time.monotonic()
     procs = [subprocess.Popen(
-        ["mosquitto_pub", "-h", s.get("mqtt", "host"), "-p", str(s.get("mqtt", "port", int)),
-         "-u", s.get("mqtt", "sensor_username"), "-P", s.get("mqtt", "sensor_password"),
+        ["mosquitto_pub", "-h", s.mqtt.host, "-p", str(s.mqtt.port),
+         "-u", s.mqtt.sensor_username, "-P", s.mqtt.sensor_password,
          "-V", "5", "-q", "1", "-M", str(args.inflight), "-l",
          "-t", f"telemetry/bench-{run}/asset-{i}/voltage"], stdin=path.open("rb"))
         for i, path in enumerate(files)]
@@ -132,12 +132,12 @@ def _publish_with_mosquitto_pub(s: Any, run: str, per: int, args: argparse.Names
 
 def bench_mqtt(args: argparse.Namespace) -> None:
     s = _settings()
-    bootstrap = s.get("kafka", "bootstrap_servers")
+    bootstrap = s.kafka.bootstrap_servers
     run = uuid.uuid4().hex[:6]
     raw, dlq = f"bench_raw_{run}", f"bench_dlq_{run}"
     _make_topics(bootstrap, [raw, dlq])
     env = {**os.environ, "DCMMS_KAFKA_TOPIC_RAW": raw, "DCMMS_KAFKA_TOPIC_DLQ": dlq}
-    logs = s.path("stack", "run_dir") / "bench"
+    logs = s.stack.run_dir / "bench"
     logs.mkdir(parents=True, exist_ok=True)
     bridges = []
     try:
@@ -166,9 +166,9 @@ def bench_mqtt(args: argparse.Namespace) -> None:
                 path="mqtt", rate=args.rate, seconds=total / args.rate, id_prefix=f"e{run}-",
                 processes=args.publishers, connections=1, inflight=args.inflight,
                 mqtt_client="paho",
-                mqtt_host=s.get("mqtt", "host"), mqtt_port=s.get("mqtt", "port", int),
-                mqtt_username=s.get("mqtt", "sensor_username"),
-                mqtt_password=s.get("mqtt", "sensor_password"), give_up_s=args.timeout)
+                mqtt_host=s.mqtt.host, mqtt_port=s.mqtt.port,
+                mqtt_username=s.mqtt.sensor_username,
+                mqtt_password=s.mqtt.sensor_password, give_up_s=args.timeout)
             t0 = time.monotonic() + 1.5  # run_load starts its workers 1.5 s after the call
             load, _ = run_load(cfg)
             t_pub = time.monotonic()
@@ -196,13 +196,13 @@ def bench_rest(args: argparse.Namespace) -> None:
     import requests
 
     s = _settings()
-    bootstrap = s.get("kafka", "bootstrap_servers")
+    bootstrap = s.kafka.bootstrap_servers
     run = uuid.uuid4().hex[:6]
     raw, dlq = f"bench_raw_{run}", f"bench_dlq_{run}"
     _make_topics(bootstrap, [raw, dlq])
     key = args.api_key or configured_api_key(s)
     env = {**os.environ, "DCMMS_KAFKA_TOPIC_RAW": raw, "DCMMS_KAFKA_TOPIC_DLQ": dlq}
-    logs = s.path("stack", "run_dir") / "bench"
+    logs = s.stack.run_dir / "bench"
     logs.mkdir(parents=True, exist_ok=True)
     log = (logs / f"gunicorn-{run}.log").open("wb")
     server = subprocess.Popen(

@@ -78,8 +78,8 @@ from bench.loadgen import (
     run_load,
 )
 from bench.resources import ResourceSampler
+from config.settings import REPO_ROOT, Settings, load_settings
 from io_connectors.questdb_schema import SENSOR_READINGS
-from runners.settings import REPO_ROOT, Settings, load_settings
 
 __all__ = ["main", "ModeConfig", "mode_config", "PHASES"]
 
@@ -175,8 +175,8 @@ class DlqCounter:
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka import Consumer
 
-        self.topic = settings.get("kafka", "topic_dlq")
-        self.consumer = Consumer({"bootstrap.servers": settings.get("kafka", "bootstrap_servers"),
+        self.topic = settings.kafka.topic_dlq
+        self.consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
                                   "group.id": "bench-dlq-watermarks"})
 
     def total(self) -> int:
@@ -265,7 +265,7 @@ class Probes:
 
 def _api(settings: Settings) -> tuple[str, str]:
     key = os.environ.get("DCMMS_BENCH_API_KEY") or configured_api_key(settings)
-    return f"http://127.0.0.1:{settings.get('api', 'port', int)}", key
+    return f"http://127.0.0.1:{settings.api.port}", key
 
 
 def make_probes(settings: Settings, path: str, run: str, topic_root: str = "telemetry") -> Probes:
@@ -293,9 +293,9 @@ def make_probes(settings: Settings, path: str, run: str, topic_root: str = "tele
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                              client_id=f"bench-probe-{run}-{path}", protocol=mqtt.MQTTv5)
-        client.username_pw_set(settings.get("mqtt", "sensor_username"),
-                               settings.get("mqtt", "sensor_password"))
-        client.connect(settings.get("mqtt", "host"), settings.get("mqtt", "port", int), 60)
+        client.username_pw_set(settings.mqtt.sensor_username,
+                               settings.mqtt.sensor_password)
+        client.connect(settings.mqtt.host, settings.mqtt.port, 60)
         client.loop_start()
 
         def send(eid: str, ts: int) -> None:
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     # Into the environment, so the stack's `up` and every component list see it.
     from runners.stack.cluster import apply_topology
     topology = apply_topology(args.profile,
-                              run_dir=load_settings().path("stack", "run_dir"))
+                              run_dir=load_settings().stack.run_dir)
     phases = _phases(args, parser)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("bench.query_bench").setLevel(logging.INFO)  # load progress
@@ -637,14 +637,14 @@ def main(argv: list[str] | None = None) -> int:
     say(f"bench {mc.mode} run {run}: {machine['cores']} cores, load avg "
         f"{machine['load_avg_before']}, git {sha[:10]}{' (dirty)' if dirty else ''}")
     stack_started = ensure_stack()
-    sampler = ResourceSampler(settings.path("stack", "run_dir") / "pids")
+    sampler = ResourceSampler(settings.stack.run_dir / "pids")
     sampler.start()
     base_url, key = _api(settings)
     gen = {"processes": args.processes, "connections": args.connections,
-           "mqtt_host": settings.get("mqtt", "host"),
-           "mqtt_port": settings.get("mqtt", "port", int),
-           "mqtt_username": settings.get("mqtt", "sensor_username"),
-           "mqtt_password": settings.get("mqtt", "sensor_password"),
+           "mqtt_host": settings.mqtt.host,
+           "mqtt_port": settings.mqtt.port,
+           "mqtt_username": settings.mqtt.sensor_username,
+           "mqtt_password": settings.mqtt.sensor_password,
            "rest_url": f"{base_url}/api/v1/telemetry", "api_key": key,
            "mqtt_client": resolve_mqtt_client(args.mqtt_client)}
     paths = [p for p in ("direct", "mqtt", "rest") if p in phases]

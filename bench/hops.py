@@ -35,8 +35,8 @@ from bench import report
 from bench.anchors import qdb_url
 from bench.drain import RESULTS, _context
 from bench.loadgen import fleet_item, mqtt_message
+from config.settings import Settings, load_settings
 from io_connectors.questdb_http import questdb_exec
-from runners.settings import Settings, load_settings
 
 __all__ = ["HOPS", "measure", "main"]
 
@@ -55,12 +55,12 @@ class _RecordTimes:
         self.raw: dict[str, int] = {}
         self.validated: dict[str, int] = {}
         self._ids = [(i, i.encode()) for i in ids]
-        self._topics = {settings.get("kafka", "topic_raw"): self.raw,
-                        settings.get("kafka", "topic_validated"): self.validated}
-        self._consumer = Consumer({"bootstrap.servers": settings.get("kafka", "bootstrap_servers"),
+        self._topics = {settings.kafka.topic_raw: self.raw,
+                        settings.kafka.topic_validated: self.validated}
+        self._consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
                                    "group.id": f"bench-hops-{uuid.uuid4().hex[:6]}",
                                    "enable.auto.commit": False})
-        partitions = settings.get("kafka", "partitions", int)
+        partitions = settings.kafka.partitions
         self._consumer.assign([
             TopicPartition(t, p, self._consumer.get_watermark_offsets(TopicPartition(t, p))[1])
             for t in self._topics for p in range(partitions)])
@@ -93,9 +93,9 @@ def measure(settings: Settings, n: int, gap_s: float, say: Any = print) -> dict[
     time.sleep(1.0)  # the consumer holds its assignment before the first publish
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-hops-{tag}",
                          protocol=mqtt.MQTTv5)
-    client.username_pw_set(settings.get("mqtt", "sensor_username"),
-                           settings.get("mqtt", "sensor_password"))
-    client.connect(settings.get("mqtt", "host"), settings.get("mqtt", "port", int))
+    client.username_pw_set(settings.mqtt.sensor_username,
+                           settings.mqtt.sensor_password)
+    client.connect(settings.mqtt.host, settings.mqtt.port)
     client.loop_start()
     sent: dict[str, float] = {}
     visible: dict[str, tuple[float, float, float]] = {}

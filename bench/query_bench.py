@@ -47,8 +47,8 @@ from werkzeug.datastructures import MultiDict
 
 from api.params import parse_latest_query, parse_telemetry_query
 from api.questdb import QuestDBClient, TelemetryStore
+from config.settings import REPO_ROOT, Settings, load_settings
 from io_connectors.questdb_schema import DDL_STATEMENTS, SENSOR_READINGS
-from runners.settings import REPO_ROOT, Settings, load_settings
 
 __all__ = ["main"]
 
@@ -92,10 +92,10 @@ class Fleet:
 
 
 def _connect(settings: Settings) -> Any:
-    conn = psycopg2.connect(host=settings.get("questdb", "host"),
-                            port=settings.get("questdb", "pg_port", int),
-                            user=settings.get("questdb", "pg_user"),
-                            password=settings.get("questdb", "pg_password"), dbname="qdb",
+    conn = psycopg2.connect(host=settings.questdb.host,
+                            port=settings.questdb.pg_port,
+                            user=settings.questdb.pg_user,
+                            password=settings.questdb.pg_password, dbname="qdb",
                             connect_timeout=5)
     conn.autocommit = True
     return conn
@@ -128,8 +128,8 @@ def load(settings: Settings, fleet: Fleet, rows: int, days: float, end_ms: int,
     start_ns = int(start_ms * 1_000_000)
     symbols = [{"site_id": s, "asset_id": a, "sensor_id": x, "sensor_type": t, "unit": u,
                 "quality_flag": "GOOD"} for s, a, x, t, u in sensors]
-    conf = (f"http::addr={settings.get('questdb', 'host')}:"
-            f"{settings.get('questdb', 'http_port', int)};auto_flush=off;request_timeout=120000;")
+    conf = (f"http::addr={settings.questdb.host}:"
+            f"{settings.questdb.http_port};auto_flush=off;request_timeout=120000;")
     t0 = time.perf_counter()
     with Sender.from_conf(conf) as sender:
         buf = sender.new_buffer()
@@ -200,8 +200,8 @@ def measure(base_url: str, settings: Settings, fleet: Fleet, days: float, end_ms
     first_day = (end_ms - int(days * DAY_MS)) // DAY_MS + 1  # whole UTC days inside the data
     last_day = end_ms // DAY_MS - 1
     store = TelemetryStore(QuestDBClient(
-        settings.get("questdb", "host"), settings.get("questdb", "pg_port", int),
-        settings.get("questdb", "pg_user"), settings.get("questdb", "pg_password")))
+        settings.questdb.host, settings.questdb.pg_port,
+        settings.questdb.pg_user, settings.questdb.pg_password))
 
     def day_params() -> dict[str, str]:
         day = rng.randint(first_day, last_day)
@@ -292,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     proc = None
     base_url = args.api_url
     if base_url is None:
-        port = args.api_port or settings.get("api", "port", int)
-        workers = args.workers or settings.get("api", "workers", int)
+        port = args.api_port or settings.api.port
+        workers = args.workers or settings.api.workers
         proc = _start_api(port, workers)
         base_url = f"http://127.0.0.1:{port}"
         report["api"] = {"workers": workers, "server": "gunicorn sync"}

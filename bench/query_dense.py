@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,9 @@ from questdb.ingress import Sender, TimestampNanos
 
 from api.auth import configured_api_key
 from bench.query_bench import SENSOR_TYPES, UNITS, Fleet
+from config.settings import REPO_ROOT, Settings, load_settings
 from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import DDL_STATEMENTS, SENSOR_READINGS
-from runners.settings import REPO_ROOT, Settings, load_settings
 
 __all__ = ["DenseFleet", "load", "measure", "main"]
 
@@ -130,8 +131,8 @@ DENSE = DenseFleet()
 # -- QuestDB helpers -------------------------------------------------------------------
 
 def _http(settings: Settings) -> str:
-    return questdb_http_url(settings.get("questdb", "host"),
-                            settings.get("questdb", "http_port", int))
+    return questdb_http_url(settings.questdb.host,
+                            settings.questdb.http_port)
 
 
 def qdb_exec(settings: Settings, sql: str, timeout: float = 300.0) -> list[list[Any]]:
@@ -139,10 +140,10 @@ def qdb_exec(settings: Settings, sql: str, timeout: float = 300.0) -> list[list[
 
 
 def pg_connect(settings: Settings) -> Any:
-    conn = psycopg2.connect(host=settings.get("questdb", "host"),
-                            port=settings.get("questdb", "pg_port", int),
-                            user=settings.get("questdb", "pg_user"),
-                            password=settings.get("questdb", "pg_password"), dbname="qdb",
+    conn = psycopg2.connect(host=settings.questdb.host,
+                            port=settings.questdb.pg_port,
+                            user=settings.questdb.pg_user,
+                            password=settings.questdb.pg_password, dbname="qdb",
                             connect_timeout=5)
     conn.autocommit = True
     return conn
@@ -187,7 +188,7 @@ def fleet_counts(settings: Settings) -> dict[str, Any]:
 # -- load ------------------------------------------------------------------------------
 
 def _manifest_path(settings: Settings) -> Path:
-    return settings.path("stack", "run_dir") / "bench" / "query-dense.json"
+    return settings.stack.run_dir / "bench" / "query-dense.json"
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
@@ -325,8 +326,8 @@ def load(settings: Settings, max_seconds: float | None = None,
     base = [10.0 * (j % 10) + 1.0 for j in range(len(sensors))]
     offset_ns = NS // len(sensors)  # sensor j of a second reports at +j x 5 ms
     ids = [f"{DENSE.prefix}-{j:03d}-" for j in range(len(sensors))]
-    conf = (f"http::addr={settings.get('questdb', 'host')}:"
-            f"{settings.get('questdb', 'http_port', int)};auto_flush=off;"
+    conf = (f"http::addr={settings.questdb.host}:"
+            f"{settings.questdb.http_port};auto_flush=off;"
             f"request_timeout=300000;retry_timeout=60000;")
     t0 = time.monotonic()
     sent = 0
@@ -654,7 +655,7 @@ class _RssSampler:
         import psutil
 
         self._procs: list[Any] = []
-        pidfile = settings.path("stack", "run_dir") / "pids" / "api.pid"
+        pidfile = settings.stack.run_dir / "pids" / "api.pid"
         try:
             pid = int(json.loads(pidfile.read_text())["pid"])
             self._procs = psutil.Process(pid).children(recursive=True)
@@ -897,7 +898,7 @@ def rollup_sizes(settings: Settings) -> dict[str, Any]:
         for view in ROLLUPS:
             rows = qdb_exec(settings, f"SELECT count() FROM {view}")[0][0] if view in status \
                 else None
-            root = settings.path("stack", "run_dir") / "data" / "questdb" / "db"
+            root = settings.stack.run_dir / "data" / "questdb" / "db"
             size = sum(int(subprocess.run(["du", "-sb", str(d)], capture_output=True,
                                           text=True, check=True).stdout.split()[0])
                        for d in root.glob(f"{view}~*"))
@@ -910,7 +911,7 @@ def rollup_sizes(settings: Settings) -> dict[str, Any]:
 
 def disk_usage(settings: Settings) -> dict[str, Any]:
     """Bytes of sensor_readings on disk (its QuestDB table directory) and of the run dir."""
-    root = settings.path("stack", "run_dir") / "data" / "questdb" / "db"
+    root = settings.stack.run_dir / "data" / "questdb" / "db"
     dirs = sorted(root.glob(f"{SENSOR_READINGS}~*")) if root.is_dir() else []
 
     def du(path: Path) -> int | None:
@@ -932,33 +933,63 @@ def _questdb_cpu_s(settings: Settings) -> float:
     """User + system CPU seconds of the stack's QuestDB process so far."""
     import psutil
 
-    pidfile = settings.path("stack", "run_dir") / "pids" / "questdb.pid"
+    pidfile = settings.stack.run_dir / "pids" / "questdb.pid"
     times = psutil.Process(int(json.loads(pidfile.read_text())["pid"])).cpu_times()
     return times.user + times.system
 
 
-ROLLUP_COST_VARIANTS = ("plain", "rollups", "rollup_1m_only", "rollups_every_1m")
+ROLLUP_COST_VARIANTS = ("plain", "rollups_immediate", "rollups")
+# QuestDB's own counters (/metrics on its min HTTP port) recorded with each variant: rows
+# written to WAL (the views' refreshes write theirs there too) and rows physically written
+# when applying them (out-of-order rewrites included).
+_WAL_METRICS = ("questdb_wal_written_rows_total", "questdb_wal_apply_written_rows_total",
+                "questdb_wal_apply_physically_written_rows_total")
+
+
+def _questdb_metrics(settings: Settings) -> dict[str, float]:
+    """The WAL counters of QuestDB's /metrics (empty if it cannot be read)."""
+    url = (f"http://{settings.questdb.host}:"
+           f"{settings.questdb.min_http_port}/metrics")
+    try:
+        text = requests.get(url, timeout=5).text
+    except requests.RequestException:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _WAL_METRICS:
+            out[name] = float(value)
+    return out
 
 
 def rollup_cost(settings: Settings, seconds: float = 20.0, rate: int = 5000,
                 commits_per_s: int = 10,
-                variants: Sequence[str] = ("plain", "rollups")) -> dict[str, Any]:
+                variants: Sequence[str] = ("plain", "rollups"),
+                settle_s: float = 75.0) -> dict[str, Any]:
     """QuestDB CPU per written row into a copy of sensor_readings without and with the two
     rollup views (the project's DDL, renamed), in the pipeline's shape: ``commits_per_s``
     ILP/HTTP commits a second of 200 sensors' readings stamped within the last second
-    (out of order, as the job's commits land). Counted until the WAL is applied and both
-    views have refreshed. Scratch tables, dropped afterwards. Variants: ``plain`` (no
-    view), ``rollups`` (the project's DDL), ``rollup_1m_only`` (the 1-minute view alone),
-    ``rollups_every_1m`` (both, refreshed by a 1-minute timer instead of after every
-    commit; QuestDB 9.3.1 accepts no timer unit shorter than m).
+    (out of order, as the job's commits land). Counted over the same window for every
+    variant: the load and ``settle_s`` after it, longer if the WAL or the views have not
+    caught up by then (a timer view catches up within a minute). Scratch tables, dropped
+    afterwards. Variants: ``plain`` (no
+    view), ``rollups`` (the project's DDL: the 1-minute view on a 1-minute timer, the
+    1-hour one after each commit of it), ``rollups_immediate`` (both refreshed after every
+    commit of their base, QuestDB's default and the DDL before decision 0006's fourth
+    pass), ``rollup_1m_only`` (the 1-minute view alone, on its timer).
     """
     from io_connectors.questdb_schema import ROLLUP_1H, ROLLUP_1M, ROLLUP_STATEMENTS
 
-    out: dict[str, Any] = {"seconds": seconds, "rate": rate, "commits_per_s": commits_per_s}
-    conf = (f"http::addr={settings.get('questdb', 'host')}:"
-            f"{settings.get('questdb', 'http_port', int)};auto_flush=off;")
+    out: dict[str, Any] = {"seconds": seconds, "rate": rate, "commits_per_s": commits_per_s,
+                           "settle_s": settle_s}
+    conf = (f"http::addr={settings.questdb.host}:"
+            f"{settings.questdb.http_port};auto_flush=off;")
+    # Scratch names of this run only: a timer view created under the name of one dropped
+    # moments before never refreshed on 9.3.1 while QuestDB burned ~1.7 cores (decision
+    # 0006, "Fourth pass").
+    run = uuid.uuid4().hex[:6]
     for variant in variants:
-        table = f"qrollup_cost_{variant}"
+        table = f"qrollup_cost_{variant}_{run}"
         views = {ROLLUP_1M: f"{table}_1m", ROLLUP_1H: f"{table}_1h"}
         for view in views.values():
             qdb_exec(settings, f"DROP MATERIALIZED VIEW IF EXISTS {view}")
@@ -966,19 +997,22 @@ def rollup_cost(settings: Settings, seconds: float = 20.0, rate: int = 5000,
         qdb_exec(settings, DDL_STATEMENTS[0].replace(f"EXISTS {SENSOR_READINGS} ",
                                                      f"EXISTS {table} "))
         if variant != "plain":
-            statements = ROLLUP_STATEMENTS[:1] if variant == "rollup_1m_only" \
-                else ROLLUP_STATEMENTS
+            statements = [ddl for ddl in ROLLUP_STATEMENTS
+                          if variant != "rollup_1m_only" or ROLLUP_1H not in ddl]
             for ddl in statements:
                 for name, new in (*views.items(), (SENSOR_READINGS, table)):
                     ddl = re.sub(rf"\b{name}\b", new, ddl)
-                if variant == "rollups_every_1m":
-                    ddl = re.sub(r"(VIEW IF NOT EXISTS \S+)", r"\1 REFRESH EVERY 1m", ddl)
+                if variant == "rollups_immediate":
+                    if ddl.startswith("ALTER"):
+                        continue
+                    ddl = re.sub(r" REFRESH EVERY \S+", "", ddl)
                 qdb_exec(settings, ddl)
             if variant == "rollup_1m_only":
                 del views[ROLLUP_1H]
         rng = random.Random(7)
         per_commit = rate // commits_per_s
         sent = 0
+        metrics0 = _questdb_metrics(settings)
         cpu0 = _questdb_cpu_s(settings)
         t0 = time.monotonic()
         with Sender.from_conf(conf) as sender:
@@ -1009,9 +1043,18 @@ def rollup_cost(settings: Settings, seconds: float = 20.0, rate: int = 5000,
                     break
                 time.sleep(0.5)
             out[f"{variant}_views_rows"] = got
+        caught_up_s = time.monotonic() - t0 - wall
+        # The same window for every variant (a timer view catches up to a minute after the
+        # last write; QuestDB's idle CPU over that minute is counted for all of them).
+        time.sleep(max(0.0, t0 + wall + settle_s - time.monotonic()))
+        window = time.monotonic() - t0
         cpu = _questdb_cpu_s(settings) - cpu0
+        metrics1 = _questdb_metrics(settings)
         out[variant] = {"rows": sent, "send_s": round(wall, 1), "questdb_cpu_s": round(cpu, 2),
-                        "us_per_row": round(cpu / sent * 1e6, 1)}
+                        "us_per_row": round(cpu / sent * 1e6, 1),
+                        "caught_up_s": round(caught_up_s, 1), "window_s": round(window, 1),
+                        "metrics_per_row": {k: round((metrics1[k] - metrics0[k]) / sent, 2)
+                                            for k in metrics1 if k in metrics0}}
         say(f"rollup cost, {variant}: {sent} rows in {wall:.1f} s, QuestDB {cpu:.2f} CPU s "
             f"({cpu / sent * 1e6:.1f} us/row)")
         for view in views.values():
@@ -1023,6 +1066,47 @@ def rollup_cost(settings: Settings, seconds: float = 20.0, rate: int = 5000,
                 out[variant]["extra_us_per_row"] = round(
                     out[variant]["us_per_row"] - out["plain"]["us_per_row"], 1)
     return out
+
+
+# -- the bucket page: QuestDB's sort against the store's (decision 0006, fourth pass) -------
+
+def bucket_sort_ab(settings: Settings, manifest: dict[str, Any], n: int) -> dict[str, Any]:
+    """``bucket_1m`` pages (1-minute buckets of a dense asset-day, 10,000 rows) built in the
+    API's process two ways, alternating request by request so both see the same load:
+    ``questdb_sort`` (QuestDB orders on timestamp, asset_id, sensor_id; the store before
+    the fourth pass) and ``store`` (:meth:`TelemetryStore.readings`: timestamp order from
+    QuestDB, ties ordered in Python). Both include the rows -> dicts step; no HTTP."""
+    from api.params import parse_telemetry_query
+    from api.questdb import _BUCKET_COLUMNS, QuestDBClient, TelemetryStore, _records, \
+        build_bucket_sql
+
+    class _Args(dict):
+        def getlist(self, key: str) -> list[str]:
+            return [self[key]] if key in self else []
+
+    client = QuestDBClient(settings.questdb.host, settings.questdb.pg_port,
+                           settings.questdb.pg_user, settings.questdb.pg_password)
+    store = TelemetryStore(client, rollups_enabled=True)
+    rng = random.Random(5)
+    times: dict[str, list[float]] = {"questdb_sort": [], "store": []}
+    sources = set()
+    for i in range(n + 3):
+        q = parse_telemetry_query(_Args(_requests_for("bucket_1m", rng, manifest,
+                                                      time.time()).params))
+        view = store._bucket_source(q)
+        fresh = store._freshness() if view else None
+        for way in (("questdb_sort", "store") if i % 2 else ("store", "questdb_sort")):
+            t0 = time.perf_counter()
+            if way == "store":
+                page = store.readings(q, q.limit, None)
+                sources.add(page.source)
+            else:
+                sql, params = build_bucket_sql(q, q.limit + 1, None, view, fresh)
+                _records(_BUCKET_COLUMNS, client.query(sql, params, text_timestamps=True)[:q.limit])
+            if i >= 3:  # warm-up
+                times[way].append(time.perf_counter() - t0)
+    client.close()
+    return {"n": n, "sources": sorted(sources), **{way: _stats(t) for way, t in times.items()}}
 
 
 # -- main ------------------------------------------------------------------------------
@@ -1053,7 +1137,7 @@ def run(settings: Settings, n1: int, n8: int, index: bool, kinds: Sequence[str] 
     counts = fleet_counts(settings)
     total = qdb_exec(settings, f"SELECT count() FROM {SENSOR_READINGS}")[0][0]
     if base_url is None:
-        base_url = f"http://127.0.0.1:{settings.get('api', 'port', int)}"
+        base_url = f"http://127.0.0.1:{settings.api.port}"
     if api_key is None:
         api_key = (os.environ.get("DCMMS_BENCH_API_KEY")
                    or configured_api_key(settings, needs=("read",)))
@@ -1063,8 +1147,8 @@ def run(settings: Settings, n1: int, n8: int, index: bool, kinds: Sequence[str] 
         "dense_range": [counts["dense"]["min"], counts["dense"]["max"]],
         "fleet": manifest["dense_fleet"], "reused": manifest.get("reused", False),
         "load": manifest.get("runs"), "disk": disk_usage(settings),
-        "api": {"url": base_url, "workers": settings.get("api", "workers", int),
-                "questdb_pool_size": settings.get("api", "questdb_pool_size", int, 4)},
+        "api": {"url": base_url, "workers": settings.api.workers,
+                "questdb_pool_size": settings.api.questdb_pool_size},
         "requests": {"c1": n1, "c8_per_client": n8},
     }
     out["rollups"] = rollup_sizes(settings)
@@ -1092,6 +1176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-index-compare", action="store_true")
     parser.add_argument("--rollup-cost-only", action="store_true",
                         help="only QuestDB's CPU per written row without and with the rollups")
+    parser.add_argument("--bucket-sort-ab", type=int, default=0, metavar="N",
+                        help="only N bucket_1m pages built in-process with QuestDB's sort and "
+                             "with the store's, alternating")
     parser.add_argument("--skip-c8", action="store_true",
                         help="only 1 client (e.g. for the slow *_raw comparison kinds)")
     parser.add_argument("--index-compare-only", action="store_true",
@@ -1110,6 +1197,9 @@ def main(argv: list[str] | None = None) -> int:
     kinds = args.kinds.split(",") if args.kinds else None
     if args.rollup_cost_only:
         dense = {"rollup_cost": rollup_cost(settings, variants=ROLLUP_COST_VARIANTS)}
+    elif args.bucket_sort_ab:
+        dense = {"bucket_sort_ab": bucket_sort_ab(settings, load(settings, 0),
+                                                  args.bucket_sort_ab)}
     elif args.index_compare_only:
         manifest = load(settings, args.max_load_seconds)
         if not manifest["complete"]:

@@ -27,9 +27,9 @@ from questdb import Sender, TimestampMicros
 
 from bench.drain import RESULTS, _context
 from bench.resources import stack_pids
+from config.settings import Settings, load_settings
 from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import DDL_STATEMENTS, SENSOR_READINGS
-from runners.settings import Settings, load_settings
 
 __all__ = ["measure", "main"]
 
@@ -53,13 +53,13 @@ VARIANTS = {
 
 def measure(settings: Settings, writers: int, rows: int, rate: float, seconds: float,
             overlap_ms: int, variant: str = "as-is") -> dict[str, Any]:
-    host, port = settings.get("questdb", "host"), settings.get("questdb", "http_port", int)
+    host, port = settings.questdb.host, settings.questdb.http_port
     base_url = questdb_http_url(host, port)
     table = f"bench_commits_{uuid.uuid4().hex[:6]}"
     ddl = VARIANTS[variant](
         DDL_STATEMENTS[0].replace(f"EXISTS {SENSOR_READINGS} ", f"EXISTS {table} "))
     questdb_exec(base_url, ddl)
-    questdb = psutil.Process(stack_pids(settings.path("stack", "run_dir") / "pids")["questdb"])
+    questdb = psutil.Process(stack_pids(settings.stack.run_dir / "pids")["questdb"])
     commits = [0] * writers
 
     def write(w: int) -> None:

@@ -27,7 +27,7 @@ from bench.drain import RESULTS, _context
 from bench.harness import _api
 from bench.loadgen import GeneratorConfig, resolve_mqtt_client, run_load
 from bench.resources import ResourceSampler
-from runners.settings import Settings, load_settings
+from config.settings import Settings, load_settings
 
 __all__ = ["steady", "main"]
 
@@ -40,12 +40,12 @@ def steady(settings: Settings, path: str, rate: float, seconds: float,
     base_url, key = _api(settings)
     cfg = GeneratorConfig(
         path=path, rate=rate, seconds=seconds, id_prefix=f"s{uuid.uuid4().hex[:6]}-",
-        mqtt_host=settings.get("mqtt", "host"), mqtt_port=settings.get("mqtt", "port", int),
-        mqtt_username=settings.get("mqtt", "sensor_username"),
-        mqtt_password=settings.get("mqtt", "sensor_password"),
+        mqtt_host=settings.mqtt.host, mqtt_port=settings.mqtt.port,
+        mqtt_username=settings.mqtt.sensor_username,
+        mqtt_password=settings.mqtt.sensor_password,
         rest_url=f"{base_url}/api/v1/telemetry", api_key=key,
         mqtt_client=resolve_mqtt_client("auto"))
-    sampler = ResourceSampler(settings.path("stack", "run_dir") / "pids")
+    sampler = ResourceSampler(settings.stack.run_dir / "pids")
     sampler.start()
     sampler.phase("warmup")
     measured: dict[str, float] = {}

@@ -41,7 +41,7 @@ import requests
 
 from bench import report
 from bench.loadgen import GeneratorConfig, resolve_mqtt_client, run_load
-from runners.settings import Settings, load_settings
+from config.settings import Settings, load_settings
 
 __all__ = ["GOAL_P99_MS", "latency_window", "hop_split", "skipped", "mode_seconds",
            "measure", "main"]
@@ -154,9 +154,9 @@ class ValidatedTimes:
 
         self.times: dict[str, float] = {}
         self._key = asset_id.encode()
-        self._lookup = RegistrySchemas(settings.get("schema_registry", "url"))
-        topic = settings.get("kafka", "topic_validated")
-        self._consumer = Consumer({"bootstrap.servers": settings.get("kafka", "bootstrap_servers"),
+        self._lookup = RegistrySchemas(settings.schema_registry.url)
+        topic = settings.kafka.topic_validated
+        self._consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
                                    "group.id": f"bench-stream-{uuid.uuid4().hex[:6]}",
                                    "enable.auto.commit": False})
         meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
@@ -217,10 +217,10 @@ def measure(settings: Settings, rate: float = 5000.0, seconds: float = 70.0,
     run = uuid.uuid4().hex[:6]
     asset = PROBE_ASSET[1]
     if gen is None:
-        gen = {"mqtt_host": settings.get("mqtt", "host"),
-               "mqtt_port": settings.get("mqtt", "port", int),
-               "mqtt_username": settings.get("mqtt", "sensor_username"),
-               "mqtt_password": settings.get("mqtt", "sensor_password"),
+        gen = {"mqtt_host": settings.mqtt.host,
+               "mqtt_port": settings.mqtt.port,
+               "mqtt_username": settings.mqtt.sensor_username,
+               "mqtt_password": settings.mqtt.sensor_password,
                "rest_url": f"{base_url}/api/v1/telemetry", "api_key": key,
                "mqtt_client": resolve_mqtt_client("auto")}
     cfg = GeneratorConfig(**{**gen, "path": path, "rate": rate, "seconds": seconds,
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings()
     load_before = os.getloadavg()
-    sampler = ResourceSampler(settings.path("stack", "run_dir") / "pids")
+    sampler = ResourceSampler(settings.stack.run_dir / "pids")
     sampler.start()
     sampler.phase("stream")
     t0 = time.monotonic()

@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from chaos.traffic import Asset
     from chaos.verify import QuestDBReader, results_table
-    from runners.settings import load_settings
+    from config.settings import load_settings
     from runners.stack.supervisor import (
         Supervisor,
         load_specs,
@@ -128,9 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cli("down")
             return 1
     specs = load_specs(settings, paths, stack_modules(with_pipeline=True))
-    sup = Supervisor(specs, paths, bind_host=settings.get("stack", "bind_host"))
-    host = settings.get("stack", "bind_host")
-    assets_doc = json.loads(settings.path("pipeline", "assets_file").read_text())["assets"]
+    sup = Supervisor(specs, paths, bind_host=settings.stack.bind_host)
+    host = settings.stack.bind_host
+    assets_doc = json.loads(settings.pipeline.assets_file.read_text())["assets"]
     assets = [Asset(a["site_id"], aid) for aid, a in assets_doc.items()
               if "TEMPERATURE" in a.get("thresholds", {})]
     alarm_asset = next(a for a in assets
@@ -138,12 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                        .get("critical_high", 1e9) < 99)
     ctx = ChaosContext(
         supervisor=sup,
-        reader=QuestDBReader(f"http://{settings.get('questdb', 'host')}:"
-                             f"{settings.get('questdb', 'http_port')}"),
-        api_url=f"http://{host}:{settings.get('api', 'port', int)}",
+        reader=QuestDBReader(f"http://{settings.questdb.host}:"
+                             f"{settings.questdb.http_port}"),
+        api_url=f"http://{host}:{settings.api.port}",
         api_key=configured_api_key(settings),
-        mqtt=(settings.get("mqtt", "host"), settings.get("mqtt", "port", int),
-              settings.get("mqtt", "sensor_username"), settings.get("mqtt", "sensor_password")),
+        mqtt=(settings.mqtt.host, settings.mqtt.port,
+              settings.mqtt.sensor_username, settings.mqtt.sensor_password),
         assets=assets, alarm_asset=alarm_asset, mqtt_rate=args.mqtt_rate,
         rest_rate=args.rest_rate, outage_s=args.outage_s, say=_say)
 

@@ -50,12 +50,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from api.auth import configured_api_key
-from io_connectors.raw_producer import build_raw_producer
+from config.settings import Settings
+from io_connectors.raw_producer import EdgeTarget, build_raw_producer
 from io_connectors.schema_registry import RegistrySchemas
-from runners.edge import edge_target
-from runners.settings import Settings
 from schemas import wire
 from schemas.edge import event_from_item, event_from_mqtt
+from schemas.events import EVENT_FIELDS
 from schemas.validation import default_sensor_rules
 
 __all__ = [
@@ -68,8 +68,7 @@ _LOGGER = logging.getLogger(__name__)
 
 SENTINEL_EVERY = 50
 VALID_SITE, VALID_ASSET = "site-001", "asset-001"
-_FIELDS = ("event_id", "timestamp", "site_id", "asset_id", "sensor_id", "sensor_type",
-           "value", "unit", "quality_flag", "source")
+_FIELDS = EVENT_FIELDS   # telemetry-event.avsc's fields: what the mutations remove or replace
 _ENV_HEALTH = "bridge", "api", "pipeline", "flink-jobserver", "kafka", "questdb", "mosquitto"
 
 
@@ -271,13 +270,13 @@ class Target:
     @classmethod
     def from_settings(cls, settings: Settings, storage: bool,
                       pids: Callable[[], dict[str, int]]) -> Target:
-        host = settings.get("stack", "bind_host")
+        host = settings.stack.bind_host
         return cls(settings=settings,
-                   api_url=f"http://{host}:{settings.get('api', 'port', int)}",
+                   api_url=f"http://{host}:{settings.api.port}",
                    api_key=configured_api_key(settings),
                    storage=storage, pids=pids,
-                   questdb_url=f"http://{settings.get('questdb', 'host')}:"
-                               f"{settings.get('questdb', 'http_port')}")
+                   questdb_url=f"http://{settings.questdb.host}:"
+                               f"{settings.questdb.http_port}")
 
 
 def kafka_end_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
@@ -304,8 +303,8 @@ def read_topic(settings: Settings, topic: str, start: dict[int, int],
                until: Callable[[list[dict[str, Any]]], bool], timeout_s: float
                ) -> list[dict[str, Any]]:
     """Decode every record of ``topic`` after ``start`` until ``until(records)`` or timeout."""
-    bootstrap = settings.get("kafka", "bootstrap_servers")
-    registry = RegistrySchemas(settings.get("schema_registry", "url"))
+    bootstrap = settings.kafka.bootstrap_servers
+    registry = RegistrySchemas(settings.schema_registry.url)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-{uuid.uuid4()}",
                          "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
@@ -362,7 +361,7 @@ def _check_arrivals(target: Target, result: EntryResult, valid_ids: set[str],
     if target.storage:
         found: set[str] = set()
         while time.monotonic() < deadline:
-            dlq = read_topic(s, s.get("kafka", "topic_dlq"), dlq_start,
+            dlq = read_topic(s, s.kafka.topic_dlq, dlq_start,
                              lambda r: True, timeout_s=20.0)
             dead_ids = {r.get("event_id") for r in dlq if r.get("event_id")}
             found = _stored_ids(target, want, since_ms) | (want & dead_ids)
@@ -371,10 +370,10 @@ def _check_arrivals(target: Target, result: EntryResult, valid_ids: set[str],
                 break
             time.sleep(3.0)
     else:
-        raw = read_topic(s, s.get("kafka", "topic_raw"), raw_start,
+        raw = read_topic(s, s.kafka.topic_raw, raw_start,
                          lambda r: want <= {x.get("event_id") for x in r}, timeout_s)
         found = want & {r.get("event_id") for r in raw}
-        dlq = read_topic(s, s.get("kafka", "topic_dlq"), dlq_start,
+        dlq = read_topic(s, s.kafka.topic_dlq, dlq_start,
                          lambda r: sum(1 for x in r if mine is not None and mine(x))
                          >= result.dead_letters_expected, 60.0)
     result.valid_found = len(found & valid_ids)
@@ -459,8 +458,8 @@ class _Connection:
                  max_inflight: int) -> None:
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                    protocol=mqtt.MQTTv5, reconnect_on_failure=False)
-        self._client.username_pw_set(settings.get("mqtt", "sensor_username"),
-                                     settings.get("mqtt", "sensor_password"))
+        self._client.username_pw_set(settings.mqtt.sensor_username,
+                                     settings.mqtt.sensor_password)
         self._client.max_inflight_messages_set(max_inflight + 100)
         connected = threading.Event()
         self._closing = False
@@ -469,7 +468,7 @@ class _Connection:
         self._client.on_publish = lambda _c, _u, mid, rc, _p: on_publish(mid, rc.value)
         self._client.on_disconnect = \
             lambda _c, _u, _f, rc, _p: None if self._closing else on_drop(str(rc))
-        self._client.connect(settings.get("mqtt", "host"), settings.get("mqtt", "port", int),
+        self._client.connect(settings.mqtt.host, settings.mqtt.port,
                              keepalive=30, clean_start=True)
         self._client.loop_start()
         if not connected.wait(15):
@@ -815,10 +814,10 @@ def _entry_query(target: Target, cases: int, tag: str, result: EntryResult) -> N
 
 def _entry_raw_kafka(target: Target, cases: int, tag: str, result: EntryResult) -> None:
     s = target.settings
-    topic = s.get("kafka", "topic_raw")
-    producer = Producer({"bootstrap.servers": s.get("kafka", "bootstrap_servers"),
+    topic = s.kafka.topic_raw
+    producer = Producer({"bootstrap.servers": s.kafka.bootstrap_servers,
                          "acks": "all", "enable.idempotence": True})
-    raw_producer = build_raw_producer(edge_target(s), client_id=f"{tag}-sentinels")
+    raw_producer = build_raw_producer(EdgeTarget.from_settings(s), client_id=f"{tag}-sentinels")
     sentinels: set[str] = set()
     delivered = {"n": 0, "failed": 0}
 
@@ -929,9 +928,9 @@ def run_entry(target: Target, name: str, cases: int) -> EntryResult:
     tag = f"bad{uuid.uuid4().hex[:8]}-{name}"
     result = EntryResult(name)
     since_ms = int(time.time() * 1000) - 1000
-    bootstrap = s.get("kafka", "bootstrap_servers")
-    dlq_start = kafka_end_offsets(bootstrap, s.get("kafka", "topic_dlq"))
-    raw_start = kafka_end_offsets(bootstrap, s.get("kafka", "topic_raw"))
+    bootstrap = s.kafka.bootstrap_servers
+    dlq_start = kafka_end_offsets(bootstrap, s.kafka.topic_dlq)
+    raw_start = kafka_end_offsets(bootstrap, s.kafka.topic_raw)
     pids_before = target.pids()
     runner(target, cases, tag, result)
     _check_arrivals(target, result, result.valid_ids, result.sentinel_ids, dlq_start,
@@ -1000,8 +999,8 @@ def run_bad_input(settings: Settings, supervisor: Any, *, cases: int,
                   entries: Sequence[str] | None = None) -> BadInputReport:
     """Entry points (default: every one) against the chaos stack (pipeline running)."""
 
-    flink_url = (f"http://{settings.get('stack', 'bind_host')}:"
-                 f"{settings.get('flink', 'web_ui_port', int)}")
+    flink_url = (f"http://{settings.stack.bind_host}:"
+                 f"{settings.flink.web_ui_port}")
 
     def pids() -> dict[str, int]:
         marks = {s.name: s.pid for s in supervisor.statuses() if s.pid is not None}

@@ -189,13 +189,13 @@ def _cluster_job_back(service: str) -> Callable[[ChaosContext], str]:
     def recovery(ctx: ChaosContext) -> str:
         import requests
 
-        from runners.settings import load_settings
+        from config.settings import load_settings
         from runners.stack import cluster
 
         t0 = time.monotonic()
         how = restart(ctx)
         settings = load_settings()
-        url = f"http://127.0.0.1:{settings.get('flink', 'web_ui_port', int)}"
+        url = f"http://127.0.0.1:{settings.flink.web_ui_port}"
         deadline = t0 + ctx.recovery_timeout_s
         while time.monotonic() < deadline:
             try:

@@ -6,9 +6,12 @@ KEYS make every write idempotent, so the at-least-once sinks can retry freely.
 Two rollups of sensor_readings are QuestDB materialized views (issue 16, part 2):
 1-minute and 1-hour buckets per sensor with the sum, count, min and max of ``value``
 (an average over several buckets is ``sum(value_sum) / sum(value_count)``, never an
-average of averages). QuestDB refreshes them incrementally after every commit of the
-base table; the 1-hour view is built on the 1-minute one (cascading), so a refresh reads
-at most 60 rows per sensor and hour, not the raw rows of the hour.
+average of averages). The 1-minute view is refreshed incrementally by a timer, once a
+minute (``REFRESH EVERY 1m``: an ``IMMEDIATE`` refresh after every commit cost QuestDB CPU
+on each written row); the 1-hour view is built on the 1-minute one (cascading, refreshed
+after each of its commits), so a refresh reads at most 60 rows per sensor and hour, not
+the raw rows of the hour. The API reads the buckets newer than the last refresh from the
+raw rows (the "raw tail", :mod:`api.questdb`; decision 0006, "Fourth pass").
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 
 __all__ = ["SENSOR_READINGS", "ALARMS", "DDL_STATEMENTS", "MIGRATIONS", "SENSOR_READING_COLUMNS",
            "ALARM_COLUMNS", "ROLLUP_1M", "ROLLUP_1H", "ROLLUPS", "ROLLUP_COLUMNS",
-           "ROLLUP_STATEMENTS", "Column", "TABLE_COLUMNS", "SYMBOL_COLUMNS"]
+           "ROLLUP_STATEMENTS", "ROLLUP_REFRESH_EVERY", "Column", "TABLE_COLUMNS",
+           "SYMBOL_COLUMNS"]
 
 SENSOR_READINGS = "sensor_readings"
 ALARMS = "alarms"
@@ -25,6 +29,8 @@ ROLLUP_1M = "sensor_readings_1m"
 ROLLUP_1H = "sensor_readings_1h"
 # view -> bucket length in seconds, finest first.
 ROLLUPS = {ROLLUP_1M: 60, ROLLUP_1H: 3600}
+# The 1-minute view's refresh timer (QuestDB 9.3.1 accepts no unit shorter than m).
+ROLLUP_REFRESH_EVERY = "1m"
 
 @dataclass(frozen=True)
 class Column:
@@ -119,7 +125,7 @@ ROLLUP_COLUMNS = ("timestamp", "site_id", "asset_id", "sensor_id", "sensor_type"
 # indexed as in sensor_readings: a dense asset-day of 1-minute buckets read 846,659 rows of
 # the view's day without it (36-191 ms), 14,400 through it (~30 ms, mostly the transfer).
 _ROLLUP_1M_DDL = f"""
-CREATE MATERIALIZED VIEW IF NOT EXISTS {ROLLUP_1M} AS (
+CREATE MATERIALIZED VIEW IF NOT EXISTS {ROLLUP_1M} REFRESH EVERY {ROLLUP_REFRESH_EVERY} AS (
     SELECT timestamp, site_id, asset_id, sensor_id, sensor_type,
            sum(value) value_sum, count(value) value_count, count() row_count,
            min(value) value_min, max(value) value_max
@@ -138,7 +144,10 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS {ROLLUP_1H} AS (
 ), INDEX (asset_id) PARTITION BY MONTH TTL 2 YEARS
 """
 
-ROLLUP_STATEMENTS = (_ROLLUP_1M_DDL.strip(), _ROLLUP_1H_DDL.strip())
+# A 1-minute view created before the timer (IMMEDIATE) is switched to it; idempotent.
+_ROLLUP_1M_TIMER = f"ALTER MATERIALIZED VIEW {ROLLUP_1M} SET REFRESH EVERY {ROLLUP_REFRESH_EVERY}"
+
+ROLLUP_STATEMENTS = (_ROLLUP_1M_DDL.strip(), _ROLLUP_1M_TIMER, _ROLLUP_1H_DDL.strip())
 
 DDL_STATEMENTS = (_table_ddl(SENSOR_READINGS, "timestamp, event_id"),
                   _table_ddl(ALARMS, "timestamp, alarm_id, state"))
@@ -151,9 +160,8 @@ MIGRATIONS = (
 )
 
 # The rollups are created on start only with ``[questdb] rollups = true``
-# (runners/stack/questdb.py): QuestDB refreshes them after every commit of
-# sensor_readings, which costs QuestDB CPU on the ingest path (docs/decisions/0004,
-# "Fourth session"). IF NOT EXISTS: an existing view is kept (QuestDB has no CREATE OR
+# (runners/stack/questdb.py): refreshing them costs QuestDB CPU on the ingest path
+# (docs/decisions/0004, "Fourth session"; 0006, "Fourth pass" for the timer). IF NOT EXISTS: an existing view is kept (QuestDB has no CREATE OR
 # REPLACE for them; a changed definition needs a DROP first). On a filled table the first
 # refresh reads every raw row once (176M rows on the dense bench stack: see
 # docs/benchmarks.md, "Dense queries"). Turning the setting off later does not drop them.

@@ -42,7 +42,7 @@ record counts once, not once per event it carries); the API turns that into a
 Prometheus histogram. No metrics library is imported here.
 
 :func:`build_raw_producer` wires it for an :class:`EdgeTarget` (Kafka, the two
-topics, the registry, the batch size; ``runners.edge.edge_target`` reads one
+topics, the registry, the batch size; :meth:`EdgeTarget.from_settings` reads one
 from the settings): it loads the Avro schemas from ``schemas/`` and registers
 them in the schema registry (``<topic>-value``; the batch under
 ``<raw topic>-com.dcmms.telemetry.TelemetryBatch``) to obtain the ids written
@@ -61,6 +61,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from config.settings import KafkaSettings, Settings
 from io_connectors.kafka_config import reliable_producer_config
 from io_connectors.kafka_partition import PARTITIONER, partition_for
 from io_connectors.schema_registry import subject_for_record, subject_for_topic
@@ -91,7 +92,7 @@ _LOGGER = logging.getLogger(__name__)
 _ERROR_LOG_INTERVAL_S = 30.0
 
 # Events per TelemetryBatch record unless configured ([kafka] edge_batch_max_events).
-DEFAULT_BATCH_MAX_EVENTS = 500
+DEFAULT_BATCH_MAX_EVENTS: int = KafkaSettings.edge_batch_max_events
 # The raw topic's partition count is re-read from Kafka at most this often.
 PARTITIONS_MAX_AGE_S = 60.0
 # After a failed read, callers are not blocked on another one for this long.
@@ -552,6 +553,16 @@ class EdgeTarget:
     registry_url: str
     # Events per TelemetryBatch record ([kafka] edge_batch_max_events).
     batch_max_events: int = DEFAULT_BATCH_MAX_EVENTS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EdgeTarget:
+        """Where the MQTT bridge and REST ingest write (``[kafka]``, ``[schema_registry]``),
+        and how many events go in one TelemetryBatch record (``[kafka] edge_batch_max_events``)."""
+        return cls(bootstrap_servers=settings.kafka.bootstrap_servers,
+                   raw_topic=settings.kafka.topic_raw,
+                   dlq_topic=settings.kafka.topic_dlq,
+                   registry_url=settings.schema_registry.url,
+                   batch_max_events=settings.kafka.edge_batch_max_events)
 
 
 def build_raw_producer(target: EdgeTarget, *, client_id: str,

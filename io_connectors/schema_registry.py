@@ -59,7 +59,7 @@ def subject_for_record(topic: str, record_fullname: str) -> str:
 
 def topic_schema_names(settings: Any) -> dict[str, str]:
     """``{topic name: schema name}`` for the four pipeline topics, from [kafka] settings."""
-    return {settings.get("kafka", key): name for key, name in TOPIC_SCHEMAS.items()}
+    return {getattr(settings.kafka, key): name for key, name in TOPIC_SCHEMAS.items()}
 
 
 class RegistrySchemas:

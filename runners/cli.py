@@ -30,9 +30,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from config.settings import Settings, SettingsError, load_settings
 from runners.mqtt_bridge import metrics_url
 from runners.pipeline_report import add_replay_parser, bridge_lines, pipeline_lines, replay_main
-from runners.settings import Settings, SettingsError, load_settings
 from runners.stack import cluster
 from runners.stack.supervisor import (
     PIPELINE_MODULE,
@@ -82,7 +82,7 @@ def _supervisor(with_pipeline: bool) -> Supervisor:
     settings = load_settings()
     paths = paths_from_settings(settings)
     specs = load_specs(settings, paths, stack_modules(with_pipeline))
-    return Supervisor(specs, paths, bind_host=settings.get("stack", "bind_host"))
+    return Supervisor(specs, paths, bind_host=settings.stack.bind_host)
 
 
 def _pipeline_running() -> bool:
@@ -181,26 +181,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_endpoints(settings: Settings, running: set[str]) -> None:
-    host = settings.get("stack", "bind_host")
-    q = settings.section("questdb")
+    host = settings.stack.bind_host
+    q = settings.questdb
     lines = [
-        ("kafka", "Kafka bootstrap", settings.get("kafka", "bootstrap_servers")),
-        ("registry", "Schema registry", settings.get("schema_registry", "url")),
-        ("questdb", "QuestDB console/HTTP", f"http://{q.get('host', host)}:{q.get('http_port')}"),
-        ("questdb", "QuestDB PG wire", f"postgresql://{q.get('pg_user')}@{q.get('host', host)}:"
-                                       f"{q.get('pg_port')}/qdb"),
-        ("questdb", "QuestDB ILP TCP", f"{q.get('host', host)}:{q.get('ilp_tcp_port')}"),
-        ("mosquitto", "MQTT", f"mqtt://{settings.get('mqtt', 'host')}:"
-                              f"{settings.get('mqtt', 'port')} "
-                              f"(user {settings.get('mqtt', 'sensor_username')})"),
-        ("pipeline", "Flink web UI (job)", f"http://{host}:{settings.get('flink', 'web_ui_port')}"),
+        ("kafka", "Kafka bootstrap", settings.kafka.bootstrap_servers),
+        ("registry", "Schema registry", settings.schema_registry.url),
+        ("questdb", "QuestDB console/HTTP", f"http://{q.host}:{q.http_port}"),
+        ("questdb", "QuestDB PG wire", f"postgresql://{q.pg_user}@{q.host}:{q.pg_port}/qdb"),
+        ("questdb", "QuestDB ILP TCP", f"{q.host}:{q.ilp_tcp_port}"),
+        ("mosquitto", "MQTT", f"mqtt://{settings.mqtt.host}:"
+                              f"{settings.mqtt.port} "
+                              f"(user {settings.mqtt.sensor_username})"),
+        ("pipeline", "Flink web UI (job)", f"http://{host}:{settings.flink.web_ui_port}"),
         ("flink-jobmanager", "Flink web UI (cluster)",
-         f"http://{host}:{settings.get('flink', 'web_ui_port')}"),
-        ("api", "REST API", f"http://{host}:{settings.get('api', 'port')}/api/v1 "
-                            f"(health http://{host}:{settings.get('api', 'port')}/healthz)"),
+         f"http://{host}:{settings.flink.web_ui_port}"),
+        ("api", "REST API", f"http://{host}:{settings.api.port}/api/v1 "
+                            f"(health http://{host}:{settings.api.port}/healthz)"),
         ("bridge", "MQTT bridge metrics", metrics_url(settings) or "none ([mqtt] metrics_port 0)"),
         ("console", "Operator console",
-         f"http://{host}:{settings.get('console', 'port', int, 8080)}/ (sign in with an API key)"),
+         f"http://{host}:{settings.console.port}/ (sign in with an API key)"),
     ]
     print("\nendpoints:")
     for service, name, value in lines:

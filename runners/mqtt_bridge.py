@@ -36,11 +36,10 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from config.settings import MqttSettings, Settings, SettingsError, load_settings
 from io_connectors.edge_metrics import BridgeCollector, DeliveryMetrics
 from io_connectors.mqtt_bridge import BridgeConfig, MqttBridge
-from io_connectors.raw_producer import build_raw_producer
-from runners.edge import edge_target
-from runners.settings import Settings, SettingsError, load_settings
+from io_connectors.raw_producer import EdgeTarget, build_raw_producer
 from runners.stack.supervisor import HEARTBEAT_ENV, write_heartbeat
 from schemas.validation import RulesError, default_sensor_rules
 
@@ -49,7 +48,7 @@ __all__ = ["DEFAULT_METRICS_PORT", "bridge_config", "main", "metrics_port", "met
 _LOGGER = logging.getLogger("runners.mqtt_bridge")
 
 # [mqtt] metrics_port when the setting is absent.
-DEFAULT_METRICS_PORT = 9883
+DEFAULT_METRICS_PORT: int = MqttSettings.metrics_port
 
 
 def bridge_config(settings: Settings, client_id: str | None = None,
@@ -57,27 +56,24 @@ def bridge_config(settings: Settings, client_id: str | None = None,
                   session_expiry_s: int | None = None) -> BridgeConfig:
     """The bridge's MQTT settings; errors name the setting at fault."""
     return BridgeConfig(
-        host=settings.get("mqtt", "host"),
-        port=settings.get("mqtt", "port", int),
-        username=settings.get("mqtt", "bridge_username"),
-        password=settings.get("mqtt", "bridge_password"),
-        client_id=client_id or settings.get("mqtt", "bridge_client_id", str, "dcmms-bridge-1"),
-        share_group=share_group or settings.get("mqtt", "bridge_share_group", str,
-                                             "dcmms-bridge"),
+        host=settings.mqtt.host,
+        port=settings.mqtt.port,
+        username=settings.mqtt.bridge_username,
+        password=settings.mqtt.bridge_password,
+        client_id=client_id or settings.mqtt.bridge_client_id,
+        share_group=share_group or settings.mqtt.bridge_share_group,
         # --share-group means sharing; otherwise [mqtt] bridge_shared_subscription decides.
-        shared=bool(share_group) or settings.get("mqtt", "bridge_shared_subscription", bool,
-                                                 False),
-        receive_maximum=settings.get("mqtt", "bridge_receive_maximum", int, 20000),
-        linger_ms=settings.get("mqtt", "bridge_linger_ms", float, 50.0),
+        shared=bool(share_group) or settings.mqtt.bridge_shared_subscription,
+        receive_maximum=settings.mqtt.bridge_receive_maximum,
+        linger_ms=settings.mqtt.bridge_linger_ms,
         session_expiry_s=session_expiry_s if session_expiry_s is not None
-        else settings.get("mqtt", "bridge_session_expiry_s", int, 7 * 24 * 3600),
+        else settings.mqtt.bridge_session_expiry_s,
     )
 
 
 def metrics_port(settings: Settings, override: int | None = None) -> int:
     """The bridge's metrics port (0: none); errors name the setting."""
-    port = override if override is not None else settings.get("mqtt", "metrics_port", int,
-                                                              DEFAULT_METRICS_PORT)
+    port = override if override is not None else settings.mqtt.metrics_port
     if not 0 <= port <= 65535:
         raise SettingsError(f"setting {settings.origin('mqtt', 'metrics_port')} (or "
                             f"--metrics-port) must be 0..65535, got {port}")
@@ -89,7 +85,7 @@ def metrics_url(settings: Settings) -> str | None:
     port = metrics_port(settings)
     if not port:
         return None
-    host = settings.get("stack", "bind_host")
+    host = settings.stack.bind_host
     host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
     return f"http://{host}:{port}/metrics"
 
@@ -120,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                args.session_expiry_s)
         rules = default_sensor_rules()
         port = metrics_port(settings, args.metrics_port)
-        bind_host = settings.get("stack", "bind_host")
+        bind_host = settings.stack.bind_host
     except (SettingsError, RulesError, ValueError) as exc:
         _LOGGER.error("cannot start the bridge: %s", exc)
         return 2
@@ -153,15 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     delay = 1.0
     while True:
         try:
-            producer = build_raw_producer(edge_target(settings),
+            producer = build_raw_producer(EdgeTarget.from_settings(settings),
                                           client_id=f"dcmms-bridge-{config.client_id}",
                                           delivery_observer=delivery.observe)
             break
         except Exception as exc:  # noqa: BLE001 - reported, then retried
             _LOGGER.error("cannot register schemas / create the Kafka producer (registry %s, "
                           "Kafka %s): %s; retrying in %.0f s",
-                          settings.get("schema_registry", "url"),
-                          settings.get("kafka", "bootstrap_servers"), exc, delay)
+                          settings.schema_registry.url,
+                          settings.kafka.bootstrap_servers, exc, delay)
             if stopping.wait(delay):
                 return 0
             delay = min(delay * 2, 30.0)

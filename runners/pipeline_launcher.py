@@ -27,8 +27,8 @@ import time
 
 import requests
 
+from config.settings import Settings, SettingsError, load_settings
 from runners.run_pipeline import JOB_NAME, run
-from runners.settings import Settings, SettingsError, load_settings
 from runners.stack import cluster
 from runners.stack.flink import cancel_jobs, job_submission_args, running_jobs
 from runners.stack.supervisor import HEARTBEAT_ENV, paths_from_settings, write_heartbeat
@@ -51,7 +51,7 @@ class PipelineLauncher:
         self.heartbeat_file = heartbeat_file
         self.poll_interval_s = poll_interval_s
         self.start_timeout_s = start_timeout_s
-        self.rest_url = f"http://127.0.0.1:{settings.get('flink', 'web_ui_port', int)}"
+        self.rest_url = f"http://127.0.0.1:{settings.flink.web_ui_port}"
         self.stopping = threading.Event()
 
     def job_state(self) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from runners.settings import Settings
+from config.settings import Settings
 
 __all__ = ["TelemetryOptions", "telemetry_defaults"]
 
@@ -17,24 +17,23 @@ __all__ = ["TelemetryOptions", "telemetry_defaults"]
 def telemetry_defaults(settings: Settings) -> dict[str, object]:
     """Defaults for :class:`TelemetryOptions` drawn from the settings file."""
     return {
-        "bootstrap_servers": settings.get("kafka", "bootstrap_servers"),
-        "raw_topic": settings.get("kafka", "topic_raw"),
-        "validated_topic": settings.get("kafka", "topic_validated"),
-        "alarms_topic": settings.get("kafka", "topic_alarms"),
-        "dlq_topic": settings.get("kafka", "topic_dlq"),
-        "consumer_group": settings.get("pipeline", "consumer_group"),
-        "registry_url": settings.get("schema_registry", "url"),
-        "questdb_host": settings.get("questdb", "host"),
-        "questdb_http_port": settings.get("questdb", "http_port", int),
-        "assets_file": str(settings.path("pipeline", "assets_file")),
-        "asset_refresh_seconds": settings.get("pipeline", "asset_refresh_seconds", float),
-        "unknown_asset_policy": settings.get("pipeline", "unknown_asset_policy"),
-        "sensor_rules_file": str(settings.path("pipeline", "sensor_rules_file")),
-        "dedup_window_seconds": settings.get("pipeline", "dedup_window_seconds", float),
-        "sink_batch_rows": settings.get("pipeline", "sink_batch_rows", int),
-        "state_buckets": settings.get("pipeline", "state_buckets", int),
-        "no_data_check_seconds": settings.get("pipeline", "no_data_check_seconds", float,
-                                              15.0),
+        "bootstrap_servers": settings.kafka.bootstrap_servers,
+        "raw_topic": settings.kafka.topic_raw,
+        "validated_topic": settings.kafka.topic_validated,
+        "alarms_topic": settings.kafka.topic_alarms,
+        "dlq_topic": settings.kafka.topic_dlq,
+        "consumer_group": settings.pipeline.consumer_group,
+        "registry_url": settings.schema_registry.url,
+        "questdb_host": settings.questdb.host,
+        "questdb_http_port": settings.questdb.http_port,
+        "assets_file": str(settings.pipeline.assets_file),
+        "asset_refresh_seconds": settings.pipeline.asset_refresh_seconds,
+        "unknown_asset_policy": settings.pipeline.unknown_asset_policy,
+        "sensor_rules_file": str(settings.pipeline.sensor_rules_file),
+        "dedup_window_seconds": settings.pipeline.dedup_window_seconds,
+        "sink_batch_rows": settings.pipeline.sink_batch_rows,
+        "state_buckets": settings.pipeline.state_buckets,
+        "no_data_check_seconds": settings.pipeline.no_data_check_seconds,
     }
 
 

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from runners.settings import Settings
+from config.settings import Settings
 
 __all__ = ["add_replay_parser", "bridge_lines", "pipeline_lines", "replay_main"]
 
@@ -35,9 +35,9 @@ _STATUS_COUNTERS = (
 
 
 def _rest_url(settings: Settings) -> str:
-    host = settings.get("stack", "bind_host")
+    host = settings.stack.bind_host
     host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-    return f"http://{host}:{settings.get('flink', 'web_ui_port', int)}"
+    return f"http://{host}:{settings.flink.web_ui_port}"
 
 
 def _age(seconds: float | None) -> str:
@@ -52,7 +52,7 @@ def pipeline_lines(settings: Settings) -> list[str]:
     from io_connectors.flink_rest import FlinkRest, FlinkUnavailable
     from io_connectors.kafka_inspect import KafkaInspector, KafkaUnavailable
 
-    job_name = settings.get("pipeline", "job_name", str, "dcmms-telemetry")
+    job_name = settings.pipeline.job_name
     lines = ["", "pipeline:"]
     flink = FlinkRest(_rest_url(settings), timeout_s=2.0)
     try:
@@ -87,9 +87,9 @@ def pipeline_lines(settings: Settings) -> list[str]:
                 lines.append("                 (totals since the job started, average per "
                              "minute over its uptime)")
     try:
-        parts = KafkaInspector(settings.get("kafka", "bootstrap_servers"), timeout_s=3.0) \
-            .partitions(settings.get("kafka", "topic_raw"),
-                        settings.get("pipeline", "consumer_group"))
+        parts = KafkaInspector(settings.kafka.bootstrap_servers, timeout_s=3.0) \
+            .partitions(settings.kafka.topic_raw,
+                        settings.pipeline.consumer_group)
     except KafkaUnavailable as exc:
         lines.append(f"  consumer lag   not readable: {exc}")
     else:
@@ -174,13 +174,12 @@ def add_replay_parser(sub: Any) -> argparse.ArgumentParser:
 def _store(settings: Settings) -> Any:
     from io_connectors.dead_letter_store import DeadLetterStore
     from io_connectors.kafka_inspect import KafkaInspector
-    from io_connectors.raw_producer import build_raw_producer
+    from io_connectors.raw_producer import EdgeTarget, build_raw_producer
     from io_connectors.schema_registry import RegistrySchemas
-    from runners.edge import edge_target
     from schemas.validation import load_sensor_rules
 
-    target = edge_target(settings)
-    rules_file = settings.path("pipeline", "sensor_rules_file")
+    target = EdgeTarget.from_settings(settings)
+    rules_file = settings.pipeline.sensor_rules_file
     return DeadLetterStore(KafkaInspector(target.bootstrap_servers), target.dlq_topic,
                            RegistrySchemas(target.registry_url),
                            lambda: build_raw_producer(target, client_id="dcmms-replay-cli"),
@@ -234,7 +233,7 @@ def replay_main(settings: Settings, args: argparse.Namespace, out: TextIO | None
     else:
         print(f"replayed {len(result.replayed)} of {result.requested} dead letter(s): "
               f"{result.events_published} event(s) re-published to "
-              f"{settings.get('kafka', 'topic_raw')}", file=out)
+              f"{settings.kafka.topic_raw}", file=out)
         for skipped in result.skipped:
             print(f"  skipped {skipped['id']}: {skipped['reason']}", file=out)
         for failed in result.failed:
@@ -245,7 +244,7 @@ def replay_main(settings: Settings, args: argparse.Namespace, out: TextIO | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - manual use
-    from runners.settings import load_settings
+    from config.settings import load_settings
 
     parser = argparse.ArgumentParser(prog="python -m runners.pipeline_report")
     add_replay_parser(parser.add_subparsers(dest="command", required=True))

@@ -1,7 +1,7 @@
 """Stack profiles: environment overrides that give a second stack everything of its own.
 
 A profile is a set of ``DCMMS_<SECTION>_<KEY>`` variables (read by
-:mod:`runners.settings`) that moves a stack off the default one of
+:mod:`config.settings`) that moves a stack off the default one of
 config/local.toml: its own run directory ``.run-<name>`` (pid files, health
 files, logs, Kafka/QuestDB/Mosquitto data, Flink checkpoints), every port into a
 block of 10,000 of its own, and its own per-stack names (bridge client id and
@@ -31,7 +31,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from runners.settings import Settings, load_settings
+from config.settings import Settings, env_name, load_settings
 
 __all__ = ["PROFILES", "apply_profile", "isolation_conflicts", "main", "profile_environ",
            "shifted_environ"]
@@ -90,7 +90,7 @@ def _profile(name: str, block: int) -> Mapping[str, str]:
 # outgoing connection may rarely hold one, which the supervisor's free-port check reports.
 PROFILES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "chaos": _profile("chaos", 1),
-    # The test stack creates the rollup views ([questdb] rollups, off by default for their
+    # The test stack creates the rollup views ([questdb] rollups, on by default; timer refresh, decision 0006
     # ingest cost) so the query tests cover both read paths.
     "test": MappingProxyType({**_profile("test", 2), "DCMMS_QUESTDB_ROLLUPS": "true"}),
     **{f"dev{block}": _profile(f"dev{block}", block) for block in (3, 4, 5)},
@@ -125,17 +125,17 @@ def shifted_environ(base: Mapping[str, str], offset: int, suffix: str) -> dict[s
     """``base`` (a profile's environment) moved beside itself: every port + ``offset``, run dir
     and per-stack names + ``-<suffix>``. The cluster integration test runs its stack so, next
     to the test profile's (tests/integration/test_cluster_profile.py)."""
-    from runners.settings import load_settings as _load
-
-    settings = _load(environ=base)
+    settings = load_settings(environ=base)
     env = dict(base)
     for var, template, _place in _PORTS:
         current = base[var]   # set by the profile
         port = int(urlsplit(current).port if "://" in current else current.rpartition(":")[2])
         env[var] = template.format(port + offset)
-    env["DCMMS_STACK_RUN_DIR"] = f"{settings.get('stack', 'run_dir')}-{suffix}"
+    # As the profile wrote it (relative to the repository), else the resolved setting.
+    run_dir = base.get("DCMMS_STACK_RUN_DIR") or settings.stack.run_dir
+    env["DCMMS_STACK_RUN_DIR"] = f"{run_dir}-{suffix}"
     for section, key in _NAMES:
-        env[f"DCMMS_{section}_{key}".upper()] = f"{settings.get(section, key)}-{suffix}"
+        env[env_name(section, key)] = f"{getattr(getattr(settings, section), key)}-{suffix}"
     return env
 
 
@@ -150,13 +150,13 @@ def _footprint(settings: Settings) -> dict[str, str]:
 
     paths = paths_from_settings(settings)
     held = {f"run dir {paths.run_dir}": "[stack] run_dir"}
-    registry_port = urlsplit(settings.get("schema_registry", "url")).port
+    registry_port = urlsplit(settings.schema_registry.url).port
     held[f"port {registry_port}"] = "[schema_registry] url"
     # The services' own port lists (those the supervisor checks free before a start), so a
     # port added to a service later is covered without touching this module.
     for spec in load_specs(settings, paths, [*MODULE_ORDER, PIPELINE_MODULE]):
         held.update((f"port {port}", f"service {spec.name}") for port in spec.ports)
-    held.update((f"{key} {settings.get(section, key)}", f"[{section}] {key}")
+    held.update((f"{key} {getattr(getattr(settings, section), key)}", f"[{section}] {key}")
                 for section, key in _NAMES)
     return held
 

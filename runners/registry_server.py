@@ -33,15 +33,15 @@ _LOGGER = logging.getLogger(__name__)
 def build_registry(settings: Any) -> SchemaRegistry:
     """Start the store (replaying the topic) and return the registry, from settings."""
     store = KafkaRegistryStore(
-        settings.get("kafka", "bootstrap_servers"),
-        topic=settings.get("schema_registry", "topic", str, "_schemas"),
-        replication_factor=settings.get("schema_registry", "replication_factor", int, 1),
+        settings.kafka.bootstrap_servers,
+        topic=settings.schema_registry.topic,
+        replication_factor=settings.schema_registry.replication_factor,
     )
-    level = settings.get("schema_registry", "compatibility")
+    level = settings.schema_registry.compatibility
     try:
         CompatibilityLevel(level.upper())
     except ValueError:
-        from runners.settings import SettingsError
+        from config.settings import SettingsError
 
         raise SettingsError(f"setting {settings.origin('schema_registry', 'compatibility')} "
                             f"must be one of {[c.value for c in CompatibilityLevel]}, "
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     """Serve the registry with gunicorn: one worker process, several threads."""
     from gunicorn.app.base import BaseApplication
 
-    from runners.settings import load_settings
+    from config.settings import load_settings
 
     parser = argparse.ArgumentParser(prog="python -m runners.registry_server",
                                      description=__doc__.splitlines()[0])
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
     settings.check_production()
-    host = settings.get("stack", "bind_host")
-    port = settings.get("schema_registry", "port", int)
+    host = settings.stack.bind_host
+    port = settings.schema_registry.port
 
     class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             return create_app(build_registry(settings))
 
     _LOGGER.info("schema registry on %s:%d (Kafka %s)", host, port,
-                 settings.get("kafka", "bootstrap_servers"))
+                 settings.kafka.bootstrap_servers)
     _Gunicorn().run()
     return 0
 

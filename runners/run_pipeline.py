@@ -41,23 +41,23 @@ _LOGGER = logging.getLogger(__name__)
 
 def flink_defaults(settings: Settings) -> list[str]:
     """Beam flags for the local Flink job server (no Docker, no downloads)."""
-    parallelism = settings.get("flink", "parallelism", int)
-    sdk_workers = settings.get("flink", "sdk_worker_parallelism", int)
+    parallelism = settings.flink.parallelism
+    sdk_workers = settings.flink.sdk_worker_parallelism
     if cluster.enabled(settings):
         # One SDK worker per slot of each TaskManager.
         parallelism = cluster.total_slots(settings)
         sdk_workers = cluster.slots_per_taskmanager(settings)
     return [
         "--runner=FlinkRunner",
-        f"--job_endpoint=localhost:{settings.get('flink', 'job_port', int)}",
+        f"--job_endpoint=localhost:{settings.flink.job_port}",
         "--environment_type=EXTERNAL",
-        f"--environment_config=localhost:{settings.get('flink', 'worker_pool_port', int)}",
+        f"--environment_config=localhost:{settings.flink.worker_pool_port}",
         "--streaming",
         # On the cluster topology: every slot of every TaskManager (runners/stack/cluster.py).
         f"--parallelism={parallelism}",
-        f"--checkpointing_interval={settings.get('flink', 'checkpointing_interval_ms', int)}",
-        f"--max_bundle_size={settings.get('flink', 'max_bundle_size', int)}",
-        f"--max_bundle_time_mills={settings.get('flink', 'max_bundle_time_ms', int)}",
+        f"--checkpointing_interval={settings.flink.checkpointing_interval_ms}",
+        f"--max_bundle_size={settings.flink.max_bundle_size}",
+        f"--max_bundle_time_mills={settings.flink.max_bundle_time_ms}",
         # Finish the bundle before a checkpoint instead of buffering its remaining output in
         # the checkpoint: restored from such a buffer (chaos drill: job server SIGKILL under
         # load), outputs of the fused first stage reached the wrong downstream stage (dedup
@@ -66,7 +66,14 @@ def flink_defaults(settings: Settings) -> list[str]:
         # Python SDK processes per task manager: one is one core at most (the GIL).
         f"--sdk_worker_parallelism={sdk_workers}",
         f"--job_name={JOB_NAME}",
+        *_data_flush_flags(settings),
     ]
+
+
+def _data_flush_flags(settings: Settings) -> list[str]:
+    """Beam's time-based flush of the runner -> SDK worker data channel, when configured."""
+    flush_ms = settings.flink.data_flush_ms  # >= 0, checked by config.settings
+    return [f"--experiments=data_buffer_time_limit_ms={flush_ms}"] if flush_ms else []
 
 
 def make_options(argv: Sequence[str], settings: Settings) -> PipelineOptions:

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runners.settings import Settings, load_settings
+from config.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -42,7 +42,7 @@ def _pid_alive(pid: int) -> bool:
 def _prepare_metrics_dir(settings: Settings) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
-    base = settings.path("stack", "run_dir") / "api-metrics"
+    base = settings.stack.run_dir / "api-metrics"
     master = os.getppid()
     for old in base.glob("*") if base.is_dir() else ():
         if old.name.isdigit() and int(old.name) != master and not _pid_alive(int(old.name)):

@@ -9,6 +9,11 @@ register in the schema registry (subject ``<topic>-value``).
 shape has one definition. The edge writes one such record per batch of events
 (one REST request's accepted events, what the bridge took in one go) so the job
 handles one Kafka record per batch; see docs/decisions/0004.
+
+The .avsc files are the one definition of the record shapes: ``field_names``,
+``field_defaults`` and ``enum_symbols`` give the key tuples, defaults and enum
+symbols that schemas.events, schemas.dead_letter, transforms.enrich and
+transforms.alarms derive their constants from at import.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ __all__ = [
     "parse_schema",
     "schema_text",
     "field_names",
+    "field_defaults",
+    "enum_symbols",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -107,6 +114,30 @@ def schema_text(name: str) -> str:
     return json.dumps(json.loads(_load_json(name)), separators=(",", ":"))
 
 
+def _fields(name: str) -> list[dict[str, Any]]:
+    return json.loads(_load_json(name))["fields"]
+
+
 def field_names(name: str) -> tuple[str, ...]:
-    """Top-level field names of ``schemas/<name>.avsc`` in declaration order."""
-    return tuple(f["name"] for f in json.loads(_load_json(name))["fields"])
+    """Top-level field names of ``schemas/<name>.avsc`` in declaration order: the keys (and
+    their order) of the project's dicts of that record (call once, at import)."""
+    return tuple(f["name"] for f in _fields(name))
+
+
+def field_defaults(name: str) -> dict[str, Any]:
+    """``{field: default}`` of the top-level fields of ``schemas/<name>.avsc`` that declare
+    a default (what a reader fills in for a writer that lacks the field)."""
+    return {f["name"]: f["default"] for f in _fields(name) if "default" in f}
+
+
+def enum_symbols(name: str, field: str) -> tuple[str, ...]:
+    """The symbols of the enum type of top-level field ``field`` of ``schemas/<name>.avsc``
+    (SchemaFileError naming the file if it is not an enum field there)."""
+    for f in _fields(name):
+        if f["name"] == field:
+            t = f["type"]
+            if isinstance(t, dict) and t.get("type") == "enum":
+                return tuple(t["symbols"])
+            break
+    raise SchemaFileError(f"{SCHEMA_DIR / (name + '.avsc')}: field {field!r} is not an "
+                          "enum field")

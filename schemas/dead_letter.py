@@ -12,15 +12,16 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from schemas.avro import DEAD_LETTER, enum_symbols, field_names
+
 __all__ = ["DEAD_LETTER_FIELDS", "STAGES", "SOURCES", "make_dead_letter"]
 
 _LOGGER = logging.getLogger(__name__)
 
-DEAD_LETTER_FIELDS = (
-    "stage", "reasons", "original", "original_format", "source", "topic", "partition",
-    "offset", "key", "event_id", "failed_at",
-)
-STAGES = ("decode", "validate", "enrich", "sink", "bridge", "ingest", "unknown")
+# Derived from dead-letter.avsc; make_dead_letter's dict literal has exactly these keys
+# (unit test tests/unit/test_schemas_wire.py).
+DEAD_LETTER_FIELDS = field_names(DEAD_LETTER)
+STAGES = enum_symbols(DEAD_LETTER, "stage")
 SOURCES = ("kafka", "mqtt", "http", "pipeline")
 ORIGINAL_FORMATS = ("avro-confluent", "json", "unknown")
 

@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.avro import TELEMETRY_EVENT, enum_symbols, field_defaults, field_names
+
 __all__ = [
     "EVENT_FIELDS",
     "SENSOR_TYPES",
@@ -27,16 +29,11 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-EVENT_FIELDS = (
-    "event_id", "timestamp", "site_id", "asset_id", "sensor_id", "sensor_type", "value",
-    "unit", "quality_flag", "source",
-)
-SENSOR_TYPES = (
-    "TEMPERATURE", "VOLTAGE", "CURRENT", "POWER", "IRRADIANCE", "WIND_SPEED", "FREQUENCY",
-    "VIBRATION", "HUMIDITY", "PRESSURE", "ENERGY", "UNKNOWN",
-)
-QUALITY_FLAGS = ("GOOD", "BAD", "UNCERTAIN", "UNKNOWN")
-_DEFAULTS: Mapping[str, Any] = {"quality_flag": "UNKNOWN", "source": None}
+# Derived from telemetry-event.avsc (the one definition of the event's shape).
+EVENT_FIELDS = field_names(TELEMETRY_EVENT)
+SENSOR_TYPES = enum_symbols(TELEMETRY_EVENT, "sensor_type")
+QUALITY_FLAGS = enum_symbols(TELEMETRY_EVENT, "quality_flag")
+_DEFAULTS: Mapping[str, Any] = field_defaults(TELEMETRY_EVENT)
 
 # Fixed namespace: changing it would change every derived id and defeat dedup of retries.
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c2a4e-8d3b-5b7a-9c11-d0c3a5e7f901")

@@ -48,8 +48,8 @@ No-data (inactivity) alarms, severity ``NO_DATA`` (docs/pipeline.md, "No-data al
   alarmed a fresh full interval from that moment (counted as
   ``no_data_deferred_after_gap``): no alarm storm after an outage of the job.
 
-Transitions are dicts with exactly :data:`ALARM_FIELDS` (=
-io_connectors.questdb_schema.ALARM_COLUMNS and schemas/alarm.avsc). State is
+Transitions are dicts with exactly :data:`ALARM_FIELDS` (the fields of
+schemas/alarm.avsc, = io_connectors.questdb_schema.ALARM_COLUMNS). State is
 per ``site_id/asset_id/sensor_id``, held in keyed state of the sensor's bucket
 (transforms/buckets.py: one state read and write per batch of readings, not
 per reading), so it is checkpointed by the runner and survives a restart from
@@ -71,6 +71,7 @@ from apache_beam.coders import BytesCoder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from schemas.assets import AssetCatalog, Thresholds
+from schemas.avro import ALARM, field_names
 from transforms.buckets import BatchByBucket, unpack_batch
 from transforms.common import counter
 from transforms.enrich import FileAssetCatalog, _CatalogUser, catalog_input
@@ -100,10 +101,11 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-ALARM_FIELDS = (
-    "timestamp", "alarm_id", "site_id", "asset_id", "sensor_id", "sensor_type", "severity",
-    "state", "value", "threshold", "reason", "event_id", "ingested_at",
-)
+# Derived from alarm.avsc; the dict literals of _transition and _no_data_raised have exactly
+# these keys in this order (unit test tests/unit/test_schemas_wire.py).
+ALARM_FIELDS = field_names(ALARM)
+# The enum symbols of alarm.avsc's severity and state (each named: the state machine's logic
+# depends on each one; the unit test checks they are the schema's symbols).
 WARNING, CRITICAL, NO_DATA = "WARNING", "CRITICAL", "NO_DATA"
 RAISED, CLEARED = "RAISED", "CLEARED"
 _RANK = {None: 0, WARNING: 1, CRITICAL: 2}
@@ -185,23 +187,37 @@ def clears(value: float, quality: str, t: Thresholds | None) -> tuple[bool, floa
     return True, (None if level in (_INF, -_INF) else level)
 
 
-def _transition(reading: Mapping[str, Any], alarm_id: str, severity: str, state: str,
-                threshold: float | None, reason: str) -> dict[str, Any]:
+def _alarm_row(*, timestamp: int, alarm_id: str, site_id: str, asset_id: str, sensor_id: str,
+               sensor_type: str, severity: str, state: str, value: float,
+               threshold: float | None, reason: str, event_id: str, ingested_at: int
+               ) -> dict[str, Any]:
+    """The one builder of alarm transition dicts (keys: :data:`ALARM_FIELDS`, checked by a
+    unit test against alarm.avsc)."""
     return {
-        "timestamp": reading["timestamp"],
+        "timestamp": timestamp,
         "alarm_id": alarm_id,
-        "site_id": reading["site_id"],
-        "asset_id": reading["asset_id"],
-        "sensor_id": reading["sensor_id"],
-        "sensor_type": reading["sensor_type"],
+        "site_id": site_id,
+        "asset_id": asset_id,
+        "sensor_id": sensor_id,
+        "sensor_type": sensor_type,
         "severity": severity,
         "state": state,
-        "value": reading["value"],
+        "value": value,
         "threshold": threshold,
         "reason": reason,
-        "event_id": reading["event_id"],
-        "ingested_at": reading["ingested_at"],
+        "event_id": event_id,
+        "ingested_at": ingested_at,
     }
+
+
+def _transition(reading: Mapping[str, Any], alarm_id: str, severity: str, state: str,
+                threshold: float | None, reason: str) -> dict[str, Any]:
+    return _alarm_row(
+        timestamp=reading["timestamp"], alarm_id=alarm_id, site_id=reading["site_id"],
+        asset_id=reading["asset_id"], sensor_id=reading["sensor_id"],
+        sensor_type=reading["sensor_type"], severity=severity, state=state,
+        value=reading["value"], threshold=threshold, reason=reason,
+        event_id=reading["event_id"], ingested_at=reading["ingested_at"])
 
 
 def _no_data_cleared(state: AlarmState, reading: Mapping[str, Any], now_ms: int
@@ -264,21 +280,12 @@ def _no_data_raised(key: str, state: AlarmState, due_ms: int, now_ms: int) -> di
     assert state.seen_ms is not None and state.max_silence_s is not None
     site_id, asset_id, sensor_id = key.split("/")   # ids never hold "/" (schemas.validation)
     silent_s = (due_ms - state.seen_ms) / 1000
-    return {
-        "timestamp": due_ms,
-        "alarm_id": f"{asset_id}:{sensor_id}:{state.seen_ms}",
-        "site_id": site_id,
-        "asset_id": asset_id,
-        "sensor_id": sensor_id,
-        "sensor_type": state.sensor_type or "UNKNOWN",
-        "severity": NO_DATA,
-        "state": RAISED,
-        "value": silent_s,
-        "threshold": state.max_silence_s,
-        "reason": f"no reading for {silent_s:g} s (max_silence_s {state.max_silence_s:g})",
-        "event_id": "",
-        "ingested_at": now_ms,
-    }
+    return _alarm_row(
+        timestamp=due_ms, alarm_id=f"{asset_id}:{sensor_id}:{state.seen_ms}", site_id=site_id,
+        asset_id=asset_id, sensor_id=sensor_id, sensor_type=state.sensor_type or "UNKNOWN",
+        severity=NO_DATA, state=RAISED, value=silent_s, threshold=state.max_silence_s,
+        reason=f"no reading for {silent_s:g} s (max_silence_s {state.max_silence_s:g})",
+        event_id="", ingested_at=now_ms)
 
 
 def scan_silences(stored: dict[str, tuple[Any, ...]], now_ms: int, gap_ms: int

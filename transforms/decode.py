@@ -37,15 +37,11 @@ from schemas.avro import (
     ParsedSchema,
     load_schema,
 )
-from schemas.dead_letter import make_dead_letter
 from schemas.events import event_from_avro
 from schemas.wire import SchemaLookup, WireFormatError, decode, split_frame
-from transforms.common import DEAD_LETTER_TAG, Envelope, counter
+from transforms.common import DEAD_LETTER_TAG, Envelope, Rejected, counter
 
 __all__ = ["DecodeTelemetry", "unpack_source_record", "decode_source_record"]
-
-# Envelopes of one Kafka record, and the record's dead letter with its reason code.
-Decoded = tuple[list[Envelope], dict[str, Any] | None, str | None]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,10 +79,11 @@ def unpack_source_record(element: Any) -> tuple[Any, Any, dict[str, Any]]:
 
 def decode_source_record(
     element: Any, schema_for_id: SchemaLookup, reader_schema: ParsedSchema,
-) -> Decoded:
-    """Pure decode of one source record: ``(envelopes, None, None)`` or
-    ``([], dead_letter, reason_code)``. A TelemetryEvent record gives one envelope,
-    a TelemetryBatch record one per event (none for an empty batch)."""
+) -> list[Envelope] | Rejected:
+    """Pure decode of one source record: its envelopes, or a :class:`Rejected` (stage
+    ``decode``, one reason code; its ``dead_letter()`` carries the value as received).
+    A TelemetryEvent record gives one envelope, a TelemetryBatch record one per event
+    (none for an empty batch)."""
     key, value, meta = unpack_source_record(element)
     meta["original_format"] = "avro-confluent"
     if key is not None:
@@ -95,21 +92,23 @@ def decode_source_record(
         value = bytes(value)
     if not isinstance(value, bytes):
         reason = f"record value must be bytes, got {type(value).__name__}"
-        return [], make_dead_letter("decode", [reason], value, **meta), "not_bytes"
+        # A None value is kept as b"" (the dead letter's original is bytes, never JSON null).
+        return Rejected("decode", ("not_bytes",), (reason,),
+                        envelope=(None, b"" if value is None else value, meta))
     try:
         batch = _is_batch(value, schema_for_id)
         _schema_id, record = decode(value, schema_for_id,
                                     _batch_schema() if batch else reader_schema)
     except WireFormatError as exc:
-        return [], make_dead_letter("decode", [str(exc)], value, **meta), exc.reason
+        return Rejected("decode", (exc.reason,), (str(exc),), envelope=(None, value, meta))
     if not batch:
         # Resolved to the event schema, the record already has exactly EVENT_FIELDS.
         event = record if reader_schema is _event_schema() else event_from_avro(record)
-        return [(event, value, meta)], None, None
+        return [(event, value, meta)]
     # Items of a batch: resolved to the current event schema by the batch reader. Their
     # original bytes are made (as JSON) only if one is dead-lettered (original None).
     item_meta = {**meta, "original_format": "json"}
-    return [(event, None, item_meta) for event in record["events"]], None, None
+    return [(event, None, item_meta) for event in record["events"]]
 
 
 def _is_batch(value: bytes, schema_for_id: SchemaLookup) -> bool:
@@ -136,17 +135,17 @@ class _DecodeFn(beam.DoFn):
 
     def process(self, element: Any):  # type: ignore[override]
         assert self._reader is not None
-        envelopes, dead, reason = decode_source_record(element, self._lookup, self._reader)
-        if dead is None:
-            counter("kafka_records").inc()
-            if envelopes:
-                counter("read").inc(len(envelopes))
-                yield envelopes
-        else:
+        out = decode_source_record(element, self._lookup, self._reader)
+        if isinstance(out, Rejected):
             counter("read").inc()
-            counter(f"decode_failed.{reason}").inc()
+            counter(f"decode_failed.{out.code}").inc()
             counter("dead_letters").inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, out.dead_letter())
+            return
+        counter("kafka_records").inc()
+        if out:
+            counter("read").inc(len(out))
+            yield out
 
 
 class DecodeTelemetry(beam.PTransform):

@@ -1,8 +1,9 @@
 """Enrich validated events with asset metadata, from a periodically refreshed side input.
 
 Pure core: :func:`enrich` turns an event into a *reading row* (exactly
-:data:`READING_FIELDS`, i.e. io_connectors.questdb_schema.SENSOR_READING_COLUMNS
-and schemas/sensor-reading.avsc) using an :class:`schemas.assets.AssetCatalog`.
+:data:`READING_FIELDS`, the fields of schemas/sensor-reading.avsc, i.e.
+io_connectors.questdb_schema.SENSOR_READING_COLUMNS) using an
+:class:`schemas.assets.AssetCatalog`, or returns a transforms.common.Rejected.
 
 Unknown-asset policy (``unknown_asset_policy``):
 
@@ -52,11 +53,12 @@ from apache_beam.transforms import trigger, window
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from schemas.assets import AssetCatalog, AssetCatalogError, latest_catalog, load_asset_catalog
+from schemas.avro import SENSOR_READING, field_names
 from transforms.common import (
     DEAD_LETTER_TAG,
     Envelope,
+    Rejected,
     counter,
-    envelope_dead_letter,
     wall_clock_ms,
 )
 
@@ -76,30 +78,34 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-READING_FIELDS = (
-    "timestamp", "event_id", "site_id", "asset_id", "sensor_id", "sensor_type", "value",
-    "unit", "quality_flag", "site_name", "asset_type", "location", "ingested_at",
-)
+# Derived from sensor-reading.avsc; enrich's dict literal has exactly these keys in this order
+# (unit test tests/unit/test_schemas_wire.py), built with known keys as it is the hot path.
+READING_FIELDS = field_names(SENSOR_READING)
 DEAD_LETTER_POLICY = "dead_letter"
 PASS_UNENRICHED_POLICY = "pass_unenriched"
 UNKNOWN_ASSET_POLICIES = (DEAD_LETTER_POLICY, PASS_UNENRICHED_POLICY)
 
 
 def enrich(event: Mapping[str, Any], catalog: AssetCatalog | None, *, ingested_at_ms: int,
-           policy: str = DEAD_LETTER_POLICY) -> tuple[dict[str, Any] | None, str | None, str]:
-    """Pure: ``(row, None, "")`` or ``(None, reason, reason_code)``.
+           policy: str = DEAD_LETTER_POLICY) -> dict[str, Any] | Rejected:
+    """Pure: the reading row, or a :class:`Rejected` (stage ``enrich``, code
+    ``unknown_asset`` or ``site_mismatch``, the event's id; the caller passes the envelope
+    to its ``dead_letter()``).
 
     ``catalog`` None (no catalog loaded) counts as an empty catalog.
     """
     asset = catalog.get(event["asset_id"]) if catalog is not None else None
     if asset is None:
         if policy != PASS_UNENRICHED_POLICY:
-            return None, (f"asset_id: unknown asset {event['asset_id']!r} "
-                          f"(not in the asset catalog)"), "unknown_asset"
+            return Rejected("enrich", ("unknown_asset",),
+                            (f"asset_id: unknown asset {event['asset_id']!r} "
+                             f"(not in the asset catalog)",), event["event_id"])
         site_name = asset_type = location = None
     elif asset.site_id != event["site_id"]:
-        return None, (f"site_id: asset {asset.asset_id!r} belongs to site {asset.site_id!r}, "
-                      f"event says {event['site_id']!r}"), "site_mismatch"
+        return Rejected("enrich", ("site_mismatch",),
+                        (f"site_id: asset {asset.asset_id!r} belongs to site "
+                         f"{asset.site_id!r}, event says {event['site_id']!r}",),
+                        event["event_id"])
     else:
         site_name, asset_type, location = asset.site_name, asset.asset_type, asset.location
     return {
@@ -116,7 +122,7 @@ def enrich(event: Mapping[str, Any], catalog: AssetCatalog | None, *, ingested_a
         "asset_type": asset_type,
         "location": location,
         "ingested_at": ingested_at_ms,
-    }, None, ""
+    }
 
 
 def refresh_catalog(path: str | Path, previous_version: str | None, *, now_ms: int
@@ -231,18 +237,16 @@ class _EnrichFn(_CatalogUser, beam.DoFn):
         rows: list[dict[str, Any]] = []
         unenriched = 0
         for envelope in envelopes:
-            event = envelope[0]
-            row, reason, code = enrich(event, catalog, ingested_at_ms=ingested_at_ms,
-                                       policy=self._policy)
-            if row is not None:
-                if row["site_name"] is None:
+            out = enrich(envelope[0], catalog, ingested_at_ms=ingested_at_ms,
+                         policy=self._policy)
+            if not isinstance(out, Rejected):
+                if out["site_name"] is None:
                     unenriched += 1
-                rows.append(row)
+                rows.append(out)
                 continue
-            counter(f"enrich_failed.{code}").inc()
+            counter(f"enrich_failed.{out.code}").inc()
             counter("dead_letters").inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, envelope_dead_letter(
-                "enrich", [reason or "enrich failed"], envelope, event["event_id"]))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, out.dead_letter(envelope))
         if unenriched:
             counter("unenriched").inc(unenriched)
         if rows:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import apache_beam as beam
 
@@ -19,8 +18,8 @@ from schemas.validation import SensorRules, validate_event
 from transforms.common import (
     DEAD_LETTER_TAG,
     Envelope,
+    Rejected,
     counter,
-    envelope_dead_letter,
     wall_clock_ms,
 )
 
@@ -30,17 +29,17 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def validate_envelope(envelope: Envelope, *, now_ms: int, rules: SensorRules
-                      ) -> tuple[Envelope | None, dict[str, Any] | None, tuple[str, ...]]:
-    """Pure: ``(valid envelope, None, ())`` or ``(None, dead letter, reason codes)``."""
+                      ) -> Envelope | Rejected:
+    """Pure: the envelope with the normalised event, or a :class:`Rejected` (stage
+    ``validate``, a code per failed rule, every reason, the envelope as received)."""
     record, original, meta = envelope
     # Records decoded from Avro always carry an event_id: never invent one here.
     result = validate_event(record, now_ms=now_ms, rules=rules, fill_event_id=False)
     if result.event is not None:
-        return (result.event, original, meta), None, ()
+        return result.event, original, meta
     event_id = record.get("event_id") if isinstance(record, dict) else None
-    dead = envelope_dead_letter("validate", result.reasons, envelope,
-                                event_id=event_id if isinstance(event_id, str) else None)
-    return None, dead, result.codes
+    return Rejected("validate", result.codes, result.reasons,
+                    event_id if isinstance(event_id, str) else None, envelope)
 
 
 class _ValidateFn(beam.DoFn):
@@ -52,15 +51,15 @@ class _ValidateFn(beam.DoFn):
         now_ms = self._clock()
         kept: list[Envelope] = []
         for envelope in envelopes:
-            valid, dead, codes = validate_envelope(envelope, now_ms=now_ms, rules=self._rules)
-            if valid is not None:
-                kept.append(valid)
+            out = validate_envelope(envelope, now_ms=now_ms, rules=self._rules)
+            if not isinstance(out, Rejected):
+                kept.append(out)
                 continue
             counter("invalid").inc()
             counter("dead_letters").inc()
-            for code in codes:
+            for code in out.codes:
                 counter(f"invalid.{code}").inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, out.dead_letter())
         if kept:
             counter("valid").inc(len(kept))
             yield kept

@@ -23,6 +23,7 @@ The chart library (uPlot) is fetched from the npm registry by ``scripts/fetch-we
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 
 from api.auth import authenticate, require_scope
 from api.errors import ApiError, BadParameter, ServiceUnavailable
-from runners.settings import Settings
+from config.settings import Settings
 
 __all__ = ["BACKEND_EXTENSION", "CONSOLE_BLUEPRINTS", "PAGES", "bp", "create_console_app",
            "vendor_ready"]
@@ -152,20 +153,23 @@ def _small_int(name: str, default: int | None, low: int, high: int) -> int | Non
 
 def create_console_app(settings: Settings | None = None,
                        test_config: dict[str, Any] | None = None,
-                       backend: Any = None) -> Flask:
+                       backend: Any = None,
+                       statuses: Callable[[], list[dict[str, Any]]] | None = None) -> Flask:
     """The console app: :func:`api.create_app` with :data:`CONSOLE_BLUEPRINTS` and the
-    console backend (``backend`` replaces it in tests; the counter sampler starts here)."""
+    console backend (``backend`` replaces it in tests; the counter sampler starts here).
+    ``statuses`` lists the stack's services (the entry point, runners.console_wsgi, passes
+    the supervisor's; without it the overview lists none)."""
     from prometheus_client import REGISTRY  # noqa: F401 - imported for side-effect order
 
     from api import create_app
     from api.console.backend import ConsoleBackend, PipelineCollector
     from api.health import METRICS_EXTENSION
-    from runners.settings import load_settings
+    from config.settings import load_settings
 
     settings = settings or load_settings()
     app = create_app(settings, test_config, modules=CONSOLE_BLUEPRINTS)
     if backend is None:
-        backend = ConsoleBackend(settings)
+        backend = ConsoleBackend(settings, statuses)
         backend.sampler.start()
     app.extensions[BACKEND_EXTENSION] = backend
     app.extensions[METRICS_EXTENSION].registry.register(PipelineCollector(backend))

@@ -101,21 +101,23 @@ class ConsoleBackend:
                  flink: FlinkRest | None = None, kafka: KafkaInspector | None = None,
                  schema_lookup: Callable[[int], Any] | None = None) -> None:
         self.settings = settings
-        host = settings.get("stack", "bind_host")
+        host = settings.stack.bind_host
         host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
         self.flink = flink or FlinkRest(
-            f"http://{host}:{settings.get('flink', 'web_ui_port', int)}")
-        self.kafka = kafka or KafkaInspector(settings.get("kafka", "bootstrap_servers"))
+            f"http://{host}:{settings.flink.web_ui_port}")
+        self.kafka = kafka or KafkaInspector(settings.kafka.bootstrap_servers)
         if schema_lookup is None:
             from io_connectors.schema_registry import RegistrySchemas
-            schema_lookup = RegistrySchemas(settings.get("schema_registry", "url"))
+            schema_lookup = RegistrySchemas(settings.schema_registry.url)
         self.schema_lookup = schema_lookup
-        self.job_name = settings.get("pipeline", "job_name", str, "dcmms-telemetry")
-        self.group = settings.get("pipeline", "consumer_group")
-        self.topics = {key: settings.get("kafka", key) for key in TOPIC_KEYS}
-        self._statuses = statuses or _supervisor_statuses(settings)
+        self.job_name = settings.pipeline.job_name
+        self.group = settings.pipeline.consumer_group
+        self.topics = {key: getattr(settings.kafka, key) for key in TOPIC_KEYS}
+        # The stack's services (runners.console_wsgi passes the supervisor's view; api/ does
+        # not import runners): none without one.
+        self._statuses = statuses or (lambda: [])
         self.sampler = CounterSampler(self.counters_or_none,
-                                      settings.get("console", "sample_interval_s", float, 10.0))
+                                      settings.console.sample_interval_s)
 
     # -- Flink ------------------------------------------------------------------------------
 
@@ -189,37 +191,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
-
-
-def _supervisor_statuses(settings: Any) -> Callable[[], list[dict[str, Any]]]:
-    """Statuses of every service of the stack of ``settings`` (cached for 3 s)."""
-    cache: dict[str, Any] = {"at": 0.0, "value": []}
-    lock = threading.Lock()
-
-    def read() -> list[dict[str, Any]]:
-        from runners.stack.supervisor import (
-            Supervisor,
-            load_specs,
-            paths_from_settings,
-            stack_modules,
-        )
-
-        with lock:
-            if time.monotonic() - cache["at"] < 3.0:
-                return cache["value"]
-            paths = paths_from_settings(settings)
-            modules = stack_modules(with_pipeline=paths.pidfile("pipeline").exists())
-            specs = load_specs(settings, paths, modules)
-            sup = Supervisor(specs, paths, bind_host=settings.get("stack", "bind_host"))
-            value = [{"name": s.name, "pid": s.pid, "ports": list(s.ports), "up": s.healthy,
-                      "running": s.pid is not None, "uptime_s": s.uptime_s,
-                      "rss_mb": s.rss_mb, "restarts": s.restarts, "last_exit": s.last_exit,
-                      "last_exit_at": s.last_exit_at, "pending": s.pending}
-                     for s in sup.statuses()]
-            cache.update(at=time.monotonic(), value=value)
-            return value
-
-    return read
 
 
 class PipelineCollector:

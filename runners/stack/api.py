@@ -12,23 +12,19 @@ import sys
 
 import requests
 
-from runners.settings import Settings
+from config.settings import Settings
 from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = ["services"]
 
 
 def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
-    bind_host = settings.get("stack", "bind_host")
-    port = settings.get("api", "port", int)
-    workers = settings.get("api", "workers", int)
-    if workers < 1:
-        raise ValueError(f"setting {settings.origin('api', 'workers')} must be >= 1")
+    bind_host = settings.stack.bind_host
+    port = settings.api.port
+    workers = settings.api.workers  # >= 1, as threads: checked by config.settings
     # Threads per worker (gunicorn's gthread worker when > 1): a request waiting for
     # QuestDB or streaming a CSV export no longer holds a whole worker process.
-    threads = settings.get("api", "threads", int, 1)
-    if threads < 1:
-        raise ValueError(f"setting {settings.origin('api', 'threads')} must be >= 1")
+    threads = settings.api.threads
     url = f"http://{bind_host}:{port}/healthz"
 
     def healthy() -> bool:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 
+from config.settings import Settings
 from runners.mqtt_bridge import metrics_port
-from runners.settings import Settings
 from runners.stack.spec import ServiceSpec, StackPaths
 from runners.stack.supervisor import HEARTBEAT_ENV, heartbeat_healthy, log_says_ready
 

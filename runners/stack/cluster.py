@@ -38,7 +38,7 @@ import subprocess
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from runners.settings import Settings
+from config.settings import Settings
 from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = [
@@ -83,12 +83,8 @@ TASKMANAGER_MAIN = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
 
 def enabled(settings: Settings) -> bool:
     """True when ``[stack] topology`` (DCMMS_STACK_TOPOLOGY) is ``cluster``."""
-    value = str(settings.get("stack", "topology", str, "single")).strip().lower()
-    if value not in ("single", "cluster"):
-        from runners.settings import SettingsError
-        raise SettingsError(f"setting {settings.origin('stack', 'topology')} must be "
-                            f"'single' or 'cluster', got {value!r}")
-    return value == "cluster"
+    # config.settings checked it is one of the two when it loaded them.
+    return settings.stack.topology == "cluster"
 
 
 def recorded_topology(run_dir: Path) -> str | None:
@@ -130,19 +126,19 @@ def apply_topology(topology: str | None, environ: MutableMapping[str, str] | Non
     ``cluster`` the Kafka bootstrap setting is widened to the three brokers, so every
     service and client started from here can reach the cluster while any one broker is down.
     """
-    from runners.settings import load_settings
+    from config.settings import load_settings
 
     env = os.environ if environ is None else environ
     chosen = topology or env.get(TOPOLOGY_ENV) or (
-        recorded_topology(run_dir) if run_dir is not None else None) or str(
-        load_settings(environ=env).get("stack", "topology", str, "single")).strip().lower()
+        recorded_topology(run_dir) if run_dir is not None else None) or \
+        load_settings(environ=env).stack.topology
     if chosen not in ("single", "cluster"):
-        from runners.settings import SettingsError
+        from config.settings import SettingsError
         raise SettingsError(f"unknown stack topology {chosen!r} (environment variable "
                             f"{TOPOLOGY_ENV} or {run_dir}/{_TOPOLOGY_FILE}): 'single' or 'cluster'")
     env[TOPOLOGY_ENV] = chosen
     if chosen == "cluster":
-        servers = load_settings(environ=env).get("kafka", "bootstrap_servers")
+        servers = load_settings(environ=env).kafka.bootstrap_servers
         env["DCMMS_KAFKA_BOOTSTRAP_SERVERS"] = cluster_bootstrap(servers)
     return chosen
 
@@ -159,13 +155,13 @@ def taskmanager_names() -> list[str]:
 
 def broker_ports(settings: Settings) -> list[tuple[int, int]]:
     """(client port, controller port) of brokers 1..3: the configured ones + 2(i-1)."""
-    _host, port = _bootstrap_first(settings.get("kafka", "bootstrap_servers"))
-    cport = settings.get("kafka", "controller_port", int)
+    _host, port = _bootstrap_first(settings.kafka.bootstrap_servers)
+    cport = settings.kafka.controller_port
     return [(port + 2 * i, cport + 2 * i) for i in range(BROKERS)]
 
 
 def _flink_ports(settings: Settings) -> dict[str, int]:
-    web = settings.get("flink", "web_ui_port", int)
+    web = settings.flink.web_ui_port
     ports = {"rest": web, "jm_rpc": web + 1, "blob": web + 2}
     for i in range(TASK_MANAGERS):
         ports[f"tm{i + 1}_rpc"] = web + 3 + 2 * i
@@ -174,7 +170,7 @@ def _flink_ports(settings: Settings) -> dict[str, int]:
 
 
 def slots_per_taskmanager(settings: Settings) -> int:
-    return settings.get("flink", "cluster_slots_per_taskmanager", int, 1)
+    return settings.flink.cluster_slots_per_taskmanager
 
 
 def total_slots(settings: Settings) -> int:
@@ -184,7 +180,7 @@ def total_slots(settings: Settings) -> int:
 
 def jobmanager_address(settings: Settings) -> str:
     """``host:port`` of the JobManager's REST endpoint (the job server's ``--flink-master``)."""
-    return f"{settings.get('stack', 'bind_host')}:{settings.get('flink', 'web_ui_port', int)}"
+    return f"{settings.stack.bind_host}:{settings.flink.web_ui_port}"
 
 
 # -- Kafka -----------------------------------------------------------------------------------------
@@ -194,10 +190,10 @@ def kafka_cluster_services(settings: Settings, paths: StackPaths, *, log4j_xml: 
     """Three KRaft nodes; ``after_start`` (topic creation) runs once the third is healthy."""
     from runners.stack.kafka import _cluster_id
 
-    host, _port = _bootstrap_first(settings.get("kafka", "bootstrap_servers"))
-    bind_host = settings.get("stack", "bind_host")
-    partitions = settings.get("kafka", "partitions", int)
-    retention_ms = settings.get("kafka", "retention_ms", int)
+    host, _port = _bootstrap_first(settings.kafka.bootstrap_servers)
+    bind_host = settings.stack.bind_host
+    partitions = settings.kafka.partitions
+    retention_ms = settings.kafka.retention_ms
     ports = broker_ports(settings)
     voters = ",".join(f"{i + 1}@{bind_host}:{c}" for i, (_p, c) in enumerate(ports))
     jars = paths.jars("kafka")
@@ -327,7 +323,7 @@ def broker_registered(host: str, ports: list[tuple[int, int]], node: int, cport:
 
 def broker_health(settings: Settings) -> dict[str, bool]:
     """Each broker's name -> registered in the cluster (for status and drills)."""
-    host, _port = _bootstrap_first(settings.get("kafka", "bootstrap_servers"))
+    host, _port = _bootstrap_first(settings.kafka.bootstrap_servers)
     ports = broker_ports(settings)
     brokers = cluster_brokers(host, ports) or set()
     return {name: (i + 1) in brokers and _port_open(host, ports[i][0])
@@ -338,10 +334,10 @@ def broker_health(settings: Settings) -> dict[str, bool]:
 
 def _write_cluster_conf(conf_dir: Path, settings: Settings, paths: StackPaths,
                         extra: list[str]) -> None:
-    bind_host = settings.get("stack", "bind_host")
+    bind_host = settings.stack.bind_host
     ports = _flink_ports(settings)
     data = paths.data("flink")
-    heartbeat_ms = settings.get("flink", "cluster_heartbeat_timeout_ms", int, 10000)
+    heartbeat_ms = settings.flink.cluster_heartbeat_timeout_ms
     lines = [
         "# Written by runners/stack/cluster.py on every start; edit config/local.toml instead.",
         f"jobmanager.rpc.address: {bind_host}",
@@ -354,7 +350,7 @@ def _write_cluster_conf(conf_dir: Path, settings: Settings, paths: StackPaths,
         f"blob.server.port: {ports['blob']}",
         # Modest heaps: the Java side of a portable Beam job only moves bytes.
         f"jobmanager.memory.process.size: "
-        f"{settings.get('flink', 'cluster_jobmanager_memory', str, '768m')}",
+        f"{settings.flink.cluster_jobmanager_memory}",
         # Each TaskManager's memory, every part given (what Flink's shell scripts compute with
         # BashJavaUtils before they start a TaskManager): 1056 MB per process in total. The
         # hashmap state backend keeps state on the heap, so managed memory stays small.
@@ -379,7 +375,7 @@ def _write_cluster_conf(conf_dir: Path, settings: Settings, paths: StackPaths,
         # classpath: load them from there, once.
         "classloader.resolve-order: parent-first",
         "execution.buffer-timeout.interval: "
-        f"{settings.get('flink', 'buffer_timeout_ms', int, 5)} ms",
+        f"{settings.flink.buffer_timeout_ms} ms",
         "web.submit.enable: false",
         "web.cancel.enable: true",
         *extra,
@@ -391,7 +387,7 @@ def _write_cluster_conf(conf_dir: Path, settings: Settings, paths: StackPaths,
 def _rest_json(settings: Settings, path: str, timeout_s: float = 3.0) -> dict | None:
     import requests
 
-    url = f"http://127.0.0.1:{settings.get('flink', 'web_ui_port', int)}{path}"
+    url = f"http://127.0.0.1:{settings.flink.web_ui_port}{path}"
     try:
         resp = requests.get(url, timeout=timeout_s)
         resp.raise_for_status()
@@ -419,7 +415,7 @@ def flink_cluster_services(settings: Settings, paths: StackPaths, *, java_opens:
     """JobManager and TaskManagers, in start order."""
     jars = paths.jars("flink")
     ports = _flink_ports(settings)
-    bind_host = settings.get("stack", "bind_host")
+    bind_host = settings.stack.bind_host
     data = paths.data("flink")
     java = ["java", "-XX:+ExitOnOutOfMemoryError", *java_opens, *log_props,
             "-Dorg.slf4j.simpleLogger.log.org.apache.flink.runtime.executiongraph=info",

@@ -11,20 +11,18 @@ import sys
 
 import requests
 
-from runners.settings import Settings
+from config.settings import ConsoleSettings, Settings
 from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = ["services", "DEFAULT_PORT"]
 
-DEFAULT_PORT = 8080
+DEFAULT_PORT: int = ConsoleSettings.port
 
 
 def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
-    bind_host = settings.get("stack", "bind_host")
-    port = settings.get("console", "port", int, DEFAULT_PORT)
-    threads = settings.get("console", "threads", int, 8)
-    if threads < 1:
-        raise ValueError(f"setting {settings.origin('console', 'threads')} must be >= 1")
+    bind_host = settings.stack.bind_host
+    port = settings.console.port
+    threads = settings.console.threads  # >= 1: checked by config.settings
     url = f"http://{'127.0.0.1' if bind_host in ('', '0.0.0.0') else bind_host}:{port}/healthz"
 
     def healthy() -> bool:

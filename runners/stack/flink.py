@@ -127,8 +127,8 @@ def write_flink_conf(conf_dir: Path, settings: Settings, paths: StackPaths, *,
     ``checkpoint_dir`` (default: the pipeline's, see :func:`job_checkpoint_dir`)
     receives the job's checkpoints.
     """
-    bind_host = settings.get("stack", "bind_host")
-    port = settings.get("flink", "web_ui_port", int) if web_ui_port is None else web_ui_port
+    bind_host = settings.stack.bind_host
+    port = settings.flink.web_ui_port if web_ui_port is None else web_ui_port
     data = paths.data("flink")
     lines = [
         "# Written by runners/stack/flink.py; edit config/local.toml instead.",
@@ -148,13 +148,13 @@ def write_flink_conf(conf_dir: Path, settings: Settings, paths: StackPaths, *,
         # restart points (see job_submission_args).
         "execution.checkpointing.externalized-checkpoint-retention: RETAIN_ON_CANCELLATION",
         "state.checkpoints.num-retained: 3",
-        f"taskmanager.numberOfTaskSlots: {max(2, settings.get('flink', 'parallelism', int))}",
-        f"parallelism.default: {settings.get('flink', 'parallelism', int)}",
+        f"taskmanager.numberOfTaskSlots: {max(2, settings.flink.parallelism)}",
+        f"parallelism.default: {settings.flink.parallelism}",
         f"io.tmp.dirs: {data / 'tmp'}",
         # How long a partly filled network buffer waits before it is sent to the next
         # stage (Flink's default 100 ms is paid at each keyed exchange).
         f"execution.buffer-timeout.interval: "
-        f"{settings.get('flink', 'buffer_timeout_ms', int, 5)} ms",
+        f"{settings.flink.buffer_timeout_ms} ms",
     ]
     if restore_from is not None:
         lines += [
@@ -202,7 +202,7 @@ def job_submission_args(settings: Settings, paths: StackPaths, *, name: str = "p
 
 def expansion_address(settings: Settings) -> str:
     """``host:port`` of the kafka-expansion service, for ReadRawTelemetry(expansion_service=...)."""
-    return f"{settings.get('stack', 'bind_host')}:{settings.get('flink', 'expansion_port', int)}"
+    return f"{settings.stack.bind_host}:{settings.flink.expansion_port}"
 
 
 def running_jobs(rest_url: str, timeout_s: float = 5.0) -> list[dict[str, object]]:
@@ -267,14 +267,14 @@ def _grpc_ready(target: str, timeout_s: float = 2.0) -> bool:
 
 
 def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
-    bind_host = settings.get("stack", "bind_host")
-    job_port = settings.get("flink", "job_port", int)
-    artifact_port = settings.get("flink", "artifact_port", int)
-    expansion_port = settings.get("flink", "expansion_port", int)
-    web_ui_port = settings.get("flink", "web_ui_port", int)
-    pool_port = settings.get("flink", "worker_pool_port", int)
+    bind_host = settings.stack.bind_host
+    job_port = settings.flink.job_port
+    artifact_port = settings.flink.artifact_port
+    expansion_port = settings.flink.expansion_port
+    web_ui_port = settings.flink.web_ui_port
+    pool_port = settings.flink.worker_pool_port
     # Optional [flink] job_server_heap (default 1g): each job's mini cluster lives in this JVM.
-    heap = str(settings.section("flink").get("job_server_heap", "1g"))
+    heap = settings.flink.job_server_heap
     jars = paths.jars("flink")
     conf_dir = paths.conf("flink") / "server"
     artifacts = paths.data("flink") / "artifacts"
@@ -344,9 +344,9 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     worker_pool = ServiceSpec(
         name="beam-worker-pool",
         argv=[sys.executable, "-m", "runners.worker_pool", f"--port={pool_port}",
-              f"--bind_host={settings.get('stack', 'bind_host')}",
-              f"--state_cache_mb={settings.get('flink', 'sdk_state_cache_mb', int)}",
-              f"--gc_threshold={settings.get('flink', 'sdk_gc_threshold', str, '')}"],
+              f"--bind_host={settings.stack.bind_host}",
+              f"--state_cache_mb={settings.flink.sdk_state_cache_mb}",
+              f"--gc_threshold={settings.flink.sdk_gc_threshold}"],
         ports=(pool_port,),
         # The pool starts SDK workers as `python -c ...` from PATH: put this venv first so
         # workers import the same Beam and the project's modules.

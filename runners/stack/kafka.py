@@ -26,7 +26,7 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from runners.settings import Settings, SettingsError
+from config.settings import SchemaRegistrySettings, Settings
 from runners.stack import cluster
 from runners.stack.spec import ServiceSpec, StackPaths
 
@@ -35,7 +35,7 @@ __all__ = ["services", "SCHEMAS_TOPIC", "pipeline_topics", "ensure_topics"]
 _LOGGER = logging.getLogger(__name__)
 
 # Default of [schema_registry] topic.
-SCHEMAS_TOPIC = "_schemas"
+SCHEMAS_TOPIC: str = SchemaRegistrySettings.topic
 _JAVA_HINT = "install a JDK 17: apt-get install openjdk-17-jre-headless"
 _JARS_HINT = "run `make jars` (bash scripts/fetch-jars.sh)"
 
@@ -63,12 +63,12 @@ _LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 def pipeline_topics(settings: Settings) -> list[str]:
-    return [settings.get("kafka", key) for key in
-            ("topic_raw", "topic_validated", "topic_alarms", "topic_dlq")]
+    kafka = settings.kafka
+    return [kafka.topic_raw, kafka.topic_validated, kafka.topic_alarms, kafka.topic_dlq]
 
 
 def _host_port(settings: Settings) -> tuple[str, int]:
-    servers = settings.get("kafka", "bootstrap_servers")
+    servers = settings.kafka.bootstrap_servers
     first = servers.split(",")[0].strip()
     host, sep, port = first.rpartition(":")
     if not sep or not port.isdigit():
@@ -157,15 +157,12 @@ def ensure_topics(bootstrap: str, wanted: dict[str, tuple[int, dict[str, str]]],
 
 def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     host, port = _host_port(settings)
-    bind_host = settings.get("stack", "bind_host")
-    cport = settings.get("kafka", "controller_port", int)
-    partitions = settings.get("kafka", "partitions", int)
-    retention_ms = settings.get("kafka", "retention_ms", int)
+    bind_host = settings.stack.bind_host
+    cport = settings.kafka.controller_port
+    partitions = settings.kafka.partitions
+    retention_ms = settings.kafka.retention_ms
     bootstrap = f"{host}:{port}"
-    try:
-        schemas_topic = settings.get("schema_registry", "topic")
-    except SettingsError:
-        schemas_topic = SCHEMAS_TOPIC
+    schemas_topic = settings.schema_registry.topic
     conf_dir = paths.conf("kafka")
     data_dir = paths.data("kafka")
     log_dir = data_dir / "log"

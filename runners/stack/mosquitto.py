@@ -38,7 +38,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from runners.settings import Settings
+from config.settings import Settings
 from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = ["services", "TOPIC_ROOT", "check_login"]
@@ -95,23 +95,20 @@ def _reachable_by_others(path: Path) -> bool:
 
 
 def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
-    bind_host = settings.get("stack", "bind_host")
-    host = settings.get("mqtt", "host")
-    port = settings.get("mqtt", "port", int)
-    sensor_user = settings.get("mqtt", "sensor_username")
-    sensor_pw = settings.get("mqtt", "sensor_password")
-    bridge_user = settings.get("mqtt", "bridge_username")
-    bridge_pw = settings.get("mqtt", "bridge_password")
-    bench_root = settings.get("mqtt", "bench_topic_root", str, "").strip().strip("/")
+    bind_host = settings.stack.bind_host
+    host = settings.mqtt.host
+    port = settings.mqtt.port
+    sensor_user = settings.mqtt.sensor_username
+    sensor_pw = settings.mqtt.sensor_password
+    bridge_user = settings.mqtt.bridge_username
+    bridge_pw = settings.mqtt.bridge_password
+    bench_root = settings.mqtt.bench_topic_root  # stripped of blanks and slashes
     # Mosquitto writes its state (sessions, queued messages) to disk only every
     # autosave_interval seconds (or changes, with autosave_on_changes) and at a clean
     # stop: a SIGKILL loses what was queued since; the trade-off is measured in
     # docs/reliability.md ("Mosquitto SIGKILL", chaos/mqtt_persistence.py).
-    autosave_interval = settings.get("mqtt", "autosave_interval", int, 30)
-    autosave_on_changes = settings.get("mqtt", "autosave_on_changes", bool, False)
-    if autosave_interval < 1:
-        raise ValueError(f"setting {settings.origin('mqtt', 'autosave_interval')} must be >= 1 "
-                         "(0 would turn autosave off: state saved only at a clean stop)")
+    autosave_interval = settings.mqtt.autosave_interval
+    autosave_on_changes = settings.mqtt.autosave_on_changes  # interval >= 1: config.settings
     if sensor_user == bridge_user:
         raise ValueError(f"{settings.origin('mqtt', 'sensor_username')} and "
                          f"{settings.origin('mqtt', 'bridge_username')} must differ")

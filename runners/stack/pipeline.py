@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from runners.settings import Settings
+from config.settings import Settings
 from runners.stack.spec import ServiceSpec, StackPaths
 from runners.stack.supervisor import HEARTBEAT_ENV, heartbeat_healthy
 

@@ -11,11 +11,10 @@ the start with QuestDB's error message.
 from __future__ import annotations
 
 import logging
-import re
 
+from config.settings import QuestdbSettings, Settings
 from io_connectors.questdb_http import QuestDBError, questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import DDL_STATEMENTS, MIGRATIONS, ROLLUP_STATEMENTS
-from runners.settings import Settings, SettingsError
 from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = ["services", "run_ddl", "QUESTDB_JAR", "MIN_HTTP_PORT"]
@@ -26,7 +25,7 @@ QUESTDB_JAR = "questdb-9.3.1.jar"
 # QuestDB's "min" HTTP server (health/metrics): default of the optional setting
 # [questdb] min_http_port (QuestDB's own default), bound to bind_host. A setting so a
 # second stack (make chaos) can run beside the first.
-MIN_HTTP_PORT = 9003
+MIN_HTTP_PORT: int = QuestdbSettings.min_http_port
 _JAVA_HINT = "install a JDK 17: apt-get install openjdk-17-jre-headless"
 
 
@@ -38,27 +37,21 @@ def run_ddl(base_url: str, rollups: bool = False) -> None:
 
 
 def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
-    bind_host = settings.get("stack", "bind_host")
-    host = settings.get("questdb", "host")
-    http_port = settings.get("questdb", "http_port", int)
-    pg_port = settings.get("questdb", "pg_port", int)
-    ilp_port = settings.get("questdb", "ilp_tcp_port", int)
-    min_port = settings.get("questdb", "min_http_port", int, MIN_HTTP_PORT)
-    pg_user = settings.get("questdb", "pg_user")
-    pg_password = settings.get("questdb", "pg_password")
+    bind_host = settings.stack.bind_host
+    host = settings.questdb.host
+    http_port = settings.questdb.http_port
+    pg_port = settings.questdb.pg_port
+    ilp_port = settings.questdb.ilp_tcp_port
+    min_port = settings.questdb.min_http_port
+    pg_user = settings.questdb.pg_user
+    pg_password = settings.questdb.pg_password
     root = paths.data("questdb")
     jar = paths.jars("questdb") / QUESTDB_JAR
     base_url = questdb_http_url(host, http_port)
 
-    split_min_size = str(settings.get("questdb", "o3_split_min_size", str, "2m")).strip()
-    if not re.fullmatch(r"[0-9]+[kKmMgG]?", split_min_size):
-        raise SettingsError(f"{settings.origin('questdb', 'o3_split_min_size')} must be a size "
-                            f"like 2m, 512k or 1048576, got {split_min_size!r}")
-
-    export_limit = settings.get("questdb", "export_connection_limit", int, 16)
-    if export_limit < 1:
-        raise SettingsError(f"{settings.origin('questdb', 'export_connection_limit')} must be "
-                            f"at least 1, got {export_limit}")
+    # Both checked by config.settings: a size like 2m, 512k or 1048576; at least 1.
+    split_min_size = settings.questdb.o3_split_min_size
+    export_limit = settings.questdb.export_connection_limit
 
     def prepare() -> None:
         if not jar.exists():
@@ -128,7 +121,7 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         # Heap: [questdb] heap (2g). With 1g QuestDB died of OutOfMemoryError at the end of
         # the benchmark's 10-minute soak (a count_distinct over 6M event ids next to the
         # ingest at 10,000 rows/s, 2026-11-30).
-        argv=["java", "-Xms256m", f"-Xmx{settings.get('questdb', 'heap', str, '2g')}",
+        argv=["java", "-Xms256m", f"-Xmx{settings.questdb.heap}",
               "-XX:+UseParallelGC",
               "-XX:+ExitOnOutOfMemoryError",
               "--add-exports", "java.base/jdk.internal.math=io.questdb",
@@ -138,6 +131,6 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         start_timeout_s=90.0,
         stop_timeout_s=30.0,
         prepare=prepare,
-        after_start=lambda: run_ddl(base_url, settings.get("questdb", "rollups", bool)),
+        after_start=lambda: run_ddl(base_url, settings.questdb.rollups),
         requires={"java": _JAVA_HINT},
     )]

@@ -12,15 +12,15 @@ import sys
 
 import requests
 
-from runners.settings import Settings
+from config.settings import Settings
 from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = ["services"]
 
 
 def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
-    bind_host = settings.get("stack", "bind_host")
-    port = settings.get("schema_registry", "port", int)
+    bind_host = settings.stack.bind_host
+    port = settings.schema_registry.port
     url = f"http://{bind_host}:{port}/subjects"
 
     def healthy() -> bool:

@@ -42,7 +42,7 @@ from typing import TextIO
 
 import psutil
 
-from runners.settings import Settings
+from config.settings import Settings
 from runners.stack.restarts import RestartTracker, describe_exit, state_from_json
 from runners.stack.spec import ServiceSpec, StackPaths
 
@@ -98,8 +98,8 @@ def stack_modules(with_pipeline: bool) -> list[str]:
 
 
 def paths_from_settings(settings: Settings) -> StackPaths:
-    return StackPaths(run_dir=settings.path("stack", "run_dir"),
-                      jar_cache=settings.path("stack", "jar_cache"))
+    return StackPaths(run_dir=settings.stack.run_dir,
+                      jar_cache=settings.stack.jar_cache)
 
 
 def service_modules() -> dict[str, ServicesFn]:

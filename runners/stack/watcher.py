@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from runners.settings import Settings, load_settings
+from config.settings import Settings, load_settings
 from runners.stack.restarts import BackoffPolicy, RestartTracker, state_from_json, state_to_json
 from runners.stack.spec import ServiceSpec, StackPaths
 from runners.stack.supervisor import (
@@ -245,7 +245,7 @@ def main() -> int:
     paths = paths_from_settings(settings)
     # Every module, the pipeline included: only services with a pid file are acted on.
     specs = load_specs(settings, paths, stack_modules(with_pipeline=True))
-    supervisor = Supervisor(specs, paths, bind_host=settings.get("stack", "bind_host"))
+    supervisor = Supervisor(specs, paths, bind_host=settings.stack.bind_host)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     stop = threading.Event()
     progress = [time.monotonic()]

@@ -35,9 +35,9 @@ from typing import Any
 import pytest
 import requests
 
+from config.settings import Settings, load_settings
 from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from runners.profiles import apply_profile
-from runners.settings import Settings, load_settings
 from runners.stack.flink import (
     _grpc_ready,
     cancel_jobs,
@@ -91,7 +91,7 @@ def free_port() -> int:
 
 def qdb_exec(settings: Settings, query: str) -> dict[str, Any]:
     """Run ``query`` on QuestDB's /exec; fails the test with the setting names when unreachable."""
-    host, port = settings.get("questdb", "host"), settings.get("questdb", "http_port", int)
+    host, port = settings.questdb.host, settings.questdb.http_port
     try:
         return questdb_exec(questdb_http_url(host, port), query, timeout_s=10)
     except requests.RequestException as exc:
@@ -101,12 +101,12 @@ def qdb_exec(settings: Settings, query: str) -> dict[str, Any]:
 
 def require_flink(settings: Settings) -> None:
     """Fail (not skip) when the job server, the expansion service or the worker pool is down."""
-    job_port = settings.get("flink", "job_port", int)
+    job_port = settings.flink.job_port
     for name, target in (
             ("job server ([flink] job_port)", f"localhost:{job_port}"),
             ("Kafka expansion service ([flink] expansion_port)", expansion_address(settings)),
             ("Beam worker pool ([flink] worker_pool_port)",
-             f"localhost:{settings.get('flink', 'worker_pool_port', int)}")):
+             f"localhost:{settings.flink.worker_pool_port}")):
         if not _grpc_ready(target, timeout_s=5.0):
             pytest.fail(f"Flink {name} not answering at {target}; "
                         "start the test stack with `make test`")
@@ -115,7 +115,7 @@ def require_flink(settings: Settings) -> None:
 def create_topics(settings: Settings, names_partitions: dict[str, int]) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    bootstrap = settings.get("kafka", "bootstrap_servers")
+    bootstrap = settings.kafka.bootstrap_servers
     admin = AdminClient({"bootstrap.servers": bootstrap})
     try:
         futures = admin.create_topics([NewTopic(n, p, 1) for n, p in names_partitions.items()],
@@ -130,7 +130,7 @@ def create_topics(settings: Settings, names_partitions: dict[str, int]) -> None:
 def delete_topics(settings: Settings, names: Sequence[str]) -> None:
     from confluent_kafka.admin import AdminClient
 
-    AdminClient({"bootstrap.servers": settings.get("kafka", "bootstrap_servers")}
+    AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers}
                 ).delete_topics(list(names))
 
 

@@ -32,7 +32,7 @@ import requests
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from chaos.badinput import Target, run_entry
-from runners.settings import REPO_ROOT, Settings, load_settings
+from config.settings import REPO_ROOT, Settings, load_settings
 from tests.integration.conftest import free_port, stop_process_group
 from tests.integration.test_mqtt_bridge import _require_services
 
@@ -44,7 +44,7 @@ pytestmark = pytest.mark.integration
 
 CASES = 100
 SETTINGS = load_settings()
-KAFKA = SETTINGS.get("kafka", "bootstrap_servers")
+KAFKA = SETTINGS.kafka.bootstrap_servers
 RUN_ID = uuid.uuid4().hex[:8]
 RAW, DLQ = f"bad_input_raw_{RUN_ID}", f"bad_input_dlq_{RUN_ID}"
 KEY = f"bad-input-{RUN_ID}"

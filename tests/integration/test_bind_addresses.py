@@ -20,7 +20,7 @@ from collections.abc import Callable
 import psutil
 import pytest
 
-from runners.settings import load_settings
+from config.settings import load_settings
 from runners.stack.supervisor import paths_from_settings
 from schemas.avro import SENSOR_READING
 from tests.integration.conftest import FlinkJob, wait_for
@@ -76,7 +76,7 @@ def _wildcard_listeners(bind_host: str) -> tuple[list[str], int]:
 
 def test_no_service_listens_on_a_wildcard_address(
         scenario: Scenario, flink_job: Callable[..., FlinkJob]) -> None:  # noqa: F811
-    bind_host = SETTINGS.get("stack", "bind_host")
+    bind_host = SETTINGS.stack.bind_host
     s = scenario
     flink_job(s.job_args())
     # A record through the job: the mini cluster, the SDK workers and their Fn API

@@ -33,7 +33,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from chaos.badinput import kafka_end_offsets, read_topic
 from chaos.traffic import Asset, Traffic
-from runners.settings import REPO_ROOT, Settings, load_settings
+from config.settings import REPO_ROOT, Settings, load_settings
 from tests.integration.conftest import free_port, stop_process_group
 from tests.integration.test_mqtt_bridge import _require_services
 
@@ -44,7 +44,7 @@ _LOGGER = logging.getLogger(__name__)
 pytestmark = pytest.mark.integration
 
 SETTINGS = load_settings()
-KAFKA = SETTINGS.get("kafka", "bootstrap_servers")
+KAFKA = SETTINGS.kafka.bootstrap_servers
 RUN_ID = uuid.uuid4().hex[:8]
 RAW, DLQ = f"chaos_smoke_raw_{RUN_ID}", f"chaos_smoke_dlq_{RUN_ID}"
 KEY = f"chaos-smoke-{RUN_ID}"
@@ -120,10 +120,10 @@ def test_bridge_sigkill_under_mqtt_load_loses_nothing(tmp_path: Path) -> None:
     log = tmp_path / "bridge.log"
     client_id = f"chaos-smoke-bridge-{RUN_ID}"
     bridge = _start_bridge(log, client_id)
-    traffic = Traffic(f"smoke{RUN_ID}-b", ASSETS, mqtt_host=SETTINGS.get("mqtt", "host"),
-                      mqtt_port=SETTINGS.get("mqtt", "port", int),
-                      mqtt_user=SETTINGS.get("mqtt", "sensor_username"),
-                      mqtt_password=SETTINGS.get("mqtt", "sensor_password"),
+    traffic = Traffic(f"smoke{RUN_ID}-b", ASSETS, mqtt_host=SETTINGS.mqtt.host,
+                      mqtt_port=SETTINGS.mqtt.port,
+                      mqtt_user=SETTINGS.mqtt.sensor_username,
+                      mqtt_password=SETTINGS.mqtt.sensor_password,
                       api_url="http://unused", api_key="", mqtt_rate=300, rest_rate=0).start()
     try:
         time.sleep(4)

@@ -34,8 +34,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from chaos.traffic import Asset, Traffic, make_event, post_until_accepted
 from chaos.verify import QuestDBReader, compare
+from config.settings import REPO_ROOT, load_settings
 from runners.profiles import profile_environ, shifted_environ
-from runners.settings import REPO_ROOT, load_settings
 from runners.stack import cluster
 
 __all__: list[str] = []
@@ -67,7 +67,7 @@ def _cli(*args: str, timeout_s: float = 600.0) -> subprocess.CompletedProcess[st
 
 
 def _rest(path: str) -> Any:
-    url = f"http://127.0.0.1:{SETTINGS.get('flink', 'web_ui_port', int)}{path}"
+    url = f"http://127.0.0.1:{SETTINGS.flink.web_ui_port}{path}"
     return requests.get(url, timeout=5).json()
 
 
@@ -107,19 +107,19 @@ def cluster_stack() -> Iterator[None]:
 
 
 def _api() -> tuple[str, str]:
-    key = SETTINGS.get("api", "api_keys").split(",")[0].rpartition(":")[0].strip()
-    return f"http://127.0.0.1:{SETTINGS.get('api', 'port', int)}", key
+    key = SETTINGS.api.api_keys.split(",")[0].rpartition(":")[0].strip()
+    return f"http://127.0.0.1:{SETTINGS.api.port}", key
 
 
 def _assets() -> list[Asset]:
     import json
 
-    doc = json.loads(SETTINGS.path("pipeline", "assets_file").read_text())["assets"]
+    doc = json.loads(SETTINGS.pipeline.assets_file.read_text())["assets"]
     return [Asset(a["site_id"], aid) for aid, a in doc.items()][:4]
 
 
 def _reader() -> QuestDBReader:
-    return QuestDBReader(f"http://127.0.0.1:{SETTINGS.get('questdb', 'http_port', int)}")
+    return QuestDBReader(f"http://127.0.0.1:{SETTINGS.questdb.http_port}")
 
 
 def test_two_taskmanagers_three_brokers() -> None:
@@ -136,10 +136,10 @@ def test_two_taskmanagers_three_brokers() -> None:
     vertices = _rest(f"/jobs/{job['jid']}")["vertices"]
     assert {v["parallelism"] for v in vertices} == {cluster.total_slots(SETTINGS)} == {2}
 
-    admin = AdminClient({"bootstrap.servers": SETTINGS.get("kafka", "bootstrap_servers")})
+    admin = AdminClient({"bootstrap.servers": SETTINGS.kafka.bootstrap_servers})
     md = admin.list_topics(timeout=10)
     assert sorted(md.brokers) == [1, 2, 3]
-    raw = SETTINGS.get("kafka", "topic_raw")
+    raw = SETTINGS.kafka.topic_raw
     assert all(len(p.replicas) == 3 for p in md.topics[raw].partitions.values())
     res = ConfigResource(ConfigResource.Type.TOPIC, raw)
     configs = next(iter(admin.describe_configs([res]).values())).result()
@@ -167,7 +167,7 @@ def test_taskmanager_sigkill_loses_nothing() -> None:
     prefix = f"cl{RUN}-tm"
     since_ms = int(time.time() * 1000) - 1000
     traffic = Traffic(prefix, _assets(), mqtt_host="127.0.0.1",
-                      mqtt_port=SETTINGS.get("mqtt", "port", int), mqtt_user="", mqtt_password="",
+                      mqtt_port=SETTINGS.mqtt.port, mqtt_user="", mqtt_password="",
                       api_url=api_url, api_key=key, mqtt_rate=0, rest_rate=150).start()
     victim = cluster.taskmanager_names()[0]
     try:

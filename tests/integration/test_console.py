@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from runners.settings import load_settings
+from config.settings import load_settings
 from tests.integration.conftest import (
     FlinkJob,
     flink_metrics,
@@ -51,9 +51,9 @@ SITE = "site-001"
 ASSET = f"asset-ui-{RUN}"
 NEW_ASSET = f"asset-ui-new-{RUN}"
 TOPICS = {k: f"console_test_{k}_{RUN}" for k in ("raw", "validated", "alarms", "dlq")}
-MQTT = (SETTINGS.get("mqtt", "host"), SETTINGS.get("mqtt", "port", int))
-SENSOR_AUTH = {"username": SETTINGS.get("mqtt", "sensor_username"),
-               "password": SETTINGS.get("mqtt", "sensor_password")}
+MQTT = (SETTINGS.mqtt.host, SETTINGS.mqtt.port)
+SENSOR_AUTH = {"username": SETTINGS.mqtt.sensor_username,
+               "password": SETTINGS.mqtt.sensor_password}
 WAIT_S = 90
 
 
@@ -169,8 +169,8 @@ def browser() -> Iterator[Any]:
 
 
 def test_console_service_of_the_stack_answers() -> None:
-    host = SETTINGS.get("stack", "bind_host")
-    port = SETTINGS.get("console", "port", int)
+    host = SETTINGS.stack.bind_host
+    port = SETTINGS.console.port
     base = f"http://{host}:{port}"
     try:
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200

@@ -23,6 +23,7 @@ import pytest
 import requests
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+from config.settings import load_settings
 from io_connectors.kafka_partition import partition_for
 from io_connectors.raw_producer import (
     AvroValueEncoder,
@@ -32,7 +33,6 @@ from io_connectors.raw_producer import (
     producer_config,
 )
 from io_connectors.schema_registry import RegistrySchemas
-from runners.settings import load_settings
 from schemas import avro, wire
 from tests.integration.conftest import scratch_topics
 from tests.integration.test_mqtt_bridge import _require_services
@@ -40,8 +40,8 @@ from tests.integration.test_mqtt_bridge import _require_services
 pytestmark = pytest.mark.integration
 
 SETTINGS = load_settings()
-KAFKA = SETTINGS.get("kafka", "bootstrap_servers")
-REGISTRY = SETTINGS.get("schema_registry", "url")
+KAFKA = SETTINGS.kafka.bootstrap_servers
+REGISTRY = SETTINGS.schema_registry.url
 RUN_ID = uuid.uuid4().hex[:8]
 # 7 partitions: a count that is not a power of two catches sign and modulo mistakes.
 PLACEMENT_TOPICS = {7: f"edge_batch_place7_{RUN_ID}", 8: f"edge_batch_place8_{RUN_ID}"}

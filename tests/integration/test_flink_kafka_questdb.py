@@ -25,9 +25,9 @@ from apache_beam.runners.runner import PipelineState
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from config.settings import load_settings
 from io_connectors.kafka_source import KafkaRecord, ReadRawTelemetry
 from io_connectors.questdb_http import questdb_exec, questdb_http_url
-from runners.settings import load_settings
 from runners.stack.flink import (
     _grpc_ready,
     cancel_jobs,
@@ -40,11 +40,11 @@ from runners.stack.supervisor import paths_from_settings
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
 
 SETTINGS = load_settings()
-BOOTSTRAP = SETTINGS.get("kafka", "bootstrap_servers")
-QDB_HOST = SETTINGS.get("questdb", "host")
-QDB_HTTP = SETTINGS.get("questdb", "http_port", int)
-JOB_PORT = SETTINGS.get("flink", "job_port", int)
-POOL_PORT = SETTINGS.get("flink", "worker_pool_port", int)
+BOOTSTRAP = SETTINGS.kafka.bootstrap_servers
+QDB_HOST = SETTINGS.questdb.host
+QDB_HTTP = SETTINGS.questdb.http_port
+JOB_PORT = SETTINGS.flink.job_port
+POOL_PORT = SETTINGS.flink.worker_pool_port
 N_RECORDS = 20
 WAIT_S = 180.0
 # A job that has delivered nothing after this long is taken as stalled (see _submit's caller).

@@ -29,11 +29,11 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from config.settings import REPO_ROOT, load_settings
 from io_connectors.kafka_partition import partition_for
 from io_connectors.schema_registry import RegistrySchemas
 from runners.mqtt_bridge import metrics_url
 from runners.pipeline_report import bridge_lines
-from runners.settings import REPO_ROOT, load_settings
 from schemas import wire
 from schemas.avro import TELEMETRY_BATCH_FULLNAME
 from tests.integration.conftest import free_port, scratch_topics
@@ -41,11 +41,11 @@ from tests.integration.conftest import free_port, scratch_topics
 pytestmark = pytest.mark.integration
 
 SETTINGS = load_settings()
-MQTT_HOST = SETTINGS.get("mqtt", "host")
-MQTT_PORT = SETTINGS.get("mqtt", "port", int)
-SENSOR = (SETTINGS.get("mqtt", "sensor_username"), SETTINGS.get("mqtt", "sensor_password"))
-KAFKA = SETTINGS.get("kafka", "bootstrap_servers")
-REGISTRY = SETTINGS.get("schema_registry", "url")
+MQTT_HOST = SETTINGS.mqtt.host
+MQTT_PORT = SETTINGS.mqtt.port
+SENSOR = (SETTINGS.mqtt.sensor_username, SETTINGS.mqtt.sensor_password)
+KAFKA = SETTINGS.kafka.bootstrap_servers
+REGISTRY = SETTINGS.schema_registry.url
 RUN_ID = uuid.uuid4().hex[:8]
 RAW_TOPIC = f"edge_test_raw_{RUN_ID}"
 DLQ_TOPIC = f"edge_test_dlq_{RUN_ID}"
@@ -446,7 +446,7 @@ def test_stack_bridge_serves_metrics_on_its_configured_port() -> None:
     """The stack's own bridge answers on [mqtt] metrics_port (the test profile's), and the
     status command's bridge section reads it."""
     url = metrics_url(SETTINGS)
-    assert url is not None and f":{SETTINGS.get('mqtt', 'metrics_port', int)}/" in url
+    assert url is not None and f":{SETTINGS.mqtt.metrics_port}/" in url
     samples = bridge_metrics(url)
     assert samples[("dcmms_bridge_mqtt_connected", ())] == 1
     lines = bridge_lines(SETTINGS)

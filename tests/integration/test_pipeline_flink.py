@@ -39,8 +39,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from config.settings import load_settings
 from io_connectors.schema_registry import RegistrySchemas, subject_for_record
-from runners.settings import load_settings
 from schemas.avro import (
     DEAD_LETTER,
     SENSOR_READING,
@@ -65,8 +65,8 @@ from tests.integration.conftest import (
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
 
 SETTINGS = load_settings()
-BOOTSTRAP = SETTINGS.get("kafka", "bootstrap_servers")
-REGISTRY = SETTINGS.get("schema_registry", "url")
+BOOTSTRAP = SETTINGS.kafka.bootstrap_servers
+REGISTRY = SETTINGS.schema_registry.url
 RAW_PARTITIONS = 4
 # Generous: a first submission on a busy 2-core machine takes ~20-40 s to process anything.
 OUTPUT_WAIT_S = 150.0

@@ -127,11 +127,14 @@ def _count(cur: Any, table: str) -> int:
     return cur.fetchone()[0]
 
 
-def _wait_rollups(cur: Any, sites: list[str], rows: int, timeout_s: float = 60) -> None:
-    """Wait until both rollups hold all ``rows`` raw rows of ``sites`` (QuestDB refreshes
-    them after the WAL commit, asynchronously): the API may read them from then on."""
+def _wait_rollups(cur: Any, sites: list[str], rows: int, timeout_s: float = 90) -> None:
+    """Wait until both rollups hold all ``rows`` raw rows of ``sites``: the API may read
+    them from then on. The rows are hours old, older than the API's raw tail, so the
+    rollups must have them. The 1-minute view refreshes on a 1-minute timer; it is asked
+    to refresh now (and again every 10 s), the 1-hour view follows it by itself."""
     marks = ", ".join(["%s"] * len(sites))
     deadline = time.monotonic() + timeout_s
+    refreshed = -math.inf
     for view in ROLLUPS:
         while True:
             cur.execute(f"SELECT sum(row_count) FROM {view} WHERE site_id IN ({marks})",
@@ -140,6 +143,10 @@ def _wait_rollups(cur: Any, sites: list[str], rows: int, timeout_s: float = 60) 
             if got == rows:
                 break
             assert time.monotonic() < deadline, f"{view} holds {got} of {rows} rows"
+            if time.monotonic() - refreshed > 10:
+                cur.execute(f"REFRESH MATERIALIZED VIEW {min(ROLLUPS, key=ROLLUPS.get)} "
+                            "INCREMENTAL")
+                refreshed = time.monotonic()
             time.sleep(0.3)
 
 

@@ -33,14 +33,14 @@ from werkzeug.serving import make_server
 
 from api import create_app
 from api.ingest import EXTENSION
-from runners.settings import REPO_ROOT, Settings, load_settings
+from config.settings import REPO_ROOT, Settings, load_settings
 from tests.integration.conftest import free_port, scratch_topics, stop_process_group
 from tests.integration.test_mqtt_bridge import _require_services, consume
 
 pytestmark = pytest.mark.integration
 
 BASE = load_settings()
-KAFKA = BASE.get("kafka", "bootstrap_servers")
+KAFKA = BASE.kafka.bootstrap_servers
 RUN_ID = uuid.uuid4().hex[:8]
 RAW_TOPIC = f"rest_test_raw_{RUN_ID}"
 DLQ_TOPIC = f"rest_test_dlq_{RUN_ID}"

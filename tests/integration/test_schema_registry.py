@@ -25,8 +25,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from config.settings import REPO_ROOT, load_settings
 from io_connectors.schema_registry import RegistrySchemas
-from runners.settings import REPO_ROOT, load_settings
 from schemas.wire import UnknownSchemaIdError, decode
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,7 @@ def _require(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def registry_url() -> str:
-    url = load_settings().get("schema_registry", "url").rstrip("/")
+    url = load_settings().schema_registry.url.rstrip("/")
     _require(url)
     return url
 

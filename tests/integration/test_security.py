@@ -54,9 +54,9 @@ from werkzeug.serving import make_server
 
 from api import create_app
 from api.auth import ApiKeyStore
+from config.settings import DEV_DEFAULTS, REPO_ROOT, Settings, env_name, load_settings
 from io_connectors.questdb_http import questdb_exec
 from runners.profiles import profile_environ
-from runners.settings import DEV_DEFAULTS, REPO_ROOT, Settings, env_name, load_settings
 from runners.stack.supervisor import paths_from_settings
 
 __all__: list[str] = []
@@ -67,11 +67,11 @@ pytestmark = pytest.mark.integration
 
 SETTINGS = load_settings()
 RUN_ID = uuid.uuid4().hex[:10]
-API = f"http://{SETTINGS.get('stack', 'bind_host')}:{SETTINGS.get('api', 'port', int)}"
-STACK_KEY = SETTINGS.get("api", "api_keys").split(",")[0].rpartition(":")[0].strip()
-MQTT_HOST = SETTINGS.get("mqtt", "host")
-MQTT_PORT = SETTINGS.get("mqtt", "port", int)
-QUESTDB_HTTP = f"http://{SETTINGS.get('questdb', 'host')}:{SETTINGS.get('questdb', 'http_port')}"
+API = f"http://{SETTINGS.stack.bind_host}:{SETTINGS.api.port}"
+STACK_KEY = SETTINGS.api.api_keys.split(",")[0].rpartition(":")[0].strip()
+MQTT_HOST = SETTINGS.mqtt.host
+MQTT_PORT = SETTINGS.mqtt.port
+QUESTDB_HTTP = f"http://{SETTINGS.questdb.host}:{SETTINGS.questdb.http_port}"
 # Secrets presented by this module; none of them may ever reach a log.
 WRONG_KEY = f"sec-wrong-key-{RUN_ID}"
 WRONG_MQTT_PASSWORD = f"sec-wrong-pw-{RUN_ID}"
@@ -250,7 +250,7 @@ def _mqtt_connect(username: str | None, password: str | None,
 
 
 def test_mqtt_refuses_anonymous_and_wrong_passwords() -> None:
-    sensor = SETTINGS.get("mqtt", "sensor_username")
+    sensor = SETTINGS.mqtt.sensor_username
     cases = {"anonymous": (None, None), "wrong password": (sensor, WRONG_MQTT_PASSWORD),
              "unknown user": (f"nobody-{RUN_ID}", WRONG_MQTT_PASSWORD),
              "empty password": (sensor, "")}
@@ -260,14 +260,14 @@ def test_mqtt_refuses_anonymous_and_wrong_passwords() -> None:
         # paho reports MQTT 3.1.1 refusals as MQTT 5 reason codes: 0x86 bad user name
         # or password, 0x87 not authorized (4 and 5 on the wire).
         assert rc in (4, 5, 0x86, 0x87), f"{what}: CONNACK {rc}, expected a refusal"
-    rc, client = _mqtt_connect(sensor, SETTINGS.get("mqtt", "sensor_password"))
+    rc, client = _mqtt_connect(sensor, SETTINGS.mqtt.sensor_password)
     client.disconnect()
     assert rc == 0, f"positive control: the sensor account was refused (CONNACK {rc})"
 
 
 def test_mqtt_sensor_cannot_publish_outside_telemetry() -> None:
-    rc, client = _mqtt_connect(SETTINGS.get("mqtt", "sensor_username"),
-                               SETTINGS.get("mqtt", "sensor_password"), protocol=mqtt.MQTTv5)
+    rc, client = _mqtt_connect(SETTINGS.mqtt.sensor_username,
+                               SETTINGS.mqtt.sensor_password, protocol=mqtt.MQTTv5)
     assert rc == 0, f"sensor account refused (CONNACK {rc})"
     acks: dict[int, int] = {}
     client.on_publish = lambda _c, _u, mid, reason, _p: acks.__setitem__(mid, reason.value)
@@ -371,8 +371,8 @@ def test_sql_injection_in_every_parameter(known_rows: int, path: str) -> None:
 
 def test_oversized_body_is_refused_before_it_is_read() -> None:
     _api_up()
-    limit = SETTINGS.get("api", "ingest_max_body_bytes", int)
-    host, port = SETTINGS.get("stack", "bind_host"), SETTINGS.get("api", "port", int)
+    limit = SETTINGS.api.ingest_max_body_bytes
+    host, port = SETTINGS.stack.bind_host, SETTINGS.api.port
     with socket.create_connection((host, port), timeout=10) as sock:
         # Headers only: a server that read the body first would wait here until the timeout.
         sock.sendall((f"POST /api/v1/telemetry HTTP/1.1\r\nHost: {host}\r\n"
@@ -493,7 +493,7 @@ def test_no_secret_in_stack_logs() -> None:
     assert logs, "the stack has no logs to inspect"
     secrets = {"wrong API key presented by these tests": WRONG_KEY,
                "wrong MQTT password presented by these tests": WRONG_MQTT_PASSWORD}
-    for entry in SETTINGS.get("api", "api_keys").split(","):
+    for entry in SETTINGS.api.api_keys.split(","):
         key = entry.rpartition(":")[0].strip()
         if key:
             key_id = hashlib.sha256(key.encode()).hexdigest()[:8]

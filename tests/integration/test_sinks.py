@@ -19,22 +19,22 @@ from apache_beam.testing.util import assert_that, equal_to
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from config.settings import load_settings
 from io_connectors.kafka_sink import KafkaDeliveryError, WriteToKafkaTopic
 from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import DDL_STATEMENTS
 from io_connectors.questdb_sink import QuestDBWriter, WriteToQuestDB, questdb_conf, reading_row
 from io_connectors.schema_registry import RegistrySchemas
-from runners.settings import load_settings
 from schemas.avro import load_schema
 from schemas.wire import decode
 
 pytestmark = pytest.mark.integration
 
 SETTINGS = load_settings()
-QDB_HOST = SETTINGS.get("questdb", "host")
-QDB_HTTP = SETTINGS.get("questdb", "http_port", int)
-BOOTSTRAP = SETTINGS.get("kafka", "bootstrap_servers")
-REGISTRY = SETTINGS.get("schema_registry", "url")
+QDB_HOST = SETTINGS.questdb.host
+QDB_HTTP = SETTINGS.questdb.http_port
+BOOTSTRAP = SETTINGS.kafka.bootstrap_servers
+REGISTRY = SETTINGS.schema_registry.url
 
 
 def _exec(query: str) -> dict:

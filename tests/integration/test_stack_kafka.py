@@ -12,13 +12,13 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from runners.settings import load_settings
+from config.settings import load_settings
 from runners.stack.kafka import SCHEMAS_TOPIC, ensure_topics, pipeline_topics
 
 pytestmark = pytest.mark.integration
 
 SETTINGS = load_settings()
-BOOTSTRAP = SETTINGS.get("kafka", "bootstrap_servers")
+BOOTSTRAP = SETTINGS.kafka.bootstrap_servers
 TOPICS = pipeline_topics(SETTINGS)
 
 
@@ -35,7 +35,7 @@ def admin() -> AdminClient:
 
 def test_pipeline_topics_have_configured_partitions(admin: AdminClient) -> None:
     metadata = admin.list_topics(timeout=10).topics
-    wanted = SETTINGS.get("kafka", "partitions", int)
+    wanted = SETTINGS.kafka.partitions
     for topic in TOPICS:
         assert topic in metadata, f"topic {topic} missing"
         assert len(metadata[topic].partitions) == wanted, topic
@@ -43,7 +43,7 @@ def test_pipeline_topics_have_configured_partitions(admin: AdminClient) -> None:
 
 def test_pipeline_topics_have_configured_retention(admin: AdminClient) -> None:
     resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in TOPICS]
-    wanted = str(SETTINGS.get("kafka", "retention_ms", int))
+    wanted = str(SETTINGS.kafka.retention_ms)
     for resource, future in admin.describe_configs(resources).items():
         configs = future.result(timeout=10)
         assert configs["retention.ms"].value == wanted, resource.name

@@ -16,16 +16,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from runners.settings import load_settings
+from config.settings import load_settings
 from runners.stack.mosquitto import check_login
 
 pytestmark = pytest.mark.integration
 
 SETTINGS = load_settings()
-HOST = SETTINGS.get("mqtt", "host")
-PORT = SETTINGS.get("mqtt", "port", int)
-SENSOR = (SETTINGS.get("mqtt", "sensor_username"), SETTINGS.get("mqtt", "sensor_password"))
-BRIDGE = (SETTINGS.get("mqtt", "bridge_username"), SETTINGS.get("mqtt", "bridge_password"))
+HOST = SETTINGS.mqtt.host
+PORT = SETTINGS.mqtt.port
+SENSOR = (SETTINGS.mqtt.sensor_username, SETTINGS.mqtt.sensor_password)
+BRIDGE = (SETTINGS.mqtt.bridge_username, SETTINGS.mqtt.bridge_password)
 NOT_AUTHORIZED = (5, 135)  # MQTT 3.1.1 CONNACK 5 / MQTT 5 reason 0x87
 
 
@@ -153,7 +153,7 @@ def test_sensor_publish_outside_telemetry_refused(sensor: _Client, bridge: _Clie
 def test_bench_root_is_separate_from_telemetry(sensor: _Client, bridge: _Client) -> None:
     """[mqtt] bench_topic_root: the benchmark's direct peer publishes there; the pipeline's
     bridge (subscribed to telemetry/#) must never receive it."""
-    root = SETTINGS.get("mqtt", "bench_topic_root", str, "")
+    root = SETTINGS.mqtt.bench_topic_root
     if not root:
         pytest.skip("[mqtt] bench_topic_root is not set")
     assert bridge.subscribe("telemetry/#") == [1]

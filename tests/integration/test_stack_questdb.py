@@ -124,16 +124,18 @@ def test_migrations_drop_the_site_index_of_an_older_table_and_keep_its_rows() ->
 
 
 def test_rollup_views_exist_with_their_retention() -> None:
-    """`up` created both rollups ([questdb] rollups, on in the test profile): refreshed on
-    every commit, the 1-minute one
-    from sensor_readings and kept 90 days, the 1-hour one from it and kept 2 years."""
+    """`up` created both rollups ([questdb] rollups, on in the test profile): the 1-minute
+    one from sensor_readings, refreshed by a 1-minute timer and kept 90 days, the 1-hour one
+    from it, refreshed after each of its commits and kept 2 years."""
     views = {r["view_name"]: r for r in _rows("SELECT view_name, refresh_type, "
-                                              "base_table_name, view_status "
-                                              "FROM materialized_views()")}
+                                              "base_table_name, view_status, timer_interval, "
+                                              "timer_interval_unit FROM materialized_views()")}
     assert {v: (views[v]["base_table_name"], views[v]["refresh_type"], views[v]["view_status"])
             for v in (ROLLUP_1M, ROLLUP_1H)} == {
-        ROLLUP_1M: (SENSOR_READINGS, "immediate", "valid"),
+        ROLLUP_1M: (SENSOR_READINGS, "timer", "valid"),
         ROLLUP_1H: (ROLLUP_1M, "immediate", "valid")}
+    assert (views[ROLLUP_1M]["timer_interval"], views[ROLLUP_1M]["timer_interval_unit"]) == (
+        1, "MINUTE")
     tables = {r["table_name"]: r for r in _rows("SELECT table_name, partitionBy, ttlValue, "
                                                 "ttlUnit FROM tables()")}
     assert (tables[ROLLUP_1M]["partitionBy"], tables[ROLLUP_1M]["ttlValue"],

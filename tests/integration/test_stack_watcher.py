@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from runners.settings import REPO_ROOT, load_settings
+from config.settings import REPO_ROOT, load_settings
 from runners.stack.mosquitto import check_login
 from runners.stack.supervisor import (
     ServiceStatus,
@@ -37,7 +37,7 @@ VICTIM = "mosquitto"
 def _supervisor() -> Supervisor:
     paths = paths_from_settings(SETTINGS)
     specs = load_specs(SETTINGS, paths, stack_modules(with_pipeline=False))
-    return Supervisor(specs, paths, bind_host=SETTINGS.get("stack", "bind_host"))
+    return Supervisor(specs, paths, bind_host=SETTINGS.stack.bind_host)
 
 
 def _row(sup: Supervisor, name: str) -> ServiceStatus:
@@ -76,9 +76,9 @@ def test_sigkilled_service_is_restarted_by_the_watcher() -> None:
                      f"(log {sup.paths.log('watcher')})", restarted, timeout_s=90, interval_s=0.5)
     assert after.restarts == before.restarts + 1
     assert after.last_exit == "SIGKILL from dcmms-telemetry kill"
-    host, port = SETTINGS.get("mqtt", "host"), SETTINGS.get("mqtt", "port", int)
-    assert check_login(host, port, SETTINGS.get("mqtt", "sensor_username"),
-                       SETTINGS.get("mqtt", "sensor_password")) == 0
+    host, port = SETTINGS.mqtt.host, SETTINGS.mqtt.port
+    assert check_login(host, port, SETTINGS.mqtt.sensor_username,
+                       SETTINGS.mqtt.sensor_password) == 0
 
     status = _cli("status")
     line = next(ln for ln in status.stdout.splitlines() if ln.startswith(VICTIM))

@@ -27,8 +27,8 @@ from werkzeug.serving import make_server
 from api import create_app
 from api.auth import EXTENSION as AUTH_EXTENSION
 from api.stream import STREAM_EXTENSION, parse_position
+from config.settings import Settings, load_settings
 from io_connectors.schema_registry import RegistrySchemas
-from runners.settings import Settings, load_settings
 from schemas.avro import load_schema, schema_text
 from schemas.wire import encode
 from tests.integration.conftest import scratch_topics, wait_for
@@ -37,7 +37,7 @@ from tests.integration.test_mqtt_bridge import _require_services
 pytestmark = pytest.mark.integration
 
 BASE = load_settings()
-KAFKA = BASE.get("kafka", "bootstrap_servers")
+KAFKA = BASE.kafka.bootstrap_servers
 RUN_ID = uuid.uuid4().hex[:8]
 TOPIC = f"stream_test_validated_{RUN_ID}"
 ALARMS = f"stream_test_alarms_{RUN_ID}"
@@ -95,7 +95,7 @@ def _produce(producer: Producer, topic: str, value: bytes, key: str | None,
 @pytest.fixture(scope="module")
 def send(producer: Producer) -> Any:
     """Write one reading of ``asset_id``, keyed by it (or ``key``), as the pipeline does."""
-    registry = RegistrySchemas(BASE.get("schema_registry", "url"))
+    registry = RegistrySchemas(BASE.schema_registry.url)
     schema_id = registry.register_for_topic(TOPIC, schema_text("sensor-reading"))
     parsed = load_schema("sensor-reading")
 
@@ -116,7 +116,7 @@ def send(producer: Producer) -> Any:
 @pytest.fixture(scope="module")
 def send_alarm(producer: Producer) -> Any:
     """Write one alarm transition of ``asset_id`` to the alarms topic, as the pipeline does."""
-    registry = RegistrySchemas(BASE.get("schema_registry", "url"))
+    registry = RegistrySchemas(BASE.schema_registry.url)
     schema_id = registry.register_for_topic(ALARMS, schema_text("alarm"))
     parsed = load_schema("alarm")
 

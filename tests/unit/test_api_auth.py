@@ -19,7 +19,7 @@ from api.auth import (
     parse_api_keys,
     require_scope,
 )
-from runners.settings import DEV_DEFAULTS, SettingsError, env_name, load_settings
+from config.settings import DEV_DEFAULTS, SettingsError, env_name, load_settings
 
 
 class _Clock:

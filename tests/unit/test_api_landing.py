@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from api import create_app
 from api.landing import links
-from runners.settings import Settings, load_settings
+from config.settings import Settings, load_settings
 
 KEY = "landing-key"
 

@@ -28,7 +28,7 @@ from api.sse import (
     parse_position,
 )
 from api.stream import STREAM_EXTENSION, init_stream
-from runners.settings import REPO_ROOT, Settings, load_settings
+from config.settings import REPO_ROOT, Settings, load_settings
 
 R = {"Authorization": "Bearer rk"}
 W = {"Authorization": "Bearer wk"}

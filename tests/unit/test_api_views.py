@@ -27,8 +27,8 @@ from api import create_app
 from api.errors import ServiceUnavailable
 from api.params import AlarmQuery, LatestQuery, TelemetryQuery, format_timestamp
 from api.questdb import CsvExport, Page
+from config.settings import load_settings
 from io_connectors.questdb_schema import SENSOR_READING_COLUMNS
-from runners.settings import load_settings
 
 AUTH = {"Authorization": "Bearer dev-api-key"}
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds

@@ -158,8 +158,8 @@ def test_delivery_metrics_count_records_by_kind() -> None:
 
 
 def test_metrics_port_setting_default_override_and_range() -> None:
+    from config.settings import SettingsError
     from runners.mqtt_bridge import DEFAULT_METRICS_PORT, metrics_port, metrics_url
-    from runners.settings import SettingsError
     from tests.unit.test_edge_bridge import _mqtt_settings
 
     assert metrics_port(_mqtt_settings()) == DEFAULT_METRICS_PORT

@@ -116,7 +116,7 @@ def test_persistence_probe_settings() -> None:
 def test_mosquitto_conf_carries_the_autosave_settings(tmp_path: Any) -> None:
     """[mqtt] autosave_interval / autosave_on_changes reach mosquitto.conf (the settings the
     persistence probe measures); 0 (autosave off) is refused naming the setting."""
-    from runners.settings import load_settings
+    from config.settings import load_settings
     from runners.stack import mosquitto
     from runners.stack.spec import StackPaths
 

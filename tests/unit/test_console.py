@@ -22,10 +22,10 @@ from api.console import create_console_app
 from api.console.backend import _counter_families
 from api.console.rates import increase, per_minute_history, rates_per_minute
 from api.dead_letters import EXTENSION as DEAD_LETTERS
+from config.settings import load_settings
 from io_connectors.dead_letter_store import ReplayResult
 from io_connectors.flink_rest import readable_counter, sum_counters
 from runners.profiles import PROFILES
-from runners.settings import load_settings
 from schemas.avro import TELEMETRY_EVENT, load_schema
 from schemas.dead_letter_query import (
     DeadLetterFilter,

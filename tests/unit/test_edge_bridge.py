@@ -479,7 +479,7 @@ def test_connect_subscribes_then_drops_the_other_form_of_the_subscription(bridge
 def _mqtt_settings(**mqtt: Any) -> Any:
     from pathlib import Path
 
-    from runners.settings import Settings
+    from config.settings import Settings
 
     base = {"host": "127.0.0.1", "port": 1883, "bridge_username": "b",
             "bridge_password": "p", "bridge_share_group": "grp"}

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from api import create_app
 from api.ingest import EXTENSION, IngestLimits, IngestState
+from config.settings import Settings, load_settings
 from io_connectors.kafka_partition import partition_for
 from io_connectors.raw_producer import BatchOutcome
-from runners.settings import Settings, load_settings
 from tests.unit.test_edge_producer import (
     BATCH_ID,
     PARTITIONS,

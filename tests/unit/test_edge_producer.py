@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import io_connectors.raw_producer as raw_producer_module
+from config.settings import Settings
 from io_connectors.kafka_partition import PARTITIONER, partition_for
 from io_connectors.raw_producer import (
     AvroValueEncoder,
@@ -25,8 +26,6 @@ from io_connectors.raw_producer import (
     chunk_by_partition,
     producer_config,
 )
-from runners.edge import edge_target
-from runners.settings import Settings
 from schemas import avro, wire
 from schemas.wire import InMemorySchemaLookup
 
@@ -456,9 +455,11 @@ def test_edge_target_reads_the_batch_size_setting() -> None:
     values: dict[str, dict[str, Any]] = {
         "kafka": {"bootstrap_servers": "b:1", "topic_raw": "r", "topic_dlq": "d"},
         "schema_registry": {"url": "http://r"}}
-    assert edge_target(Settings(values, Path("unit"), {})).batch_max_events == 500
+    target = EdgeTarget.from_settings(Settings(values, Path("unit"), {}))
+    assert (target.bootstrap_servers, target.raw_topic, target.dlq_topic, target.registry_url,
+            target.batch_max_events) == ("b:1", "r", "d", "http://r", 500)
     values["kafka"]["edge_batch_max_events"] = "42"
-    assert edge_target(Settings(values, Path("unit"), {})).batch_max_events == 42
+    assert EdgeTarget.from_settings(Settings(values, Path("unit"), {})).batch_max_events == 42
 
 
 def test_batch_size_must_be_positive() -> None:

@@ -6,8 +6,8 @@ import shlex
 
 import pytest
 
+from config.settings import Settings, load_settings
 from runners.profiles import PROFILES, apply_profile, isolation_conflicts, main, profile_environ
-from runners.settings import Settings, load_settings
 
 
 def _stack(profile: str | None, environ: dict[str, str] | None = None) -> Settings:
@@ -25,10 +25,10 @@ def test_a_profile_shares_no_port_run_dir_or_name_with_any_other_stack(name: str
 
 def test_the_test_profile_has_its_own_run_dir_ports_and_names() -> None:
     default, test = _stack(None), _stack("test")
-    assert test.path("stack", "run_dir").name == ".run-test"
-    assert test.get("kafka", "bootstrap_servers").endswith(":29092")
-    assert test.get("schema_registry", "url").endswith(":28081")
-    assert test.get("questdb", "http_port", int) == 29000
+    assert test.stack.run_dir.name == ".run-test"
+    assert test.kafka.bootstrap_servers.endswith(":29092")
+    assert test.schema_registry.url.endswith(":28081")
+    assert test.questdb.http_port == 29000
     for section, key in (("mqtt", "bridge_client_id"), ("mqtt", "bridge_share_group"),
                          ("pipeline", "consumer_group")):
         assert test.get(section, key) not in (default.get(section, key),

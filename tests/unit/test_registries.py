@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from config.settings import load_settings
 from io_connectors.questdb_http import QuestDBError, as_dicts, questdb_exec
-from runners.settings import load_settings
 from runners.stack.supervisor import (
     MODULE_ORDER,
     PIPELINE_MODULE,

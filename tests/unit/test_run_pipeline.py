@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import StandardOptions
 
+from config.settings import load_settings
 from runners.pipeline_options import TelemetryOptions
 from runners.run_pipeline import build_sinks, make_options
-from runners.settings import load_settings
 
 SETTINGS = load_settings(environ={})
 
@@ -16,9 +16,9 @@ def test_settings_fill_telemetry_options_and_argv_wins() -> None:
     options = make_options(["--runner=DirectRunner", "--raw_topic=other_raw"], SETTINGS)
     assert options.view_as(StandardOptions).runner == "DirectRunner"
     opts = options.view_as(TelemetryOptions)
-    assert opts.raw_topic == "other_raw" != SETTINGS.get("kafka", "topic_raw")
-    assert opts.validated_topic == SETTINGS.get("kafka", "topic_validated")
-    assert opts.bootstrap_servers == SETTINGS.get("kafka", "bootstrap_servers")
+    assert opts.raw_topic == "other_raw" != SETTINGS.kafka.topic_raw
+    assert opts.validated_topic == SETTINGS.kafka.topic_validated
+    assert opts.bootstrap_servers == SETTINGS.kafka.bootstrap_servers
     assert opts.kafka_expansion_service is None  # the Python reader off Flink
 
 

@@ -10,18 +10,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from io_connectors.questdb_schema import ALARM_COLUMNS, SENSOR_READING_COLUMNS
+from io_connectors.questdb_schema import (
+    ALARM_COLUMNS,
+    ALARMS,
+    SENSOR_READING_COLUMNS,
+    SENSOR_READINGS,
+    TABLE_COLUMNS,
+)
+from schemas.assets import Thresholds, load_asset_catalog
 from schemas.avro import (
     ALARM,
     DEAD_LETTER,
     SENSOR_READING,
     TELEMETRY_EVENT,
+    SchemaFileError,
+    enum_symbols,
+    field_defaults,
     field_names,
     load_schema,
     parse_schema,
     schema_text,
 )
-from schemas.dead_letter import DEAD_LETTER_FIELDS, make_dead_letter
+from schemas.dead_letter import DEAD_LETTER_FIELDS, STAGES, make_dead_letter
 from schemas.events import EVENT_FIELDS, QUALITY_FLAGS, SENSOR_TYPES
 from schemas.wire import (
     InMemorySchemaLookup,
@@ -31,8 +41,18 @@ from schemas.wire import (
     encode,
     split_frame,
 )
-from transforms.alarms import ALARM_FIELDS
-from transforms.enrich import READING_FIELDS
+from transforms.alarms import (
+    ALARM_FIELDS,
+    CLEARED,
+    CRITICAL,
+    NO_DATA,
+    RAISED,
+    WARNING,
+    AlarmState,
+    scan_silences,
+    step,
+)
+from transforms.enrich import READING_FIELDS, enrich
 
 
 def _symbols(schema_name: str, field: str) -> tuple[str, ...]:
@@ -41,13 +61,103 @@ def _symbols(schema_name: str, field: str) -> tuple[str, ...]:
     return tuple(f["type"]["symbols"])
 
 
-def test_field_lists_match_the_schemas_and_the_questdb_tables():
-    assert field_names(TELEMETRY_EVENT) == EVENT_FIELDS
-    assert field_names(SENSOR_READING) == SENSOR_READING_COLUMNS == READING_FIELDS
-    assert field_names(ALARM) == ALARM_COLUMNS == ALARM_FIELDS
-    assert field_names(DEAD_LETTER) == DEAD_LETTER_FIELDS
+def _avsc_fields(schema_name: str) -> list[dict]:
+    """The .avsc's top-level fields, read from its text (not through schemas.avro helpers)."""
+    return json.loads(schema_text(schema_name))["fields"]
+
+
+def _avsc_names(schema_name: str) -> tuple[str, ...]:
+    return tuple(f["name"] for f in _avsc_fields(schema_name))
+
+
+def test_field_lists_and_symbols_are_the_schemas():
+    assert EVENT_FIELDS == field_names(TELEMETRY_EVENT) == _avsc_names(TELEMETRY_EVENT)
+    assert READING_FIELDS == _avsc_names(SENSOR_READING)
+    assert ALARM_FIELDS == _avsc_names(ALARM)
+    assert DEAD_LETTER_FIELDS == _avsc_names(DEAD_LETTER)
     assert _symbols(TELEMETRY_EVENT, "sensor_type") == SENSOR_TYPES
     assert _symbols(TELEMETRY_EVENT, "quality_flag") == QUALITY_FLAGS
+    assert _symbols(DEAD_LETTER, "stage") == STAGES
+    assert _symbols(ALARM, "severity") == (WARNING, CRITICAL, NO_DATA)
+    assert _symbols(ALARM, "state") == (RAISED, CLEARED)
+    assert field_defaults(TELEMETRY_EVENT) == {"quality_flag": "UNKNOWN", "source": None}
+    with pytest.raises(SchemaFileError, match="telemetry-event.avsc"):
+        enum_symbols(TELEMETRY_EVENT, "unit")
+
+
+def _round_trips(record: dict, schema_name: str) -> None:
+    """``record`` has exactly the schema's fields in its order and encodes with it."""
+    assert tuple(record) == _avsc_names(schema_name)
+    schema = load_schema(schema_name)
+    lookup = InMemorySchemaLookup()
+    sid = lookup.register(schema)
+    assert decode(encode(record, sid, schema), lookup, schema)[1] == record
+
+
+def test_hand_built_records_have_exactly_the_schema_fields():
+    """The hot path builds its records as dict literals with known keys: each literal is
+    checked here against the .avsc (a field added to a schema fails this test)."""
+    event = {"event_id": "e1", "timestamp": 1_800_000_000_000, "site_id": "site-001",
+             "asset_id": "asset-001", "sensor_id": "temp-001", "sensor_type": "TEMPERATURE",
+             "value": 95.0, "unit": "celsius", "quality_flag": "BAD", "source": None}
+    _round_trips(event, TELEMETRY_EVENT)
+    catalog = load_asset_catalog()
+    row = enrich(event, catalog, ingested_at_ms=5)
+    _round_trips(row, SENSOR_READING)
+    _round_trips(enrich(dict(event, asset_id="nope"), catalog, ingested_at_ms=5,
+                        policy="pass_unenriched"), SENSOR_READING)
+    # an alarm raised and cleared by readings, a NO_DATA raised by a scan and cleared
+    state, raised = step(AlarmState(), row, Thresholds(warning_high=80.0), now_ms=10)
+    state, cleared = step(state, dict(row, value=20.0, quality_flag="GOOD",
+                                      timestamp=row["timestamp"] + 1), Thresholds(
+                                          warning_high=80.0), now_ms=11)
+    stored = {"site-001/asset-001/temp-001": AlarmState(
+        None, None, 1, 0, 1.0, "TEMPERATURE", None).to_tuple()}
+    no_data, _ = scan_silences(stored, 5_000, 60_000)
+    after = AlarmState.from_tuple(stored["site-001/asset-001/temp-001"])
+    _, resumed = step(after, row, None, now_ms=6_000)
+    kinds = [(t["severity"], t["state"]) for t in (*raised, *cleared, *no_data, *resumed)]
+    assert kinds == [(WARNING, RAISED), (WARNING, CLEARED), (NO_DATA, RAISED),
+                     (NO_DATA, CLEARED), (WARNING, RAISED)]
+    for transition in (*raised, *cleared, *no_data, *resumed):
+        _round_trips(transition, ALARM)
+    _round_trips(make_dead_letter("validate", ["x"], b"o", event_id="e1"), DEAD_LETTER)
+
+
+def test_bad_input_drill_event_has_every_required_field_of_the_event_schema():
+    from chaos.badinput import _FIELDS, _valid_event
+
+    assert _FIELDS == _avsc_names(TELEMETRY_EVENT)
+    required = {f["name"] for f in _avsc_fields(TELEMETRY_EVENT) if "default" not in f}
+    assert required <= set(_valid_event("t", 1)) <= set(_FIELDS)
+
+
+# QuestDB column types that hold each Avro type (nullable unions: the non-null branch).
+_QUESTDB_TYPES = {"long": {"TIMESTAMP", "LONG"}, "string": {"VARCHAR", "SYMBOL"},
+                  "double": {"DOUBLE"}, "enum": {"SYMBOL"}}
+# Avro fields deliberately not stored as a column of the table (none today).
+_NOT_STORED: dict[str, frozenset[str]] = {SENSOR_READINGS: frozenset(), ALARMS: frozenset()}
+
+
+@pytest.mark.parametrize("table, schema_name", [(SENSOR_READINGS, SENSOR_READING),
+                                                (ALARMS, ALARM)])
+def test_questdb_column_spec_agrees_with_the_schema(table, schema_name):
+    columns = {c.name: c for c in TABLE_COLUMNS[table]}
+    fields = _avsc_fields(schema_name)
+    stored = [f["name"] for f in fields if f["name"] not in _NOT_STORED[table]]
+    # same columns, in the schema's order (the sinks write rows in this order)
+    assert tuple(columns) == tuple(stored)
+    assert (SENSOR_READING_COLUMNS if table == SENSOR_READINGS else ALARM_COLUMNS) == \
+        tuple(stored)
+    for f in fields:
+        if f["name"] in _NOT_STORED[table]:
+            continue
+        t = f["type"]
+        if isinstance(t, list):
+            (t,) = [b for b in t if b != "null"]
+        kind = t["type"] if isinstance(t, dict) else t
+        assert columns[f["name"]].type in _QUESTDB_TYPES[kind], (table, f["name"], kind)
+    assert columns["timestamp"].type == "TIMESTAMP"
 
 
 def test_optional_fields_have_defaults_and_enums_a_default_symbol():

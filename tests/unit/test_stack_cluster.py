@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from config.settings import SettingsError, load_settings
 from runners.profiles import PROFILES, profile_environ, shifted_environ
 from runners.run_pipeline import flink_defaults
-from runners.settings import SettingsError, load_settings
 from runners.stack import cluster
 from runners.stack.supervisor import MODULE_ORDER, load_specs, paths_from_settings
 
@@ -44,7 +44,7 @@ def test_cluster_services_in_start_order() -> None:
     assert names.index("kafka-3") < names.index("registry")
     job_server = next(s for s in _specs(settings) if s.name == "flink-jobserver")
     master = job_server.argv[job_server.argv.index("--flink-master") + 1]
-    assert master == f"127.0.0.1:{settings.get('flink', 'web_ui_port')}"
+    assert master == f"127.0.0.1:{settings.flink.web_ui_port}"
     # Only the last broker creates the topics (replication 3 needs all three).
     assert [s.name for s in _specs(settings) if s.after_start and s.name in brokers] == ["kafka-3"]
 
@@ -55,7 +55,7 @@ def test_cluster_ports_are_distinct_and_derived_from_the_block() -> None:
         settings = _settings("cluster", base)
         ports = [p for s in _specs(settings) for p in s.ports]
         assert len(ports) == len(set(ports)), f"{profile}: a port twice in {sorted(ports)}"
-        kafka_port = int(settings.get("kafka", "bootstrap_servers").rpartition(":")[2])
+        kafka_port = int(settings.kafka.bootstrap_servers.rpartition(":")[2])
         assert cluster.broker_ports(settings)[0][0] == kafka_port
 
 
@@ -66,8 +66,8 @@ def test_shifted_cluster_never_shares_with_the_test_stack() -> None:
     shifted = _settings("cluster", shifted_env)
     assert not single & {p for s in _specs(shifted) for p in s.ports}
     assert shifted_env["DCMMS_STACK_RUN_DIR"] == ".run-test-cluster"
-    assert shifted.get("pipeline", "consumer_group") != \
-        _settings(None, test_env).get("pipeline", "consumer_group")
+    assert shifted.pipeline.consumer_group != \
+        _settings(None, test_env).pipeline.consumer_group
 
 
 def test_apply_topology_widens_the_bootstrap_and_is_recorded(tmp_path: Path) -> None:

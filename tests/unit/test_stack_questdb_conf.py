@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.settings import SettingsError, load_settings
+from config.settings import SettingsError, load_settings
 from runners.stack import questdb
 from runners.stack.spec import StackPaths
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 from types import SimpleNamespace
 
 import pytest
@@ -16,9 +18,11 @@ from schemas.assets import (
     load_asset_catalog,
 )
 from schemas.avro import TELEMETRY_BATCH, TELEMETRY_EVENT, load_schema
+from schemas.dead_letter import DEAD_LETTER_FIELDS
 from schemas.validation import default_sensor_rules
 from schemas.wire import InMemorySchemaLookup, encode
 from transforms.alarms import CLEARED, CRITICAL, RAISED, WARNING, AlarmState, classify, step
+from transforms.common import Rejected
 from transforms.decode import decode_source_record, unpack_source_record
 from transforms.dedup import dedup_step, first_copies
 from transforms.enrich import READING_FIELDS, enrich, refresh_catalog
@@ -47,15 +51,26 @@ def test_decode_source_record_good_and_bad():
     lookup = InMemorySchemaLookup()
     sid = lookup.register(schema)
     data = encode(EVENT, sid, schema)
-    envs, dead, reason = decode_source_record((b"asset-001", data), lookup, schema)
-    assert dead is None and envs == [(EVENT, data, {"source": "kafka", "key": b"asset-001",
-                                                    "original_format": "avro-confluent"})]
-    for element, code in ((b"\x05junk", "bad_magic"), ((None, None), "not_bytes"),
-                          ((None, "text"), "not_bytes"), (data[:-1], "truncated_body")):
-        envs, dead, reason = decode_source_record(element, lookup, schema)
-        assert envs == [] and reason == code
-        assert dead["stage"] == "decode" and dead["reasons"] and \
-            isinstance(dead["original"], bytes)
+    envs = decode_source_record((b"asset-001", data), lookup, schema)
+    assert envs == [(EVENT, data, {"source": "kafka", "key": b"asset-001",
+                                   "original_format": "avro-confluent"})]
+    for element, code, original in ((b"\x05junk", "bad_magic", b"\x05junk"),
+                                    ((None, None), "not_bytes", b""),
+                                    ((None, "text"), "not_bytes", b"text"),
+                                    (data[:-1], "truncated_body", data[:-1])):
+        out = decode_source_record(element, lookup, schema)
+        assert isinstance(out, Rejected) and out.stage == "decode" and out.codes == (code,)
+        dead = out.dead_letter()
+        assert tuple(dead) == DEAD_LETTER_FIELDS
+        assert (dead["stage"], dead["original"], dead["original_format"], dead["source"],
+                dead["event_id"]) == ("decode", original, "avro-confluent", "kafka", None)
+        assert list(out.reasons) == dead["reasons"] and len(dead["reasons"]) == 1
+    # the record's metadata reaches the dead letter
+    record = SimpleNamespace(key=b"k", value=b"\x05junk", topic="raw_telemetry", partition=2,
+                             offset=9)
+    dead = decode_source_record(record, lookup, schema).dead_letter()
+    assert (dead["topic"], dead["partition"], dead["offset"], dead["key"]) == \
+        ("raw_telemetry", 2, 9, b"k")
 
 
 def test_registry_outage_propagates_instead_of_dead_lettering():
@@ -75,40 +90,73 @@ def test_batch_record_decodes_to_one_envelope_per_event_in_order():
     events = [dict(EVENT, event_id=f"e{i}", value=float(i)) for i in range(5)]
     data = encode({"events": events}, batch_id, load_schema(TELEMETRY_BATCH))
     record = SimpleNamespace(key=None, value=data, topic="raw_telemetry", partition=3, offset=7)
-    envs, dead, _ = decode_source_record(record, lookup, load_schema(TELEMETRY_EVENT))
-    assert dead is None and [e[0] for e in envs] == events
+    envs = decode_source_record(record, lookup, load_schema(TELEMETRY_EVENT))
+    assert [e[0] for e in envs] == events
     assert all(e[1] is None and e[2]["offset"] == 7 and e[2]["original_format"] == "json"
                for e in envs)
-    single, _, _ = decode_source_record(encode(EVENT, event_id, load_schema(TELEMETRY_EVENT)),
-                                        lookup, load_schema(TELEMETRY_EVENT))
+    single = decode_source_record(encode(EVENT, event_id, load_schema(TELEMETRY_EVENT)),
+                                  lookup, load_schema(TELEMETRY_EVENT))
     assert [e[0] for e in single] == [EVENT]
-    empty, dead, _ = decode_source_record(
+    empty = decode_source_record(
         encode({"events": []}, batch_id, load_schema(TELEMETRY_BATCH)), lookup,
         load_schema(TELEMETRY_EVENT))
-    assert empty == [] and dead is None
+    assert empty == []
     # a batch cut short is one dead letter for the record, like a single event's
-    envs, dead, reason = decode_source_record(data[:-3], lookup, load_schema(TELEMETRY_EVENT))
-    assert envs == [] and reason == "truncated_body" and dead["original"] == data[:-3]
+    out = decode_source_record(data[:-3], lookup, load_schema(TELEMETRY_EVENT))
+    assert isinstance(out, Rejected) and out.code == "truncated_body"
+    assert out.dead_letter()["original"] == data[:-3]
 
 
 def test_dead_letter_of_a_batch_item_carries_the_event_as_json():
     bad = dict(EVENT, value=float("inf"))
     meta = {"source": "kafka", "original_format": "json", "topic": "raw_telemetry",
             "partition": 1, "offset": 9}
-    env, dead, codes = validate_envelope((bad, None, meta), now_ms=NOW,
-                                         rules=default_sensor_rules())
-    assert env is None and codes == ("value.not_finite",)
+    out = validate_envelope((bad, None, meta), now_ms=NOW, rules=default_sensor_rules())
+    assert isinstance(out, Rejected) and out.codes == ("value.not_finite",)
+    dead = out.dead_letter()
     assert dead["original_format"] == "json" and (dead["partition"], dead["offset"]) == (1, 9)
     assert json.loads(dead["original"])["event_id"] == "e1"
 
 
 def test_validate_envelope_keeps_original_bytes_in_dead_letters():
     bad = dict(EVENT, value=float("nan"))
-    env, dead, codes = validate_envelope((bad, b"orig", {"source": "kafka", "offset": 4}),
-                                         now_ms=NOW, rules=default_sensor_rules())
-    assert env is None and codes == ("value.not_finite",)
+    out = validate_envelope((bad, b"orig", {"source": "kafka", "offset": 4}),
+                            now_ms=NOW, rules=default_sensor_rules())
+    assert isinstance(out, Rejected) and out.codes == ("value.not_finite",)
+    dead = out.dead_letter()
     assert (dead["stage"], dead["original"], dead["offset"], dead["event_id"]) == \
         ("validate", b"orig", 4, "e1")
+    assert dead["reasons"] == list(out.reasons) and "value" in dead["reasons"][0]
+
+
+def test_validate_envelope_passes_the_normalised_event_with_original_and_meta():
+    meta = {"source": "kafka", "offset": 4}
+    raw = dict(EVENT, sensor_type="temperature", quality_flag="good")
+    out = validate_envelope((raw, b"orig", meta), now_ms=NOW, rules=default_sensor_rules())
+    assert not isinstance(out, Rejected)
+    event, original, out_meta = out
+    assert event == EVENT and original == b"orig" and out_meta is meta
+
+
+def test_a_reject_lists_every_failed_rule():
+    bad = dict(EVENT, value=float("nan"), unit="")
+    out = validate_envelope((bad, b"orig", {"source": "kafka"}), now_ms=NOW,
+                            rules=default_sensor_rules())
+    assert isinstance(out, Rejected) and len(out.codes) == 2 == len(out.reasons)
+
+
+def test_rejected_is_immutable_and_needs_an_envelope_for_its_dead_letter():
+    out = Rejected("enrich", ("unknown_asset",), ("asset_id: unknown",), "e1")
+    with pytest.raises(AttributeError):
+        out.codes = ()  # type: ignore[misc]
+    assert not hasattr(out, "__dict__")
+    with pytest.raises(ValueError, match="envelope"):
+        out.dead_letter()
+    dead = out.dead_letter((EVENT, None, {"source": "kafka", "original_format": "json"}))
+    assert (dead["stage"], dead["reasons"], dead["event_id"]) == \
+        ("enrich", ["asset_id: unknown"], "e1")
+    assert json.loads(dead["original"]) == EVENT
+    assert pickle.loads(pickle.dumps(out)) == out and copy.copy(out) == out
 
 
 # ---- assets and enrich ----------------------------------------------------------------------
@@ -143,18 +191,24 @@ def test_bad_asset_files_are_refused_with_the_file_named(tmp_path, doc, match):
 
 def test_enrich_known_unknown_and_mismatched_assets():
     catalog = load_asset_catalog()
-    row, reason, _ = enrich(EVENT, catalog, ingested_at_ms=NOW + 5)
-    assert tuple(row) == READING_FIELDS and reason is None
+    row = enrich(EVENT, catalog, ingested_at_ms=NOW + 5)
+    assert not isinstance(row, Rejected) and tuple(row) == READING_FIELDS
     assert (row["site_name"], row["asset_type"], row["ingested_at"]) == \
         ("Solar Farm Alpha", "inverter", NOW + 5)
+    assert all(row[k] == EVENT[k] for k in READING_FIELDS if k in EVENT)
     unknown = dict(EVENT, asset_id="asset-999")
-    assert enrich(unknown, catalog, ingested_at_ms=0)[2] == "unknown_asset"
-    assert enrich(unknown, None, ingested_at_ms=0)[2] == "unknown_asset"
-    row, _, _ = enrich(unknown, catalog, ingested_at_ms=0, policy="pass_unenriched")
+    for cat in (catalog, None):
+        out = enrich(unknown, cat, ingested_at_ms=0)
+        assert isinstance(out, Rejected)
+        assert (out.stage, out.codes, out.event_id) == ("enrich", ("unknown_asset",), "e1")
+        assert "asset-999" in out.reasons[0]
+    row = enrich(unknown, catalog, ingested_at_ms=0, policy="pass_unenriched")
+    assert not isinstance(row, Rejected)
     assert row["site_name"] is None and row["asset_id"] == "asset-999"
     moved = dict(EVENT, site_id="site-002")
-    row, reason, code = enrich(moved, catalog, ingested_at_ms=0, policy="pass_unenriched")
-    assert row is None and code == "site_mismatch" and "site-001" in reason
+    out = enrich(moved, catalog, ingested_at_ms=0, policy="pass_unenriched")
+    assert isinstance(out, Rejected) and (out.codes, out.event_id) == (("site_mismatch",), "e1")
+    assert "site-001" in out.reasons[0] and out.envelope is None
 
 
 def test_refresh_emits_only_changed_catalogs_and_latest_wins(tmp_path):
