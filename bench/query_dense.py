@@ -1077,8 +1077,13 @@ def bucket_sort_ab(settings: Settings, manifest: dict[str, Any], n: int) -> dict
     the fourth pass) and ``store`` (:meth:`TelemetryStore.readings`: timestamp order from
     QuestDB, ties ordered in Python). Both include the rows -> dicts step; no HTTP."""
     from api.params import parse_telemetry_query
-    from api.questdb import _BUCKET_COLUMNS, QuestDBClient, TelemetryStore, _records, \
-        build_bucket_sql
+    from api.questdb import (
+        _BUCKET_COLUMNS,
+        QuestDBClient,
+        TelemetryStore,
+        _records,
+        build_bucket_sql,
+    )
 
     class _Args(dict):
         def getlist(self, key: str) -> list[str]:

@@ -159,9 +159,10 @@ MIGRATIONS = (
     f"ALTER TABLE {SENSOR_READINGS} ALTER COLUMN site_id DROP INDEX",
 )
 
-# The rollups are created on start only with ``[questdb] rollups = true``
-# (runners/stack/questdb.py): refreshing them costs QuestDB CPU on the ingest path
-# (docs/decisions/0004, "Fourth session"; 0006, "Fourth pass" for the timer). IF NOT EXISTS: an existing view is kept (QuestDB has no CREATE OR
-# REPLACE for them; a changed definition needs a DROP first). On a filled table the first
+# The rollups are created on start with ``[questdb] rollups = true`` (the default;
+# runners/stack/questdb.py). The 1-minute view refreshes on a timer: an IMMEDIATE refresh
+# cost QuestDB CPU on the ingest path (docs/decisions/0006, "Fourth pass").
+# IF NOT EXISTS: an existing view is kept (QuestDB has no CREATE OR REPLACE for them; a
+# changed definition needs a DROP first). On a filled table the first
 # refresh reads every raw row once (176M rows on the dense bench stack: see
 # docs/benchmarks.md, "Dense queries"). Turning the setting off later does not drop them.

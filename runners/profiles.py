@@ -90,8 +90,8 @@ def _profile(name: str, block: int) -> Mapping[str, str]:
 # outgoing connection may rarely hold one, which the supervisor's free-port check reports.
 PROFILES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "chaos": _profile("chaos", 1),
-    # The test stack creates the rollup views ([questdb] rollups, on by default; timer refresh, decision 0006
-    # ingest cost) so the query tests cover both read paths.
+    # The test stack creates the rollup views ([questdb] rollups, also the default; decision
+    # 0006) whatever the user's config says, so the query tests cover both read paths.
     "test": MappingProxyType({**_profile("test", 2), "DCMMS_QUESTDB_ROLLUPS": "true"}),
     **{f"dev{block}": _profile(f"dev{block}", block) for block in (3, 4, 5)},
 })

@@ -170,7 +170,12 @@ def test_unescape_gives_every_sample_back_wherever_the_chunks_split() -> None:
         assert rows == [["h"], list(EXP_SAMPLES)], chunks
 
 
-@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12),
+# No lone surrogates (category Cs): stored text is valid UTF-8, and the encoder cannot write them.
+_STORED_TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00",
+                                              blacklist_categories=("Cs",)), max_size=12)
+
+
+@given(st.lists(_STORED_TEXT,
                 min_size=1, max_size=4), st.integers(min_value=1, max_value=9))
 def test_unescape_reads_back_any_text(values: list[str], size: int) -> None:
     body = b",".join(b'"' + _exp_escape(v) + b'"' for v in values) + b"\r\n"
