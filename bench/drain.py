@@ -69,7 +69,8 @@ def flink_vertex_load(settings: Settings) -> list[dict[str, Any]]:
     url = f"http://127.0.0.1:{settings.flink.web_ui_port}"
     try:
         jobs = requests.get(f"{url}/jobs/overview", timeout=5).json()["jobs"]
-        jid = next(j["jid"] for j in jobs if j["state"] == "RUNNING")
+        jid = next(j["jid"] for j in jobs
+                   if j["state"] == "RUNNING" and j.get("name") == settings.pipeline.job_name)
         vertices = requests.get(f"{url}/jobs/{jid}", timeout=5).json()["vertices"]
         out = []
         for v in vertices:

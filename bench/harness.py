@@ -57,26 +57,22 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
-import requests
 
-from api.auth import configured_api_key
 from bench import anchors, drain, report
 from bench import stream as stream_bench
-from bench.anchors import count_rows, ts_filter
+from bench.anchors import count_rows
 from bench.loadgen import (
     MQTT_CLIENTS,
     GeneratorConfig,
-    fleet_item,
-    mqtt_message,
     resolve_mqtt_client,
     run_load,
 )
+from bench.probes import Probes, api_endpoint, make_probes
 from bench.resources import ResourceSampler
 from config.settings import REPO_ROOT, Settings, load_settings
 from io_connectors.questdb_schema import SENSOR_READINGS
@@ -85,7 +81,6 @@ __all__ = ["main", "ModeConfig", "mode_config", "PHASES"]
 
 _LOGGER = logging.getLogger(__name__)
 RESULTS = REPO_ROOT / "bench" / "results"
-PROBE_ASSET = ("bench-site-01", "bench-asset-01-001")
 # What `--phases` can select, in the order they run.
 PHASES = ("anchors", "direct", "mqtt", "rest", "soak", "stream", "drain", "query")
 
@@ -189,138 +184,6 @@ class DlqCounter:
 
     def close(self) -> None:
         self.consumer.close()
-
-
-# -- probes ---------------------------------------------------------------
-
-class Probes:
-    """Probe events every ``interval_s`` through ``send``; ``fetch(since_ms)`` lists visible ids."""
-
-    def __init__(self, name: str, send: Callable[[str, int], None],
-                 fetch: Callable[[int], list[str]], interval_s: float = 0.1,
-                 poll_s: float = 0.1) -> None:
-        self.name = name
-        self.send, self.fetch = send, fetch
-        self.interval_s, self.poll_s = interval_s, poll_s
-        self.sent: dict[str, int] = {}
-        self.seen: dict[str, int] = {}
-        self.since_ms = int(time.time() * 1000)
-        self.errors = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._send_loop, daemon=True),
-                         threading.Thread(target=self._poll_loop, daemon=True)]
-        self._n = 0
-        self._tag = uuid.uuid4().hex[:6]
-
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=10)
-
-    def _send_loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._n += 1
-            eid = f"p{self._tag}-{self._n}"
-            now = int(time.time() * 1000)
-            try:
-                self.send(eid, now)
-                with self._lock:
-                    self.sent[eid] = now
-            except Exception:  # noqa: BLE001 - a failed probe is counted, not fatal
-                self.errors += 1
-
-    def _poll_loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                ids = self.fetch(self.since_ms)
-            except Exception:  # noqa: BLE001 - the API may be busy; keep polling
-                self.errors += 1
-                continue
-            now = int(time.time() * 1000)
-            with self._lock:
-                for eid in ids:
-                    if eid in self.sent and eid not in self.seen:
-                        self.seen[eid] = now
-
-    def window(self, t0_ms: int, t1_ms: int, until_ms: int) -> dict[str, Any]:
-        """Latencies of probes sent in [t0, t1); unseen ones count as ``until - sent``."""
-        with self._lock:
-            lat = []
-            unseen = 0
-            for eid, sent in self.sent.items():
-                if t0_ms <= sent < t1_ms:
-                    if eid in self.seen:
-                        lat.append(self.seen[eid] - sent)
-                    else:
-                        unseen += 1
-                        lat.append(until_ms - sent)
-        return {**report.percentiles(lat), "n": len(lat), "unseen": unseen,
-                "lower_bound": unseen > 0}
-
-
-def _api(settings: Settings) -> tuple[str, str]:
-    key = os.environ.get("DCMMS_BENCH_API_KEY") or configured_api_key(settings)
-    return f"http://127.0.0.1:{settings.api.port}", key
-
-
-def make_probes(settings: Settings, path: str, run: str, topic_root: str = "telemetry") -> Probes:
-    """Probes for ``path`` (mqtt, rest, direct), sensor id ``probe-<run>-<path>``."""
-    site, asset = PROBE_ASSET
-    sensor = f"probe-{run}-{path}"
-    base_url, key = _api(settings)
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {key}"
-
-    def item(eid: str, ts: int) -> dict[str, Any]:
-        return {**fleet_item(eid, 0, ts), "site_id": site, "asset_id": asset,
-                "sensor_id": sensor, "sensor_type": "TEMPERATURE", "unit": "C", "value": 21.0}
-
-    if path == "rest":
-        post = requests.Session()
-        post.headers["Authorization"] = f"Bearer {key}"
-
-        def send(eid: str, ts: int) -> None:
-            r = post.post(f"{base_url}/api/v1/telemetry", json=[item(eid, ts)], timeout=10)
-            if r.status_code != 202:
-                raise RuntimeError(f"probe POST: HTTP {r.status_code}")
-    else:
-        import paho.mqtt.client as mqtt
-
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"bench-probe-{run}-{path}", protocol=mqtt.MQTTv5)
-        client.username_pw_set(settings.mqtt.sensor_username,
-                               settings.mqtt.sensor_password)
-        client.connect(settings.mqtt.host, settings.mqtt.port, 60)
-        client.loop_start()
-
-        def send(eid: str, ts: int) -> None:
-            topic, payload = mqtt_message(item(eid, ts), topic_root)
-            client.publish(topic, payload, qos=1)
-
-    if path == "direct":
-        def fetch(since_ms: int) -> list[str]:
-            rows = anchors.qdb_exec(settings, f"SELECT event_id FROM {anchors.DIRECT_TABLE} WHERE "
-                                              f"{ts_filter(since_ms)} AND sensor_id = '{sensor}'",
-                                    timeout=10)
-            return [r[0] for r in rows]
-    else:
-        def fetch(since_ms: int) -> list[str]:
-            r = session.get(f"{base_url}/api/v1/telemetry",
-                            # asset_id first: the table's only index, so each poll reads
-                            # the probe asset's rows, not every row since the phase began.
-                            params={"asset_id": asset, "sensor_id": sensor,
-                                    "start_time": str(since_ms),
-                                    "end_time": str(int(time.time() * 1000) + 600_000),
-                                    "limit": "10000"}, timeout=10)
-            r.raise_for_status()
-            return [row["event_id"] for row in r.json()["data"]]
-
-    return Probes(path, send, fetch)
 
 
 # -- steps ----------------------------------------------------------------
@@ -564,7 +427,7 @@ def run_query(settings: Settings, mc: ModeConfig) -> dict[str, Any]:
     lo = dt.datetime.fromisoformat(row[1].replace("Z", "+00:00")).timestamp() * 1000
     hi = dt.datetime.fromisoformat(row[2].replace("Z", "+00:00")).timestamp() * 1000
     days = (hi - lo) / query_bench.DAY_MS
-    base_url, key = _api(settings)
+    base_url, key = api_endpoint(settings)
     measured = query_bench.measure(base_url, settings, fleet, days, int(hi), mc.query_requests,
                                    max(5, mc.query_requests // 10), 1, key)
 
@@ -639,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     stack_started = ensure_stack()
     sampler = ResourceSampler(settings.stack.run_dir / "pids")
     sampler.start()
-    base_url, key = _api(settings)
+    base_url, key = api_endpoint(settings)
     gen = {"processes": args.processes, "connections": args.connections,
            "mqtt_host": settings.mqtt.host,
            "mqtt_port": settings.mqtt.port,

@@ -7,7 +7,8 @@ Not a test. It measures, through gunicorn serving ``runners.wsgi:app``:
 * ``latest``     — the latest reading of every sensor of one site;
 
 each over ``--requests`` sequential requests with a random asset/day/site per
-request, reporting p50/p90/p99/max in milliseconds, and the same SQL timed
+request, reporting p50/p90/p99/max in milliseconds (nearest-rank percentiles,
+bench/query_common.py), and the same SQL timed
 directly over PG wire (``db_*``), which shows how much of a request is QuestDB.
 
 Rows are written over ILP/HTTP in timestamp order (QuestDB's fast path): one
@@ -40,13 +41,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import requests
 from questdb import Sender, TimestampNanos
 from werkzeug.datastructures import MultiDict
 
 from api.params import parse_latest_query, parse_telemetry_query
 from api.questdb import QuestDBClient, TelemetryStore
+from bench.query_common import (
+    api_session,
+    ilp_conf,
+    latency_stats,
+    pg_connect,
+    sensor_symbols,
+    timed_get,
+)
 from config.settings import REPO_ROOT, Settings, load_settings
 from io_connectors.questdb_schema import DDL_STATEMENTS, SENSOR_READINGS
 
@@ -55,6 +63,7 @@ __all__ = ["main"]
 _LOGGER = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
+PERCENTILES = (50, 90, 99)  # p50_ms, p90_ms, p99_ms of each kind
 SENSOR_TYPES = ("TEMPERATURE", "VOLTAGE", "CURRENT", "POWER", "IRRADIANCE", "WIND_SPEED",
                 "FREQUENCY", "HUMIDITY")
 UNITS = ("C", "V", "A", "kW", "W/m2", "m/s", "Hz", "%")
@@ -79,26 +88,19 @@ class Fleet:
     def asset(self, s: int, a: int) -> str:
         return f"{self.prefix}-asset-{s:03d}-{a:03d}"
 
+    def sensor(self, s: int, a: int, k: int) -> str:
+        return f"{self.asset(s, a)}-s{k:02d}"
+
     def sensors(self) -> list[tuple[str, str, str, str, str]]:
-        """(site_id, asset_id, sensor_id, sensor_type, unit) for every sensor."""
+        """(site_id, asset_id, sensor_id, sensor_type, unit) for every sensor, in load order."""
         out = []
         for s in range(self.sites):
             for a in range(self.assets_per_site):
                 for k in range(self.sensors_per_asset):
                     kind = k % len(SENSOR_TYPES)
-                    out.append((self.site(s), self.asset(s, a), f"{self.asset(s, a)}-s{k:02d}",
+                    out.append((self.site(s), self.asset(s, a), self.sensor(s, a, k),
                                 SENSOR_TYPES[kind], UNITS[kind]))
         return out
-
-
-def _connect(settings: Settings) -> Any:
-    conn = psycopg2.connect(host=settings.questdb.host,
-                            port=settings.questdb.pg_port,
-                            user=settings.questdb.pg_user,
-                            password=settings.questdb.pg_password, dbname="qdb",
-                            connect_timeout=5)
-    conn.autocommit = True
-    return conn
 
 
 def _table_count(cur: Any) -> int:
@@ -114,7 +116,7 @@ def load(settings: Settings, fleet: Fleet, rows: int, days: float, end_ms: int,
     load its own prefix when adding rows to an already loaded fleet.
     """
     id_prefix = event_prefix or fleet.prefix
-    conn = _connect(settings)
+    conn = pg_connect(settings)
     cur = conn.cursor()
     cur.execute("SELECT table_name FROM tables()")
     if SENSOR_READINGS not in {r[0] for r in cur.fetchall()}:
@@ -126,12 +128,9 @@ def load(settings: Settings, fleet: Fleet, rows: int, days: float, end_ms: int,
     start_ms = end_ms - span_ms
     step_ns = span_ms * 1_000_000 / rows
     start_ns = int(start_ms * 1_000_000)
-    symbols = [{"site_id": s, "asset_id": a, "sensor_id": x, "sensor_type": t, "unit": u,
-                "quality_flag": "GOOD"} for s, a, x, t, u in sensors]
-    conf = (f"http::addr={settings.questdb.host}:"
-            f"{settings.questdb.http_port};auto_flush=off;request_timeout=120000;")
+    symbols = sensor_symbols(sensors)
     t0 = time.perf_counter()
-    with Sender.from_conf(conf) as sender:
+    with Sender.from_conf(ilp_conf(settings, request_timeout=120000)) as sender:
         buf = sender.new_buffer()
         for i in range(rows):
             j = i % n_sensors
@@ -182,17 +181,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _stats(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-
-    def pct(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2)
-
-    return {"p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
-            "max_ms": round(ordered[-1] * 1000, 2),
-            "mean_ms": round(statistics.fmean(ordered) * 1000, 2), "n": len(ordered)}
-
-
 def measure(base_url: str, settings: Settings, fleet: Fleet, days: float, end_ms: int,
             requests_n: int, warmup: int, seed: int, api_key: str) -> dict[str, Any]:
     """Time each query kind through HTTP and, for the same parameters, directly in QuestDB."""
@@ -216,18 +204,13 @@ def measure(base_url: str, settings: Settings, fleet: Fleet, days: float, end_ms
         "latest": ("/api/v1/telemetry/latest",
                    lambda: {"site_id": fleet.site(rng.randrange(fleet.sites))}),
     }
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {api_key}"
+    session = api_session(api_key)
     results: dict[str, Any] = {}
     for name, (path, make) in kinds.items():
         http, db, rows = [], [], []
         for i in range(warmup + requests_n):
             params = make()
-            t0 = time.perf_counter()
-            response = session.get(base_url + path, params=params, timeout=30)
-            elapsed = time.perf_counter() - t0
-            if response.status_code != 200:
-                raise RuntimeError(f"{name}: HTTP {response.status_code}: {response.text[:300]}")
+            response, elapsed = timed_get(session, base_url + path, params, name, timeout=30)
             n_rows = len(response.json()["data"])
             # Same query straight to QuestDB (no HTTP, no JSON): where the time goes.
             t1 = time.perf_counter()
@@ -241,9 +224,10 @@ def measure(base_url: str, settings: Settings, fleet: Fleet, days: float, end_ms
                 http.append(elapsed)
                 db.append(db_elapsed)
                 rows.append(n_rows)
-        results[name] = {**_stats(http), "rows_mean": round(statistics.fmean(rows), 1),
-                         "rows_min": min(rows),
-                         "db": {k: v for k, v in _stats(db).items() if k != "n"}}
+        db_stats = latency_stats(db, PERCENTILES)
+        results[name] = {**latency_stats(http, PERCENTILES),
+                         "rows_mean": round(statistics.fmean(rows), 1), "rows_min": min(rows),
+                         "db": {k: v for k, v in db_stats.items() if k != "n"}}
         _LOGGER.info("%s: %s", name, results[name])
     store.client.close()
     return results

@@ -58,12 +58,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import requests
 from questdb.ingress import Sender, TimestampNanos
 
 from api.auth import configured_api_key
-from bench.query_bench import SENSOR_TYPES, UNITS, Fleet
+from bench.query_bench import Fleet
+from bench.query_common import (
+    api_session,
+    ilp_conf,
+    latency_stats,
+    pg_connect,
+    sensor_symbols,
+    timed_get,
+)
 from config.settings import REPO_ROOT, Settings, load_settings
 from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import DDL_STATEMENTS, SENSOR_READINGS
@@ -86,8 +93,9 @@ def say(msg: str) -> None:
 
 
 @dataclass(frozen=True)
-class DenseFleet:
-    """``sites`` x ``assets_per_site`` x ``sensors_per_asset`` sensors at 1 Hz."""
+class DenseFleet(Fleet):
+    """``sites`` x ``assets_per_site`` x ``sensors_per_asset`` sensors at 1 Hz (the sparse
+    fleet's sensor kinds; ids numbered from 1)."""
 
     prefix: str = "qdense"
     sites: int = 2
@@ -100,26 +108,8 @@ class DenseFleet:
     def asset(self, s: int, a: int) -> str:
         return f"{self.prefix}-asset-{s + 1:02d}-{a + 1:02d}"
 
-    def sensor(self, s: int, a: int, k: int) -> str:
-        return f"{self.asset(s, a)}-s{k:02d}"
-
-    @property
-    def sensor_count(self) -> int:
-        return self.sites * self.assets_per_site * self.sensors_per_asset
-
     def assets(self) -> list[str]:
         return [self.asset(s, a) for s in range(self.sites) for a in range(self.assets_per_site)]
-
-    def sensors(self) -> list[tuple[str, str, str, str, str]]:
-        """(site_id, asset_id, sensor_id, sensor_type, unit) in load order."""
-        out = []
-        for s in range(self.sites):
-            for a in range(self.assets_per_site):
-                for k in range(self.sensors_per_asset):
-                    kind = k % len(SENSOR_TYPES)
-                    out.append((self.site(s), self.asset(s, a), self.sensor(s, a, k),
-                                SENSOR_TYPES[kind], UNITS[kind]))
-        return out
 
     def rows(self, days: int = DENSE_DAYS) -> int:
         return self.sensor_count * days * DAY_S
@@ -137,16 +127,6 @@ def _http(settings: Settings) -> str:
 
 def qdb_exec(settings: Settings, sql: str, timeout: float = 300.0) -> list[list[Any]]:
     return questdb_exec(_http(settings), sql, timeout_s=timeout).get("dataset", [])
-
-
-def pg_connect(settings: Settings) -> Any:
-    conn = psycopg2.connect(host=settings.questdb.host,
-                            port=settings.questdb.pg_port,
-                            user=settings.questdb.pg_user,
-                            password=settings.questdb.pg_password, dbname="qdb",
-                            connect_timeout=5)
-    conn.autocommit = True
-    return conn
 
 
 def wait_applied(settings: Settings, table: str = SENSOR_READINGS,
@@ -215,8 +195,7 @@ class _SparseStream:
         self.prefix = prefix
         sensors = SPARSE.sensors()
         self.n = len(sensors)
-        self.symbols = [{"site_id": s, "asset_id": a, "sensor_id": x, "sensor_type": t,
-                         "unit": u, "quality_flag": "GOOD"} for s, a, x, t, u in sensors]
+        self.symbols = sensor_symbols(sensors)
         self.i = 0
 
     def ts(self, i: int) -> int:
@@ -321,14 +300,11 @@ def load(settings: Settings, max_seconds: float | None = None,
     total = manifest["dense_rows"] + (manifest["sparse"]["rows"] if sparse else 0)
     done_before = _rows_before(manifest, t_ns)
     sensors = DENSE.sensors()
-    symbols = [{"site_id": s, "asset_id": a, "sensor_id": x, "sensor_type": t, "unit": u,
-                "quality_flag": "GOOD"} for s, a, x, t, u in sensors]
+    symbols = sensor_symbols(sensors)
     base = [10.0 * (j % 10) + 1.0 for j in range(len(sensors))]
     offset_ns = NS // len(sensors)  # sensor j of a second reports at +j x 5 ms
     ids = [f"{DENSE.prefix}-{j:03d}-" for j in range(len(sensors))]
-    conf = (f"http::addr={settings.questdb.host}:"
-            f"{settings.questdb.http_port};auto_flush=off;"
-            f"request_timeout=300000;retry_timeout=60000;")
+    conf = ilp_conf(settings, request_timeout=300000, retry_timeout=60000)
     t0 = time.monotonic()
     sent = 0
     last_say = t0
@@ -501,10 +477,7 @@ def _api_call(session: requests.Session, base_url: str, req: Request,
             source = r.headers.get("X-Data-Source", "")
         return [("csv_day", time.perf_counter() - t0, size, newlines - 1 if count_rows else -1,
                  source)]
-    t0 = time.perf_counter()
-    r = session.get(url, params=req.params, timeout=60)
-    elapsed = time.perf_counter() - t0
-    _check(r, req)
+    r, elapsed = timed_get(session, url, req.params, req.kind)
     body = r.content
     source = r.headers.get("X-Data-Source", "")
     if req.kind != "raw" and not count_rows:
@@ -515,10 +488,8 @@ def _api_call(session: requests.Session, base_url: str, req: Request,
     if req.kind == "raw":
         if not doc["next_cursor"]:
             raise RuntimeError(f"raw_first: no next_cursor for {req.params}")
-        t0 = time.perf_counter()
-        r2 = session.get(url, params={**req.params, "cursor": doc["next_cursor"]}, timeout=60)
-        elapsed2 = time.perf_counter() - t0
-        _check(r2, req)
+        r2, elapsed2 = timed_get(session, url, {**req.params, "cursor": doc["next_cursor"]},
+                                 req.kind)
         n2 = len(json.loads(r2.content)["data"]) if count_rows else -1
         out.append(("raw_next", elapsed2, len(r2.content), n2,
                     r2.headers.get("X-Data-Source", "")))
@@ -614,8 +585,7 @@ def _client_worker(job: dict[str, Any]) -> dict[str, Any]:
     reqs: list[Request] = job["requests"]
     samples: list[tuple[Any, ...]] = []
     if job["target"] == "api":
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {job['api_key']}"
+        session = api_session(job["api_key"])
         def call(r: Request) -> list[tuple[Any, ...]]:
             return _api_call(session, job["base_url"], r, job["count_rows"])
     else:
@@ -631,19 +601,6 @@ def _client_worker(job: dict[str, Any]) -> dict[str, Any]:
     for r in reqs[job["warmup"]:]:
         samples.extend(call(r))
     return {"samples": samples, "start": start, "end": time.monotonic()}
-
-
-def _stats(seconds: list[float]) -> dict[str, float | int | None]:
-    if not seconds:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
-    ordered = sorted(seconds)
-
-    def pct(p: float) -> float:  # nearest rank
-        return round(ordered[max(0, math.ceil(p * len(ordered)) - 1)] * 1000, 2)
-
-    return {"p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
-            "max_ms": round(ordered[-1] * 1000, 2),
-            "mean_ms": round(statistics.fmean(ordered) * 1000, 2), "n": len(ordered)}
 
 
 class _RssSampler:
@@ -748,7 +705,7 @@ def measure(settings: Settings, manifest: dict[str, Any], base_url: str, api_key
                 mine = [s for s in samples if s[0] == name]
                 entry = figures.setdefault(name, {})
                 if target == "api":
-                    st = {**_stats([s[1] for s in mine]),
+                    st = {**latency_stats([s[1] for s in mine]),
                           "rps": round(len(mine) / wall, 1) if wall > 0 else None,
                           "bytes_mean": round(statistics.fmean(s[2] for s in mine))}
                     if mine[0][3] >= 0:
@@ -761,9 +718,10 @@ def measure(settings: Settings, manifest: dict[str, Any], base_url: str, api_key
                         st["rss"] = rss.summary() if rss else None
                     entry[conc] = st
                 else:
-                    entry.setdefault("db", {})[conc] = _stats([s[1] for s in mine])
+                    entry.setdefault("db", {})[conc] = latency_stats([s[1] for s in mine])
                     if target == "db_http":
-                        entry.setdefault("db_http", {})[conc] = _stats([s[2] for s in mine])
+                        entry.setdefault("db_http", {})[conc] = latency_stats(
+                            [s[2] for s in mine])
         for name, entry in figures.items():
             db1 = entry.get("db", {}).get("c1") or {}
             entry["db_p50_ms"] = db1.get("p50_ms")
@@ -807,7 +765,7 @@ def exp_csv(settings: Settings, manifest: dict[str, Any], n: int, seed: int = 2)
             times.append(time.perf_counter() - t0)
             sizes.append(size)
     mbps = sorted(s / 2**20 / t for s, t in zip(sizes, times, strict=True))
-    return {**_stats(times), "bytes_mean": round(statistics.fmean(sizes)),
+    return {**latency_stats(times), "bytes_mean": round(statistics.fmean(sizes)),
             "mb_per_s_p50": round(mbps[len(mbps) // 2], 1)}
 
 
@@ -876,7 +834,7 @@ def index_compare(settings: Settings, manifest: dict[str, Any], n: int) -> dict[
             if i >= 15:  # 3 rounds of 5 kinds warm up
                 samples += got
         client.close()
-        figures = {k: _stats([s[1] for s in samples if s[0] == k])
+        figures = {k: latency_stats([s[1] for s in samples if s[0] == k])
                    for k in sorted({s[0] for s in samples})}
         result[name] = {"rows": rows, "copy_s": round(copy_s, 1), "db": figures}
         qdb_exec(settings, f"DROP TABLE IF EXISTS {table}")
@@ -982,8 +940,7 @@ def rollup_cost(settings: Settings, seconds: float = 20.0, rate: int = 5000,
 
     out: dict[str, Any] = {"seconds": seconds, "rate": rate, "commits_per_s": commits_per_s,
                            "settle_s": settle_s}
-    conf = (f"http::addr={settings.questdb.host}:"
-            f"{settings.questdb.http_port};auto_flush=off;")
+    conf = ilp_conf(settings)
     # Scratch names of this run only: a timer view created under the name of one dropped
     # moments before never refreshed on 9.3.1 while QuestDB burned ~1.7 cores (decision
     # 0006, "Fourth pass").
@@ -1111,7 +1068,8 @@ def bucket_sort_ab(settings: Settings, manifest: dict[str, Any], n: int) -> dict
             if i >= 3:  # warm-up
                 times[way].append(time.perf_counter() - t0)
     client.close()
-    return {"n": n, "sources": sorted(sources), **{way: _stats(t) for way, t in times.items()}}
+    return {"n": n, "sources": sorted(sources),
+            **{way: latency_stats(t) for way, t in times.items()}}
 
 
 # -- main ------------------------------------------------------------------------------

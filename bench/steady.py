@@ -24,8 +24,8 @@ from typing import Any
 
 from bench import report
 from bench.drain import RESULTS, _context
-from bench.harness import _api
 from bench.loadgen import GeneratorConfig, resolve_mqtt_client, run_load
+from bench.probes import api_endpoint
 from bench.resources import ResourceSampler
 from config.settings import Settings, load_settings
 
@@ -37,7 +37,7 @@ def steady(settings: Settings, path: str, rate: float, seconds: float,
     """Run the load; the CPU of each component over the measured part of it."""
     if not 0 <= warmup < seconds:
         raise ValueError(f"--warmup ({warmup}) must be shorter than --seconds ({seconds})")
-    base_url, key = _api(settings)
+    base_url, key = api_endpoint(settings)
     cfg = GeneratorConfig(
         path=path, rate=rate, seconds=seconds, id_prefix=f"s{uuid.uuid4().hex[:6]}-",
         mqtt_host=settings.mqtt.host, mqtt_port=settings.mqtt.port,

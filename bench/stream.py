@@ -1,7 +1,7 @@
 """Live stream latency under load: ``python -m bench.stream`` (``stream.e2e_ms``).
 
 Sent -> pushed through the real stack: probe readings are POSTed one at a time to the
-REST ingest (one every 100 ms, bench.harness ``make_probes``: sensor
+REST ingest (one every 100 ms, bench.probes ``make_probes``: sensor
 ``probe-<run>-rest`` of ``bench-asset-01-001``, the send time as their timestamp), go
 through Kafka and the Flink job to ``validated_telemetry``, and are pushed by
 ``GET /api/v1/telemetry/stream?asset_id=bench-asset-01-001`` to one SSE client of this
@@ -41,6 +41,7 @@ import requests
 
 from bench import report
 from bench.loadgen import GeneratorConfig, resolve_mqtt_client, run_load
+from bench.probes import PROBE_ASSET, api_endpoint, make_probes
 from config.settings import Settings, load_settings
 
 __all__ = ["GOAL_P99_MS", "latency_window", "hop_split", "skipped", "mode_seconds",
@@ -209,11 +210,10 @@ def measure(settings: Settings, rate: float = 5000.0, seconds: float = 70.0,
     ``warmup`` (module docstring). ``gen``: GeneratorConfig fields of the harness (else
     the same defaults as bench.steady). RuntimeError (saying why) when the stream does not
     open or no probe comes through it within 120 s, before any load is offered."""
-    from bench.harness import PROBE_ASSET, _api, make_probes
 
     if not 0 <= warmup < seconds:
         raise ValueError(f"warmup ({warmup}) must be shorter than seconds ({seconds})")
-    base_url, key = _api(settings)
+    base_url, key = api_endpoint(settings)
     run = uuid.uuid4().hex[:6]
     asset = PROBE_ASSET[1]
     if gen is None:

@@ -958,8 +958,9 @@ def gunicorn_workers(master: Any) -> dict[str, int]:
         return {}
 
 
-def flink_job_marks(rest_url: str, job_name: str = "dcmms-telemetry") -> dict[str, int]:
-    """Marks of the running telemetry job that change when Flink restarts or replaces it.
+def flink_job_marks(rest_url: str, job_name: str) -> dict[str, int]:
+    """Marks of the running telemetry job (``job_name``: [pipeline] job_name) that change
+    when Flink restarts or replaces it.
 
     ``flink job <jid> restarts`` (the job's ``numRestarts`` metric: a failed task makes
     Flink restart the job from its checkpoint, same job id) and ``flink job <jid>
@@ -1005,7 +1006,7 @@ def run_bad_input(settings: Settings, supervisor: Any, *, cases: int,
     def pids() -> dict[str, int]:
         marks = {s.name: s.pid for s in supervisor.statuses() if s.pid is not None}
         marks.update(gunicorn_workers(supervisor.running_process("api")))
-        marks.update(flink_job_marks(flink_url))
+        marks.update(flink_job_marks(flink_url, settings.pipeline.job_name))
         return marks
 
     target = Target.from_settings(settings, storage=True, pids=pids)

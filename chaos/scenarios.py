@@ -202,7 +202,8 @@ def _cluster_job_back(service: str) -> Callable[[ChaosContext], str]:
                 jobs = requests.get(f"{url}/jobs/overview", timeout=5).json()["jobs"]
             except (requests.RequestException, ValueError, KeyError):
                 jobs = []
-            running = [j for j in jobs if j.get("state") == "RUNNING"
+            running = [j for j in jobs if j.get("name") == settings.pipeline.job_name
+                       and j.get("state") == "RUNNING"
                        and j["tasks"]["running"] == j["tasks"]["total"]]
             if running and all(cluster.taskmanager_health(settings).values()) \
                     and all(cluster.broker_health(settings).values()):

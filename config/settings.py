@@ -16,7 +16,7 @@ out, and tests/unit/test_settings.py checks the two agree). Every value is conve
 checked when the settings are loaded; a wrong type or value raises :class:`SettingsError`
 naming the setting and where it came from (``[kafka] partitions in config/local.toml`` or
 ``environment variable DCMMS_KAFKA_PARTITIONS``). A key or section no dataclass declares is
-kept (readable through the compatibility :meth:`Settings.get`) but reported with a
+kept (:meth:`Settings.section` returns it as given) but reported with a
 :class:`SettingsWarning`, with the nearest known key, so a typo does not pass silently.
 """
 
@@ -51,8 +51,6 @@ DEV_DEFAULTS: dict[tuple[str, str], str] = {
     ("questdb", "pg_password"): "quest",
     ("api", "api_keys"): "dev-api-key:read+write",
 }
-
-_REQUIRED = object()
 
 
 class SettingsError(ValueError):
@@ -431,37 +429,6 @@ class Settings:
         if typed is not None:
             values.update((f.name, getattr(typed, f.name)) for f in fields(typed))
         return values
-
-    def get(self, section: str, key: str, kind: type | None = None,
-            default: Any = _REQUIRED) -> Any:
-        """Compatibility access for old call sites and tests: ``settings.<section>.<key>``
-        (``kind`` converts it). A key no dataclass declares is read from the file or the
-        environment as before, else ``default``; without one that is a SettingsError."""
-        typed = getattr(self, section, None) if section in SECTIONS else None
-        if typed is not None and hasattr(typed, key):
-            value = getattr(typed, key)
-            if kind is None or isinstance(value, kind):
-                return value
-            return kind(str(value) if kind is str else value)
-        try:
-            raw = self._values[section][key]
-        except KeyError:
-            if default is not _REQUIRED:
-                return default
-            raise SettingsError(
-                f"missing setting [{section}] {key} in {self.source} "
-                f"(or environment variable {env_name(section, key)})"
-            ) from None
-        try:
-            return raw if kind is None else _convert(kind, raw)
-        except (TypeError, ValueError):
-            raise SettingsError(f"setting {self.origin(section, key)} must be "
-                                f"{_TYPE_NAMES.get(kind, kind)}, got {raw!r}") from None
-
-    def path(self, section: str, key: str) -> Path:
-        """A path setting, with ~ expanded and relative paths taken from the repo root."""
-        value = self.get(section, key)
-        return value if isinstance(value, Path) else _convert(Path, value)
 
     def dev_defaults_in_use(self) -> list[str]:
         return [

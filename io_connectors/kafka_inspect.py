@@ -23,14 +23,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicPartition
 
 from schemas.wire import WireFormatError, decode
 
-__all__ = ["KafkaInspector", "KafkaUnavailable", "PartitionOffsets", "TopicRecord",
-           "decode_record", "printable"]
+__all__ = ["DecodedRecord", "KafkaInspector", "KafkaUnavailable", "PartitionOffsets",
+           "TopicRecord", "decode_record", "printable"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -92,17 +92,24 @@ def printable(data: bytes | None, limit: int = 4096) -> dict[str, Any] | None:
             "truncated": len(data) > limit}
 
 
-def decode_record(value: bytes | None, lookup: Callable[[int], Any]
-                  ) -> tuple[int | None, dict[str, Any] | None, str | None]:
+class DecodedRecord(NamedTuple):
+    """What :func:`decode_record` found: the record, or why there is none (``error``)."""
+
+    schema_id: int | None
+    record: dict[str, Any] | None
+    error: str | None
+
+
+def decode_record(value: bytes | None, lookup: Callable[[int], Any]) -> DecodedRecord:
     """``(schema_id, record, None)`` or ``(schema_id or None, None, reason)``; never raises
     for bad bytes (a registry that is down raises, as everywhere else)."""
     if value is None:
-        return None, None, "no value (tombstone)"
+        return DecodedRecord(None, None, "no value (tombstone)")
     try:
         schema_id, record = decode(value, lookup)
     except WireFormatError as exc:
-        return None, None, str(exc)
-    return schema_id, record, None
+        return DecodedRecord(None, None, str(exc))
+    return DecodedRecord(schema_id, record, None)
 
 
 class KafkaInspector:

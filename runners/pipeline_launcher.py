@@ -28,7 +28,7 @@ import time
 import requests
 
 from config.settings import Settings, SettingsError, load_settings
-from runners.run_pipeline import JOB_NAME, run
+from runners.run_pipeline import run
 from runners.stack import cluster
 from runners.stack.flink import cancel_jobs, job_submission_args, running_jobs
 from runners.stack.supervisor import HEARTBEAT_ENV, paths_from_settings, write_heartbeat
@@ -52,12 +52,14 @@ class PipelineLauncher:
         self.poll_interval_s = poll_interval_s
         self.start_timeout_s = start_timeout_s
         self.rest_url = f"http://127.0.0.1:{settings.flink.web_ui_port}"
+        # The name run_pipeline submits the job under ([pipeline] job_name).
+        self.job_name = settings.pipeline.job_name
         self.stopping = threading.Event()
 
     def job_state(self) -> str | None:
-        """State of the newest job named JOB_NAME, or None when Flink has none / is down."""
+        """State of the newest job named ``job_name``, or None when Flink has none / is down."""
         try:
-            jobs = [j for j in running_jobs(self.rest_url) if j.get("name") == JOB_NAME]
+            jobs = [j for j in running_jobs(self.rest_url) if j.get("name") == self.job_name]
         except requests.RequestException:
             return None
         if not jobs:
@@ -67,7 +69,7 @@ class PipelineLauncher:
 
     def submit(self) -> None:
         args = job_submission_args(self.settings, self.paths, name="pipeline", restore=True)
-        _LOGGER.info("submitting %s to the Flink job server", JOB_NAME)
+        _LOGGER.info("submitting %s to the Flink job server", self.job_name)
         run(args, self.settings)
 
     def wait_running(self) -> bool:
@@ -98,7 +100,7 @@ class PipelineLauncher:
             announced = False
             if state is not None:
                 _LOGGER.warning("job %s is %s: resubmitting from the newest checkpoint",
-                                JOB_NAME, state)
+                                self.job_name, state)
             try:
                 self.submit()
             except Exception:  # noqa: BLE001 - any submission failure is retried, and logged
@@ -116,10 +118,10 @@ class PipelineLauncher:
     def shutdown(self) -> int:
         try:
             # A session cluster (the cluster topology) outlives its jobs: wait for the job only.
-            cancelled = cancel_jobs(self.rest_url, JOB_NAME,
+            cancelled = cancel_jobs(self.rest_url, self.job_name,
                                     until_gone=not cluster.enabled(self.settings))
         except (RuntimeError, requests.RequestException) as exc:
-            _LOGGER.error("could not cancel %s: %s", JOB_NAME, exc)
+            _LOGGER.error("could not cancel %s: %s", self.job_name, exc)
             return 1
         _LOGGER.info("cancelled %d job(s); checkpoints kept for the next start", cancelled)
         return 0

@@ -18,6 +18,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
+from config.settings import Settings, SettingsError, load_settings
 from io_connectors.kafka_sink import WriteToKafkaTopic
 from io_connectors.kafka_source import ReadRawTelemetry
 from io_connectors.questdb_schema import ALARMS, SENSOR_READINGS
@@ -25,16 +26,13 @@ from io_connectors.questdb_sink import WriteToQuestDB, questdb_conf
 from io_connectors.schema_registry import RegistrySchemas
 from pipelines.telemetry import TelemetrySinks, build_telemetry_pipeline
 from runners.pipeline_options import TelemetryOptions, telemetry_defaults
-from runners.settings import Settings, SettingsError, load_settings
 from runners.stack import cluster
 from runners.stack.flink import expansion_address
 from schemas.avro import ALARM, DEAD_LETTER, SENSOR_READING
 from schemas.validation import load_sensor_rules
 from transforms.enrich import FileAssetCatalog
 
-__all__ = ["JOB_NAME", "build_sinks", "flink_defaults", "make_options", "run", "main"]
-
-JOB_NAME = "dcmms-telemetry"
+__all__ = ["build_sinks", "flink_defaults", "make_options", "run", "main"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,7 +63,9 @@ def flink_defaults(settings: Settings) -> list[str]:
         "--finish_bundle_before_checkpointing",
         # Python SDK processes per task manager: one is one core at most (the GIL).
         f"--sdk_worker_parallelism={sdk_workers}",
-        f"--job_name={JOB_NAME}",
+        # [pipeline] job_name: the name the launcher, `status`, the console and the drills
+        # look the job up by in Flink (one setting, no constant of its own here).
+        f"--job_name={settings.pipeline.job_name}",
         *_data_flush_flags(settings),
     ]
 

@@ -356,11 +356,16 @@ ALARM_STATES = ReadModifyWriteStateSpec("alarm_states", BytesCoder())
 ALARM_STATES_PARAM = beam.DoFn.StateParam(ALARM_STATES)
 
 
-def _counter_name(t: Mapping[str, Any]) -> str:
+def _counter_name(t: Mapping[str, Any], was_active: bool) -> str:
+    """The counter of one transition of :func:`step`, from its severity and state and from
+    whether the sensor's threshold alarm was active before the reading (``was_active``):
+    step raises a threshold alarm over an active one only to escalate it. Never from the
+    ``reason`` text, which is for people."""
     if t["severity"] == NO_DATA:
         return "alarms_no_data_cleared" if t["state"] == CLEARED else "alarms_no_data_raised"
-    return ("alarms_cleared" if t["state"] == CLEARED else
-            "alarms_escalated" if t["reason"].startswith("escalated") else "alarms_raised")
+    if t["state"] == CLEARED:
+        return "alarms_cleared"
+    return "alarms_escalated" if was_active else "alarms_raised"
 
 
 def observe_batch(stored: dict[str, tuple[Any, ...]],
@@ -384,7 +389,7 @@ def observe_batch(stored: dict[str, tuple[Any, ...]],
             stored[key] = new_data
         if emitted:
             for t in emitted:
-                counter(_counter_name(t)).inc()
+                counter(_counter_name(t, current.active)).inc()
             transitions.extend(emitted)
     if out_of_order:
         counter("alarm_readings_out_of_order").inc(out_of_order)

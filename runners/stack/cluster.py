@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -185,17 +184,16 @@ def jobmanager_address(settings: Settings) -> str:
 
 # -- Kafka -----------------------------------------------------------------------------------------
 
-def kafka_cluster_services(settings: Settings, paths: StackPaths, *, log4j_xml: str,
+def kafka_cluster_services(settings: Settings, paths: StackPaths, *,
                            after_start) -> list[ServiceSpec]:  # noqa: ANN001 - callable
-    """Three KRaft nodes; ``after_start`` (topic creation) runs once the third is healthy."""
-    from runners.stack.kafka import _cluster_id
+    """Three KRaft nodes; ``after_start`` (topic creation) runs once the third is healthy.
+
+    Their configuration is the single broker's (runners/stack/kafka.py's
+    :func:`~runners.stack.kafka.broker_properties`) for three nodes."""
+    from runners.stack.kafka import prepare_node
 
     host, _port = _bootstrap_first(settings.kafka.bootstrap_servers)
-    bind_host = settings.stack.bind_host
-    partitions = settings.kafka.partitions
-    retention_ms = settings.kafka.retention_ms
     ports = broker_ports(settings)
-    voters = ",".join(f"{i + 1}@{bind_host}:{c}" for i, (_p, c) in enumerate(ports))
     jars = paths.jars("kafka")
     # Data of their own (not the single-node broker's, formatted for another quorum).
     id_file = paths.data("kafka-cluster") / "cluster-id"
@@ -211,62 +209,11 @@ def kafka_cluster_services(settings: Settings, paths: StackPaths, *, log4j_xml: 
                "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
                f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{jars}/*"]
 
-        def prepare(node: int = node, port: int = port, cport: int = cport,
-                    conf_dir: Path = conf_dir, log_dir: Path = log_dir, props: Path = props,
-                    log4j: Path = log4j, jvm: list[str] = jvm, name: str = name) -> None:
-            if not any(jars.glob("kafka_2.13-*.jar")):
-                raise RuntimeError(f"Kafka jars not found in {jars}; {_JARS_HINT}")
-            conf_dir.mkdir(parents=True, exist_ok=True)
-            log4j.write_text(log4j_xml)
-            props.write_text("\n".join([
-                "# Written by runners/stack/cluster.py on every start; "
-                "edit config/local.toml instead.",
-                "process.roles=broker,controller",
-                f"node.id={node}",
-                f"controller.quorum.voters={voters}",
-                f"listeners=PLAINTEXT://{bind_host}:{port},CONTROLLER://{bind_host}:{cport}",
-                f"advertised.listeners=PLAINTEXT://{host}:{port}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                f"log.dirs={log_dir}",
-                f"num.partitions={partitions}",
-                f"log.retention.ms={retention_ms}",
-                "num.network.threads=2",
-                "num.io.threads=2",
-                f"default.replication.factor={BROKERS}",
-                "min.insync.replicas=2",
-                f"offsets.topic.replication.factor={BROKERS}",
-                "offsets.topic.num.partitions=8",
-                f"transaction.state.log.replication.factor={BROKERS}",
-                "transaction.state.log.min.isr=2",
-                "transaction.state.log.num.partitions=4",
-                f"share.coordinator.state.topic.replication.factor={BROKERS}",
-                "share.coordinator.state.topic.min.isr=2",
-                "group.initial.rebalance.delay.ms=0",
-                # A broker that comes back catches up and takes its partitions' leadership back.
-                "auto.leader.rebalance.enable=true",
-                "leader.imbalance.check.interval.seconds=30",
-                "auto.create.topics.enable=true",
-                "",
-            ]))
-            if (log_dir / "meta.properties").exists():
-                return
-            if not id_file.exists():
-                id_file.parent.mkdir(parents=True, exist_ok=True)
-                id_file.write_text(_cluster_id() + "\n")
-            cluster_id = id_file.read_text().strip()
-            _LOGGER.info("formatting Kafka storage of node %d in %s", node, log_dir)
-            result = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-                capture_output=True, text=True, timeout=120, check=False)
-            with paths.log(name).open("a") as fh:
-                fh.write(f"=== storage format (cluster id {cluster_id}, node {node})\n"
-                         f"{result.stdout}{result.stderr}")
-            if result.returncode != 0:
-                raise RuntimeError(f"Kafka storage format of {name} failed (exit "
-                                   f"{result.returncode}): "
-                                   f"{(result.stderr or result.stdout).strip()[-2000:]}")
+        def prepare(node: int = node, conf_dir: Path = conf_dir, log_dir: Path = log_dir,
+                    jvm: list[str] = jvm, name: str = name) -> None:
+            prepare_node(settings, paths, name=name, node=node, brokers=ports,
+                         conf_dir=conf_dir, log_dir=log_dir, id_file=id_file, jvm=jvm,
+                         written_by="runners/stack/cluster.py")
 
         def healthy(node: int = node, port: int = port, cport: int = cport) -> bool:
             return broker_registered(host, ports, node, cport)

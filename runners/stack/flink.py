@@ -35,8 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from config.settings import REPO_ROOT, Settings
 from pipelines.state_layout import STATE_LAYOUT
-from runners.settings import REPO_ROOT, Settings
 from runners.stack import cluster, jvm_patches
 from runners.stack.spec import ServiceSpec, StackPaths
 

@@ -5,6 +5,10 @@ Storage is formatted on the first start only; the cluster id is kept in
 the supervisor writes to ``<run>/logs/kafka.log``. Once healthy, the pipeline's
 four topics (``[kafka]`` settings) and the schema registry's compacted
 ``_schemas`` topic are created or brought in line, idempotently.
+
+:func:`broker_properties` and :func:`prepare_node` write and format a node of a KRaft
+cluster of any size: this single broker is the one-node case of the cluster topology's
+three (runners/stack/cluster.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
+from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
@@ -30,7 +36,8 @@ from config.settings import SchemaRegistrySettings, Settings
 from runners.stack import cluster
 from runners.stack.spec import ServiceSpec, StackPaths
 
-__all__ = ["services", "SCHEMAS_TOPIC", "pipeline_topics", "ensure_topics"]
+__all__ = ["services", "SCHEMAS_TOPIC", "broker_properties", "pipeline_topics", "prepare_node",
+           "ensure_topics"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,6 +90,92 @@ def _cluster_id() -> str:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cid.startswith("-"):
             return cid
+
+
+def broker_properties(settings: Settings, node: int, brokers: Sequence[tuple[int, int]],
+                      log_dir: Path, written_by: str) -> str:
+    """``server.properties`` of KRaft node ``node`` (1-based) of ``len(brokers)`` nodes, each
+    a broker and a controller; ``brokers`` holds every node's (client port, controller port).
+
+    One node (the single topology): a dynamic quorum of its own controller (storage formatted
+    ``--standalone``), every internal topic with one replica, threads for a broker that has
+    the machine to itself. Several (the cluster topology): a static quorum of all their
+    controllers, every topic replicated on each node, a write needing two in sync, fewer
+    threads (the nodes share one machine), and leadership given back to a node that returns.
+    """
+    host, _port = _host_port(settings)
+    bind_host = settings.stack.bind_host
+    port, cport = brokers[node - 1]
+    n = len(brokers)
+    single = n == 1
+    min_isr = 1 if single else 2
+    quorum = (f"controller.quorum.bootstrap.servers={bind_host}:{cport}" if single else
+              "controller.quorum.voters="
+              + ",".join(f"{i + 1}@{bind_host}:{c}" for i, (_p, c) in enumerate(brokers)))
+    return "\n".join([
+        f"# Written by {written_by} on every start; edit config/local.toml instead.",
+        "process.roles=broker,controller",
+        f"node.id={node}",
+        quorum,
+        f"listeners=PLAINTEXT://{bind_host}:{port},CONTROLLER://{bind_host}:{cport}",
+        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"log.dirs={log_dir}",
+        f"num.partitions={settings.kafka.partitions}",
+        f"log.retention.ms={settings.kafka.retention_ms}",
+        f"num.network.threads={3 if single else 2}",
+        f"num.io.threads={4 if single else 2}",
+        *([] if single else [f"default.replication.factor={n}", f"min.insync.replicas={min_isr}"]),
+        f"offsets.topic.replication.factor={n}",
+        "offsets.topic.num.partitions=8",
+        f"transaction.state.log.replication.factor={n}",
+        f"transaction.state.log.min.isr={min_isr}",
+        "transaction.state.log.num.partitions=4",
+        f"share.coordinator.state.topic.replication.factor={n}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+        "group.initial.rebalance.delay.ms=0",
+        # A node that comes back catches up and takes its partitions' leadership back.
+        *([] if single else ["auto.leader.rebalance.enable=true",
+                             "leader.imbalance.check.interval.seconds=30"]),
+        # Local dev: a producer to an unknown topic gets one with the standard layout.
+        "auto.create.topics.enable=true",
+        "",
+    ])
+
+
+def prepare_node(settings: Settings, paths: StackPaths, *, name: str, node: int,
+                 brokers: Sequence[tuple[int, int]], conf_dir: Path, log_dir: Path,
+                 id_file: Path, jvm: list[str], written_by: str) -> None:
+    """Write node ``node``'s log4j2.xml and server.properties (:func:`broker_properties`)
+    into ``conf_dir``; on its first start, format its storage in ``log_dir`` with the
+    cluster id kept in ``id_file`` (made by whichever node starts first)."""
+    jars = paths.jars("kafka")
+    if not any(jars.glob("kafka_2.13-*.jar")):
+        raise RuntimeError(f"Kafka jars not found in {jars}; {_JARS_HINT}")
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    (conf_dir / "log4j2.xml").write_text(_LOG4J2_XML)
+    props = conf_dir / "server.properties"
+    props.write_text(broker_properties(settings, node, brokers, log_dir, written_by))
+    if (log_dir / "meta.properties").exists():
+        return
+    if not id_file.exists():
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(_cluster_id() + "\n")
+    cluster_id = id_file.read_text().strip()
+    single = len(brokers) == 1
+    _LOGGER.info("formatting Kafka storage of %s in %s (cluster id %s)", name, log_dir, cluster_id)
+    result = subprocess.run(
+        [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+         *(["--standalone"] if single else [])],
+        capture_output=True, text=True, timeout=120, check=False)
+    with paths.log(name).open("a") as fh:
+        fh.write(f"=== storage format (cluster id {cluster_id}"
+                 f"{'' if single else f', node {node}'})\n{result.stdout}{result.stderr}")
+    if result.returncode != 0:
+        raise RuntimeError(f"Kafka storage format of {name} failed (exit {result.returncode}): "
+                           f"{(result.stderr or result.stdout).strip()[-2000:]}")
 
 
 def _admin(bootstrap: str) -> AdminClient:
@@ -157,7 +250,6 @@ def ensure_topics(bootstrap: str, wanted: dict[str, tuple[int, dict[str, str]]],
 
 def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     host, port = _host_port(settings)
-    bind_host = settings.stack.bind_host
     cport = settings.kafka.controller_port
     partitions = settings.kafka.partitions
     retention_ms = settings.kafka.retention_ms
@@ -175,55 +267,9 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
            f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
 
     def prepare() -> None:
-        if not any(jars.glob("kafka_2.13-*.jar")):
-            raise RuntimeError(f"Kafka jars not found in {jars}; {_JARS_HINT}")
-        conf_dir.mkdir(parents=True, exist_ok=True)
-        log4j.write_text(_LOG4J2_XML)
-        props.write_text("\n".join([
-            "# Written by runners/stack/kafka.py on every start; edit config/local.toml instead.",
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers={bind_host}:{cport}",
-            f"listeners=PLAINTEXT://{bind_host}:{port},CONTROLLER://{bind_host}:{cport}",
-            f"advertised.listeners=PLAINTEXT://{host}:{port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={log_dir}",
-            f"num.partitions={partitions}",
-            f"log.retention.ms={retention_ms}",
-            "num.network.threads=3",
-            "num.io.threads=4",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=8",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "transaction.state.log.num.partitions=4",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            # Local dev: a producer to an unknown topic gets one with the standard layout.
-            "auto.create.topics.enable=true",
-            "",
-        ]))
-        if (log_dir / "meta.properties").exists():
-            return
-        id_file = data_dir / "cluster-id"
-        if not id_file.exists():
-            id_file.parent.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(_cluster_id() + "\n")
-        cluster_id = id_file.read_text().strip()
-        _LOGGER.info("formatting Kafka storage in %s (cluster id %s)", log_dir, cluster_id)
-        result = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
-             "--standalone"],
-            capture_output=True, text=True, timeout=120, check=False)
-        with paths.log("kafka").open("a") as fh:
-            fh.write(f"=== storage format (cluster id {cluster_id})\n{result.stdout}"
-                     f"{result.stderr}")
-        if result.returncode != 0:
-            raise RuntimeError(f"Kafka storage format failed (exit {result.returncode}): "
-                               f"{(result.stderr or result.stdout).strip()[-2000:]}")
+        prepare_node(settings, paths, name="kafka", node=1, brokers=[(port, cport)],
+                     conf_dir=conf_dir, log_dir=log_dir, id_file=data_dir / "cluster-id",
+                     jvm=jvm, written_by="runners/stack/kafka.py")
 
     def healthy() -> bool:
         try:
@@ -252,8 +298,7 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
             _LOGGER.info("kafka topics: %s", action)
 
     if replicated:
-        return cluster.kafka_cluster_services(settings, paths, log4j_xml=_LOG4J2_XML,
-                                              after_start=after_start)
+        return cluster.kafka_cluster_services(settings, paths, after_start=after_start)
 
     return [ServiceSpec(
         name="kafka",

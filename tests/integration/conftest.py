@@ -8,6 +8,13 @@ it too when pytest is run directly (values already set win). Addresses come
 from load_settings() (config/local.toml + DCMMS_* overrides). A service that
 does not answer FAILS the test with a message naming the setting, never skips it.
 
+QuestDB and the query API (test_query_api, test_query_rollup_tail, test_stack_questdb):
+:func:`questdb_pg` (PG wire, autocommit), :func:`questdb_sender` (ILP/HTTP), the
+``query_tables`` fixture (tables and rollup views created when missing), :func:`wait_rows`
+/ :func:`wait_rollups` (WAL applied, views refreshed), and for a module that defines an
+``app`` fixture, ``client`` (its test client), :data:`API_AUTH`, :func:`api_pages` and
+:func:`same_buckets`.
+
 ``flink_job`` submits the REAL telemetry job (runners.run_pipeline.run) with
 options isolated from the stack's own ``dcmms-telemetry`` job: the caller
 passes its own topics, consumer group and assets file; the fixture adds a
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -37,6 +45,14 @@ import requests
 
 from config.settings import Settings, load_settings
 from io_connectors.questdb_http import questdb_exec, questdb_http_url
+from io_connectors.questdb_schema import (
+    ALARMS,
+    DDL_STATEMENTS,
+    ROLLUP_1M,
+    ROLLUP_STATEMENTS,
+    ROLLUPS,
+    SENSOR_READINGS,
+)
 from runners.profiles import apply_profile
 from runners.stack.flink import (
     _grpc_ready,
@@ -48,16 +64,23 @@ from runners.stack.flink import (
 from runners.stack.supervisor import paths_from_settings
 
 __all__ = [
+    "API_AUTH",
     "FlinkJob",
+    "api_pages",
     "free_port",
     "qdb_exec",
+    "questdb_pg",
+    "questdb_sender",
     "require_flink",
     "stop_process_group",
     "create_topics",
+    "same_buckets",
     "flink_metrics",
     "flink_metric_names",
     "wait_for",
     "wait_for_quietly",
+    "wait_rollups",
+    "wait_rows",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -98,6 +121,119 @@ def qdb_exec(settings: Settings, query: str) -> dict[str, Any]:
         pytest.fail(f"QuestDB not reachable at {host}:{port} (settings [questdb] host, "
                     f"http_port; start the test stack with `make test`): {exc}")
 
+
+# -- QuestDB and the query API -----------------------------------------------------------------
+
+# The test stack's API key ([api] api_keys of config/local.toml, not changed by the profile).
+API_AUTH = {"Authorization": "Bearer dev-api-key"}
+
+
+def questdb_pg(settings: Settings, connect_timeout: int = 3) -> Any:
+    """A PG-wire connection (autocommit) to QuestDB as ``[questdb] pg_user``; fails the test
+    naming the settings when QuestDB does not answer."""
+    import psycopg2
+
+    q = settings.questdb
+    try:
+        conn = psycopg2.connect(host=q.host, port=q.pg_port, user=q.pg_user,
+                                password=q.pg_password, dbname="qdb",
+                                connect_timeout=connect_timeout)
+    except psycopg2.OperationalError as exc:
+        pytest.fail(f"QuestDB PG wire at {q.host}:{q.pg_port} unreachable ([questdb] host, "
+                    f"pg_port, pg_user, pg_password): start the test stack with `make test`. "
+                    f"{exc}")
+    conn.autocommit = True
+    return conn
+
+
+def questdb_sender(settings: Settings) -> Any:
+    """QuestDB's ILP/HTTP client for ``[questdb] host, http_port``, flushed explicitly."""
+    from questdb.ingress import Sender
+
+    q = settings.questdb
+    return Sender.from_conf(f"http::addr={q.host}:{q.http_port};auto_flush=off;")
+
+
+@pytest.fixture(scope="session")
+def query_tables() -> None:
+    """The tables the query API reads and the rollup views, created when missing (the
+    stack's ``up`` creates them too; every statement is idempotent)."""
+    conn = questdb_pg(load_settings())
+    cur = conn.cursor()
+    cur.execute("SELECT table_name FROM tables()")
+    existing = {r[0] for r in cur.fetchall()}
+    for table, ddl in zip((SENSOR_READINGS, ALARMS), DDL_STATEMENTS, strict=True):
+        if table not in existing:
+            cur.execute(ddl)
+    for ddl in ROLLUP_STATEMENTS:  # IF NOT EXISTS; the timer of an older view
+        cur.execute(ddl)
+    conn.close()
+
+
+def wait_rows(cur: Any, table: str, where: str, params: Sequence[Any], rows: int, *,
+              column: str = "count()", refresh: bool = False, timeout_s: float = 90) -> None:
+    """Until ``SELECT <column> FROM <table> WHERE <where>`` is ``rows`` (WAL tables apply
+    writes asynchronously; a rollup counts ``sum(row_count)``). With ``refresh`` the
+    1-minute view is asked to refresh now and again every 10 s (its timer runs once a
+    minute; the 1-hour view follows it by itself)."""
+    deadline = time.monotonic() + timeout_s
+    refreshed = -math.inf
+    while True:
+        cur.execute(f"SELECT {column} FROM {table} WHERE {where}", tuple(params))
+        got = cur.fetchone()[0] or 0
+        if got == rows:
+            return
+        assert time.monotonic() < deadline, f"{table} holds {got} of {rows} rows ({where})"
+        if refresh and time.monotonic() - refreshed > 10:
+            cur.execute(f"REFRESH MATERIALIZED VIEW {ROLLUP_1M} INCREMENTAL")
+            refreshed = time.monotonic()
+        time.sleep(0.3)
+
+
+def wait_rollups(cur: Any, where: str, params: Sequence[Any], rows: int,
+                 timeout_s: float = 90) -> None:
+    """Until both rollup views hold all ``rows`` raw rows matching ``where``."""
+    for view in ROLLUPS:
+        wait_rows(cur, view, where, params, rows, column="sum(row_count)", refresh=True,
+                  timeout_s=timeout_s)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    """The Flask test client of the module's ``app`` fixture."""
+    return app.test_client()
+
+
+def api_pages(client: Any, **params: str) -> tuple[list[dict[str, Any]], set[str]]:
+    """Every row of ``GET /api/v1/telemetry`` with ``params`` (following ``next_cursor``)
+    and the sources the pages came from (the X-Data-Source header equals the body's)."""
+    out: list[dict[str, Any]] = []
+    sources: set[str] = set()
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = client.get("/api/v1/telemetry", query_string=query, headers=API_AUTH)
+        assert response.status_code == 200, response.json
+        assert response.headers["X-Data-Source"] == response.json["source"]
+        sources.add(response.json["source"])
+        out += response.json["data"]
+        cursor = response.json["next_cursor"]
+        if cursor is None:
+            return out, sources
+
+
+def same_buckets(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
+    """The same buckets (timestamp and ids) with the same values (nulls where nulls)."""
+    assert [(r["timestamp"], r["asset_id"], r["sensor_id"], r["sensor_type"]) for r in a] == \
+        [(r["timestamp"], r["asset_id"], r["sensor_id"], r["sensor_type"]) for r in b]
+    for x, y in zip(a, b, strict=True):
+        if x["value"] is None or y["value"] is None:
+            assert x["value"] is y["value"] is None, (x, y)
+        else:
+            assert math.isclose(x["value"], y["value"], rel_tol=1e-9, abs_tol=1e-9), (x, y)
+
+
+# -- Flink -------------------------------------------------------------------------------------
 
 def require_flink(settings: Settings) -> None:
     """Fail (not skip) when the job server, the expansion service or the worker pool is down."""

@@ -18,34 +18,30 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg2
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from questdb import Sender, TimestampNanos
+from questdb import TimestampNanos
 
 from api import create_app
 from api.query import STORE_EXTENSION
-from io_connectors.questdb_schema import (
-    DDL_STATEMENTS,
-    ROLLUP_1H,
-    ROLLUP_1M,
-    ROLLUP_STATEMENTS,
-    ROLLUPS,
-    SENSOR_READINGS,
+from config.settings import load_settings
+from io_connectors.questdb_schema import ROLLUP_1H, ROLLUP_1M, SENSOR_READINGS
+from tests.integration.conftest import (
+    API_AUTH,
+    api_pages,
+    questdb_pg,
+    questdb_sender,
+    same_buckets,
+    wait_rollups,
+    wait_rows,
 )
-from runners.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
 SETTINGS = load_settings()
-HOST = SETTINGS.get("questdb", "host")
-HTTP_PORT = SETTINGS.get("questdb", "http_port", int)
-PG_PORT = SETTINGS.get("questdb", "pg_port", int)
-AUTH = {"Authorization": "Bearer dev-api-key"}
 MIN_MS, HOUR_MS = 60_000, 3_600_000
 
 RUN = f"qtail{uuid.uuid4().hex[:8]}"
@@ -57,20 +53,8 @@ PAST_MS = (int(time.time()) // 3600 - 30) * HOUR_MS
 PAST_HOURS = 2
 
 
-def _connect() -> Any:
-    try:
-        conn = psycopg2.connect(host=HOST, port=PG_PORT, user=SETTINGS.get("questdb", "pg_user"),
-                                password=SETTINGS.get("questdb", "pg_password"), dbname="qdb",
-                                connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(f"QuestDB PG wire at {HOST}:{PG_PORT} unreachable ([questdb] pg_port): "
-                    f"start the stack. {exc}")
-    conn.autocommit = True
-    return conn
-
-
 def _write(rows: list[dict[str, Any]]) -> None:
-    with Sender.from_conf(f"http::addr={HOST}:{HTTP_PORT};auto_flush=off;") as sender:
+    with questdb_sender(SETTINGS) as sender:
         for r in rows:
             sender.row(SENSOR_READINGS, symbols={"site_id": r["site_id"],
                                                  "asset_id": r["asset_id"],
@@ -82,24 +66,9 @@ def _write(rows: list[dict[str, Any]]) -> None:
         sender.flush()
 
 
-def _wait(cur: Any, table: str, sensor_prefix: str, rows: int, column: str = "count()",
-          refresh: bool = False, timeout_s: float = 90) -> None:
-    """Until ``table`` holds ``rows`` rows of the sensors starting with the prefix (a
-    rollup: ``sum(row_count)``); with ``refresh`` the 1-minute view is asked to refresh
-    now, and again every 10 s (its timer runs once a minute)."""
-    deadline = time.monotonic() + timeout_s
-    refreshed = -math.inf
-    while True:
-        cur.execute(f"SELECT {column} FROM {table} WHERE sensor_id LIKE %s",
-                    (sensor_prefix + "%",))
-        got = cur.fetchone()[0] or 0
-        if got == rows:
-            return
-        assert time.monotonic() < deadline, f"{table} holds {got} of {rows} rows"
-        if refresh and time.monotonic() - refreshed > 10:
-            cur.execute(f"REFRESH MATERIALIZED VIEW {ROLLUP_1M} INCREMENTAL")
-            refreshed = time.monotonic()
-        time.sleep(0.3)
+def _sensors(prefix: str) -> tuple[str, tuple[str]]:
+    """The WHERE clause (and its parameter) of the sensors whose id starts with ``prefix``."""
+    return "sensor_id LIKE %s", (prefix + "%",)
 
 
 def _rows(prefix: str, start_us: int, span_us: int, per_sensor: int,
@@ -127,61 +96,23 @@ def _rows(prefix: str, start_us: int, span_us: int, per_sensor: int,
 
 
 @pytest.fixture(scope="module")
-def app() -> Iterator[Flask]:
-    conn = _connect()
-    cur = conn.cursor()
-    cur.execute("SELECT table_name FROM tables()")
-    if SENSOR_READINGS not in {r[0] for r in cur.fetchall()}:
-        cur.execute(DDL_STATEMENTS[0])
-    for ddl in ROLLUP_STATEMENTS:  # IF NOT EXISTS; the timer for an older view
-        cur.execute(ddl)
-    conn.close()
+def app(query_tables: None) -> Flask:
     app = create_app(SETTINGS, {"TESTING": True})
     if not app.extensions[STORE_EXTENSION].rollups_enabled:
         pytest.fail("the rollups are off ([questdb] rollups = false): this test needs them")
-    yield app
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    return app
 
 
 @pytest.fixture(scope="module")
 def past_rows(app: Flask) -> list[dict[str, Any]]:
     rows = _rows(f"{RUN}-past", PAST_MS * 1000, PAST_HOURS * HOUR_MS * 1000, 700, 16)
     _write(rows)
-    conn = _connect()
+    conn = questdb_pg(SETTINGS)
     cur = conn.cursor()
-    _wait(cur, SENSOR_READINGS, f"{RUN}-past", len(rows))
-    for view in ROLLUPS:
-        _wait(cur, view, f"{RUN}-past", len(rows), "sum(row_count)", refresh=True)
+    wait_rows(cur, SENSOR_READINGS, *_sensors(f"{RUN}-past"), len(rows))
+    wait_rollups(cur, *_sensors(f"{RUN}-past"), len(rows))
     conn.close()
     return rows
-
-
-def _pages(client: FlaskClient, **params: str) -> tuple[list[dict[str, Any]], set[str]]:
-    out, sources, cursor = [], set(), None
-    while True:
-        query = {**params, **({"cursor": cursor} if cursor else {})}
-        response = client.get("/api/v1/telemetry", query_string=query, headers=AUTH)
-        assert response.status_code == 200, response.json
-        assert response.headers["X-Data-Source"] == response.json["source"]
-        sources.add(response.json["source"])
-        out += response.json["data"]
-        cursor = response.json["next_cursor"]
-        if cursor is None:
-            return out, sources
-
-
-def _same_buckets(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
-    assert [(r["timestamp"], r["asset_id"], r["sensor_id"], r["sensor_type"]) for r in a] == \
-        [(r["timestamp"], r["asset_id"], r["sensor_id"], r["sensor_type"]) for r in b]
-    for x, y in zip(a, b, strict=True):
-        if x["value"] is None or y["value"] is None:
-            assert x["value"] is y["value"] is None, (x, y)
-        else:
-            assert math.isclose(x["value"], y["value"], rel_tol=1e-9, abs_tol=1e-9), (x, y)
 
 
 # Split points (ms after PAST_MS) of the 1-minute rollup, and of the 1-hour one.
@@ -212,10 +143,10 @@ def test_rollup_and_raw_tail_equal_the_raw_rows_at_every_split(
             params = {"start_time": str(PAST_MS), "end_time": str(end), **filters,
                       "interval": interval, "agg": agg, "fill": fill, "order": order,
                       "limit": limit}
-            auto, sources = _pages(client, **params)
-            raw, _ = _pages(client, **params, source="raw")
+            auto, sources = api_pages(client, **params)
+            raw, _ = api_pages(client, **params, source="raw")
             assert len(raw) >= 4, params  # 2 hours x 2 sensors at least
-            _same_buckets(auto, raw)
+            same_buckets(auto, raw)
             seen |= sources
     if split_1m < 0:
         assert seen == {"raw"}
@@ -228,10 +159,10 @@ def test_rollup_and_raw_tail_equal_the_raw_rows_at_every_split(
     # The CSV export reads the same parts in one query.
     params = {"start_time": str(PAST_MS), "end_time": str(end), "site_id": SITE,
               "interval": "5m", "agg": "avg", "format": "csv"}
-    auto_csv = client.get("/api/v1/telemetry", query_string=params, headers=AUTH)
+    auto_csv = client.get("/api/v1/telemetry", query_string=params, headers=API_AUTH)
     a = list(csv.DictReader(io.StringIO(auto_csv.get_data(as_text=True))))
     raw_csv = client.get("/api/v1/telemetry", query_string={**params, "source": "raw"},
-                         headers=AUTH)
+                         headers=API_AUTH)
     b = list(csv.DictReader(io.StringIO(raw_csv.get_data(as_text=True))))
     assert auto_csv.headers["X-Data-Source"] != "raw" or split_1m < 0
     assert len(a) == len(b) > 10
@@ -249,9 +180,9 @@ def test_buckets_right_after_new_writes_include_them(client: FlaskClient,
     now_us = int(time.time() * 1_000_000)
     rows = _rows(f"{RUN}-now", now_us - 90_000_000, 90_000_000, 200, 17)
     _write(rows)
-    conn = _connect()
+    conn = questdb_pg(SETTINGS)
     cur = conn.cursor()
-    _wait(cur, SENSOR_READINGS, f"{RUN}-now", len(rows), timeout_s=30)
+    wait_rows(cur, SENSOR_READINGS, *_sensors(f"{RUN}-now"), len(rows), timeout_s=30)
     minute = now_us // 60_000_000 * MIN_MS
     hour = now_us // 3_600_000_000 * HOUR_MS
     ranges = {"1m": (minute - 10 * MIN_MS, minute + 2 * MIN_MS),
@@ -262,9 +193,9 @@ def test_buckets_right_after_new_writes_include_them(client: FlaskClient,
             for agg in ("count", "avg", "max"):
                 params = {"start_time": str(start), "end_time": str(end), "site_id": SITE,
                           "interval": interval, "agg": agg, "limit": "7"}
-                auto, sources = _pages(client, **params)
-                raw, _ = _pages(client, **params, source="raw")
-                _same_buckets(auto, raw)
+                auto, sources = api_pages(client, **params)
+                raw, _ = api_pages(client, **params, source="raw")
+                same_buckets(auto, raw)
                 if expect_raw_tail:
                     assert all(s.endswith("+raw") or s == "raw" for s in sources), sources
                 if agg == "count":
@@ -273,8 +204,7 @@ def test_buckets_right_after_new_writes_include_them(client: FlaskClient,
                     assert mine == len(rows), (interval, mine, len(rows))
 
     check(expect_raw_tail=True)
-    for view in ROLLUPS:
-        _wait(cur, view, f"{RUN}-now", len(rows), "sum(row_count)", refresh=True)
+    wait_rollups(cur, *_sensors(f"{RUN}-now"), len(rows))
     conn.close()
     check(expect_raw_tail=False)
 

@@ -17,8 +17,8 @@ What is checked, and against what:
 * an oversized body gets 413 before it is sent (the server answers after the
   headers alone);
 * the per-key rate limit answers 429 with ``Retry-After``;
-* every stack process listens on loopback only, except the documented Beam
-  services (docs/reliability.md, "Known exceptions");
+* every stack process listens on loopback only, the Beam job server and
+  expansion service included (docs/reliability.md);
 * ``DCMMS_ENV=production`` with development credentials makes every entry
   point exit before serving: registry, API (gunicorn), bridge, pipeline
   launcher and the supervisor (``dcmms-telemetry up``);
@@ -79,12 +79,9 @@ READ_KEY, WRITE_KEY = f"sec-read-{RUN_ID}", f"sec-write-{RUN_ID}"
 # The asset of the rows the injection test must never see unless asked for by name.
 SEC_SITE, SEC_ASSET = f"sec-site-{RUN_ID}", f"sec-asset-{RUN_ID}"
 
-# Services that listen on every interface because Beam gives them no bind-address
-# option (the job server and the expansion service bind their gRPC servers to the
-# wildcard): docs/reliability.md explains how to contain them. Every other service,
-# including the worker pool (runners/worker_pool.py binds [stack] bind_host), must
-# listen on loopback only.
-WILDCARD_EXCEPTIONS = frozenset({"flink-jobserver", "kafka-expansion"})
+# Every service listens on loopback only ([stack] bind_host), the Beam job server, the
+# expansion service and the worker pool included (runners/stack/jvm_patches.py,
+# runners/worker_pool.py): no exception.
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 INJECTIONS = (
@@ -414,8 +411,9 @@ def _stack_processes() -> dict[str, list[psutil.Process]]:
 def test_services_listen_on_loopback_only() -> None:
     _api_up()
     procs = _stack_processes()
-    assert {"kafka", "questdb", "mosquitto", "api", "registry"} <= set(procs), sorted(procs)
-    wrong, exceptions_seen = [], set()
+    assert {"kafka", "questdb", "mosquitto", "api", "registry", "flink-jobserver",
+            "kafka-expansion", "beam-worker-pool"} <= set(procs), sorted(procs)
+    wrong = []
     for service, members in procs.items():
         for proc in members:
             try:
@@ -425,13 +423,9 @@ def test_services_listen_on_loopback_only() -> None:
             for conn in conns:
                 if conn.status != psutil.CONN_LISTEN or conn.laddr.ip in LOOPBACK:
                     continue
-                if service in WILDCARD_EXCEPTIONS:
-                    exceptions_seen.add(service)
-                else:
-                    wrong.append(f"{service} (pid {proc.pid}) listens on "
-                                 f"{conn.laddr.ip}:{conn.laddr.port}")
+                wrong.append(f"{service} (pid {proc.pid}) listens on "
+                             f"{conn.laddr.ip}:{conn.laddr.port}")
     assert not wrong, "services listening beyond loopback: " + "; ".join(wrong)
-    _LOGGER.info("documented wildcard listeners: %s", sorted(exceptions_seen))
 
 
 # -- production refuses dev credentials ------------------------------------------------------------
@@ -500,7 +494,7 @@ def test_no_secret_in_stack_logs() -> None:
             secrets[f"an API key of [api] api_keys ({key_id})"] = key
     for section, key in (("mqtt", "sensor_password"), ("mqtt", "bridge_password"),
                          ("questdb", "pg_password")):
-        value = SETTINGS.get(section, key)
+        value = getattr(getattr(SETTINGS, section), key)
         # Dev values that are plain English words ("password", "quest") occur in ordinary
         # log text; the unique secrets above prove that presented secrets are not logged.
         if value not in ("password", "quest") and len(value) >= 6:

@@ -15,8 +15,9 @@ from typing import Any
 
 import psycopg2
 import pytest
-from questdb import Sender, TimestampNanos
+from questdb import TimestampNanos
 
+from config.settings import load_settings
 from io_connectors.questdb_http import as_dicts
 from io_connectors.questdb_schema import (
     ALARMS,
@@ -28,15 +29,11 @@ from io_connectors.questdb_schema import (
     SENSOR_READING_COLUMNS,
     SENSOR_READINGS,
 )
-from runners.settings import load_settings
-from tests.integration.conftest import qdb_exec
+from tests.integration.conftest import qdb_exec, questdb_pg, questdb_sender
 
 pytestmark = pytest.mark.integration
 
 SETTINGS = load_settings()
-HOST = SETTINGS.get("questdb", "host")
-HTTP_PORT = SETTINGS.get("questdb", "http_port", int)
-PG_PORT = SETTINGS.get("questdb", "pg_port", int)
 SEED_QUERY = ("SELECT * FROM sensor_readings WHERE asset_id='asset-001' "
               "ORDER BY timestamp DESC LIMIT 100;")
 
@@ -57,13 +54,6 @@ def _poll(fn: Callable[[], Any], timeout_s: float = 20.0) -> Any:
         if result or time.monotonic() > deadline:
             return result
         time.sleep(0.2)
-
-
-def _pg_connect(password: str | None = None) -> Any:
-    return psycopg2.connect(host=HOST, port=PG_PORT, dbname="qdb",
-                            user=SETTINGS.get("questdb", "pg_user"),
-                            password=password or SETTINGS.get("questdb", "pg_password"),
-                            connect_timeout=5)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -190,8 +180,7 @@ def test_ilp_http_write_then_pg_read_and_dedup() -> None:
     asset = f"test-asset-{uuid.uuid4().hex[:10]}"
     event_id = str(uuid.uuid4())
     ts = TimestampNanos(time.time_ns() // 1000 * 1000)
-    conf = f"http::addr={HOST}:{HTTP_PORT};auto_flush=off;"
-    with Sender.from_conf(conf) as sender:
+    with questdb_sender(SETTINGS) as sender:
         buf = sender.new_buffer()
         # The same reading twice: DEDUP UPSERT KEYS(timestamp, event_id) keeps one row.
         for value in (1.5, 2.5):
@@ -206,7 +195,7 @@ def test_ilp_http_write_then_pg_read_and_dedup() -> None:
         assert len(buf) == 0, "flush must clear the buffer only after success"
 
     def read() -> list[tuple[Any, ...]]:
-        with _pg_connect() as conn, conn.cursor() as cur:
+        with questdb_pg(SETTINGS, connect_timeout=5) as conn, conn.cursor() as cur:
             cur.execute("SELECT event_id, value, timestamp FROM sensor_readings "
                         "WHERE asset_id = %s", (asset,))
             return cur.fetchall()
@@ -219,8 +208,11 @@ def test_ilp_http_write_then_pg_read_and_dedup() -> None:
 
 
 def test_pg_wire_refuses_wrong_password() -> None:
+    questdb_pg(SETTINGS, connect_timeout=5).close()  # reachable: the configured one is let in
+    q = SETTINGS.questdb
     with pytest.raises(psycopg2.OperationalError):
-        _pg_connect(password="not-the-password-" + uuid.uuid4().hex).close()
+        psycopg2.connect(host=q.host, port=q.pg_port, dbname="qdb", user=q.pg_user,
+                         password="not-the-password-" + uuid.uuid4().hex, connect_timeout=5)
 
 
 def test_seed_query_through_exec() -> None:

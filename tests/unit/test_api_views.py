@@ -3,7 +3,8 @@
 The fake replaces :class:`api.questdb.TelemetryStore` (the boundary to QuestDB):
 it keeps raw rows in memory and pages them the way the store promises
 (filters, half-open range, keyset order), so the views' cursor and CSV logic
-are exercised for real.
+are exercised for real. The dead-letter store (what reads ``telemetry_dlq`` from
+Kafka) is faked too: no test here needs a running stack.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api import create_app
+from api.dead_letters import EXTENSION as DEAD_LETTERS
 from api.errors import ServiceUnavailable
 from api.params import AlarmQuery, LatestQuery, TelemetryQuery, format_timestamp
 from api.questdb import CsvExport, Page
 from config.settings import load_settings
 from io_connectors.questdb_schema import SENSOR_READING_COLUMNS
+from schemas.dead_letter import SOURCES, STAGES
 
 AUTH = {"Authorization": "Bearer dev-api-key"}
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
@@ -97,6 +100,21 @@ class FakeStore:
             raise self.fail
 
 
+class FakeDeadLetters:
+    """Stand-in for io_connectors.dead_letter_store.DeadLetterStore, the layer that reads
+    ``telemetry_dlq`` from Kafka: one dead letter per stage, the sources in turn."""
+
+    def __init__(self) -> None:
+        self.scans: list[int] = []
+        self.items = [{"id": f"0:{i}", "stage": stage, "source": SOURCES[i % len(SOURCES)],
+                       "event_id": f"ev-{i:03d}", "reasons": [f"reason {i}"],
+                       "failed_at": T0 // 1000 + i} for i, stage in enumerate(STAGES)]
+
+    def recent(self, scan: int, with_original: bool = False) -> list[dict[str, Any]]:
+        self.scans.append(scan)
+        return [dict(item) for item in self.items]
+
+
 def _rows(n: int = 25) -> list[dict[str, Any]]:
     rows = []
     for i in range(n):
@@ -122,8 +140,10 @@ def app(store: FakeStore, tmp_path: Path) -> Flask:
     assets.write_text(json.dumps({"sites": {"site-1": {"name": "S1", "location": "here"}},
                                   "assets": {"a1": a1}}))
     checks = {"questdb": store.ping, "kafka": lambda: None}
-    return create_app(load_settings(), {"TESTING": True, "TELEMETRY_STORE": store,
-                                        "READY_CHECKS": checks, "ASSETS_FILE": str(assets)})
+    app = create_app(load_settings(), {"TESTING": True, "TELEMETRY_STORE": store,
+                                       "READY_CHECKS": checks, "ASSETS_FILE": str(assets)})
+    app.extensions[DEAD_LETTERS] = FakeDeadLetters()
+    return app
 
 
 RANGE = {"start_time": "2026-01-01T00:00:00Z", "end_time": "2026-01-01T01:00:00Z"}
@@ -311,7 +331,8 @@ def test_every_documented_enum_is_enforced_as_documented(app: Flask) -> None:
     assert {(path, name) for path, name, _ in enums} >= {
         ("/api/v1/alarms", "severity"), ("/api/v1/alarms", "state"),
         ("/api/v1/alarms", "order"), ("/api/v1/telemetry", "sensor_type"),
-        ("/api/v1/telemetry", "format"), ("/api/v1/telemetry/latest", "sensor_type")}
+        ("/api/v1/telemetry", "format"), ("/api/v1/telemetry/latest", "sensor_type"),
+        ("/api/v1/dead-letters", "stage"), ("/api/v1/dead-letters", "source")}
     for path, name, allowed in enums:
         base = {**_ENUM_BASE.get(path, {}), **({"interval": "1h"} if name in _NEEDS_INTERVAL
                                                and path == "/api/v1/telemetry" else {})}
@@ -323,6 +344,7 @@ def test_every_documented_enum_is_enforced_as_documented(app: Flask) -> None:
             assert refused.status_code == 400, (path, name, value)
             assert refused.json["details"] == {"parameter": name, "allowed": allowed}
             assert all(v in refused.json["message"] for v in allowed)
+    assert app.extensions[DEAD_LETTERS].scans  # the accepted dead-letter filters read the fake
 
 
 def test_alarm_filters_of_the_issue_never_reach_the_store(app: Flask, store: FakeStore) -> None:

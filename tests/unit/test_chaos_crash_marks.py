@@ -17,6 +17,9 @@ import pytest
 
 from chaos.badinput import flink_job_marks, gunicorn_workers
 from chaos.mqtt_persistence import Setting, parse_setting
+from config.settings import PipelineSettings
+
+JOB = PipelineSettings.job_name  # [pipeline] job_name's default
 
 
 def test_a_replaced_worker_changes_the_marks() -> None:
@@ -43,7 +46,7 @@ class _FakeFlink:
 
     def __init__(self) -> None:
         self.state: dict[str, Any] = {"jid": "j1", "restarts": 0, "failures": 0,
-                                      "name": "dcmms-telemetry", "job_state": "RUNNING"}
+                                      "name": JOB, "job_state": "RUNNING"}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -84,25 +87,25 @@ def flink() -> Iterator[_FakeFlink]:
 
 
 def test_flink_restart_failure_or_new_job_changes_the_marks(flink: _FakeFlink) -> None:
-    first = flink_job_marks(flink.url)
+    first = flink_job_marks(flink.url, JOB)
     assert first == {"flink job j1 restarts": 0, "flink job j1 failures": 0}
-    assert flink_job_marks(flink.url) == first            # nothing happened: equal
+    assert flink_job_marks(flink.url, JOB) == first            # nothing happened: equal
     flink.state["restarts"] = 1                           # a task failed, job restarted
-    assert flink_job_marks(flink.url)["flink job j1 restarts"] == 1
+    assert flink_job_marks(flink.url, JOB)["flink job j1 restarts"] == 1
     flink.state["failures"] = 2
-    assert flink_job_marks(flink.url)["flink job j1 failures"] == 2
+    assert flink_job_marks(flink.url, JOB)["flink job j1 failures"] == 2
     flink.state.update(jid="j2", restarts=0, failures=0)  # resubmitted after a crash
-    assert not set(first) & set(flink_job_marks(flink.url))
+    assert not set(first) & set(flink_job_marks(flink.url, JOB))
 
 
 def test_no_marks_without_a_running_job(flink: _FakeFlink) -> None:
     flink.state["job_state"] = "RESTARTING"
-    assert flink_job_marks(flink.url) == {}
+    assert flink_job_marks(flink.url, JOB) == {}
     flink.state.update(job_state="RUNNING", name="another-job")
-    assert flink_job_marks(flink.url) == {}
+    assert flink_job_marks(flink.url, JOB) == {}
     flink.server.shutdown()
     flink.server.server_close()
-    assert flink_job_marks(flink.url) == {}   # not answering: the job server's pid tells
+    assert flink_job_marks(flink.url, JOB) == {}   # not answering: the job server's pid tells
 
 
 def test_persistence_probe_settings() -> None:

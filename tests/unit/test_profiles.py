@@ -31,8 +31,9 @@ def test_the_test_profile_has_its_own_run_dir_ports_and_names() -> None:
     assert test.questdb.http_port == 29000
     for section, key in (("mqtt", "bridge_client_id"), ("mqtt", "bridge_share_group"),
                          ("pipeline", "consumer_group")):
-        assert test.get(section, key) not in (default.get(section, key),
-                                              _stack("chaos").get(section, key))
+        value = getattr(getattr(test, section), key)
+        assert value not in (getattr(getattr(default, section), key),
+                             getattr(getattr(_stack("chaos"), section), key))
 
 
 def test_the_check_finds_what_two_stacks_would_share() -> None:

@@ -160,15 +160,10 @@ def test_default_only_when_absent(tmp_path: Path) -> None:
     settings = _quiet_load(_write(tmp_path, "[kafka]\npartitions = 3\n"), {})
     assert settings.kafka.partitions == 3
     assert settings.kafka.topic_raw == "raw_telemetry"  # the dataclass default
-    # The compatibility get() reads the typed value; its default only serves undeclared keys.
-    assert settings.get("kafka", "partitions", int, 42) == 3
-    assert settings.get("kafka", "missing_key", int, 42) == 42
-    with pytest.raises(SettingsError, match=r"missing setting \[kafka\] missing_key"):
-        settings.get("kafka", "missing_key")
 
 
 def test_unknown_keys_and_sections_warn_with_the_nearest_name(tmp_path: Path) -> None:
-    """Today's behaviour (kept, readable via get()) plus a warning: a typo does not pass
+    """Today's behaviour (kept, as given, in section()) plus a warning: a typo does not pass
     silently."""
     path = _write(tmp_path, "[kafka]\npartitons = 3\n[kafak]\nx = 1\n")
     with pytest.warns(SettingsWarning) as record:
@@ -179,7 +174,7 @@ def test_unknown_keys_and_sections_warn_with_the_nearest_name(tmp_path: Path) ->
     assert "did you mean 'rate_limit_per_second'" in text
     assert "unknown section [kafak]" in text
     assert settings.kafka.partitions == 8        # the typo did not set it
-    assert settings.get("kafka", "partitons", int) == 3
+    assert settings.section("kafka")["partitons"] == 3
 
 
 def test_bad_file_is_named(tmp_path: Path) -> None:

@@ -109,3 +109,35 @@ def test_checkpoints_are_kept_apart_per_topology(monkeypatch: pytest.MonkeyPatch
     on_cluster = job_checkpoint_dir(paths)
     assert single != on_cluster
     assert on_cluster.name == single.name  # the same state layout, another root
+
+
+def _properties(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines()
+                if "=" in line and not line.startswith("#"))
+
+
+def test_one_broker_configuration_serves_one_node_and_three(tmp_path: Path) -> None:
+    """runners/stack/kafka.py's broker_properties writes the single broker (one node: its own
+    dynamic quorum, one replica) and each node of the cluster topology (a static quorum of
+    the three controllers, three replicas, two in sync)."""
+    from runners.stack.kafka import broker_properties
+
+    single = _settings(None)
+    port, cport = cluster.broker_ports(single)[0]
+    one = _properties(broker_properties(single, 1, [(port, cport)], tmp_path, "unit"))
+    assert one["controller.quorum.bootstrap.servers"] == f"127.0.0.1:{cport}"
+    assert "controller.quorum.voters" not in one and "min.insync.replicas" not in one
+    assert (one["node.id"], one["offsets.topic.replication.factor"],
+            one["transaction.state.log.min.isr"]) == ("1", "1", "1")
+    clustered = _settings("cluster")
+    ports = cluster.broker_ports(clustered)
+    second = _properties(broker_properties(clustered, 2, ports, tmp_path, "unit"))
+    assert second["controller.quorum.voters"] == ",".join(
+        f"{i + 1}@127.0.0.1:{c}" for i, (_p, c) in enumerate(ports))
+    assert second["listeners"] == (f"PLAINTEXT://127.0.0.1:{ports[1][0]},"
+                                   f"CONTROLLER://127.0.0.1:{ports[1][1]}")
+    assert (second["node.id"], second["default.replication.factor"],
+            second["offsets.topic.replication.factor"], second["min.insync.replicas"],
+            second["transaction.state.log.min.isr"]) == ("2", "3", "3", "2", "2")
+    assert "controller.quorum.bootstrap.servers" not in second
+    assert one["log.dirs"] == second["log.dirs"] == str(tmp_path)
