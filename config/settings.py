@@ -262,6 +262,8 @@ class PipelineSettings:
     sink_batch_rows: int = _setting(5000, _between(1))
     state_buckets: int = _setting(64, _between(1))
     no_data_check_seconds: float = _setting(15.0, _between(0))
+    early_flush_ms: int = _setting(50, _between(0))
+    early_flush_max_items: int = _setting(50, _between(0))
     job_name: str = "dcmms-telemetry"
 
 

@@ -48,6 +48,7 @@ from io_connectors.questdb_schema import (
     SYMBOL_COLUMNS,
 )
 from schemas.dead_letter import make_dead_letter
+from transforms.flush import NEVER, EarlyFlush, monotonic_ms
 
 __all__ = [
     "IlpRow",
@@ -456,8 +457,11 @@ def _dead_letter(record: Any, reason: str, table: str) -> dict[str, Any]:
 
 class _WriteToQuestDBFn(beam.DoFn):
     def __init__(self, table: str, conf: str, to_row: Callable[[Mapping[str, Any]], IlpRow],
-                 batch_rows: int, retry_deadline_s: float) -> None:
+                 batch_rows: int, retry_deadline_s: float,
+                 early: EarlyFlush = NEVER) -> None:
         self.table = table
+        self.early = early
+        self._oldest_ms = 0.0
         self.conf = conf
         self.to_row = to_row
         self.batch_rows = batch_rows
@@ -486,8 +490,14 @@ class _WriteToQuestDBFn(beam.DoFn):
                 yield WindowedValue(_dead_letter(record, str(exc), self.table), timestamp,
                                     [window])
                 continue
+            if not self._pending:
+                self._oldest_ms = monotonic_ms()
             self._pending.append((row, timestamp, window))
-        if len(self._pending) >= self.batch_rows:
+        if len(self._pending) >= self.batch_rows or (
+                self.early.enabled
+                and self.early.due(self._oldest_ms, len(self._pending), monotonic_ms())):
+            # A commit within the bundle is safe: a retried bundle writes the rows again
+            # and the table's DEDUP keys absorb the copies.
             yield from self._flush()
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
@@ -518,12 +528,14 @@ class WriteToQuestDB(beam.PTransform):
     ``table`` is ``sensor_readings`` or ``alarms`` (or any table when ``to_row``
     is given); ``conf`` an ILP/HTTP conf string (see :func:`questdb_conf`).
     ``batch_rows`` bounds the rows held per flush; ``retry_deadline_s`` how
-    long transient failures are retried before the bundle fails.
+    long transient failures are retried before the bundle fails; ``early`` lets a
+    low rate commit before the bundle ends (transforms.flush.EarlyFlush).
     """
 
     def __init__(self, table: str, conf: str, *, batch_rows: int = 5000,
                  retry_deadline_s: float = 300.0,
                  to_row: Callable[[Mapping[str, Any]], IlpRow] | None = None,
+                 early: EarlyFlush = NEVER,
                  label: str | None = None) -> None:
         super().__init__(label)
         if to_row is None:
@@ -540,8 +552,10 @@ class WriteToQuestDB(beam.PTransform):
         self.to_row = to_row
         self.batch_rows = batch_rows
         self.retry_deadline_s = retry_deadline_s
+        self.early = early
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         return pcoll | f"Write{self.table}" >> beam.ParDo(_WriteToQuestDBFn(
-            self.table, self.conf, self.to_row, self.batch_rows, self.retry_deadline_s))
+            self.table, self.conf, self.to_row, self.batch_rows, self.retry_deadline_s,
+            self.early))
 

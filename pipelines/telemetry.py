@@ -49,6 +49,7 @@ from schemas.wire import SchemaLookup
 from transforms.common import DEAD_LETTER_TAG
 from transforms.decode import DecodeTelemetry
 from transforms.enrich import DEAD_LETTER_POLICY, EnrichWithAssets, FileAssetCatalog
+from transforms.flush import NEVER, EarlyFlush
 from transforms.sensor_state import ALARMS_TAG, DedupAndDetectAlarms
 from transforms.validate import ValidateReadings, wall_clock_ms
 
@@ -98,6 +99,7 @@ def build_telemetry_pipeline(
     dedup_window_seconds: float = 60.0,
     state_buckets: int = 64,
     no_data_check_seconds: float = 15.0,
+    early_flush: EarlyFlush = NEVER,
     clock: Callable[[], int] = wall_clock_ms,
 ) -> TelemetryOutputs:
     """Wire the pipeline onto ``root`` and return its outputs.
@@ -110,6 +112,8 @@ def build_telemetry_pipeline(
     ``state_buckets``: state keys of the dedup and alarm stage (transforms/buckets.py).
     ``no_data_check_seconds``: period of the no-data alarm scan (transforms/sensor_state.py;
     0 turns NO_DATA alarms off).
+    ``early_flush``: when a batch for the keyed stage may leave before its bundle ends
+    (transforms/flush.py); the sinks get their own.
     ``clock``: epoch-ms clock for validation and ``ingested_at`` (tests pin it).
     """
     pbegin = root if isinstance(root, beam.pvalue.PBegin) else beam.pvalue.PBegin(root)
@@ -122,7 +126,7 @@ def build_telemetry_pipeline(
     enriched = validated.valid | "EnrichWithAssets" >> EnrichWithAssets(
         catalogs, unknown_asset_policy=unknown_asset_policy, clock=clock)
     sensor_state = enriched.readings | "DedupAndDetectAlarms" >> DedupAndDetectAlarms(
-        catalogs, dedup_window_seconds, state_buckets, no_data_check_seconds)
+        catalogs, dedup_window_seconds, state_buckets, no_data_check_seconds, early_flush)
     readings, alarms = sensor_state.readings, sensor_state[ALARMS_TAG]
 
     sink_dead = _apply_sinks(readings, sinks.validated, "WriteValidated")

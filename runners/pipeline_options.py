@@ -34,6 +34,8 @@ def telemetry_defaults(settings: Settings) -> dict[str, object]:
         "sink_batch_rows": settings.pipeline.sink_batch_rows,
         "state_buckets": settings.pipeline.state_buckets,
         "no_data_check_seconds": settings.pipeline.no_data_check_seconds,
+        "early_flush_ms": settings.pipeline.early_flush_ms,
+        "early_flush_max_items": settings.pipeline.early_flush_max_items,
     }
 
 
@@ -64,6 +66,11 @@ class TelemetryOptions(PipelineOptions):
         add("--no_data_check_seconds", type=float,
             help="period of the no-data alarm scan per state bucket; 0 = no NO_DATA alarms "
                  "(see transforms/sensor_state.py)")
+        add("--early_flush_ms", type=int,
+            help="let a small batch leave before its bundle ends after this many ms; 0 = off "
+                 "(see transforms/flush.py)")
+        add("--early_flush_max_items", type=int,
+            help="largest pending batch an early flush may send (see transforms/flush.py)")
         add("--kafka_expansion_service",
             help="host:port of the KafkaIO expansion service: Kafka is then read by Beam's "
                  "Java KafkaIO as a native Flink source (the Flink default); without it, by "

@@ -31,6 +31,7 @@ from runners.stack.flink import expansion_address
 from schemas.avro import ALARM, DEAD_LETTER, SENSOR_READING
 from schemas.validation import load_sensor_rules
 from transforms.enrich import FileAssetCatalog
+from transforms.flush import EarlyFlush
 
 __all__ = ["build_sinks", "flink_defaults", "make_options", "run", "main"]
 
@@ -97,19 +98,20 @@ def make_options(argv: Sequence[str], settings: Settings) -> PipelineOptions:
 def build_sinks(opts: TelemetryOptions) -> TelemetrySinks:
     """Kafka and QuestDB sinks of the job, from its options."""
     conf = questdb_conf(opts.questdb_host, opts.questdb_http_port)
+    early = early_flush(opts)
     kafka = opts.bootstrap_servers
     registry = opts.registry_url
     return TelemetrySinks(
         validated=(
             WriteToKafkaTopic(opts.validated_topic, kafka, schema_name=SENSOR_READING,
                               registry_url=registry, label="ToKafkaValidated"),
-            WriteToQuestDB(SENSOR_READINGS, conf, batch_rows=opts.sink_batch_rows,
+            WriteToQuestDB(SENSOR_READINGS, conf, batch_rows=opts.sink_batch_rows, early=early,
                            label="ToQuestDBReadings"),
         ),
         alarms=(
             WriteToKafkaTopic(opts.alarms_topic, kafka, schema_name=ALARM,
                               registry_url=registry, label="ToKafkaAlarms"),
-            WriteToQuestDB(ALARMS, conf, batch_rows=opts.sink_batch_rows,
+            WriteToQuestDB(ALARMS, conf, batch_rows=opts.sink_batch_rows, early=early,
                            label="ToQuestDBAlarms"),
         ),
         dead_letters=(
@@ -118,6 +120,11 @@ def build_sinks(opts: TelemetryOptions) -> TelemetrySinks:
                               label="ToKafkaDeadLetters"),
         ),
     )
+
+
+def early_flush(opts: TelemetryOptions) -> EarlyFlush:
+    """The job's early-flush policy (transforms/flush.py) from its options."""
+    return EarlyFlush(opts.early_flush_ms or 0, opts.early_flush_max_items or 0)
 
 
 def _dead_letter_key(record: dict) -> bytes | None:
@@ -145,6 +152,7 @@ def run(argv: Sequence[str] = (), settings: Settings | None = None) -> PipelineR
         dedup_window_seconds=opts.dedup_window_seconds,
         state_buckets=opts.state_buckets,
         no_data_check_seconds=opts.no_data_check_seconds,
+        early_flush=early_flush(opts),
     )
     _LOGGER.info("submitting telemetry job (streaming=%s, runner=%s)", streaming,
                  options.view_as(StandardOptions).runner)

@@ -61,6 +61,7 @@ from transforms.dedup import (
     _now_ms,
 )
 from transforms.enrich import FileAssetCatalog, catalog_input
+from transforms.flush import NEVER, EarlyFlush
 
 __all__ = ["ALARMS_TAG", "DedupAndDetectAlarms"]
 
@@ -127,7 +128,7 @@ class DedupAndDetectAlarms(beam.PTransform):
 
     def __init__(self, catalogs: beam.PCollection | FileAssetCatalog,
                  window: float | Duration = 60, buckets: int = 64,
-                 no_data_check_seconds: float = 15.0) -> None:
+                 no_data_check_seconds: float = 15.0, early: EarlyFlush = NEVER) -> None:
         super().__init__()
         seconds = window.micros / 1e6 if isinstance(window, Duration) else float(window)
         if seconds <= 0:
@@ -141,6 +142,7 @@ class DedupAndDetectAlarms(beam.PTransform):
         self._window_ms = int(seconds * 1000)
         self._buckets = buckets
         self._check_ms = int(no_data_check_seconds * 1000)
+        self._early = early
 
     def expand(self, pcoll: beam.PCollection) -> Any:
         file_catalog, side = catalog_input(self._catalogs)
@@ -149,7 +151,7 @@ class DedupAndDetectAlarms(beam.PTransform):
         return (
             pcoll
             | "KeyBySensor" >> beam.ParDo(_AttachThresholdsFn(file_catalog), *side)
-            | "Batch" >> BatchByBucket(self._buckets)
+            | "Batch" >> BatchByBucket(self._buckets, self._early)
             | "DedupAndAlarms" >> beam.ParDo(
                 _SensorStateFn(self._window_ms, scope, self._check_ms)).with_outputs(
                     ALARMS_TAG, main="readings")
