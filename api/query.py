@@ -26,6 +26,7 @@ from api.params import (
     parse_latest_query,
     parse_telemetry_query,
 )
+from api.rows_json import json_bytes
 
 __all__ = ["bp", "STORE_EXTENSION", "ASSETS_EXTENSION"]
 
@@ -57,8 +58,12 @@ def telemetry() -> Response:
         return _csv_response(q, after)
     page = _store().readings(q, q.limit, after)
     source = getattr(page, "source", "raw")
-    response = jsonify({"data": page.rows, "next_cursor": _cursor(q, page.next_key),
-                        "source": source})
+    # The body jsonify would print for {"data": rows, "next_cursor": ..., "source": ...},
+    # with the rows printed by the page (api.rows_json: no dict per row, same bytes).
+    body = b"".join((b'{"data":', page.json_data(), b',"next_cursor":',
+                     json_bytes(_cursor(q, page.next_key)), b',"source":', json_bytes(source),
+                     b"}"))
+    response = current_app.response_class(body, mimetype=current_app.json.mimetype)
     response.headers[SOURCE_HEADER] = source
     return response
 

@@ -13,9 +13,9 @@ Three layers, each usable alone:
 * :class:`QuestDBExporter` — QuestDB's CSV export (``GET /exp``), streamed. ``/exp``
   takes no bind parameters: :func:`build_export_sql` inlines the same builders'
   parameters with :func:`sql_literal` (decision 0006, "Third pass").
-* :class:`TelemetryStore` — what the views call: pages of rows as JSON-ready
-  dicts plus the sort key of the last row, for the cursor. Unit tests replace
-  this class with a fake.
+* :class:`TelemetryStore` — what the views call: pages of rows (QuestDB's tuples,
+  printed to JSON by :mod:`api.rows_json` without a dict per row) plus the sort key of
+  the last row, for the cursor. Unit tests replace this class with a fake.
 
 Why a custom string adapter: psycopg2 interpolates parameters on the client
 and, because QuestDB does not announce ``standard_conforming_strings``, it
@@ -36,7 +36,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -51,9 +51,9 @@ from api.params import (
     AlarmQuery,
     LatestQuery,
     TelemetryQuery,
-    format_timestamp,
     to_micros,
 )
+from api.rows_json import CONVERTERS, json_bytes, json_timestamp, rows_json
 from io_connectors.questdb_schema import (
     ALARM_COLUMNS,
     ALARMS,
@@ -71,6 +71,7 @@ __all__ = [
     "Page",
     "QuestDBClient",
     "QuestDBExporter",
+    "RowPage",
     "TelemetryStore",
     "build_active_alarms_sql",
     "build_alarms_sql",
@@ -79,6 +80,8 @@ __all__ = [
     "bucket_sources",
     "build_bucket_sql",
     "build_export_sql",
+    "build_raw_export_sql",
+    "export_days",
     "inline_sql",
     "build_latest_rollup_sql",
     "build_latest_sql",
@@ -259,6 +262,9 @@ def build_raw_sql(q: TelemetryQuery, limit: int | None, after: Sequence[Any] | N
     sql = (f"SELECT {', '.join(SENSOR_READING_COLUMNS)} FROM {SENSOR_READINGS} "
            f"WHERE {where} ORDER BY {order}")
     return (sql, params) if limit is None else (sql + " LIMIT %s", [*params, limit])
+
+
+_RAW_KEY = operator.itemgetter(0, 1)
 
 
 def _raw_sort_key(row: Sequence[Any]) -> tuple[str, str]:
@@ -442,9 +448,42 @@ def build_export_sql(q: TelemetryQuery, after: Sequence[Any] | None,
     else:
         columns = SENSOR_READING_COLUMNS
         sql, params = build_raw_sql(q, limit, after)
+    return columns, _export_select(columns, sql, params)
+
+
+def _export_select(columns: Sequence[str], sql: str, params: Sequence[Any]) -> str:
     select = ", ".join(_EXPORT_TIMESTAMP.format(c) if c in _EXPORT_TIMESTAMPS else c
                        for c in columns)
-    return columns, f"SELECT {select} FROM ({inline_sql(sql, params)})"
+    return f"SELECT {select} FROM ({inline_sql(sql, params)})"
+
+
+_DAY_US = 86_400_000_000
+
+
+def export_days(q: TelemetryQuery, after: Sequence[Any] | None) -> list[tuple[int, int]]:
+    """The UTC days a raw CSV export reads, ``(from_us, to_us)`` in the export's order: the
+    query's range (narrowed by the cursor's key ``after`` as :func:`build_raw_sql` narrows
+    it) cut at every midnight. One part for a range within a day or an empty one."""
+    lo, hi = q.start_us, q.end_us
+    if after is not None:
+        if q.order == "asc":
+            lo = max(lo, after[0])
+        else:
+            hi = min(hi, after[0] + 1)
+    if hi - lo <= 0:
+        return [(lo, hi)]
+    days = [(max(lo, day), min(hi, day + _DAY_US))
+            for day in range(lo - lo % _DAY_US, hi, _DAY_US)]
+    return days if q.order == "asc" else days[::-1]
+
+
+def build_raw_export_sql(q: TelemetryQuery, after: Sequence[Any] | None, from_us: int,
+                         to_us: int, limit: int | None) -> str:
+    """The raw CSV export's SQL text for the rows of ``[from_us, to_us)`` (one of
+    :func:`export_days`), at most ``limit`` of them (None: all): :func:`build_export_sql`'s
+    statement for that part of the range."""
+    sql, params = build_raw_sql(q, limit, after, floor_us=from_us, ceil_us=to_us)
+    return _export_select(SENSOR_READING_COLUMNS, sql, params)
 
 
 def build_latest_sql(q: LatestQuery, floor_us: int | None = None,
@@ -694,6 +733,64 @@ class QuestDBExporter:
 
     def stream(self, sql: str) -> Iterator[bytes]:
         """The CSV body of ``sql`` as byte chunks; the first one is already read."""
+        chunks = unescape_exp_csv(self._chunks(self._open(sql)))
+        first = next(chunks, b"")  # raises the 503 of a failure before the first byte
+        return self._prepend(first, chunks)
+
+    def stream_parts(self, parts: Sequence[Callable[[int | None], str]],
+                     limit: int | None = None) -> Iterator[bytes]:
+        """The CSV bodies of several statements one after the other, as one CSV: QuestDB's
+        header line once (the first part's), then each part's rows in turn (the raw
+        export's UTC days, :func:`export_days`). ``parts[i](remaining)`` is the i-th SQL
+        text for at most ``remaining`` more rows (None: no ``limit``); once ``limit`` rows
+        are sent no further part is asked. Rows are counted by their line ends in
+        QuestDB's text, where a line end inside a string is escaped (``\\n``).
+
+        Like :meth:`stream`, the first part is read up to its first chunk before this
+        returns (a failure there is a 503); a later part that fails, even before its first
+        byte, is logged and re-raised from the body, so the client sees a broken transfer.
+        """
+        if not parts:
+            raise ValueError("no statement to export")
+        lines = [0]  # line ends passed on: the header and every row
+        first_part = self._open(parts[0](limit))
+
+        def raw() -> Iterator[bytes]:
+            yield from self._counted(self._chunks(first_part), lines, skip_header=False)
+            for i, part in enumerate(parts[1:], start=2):
+                remaining = None if limit is None else limit - (lines[0] - 1)
+                if remaining is not None and remaining <= 0:
+                    return
+                try:
+                    resp = self._open(part(remaining))
+                except ServiceUnavailable as exc:
+                    _LOGGER.error("CSV export aborted before its part %d of %d: %s (%s); the "
+                                  "client sees a broken transfer", i, len(parts), exc.message,
+                                  exc.details.get("error"))
+                    raise
+                yield from self._counted(self._chunks(resp), lines, skip_header=True)
+
+        chunks = unescape_exp_csv(raw())
+        first = next(chunks, b"")  # raises the 503 of a failure before the first byte
+        return self._prepend(first, chunks)
+
+    @staticmethod
+    def _counted(chunks: Iterator[bytes], lines: list[int],
+                 skip_header: bool) -> Iterator[bytes]:
+        """``chunks`` (QuestDB's text, before :func:`unescape_exp_csv`) without their first
+        line if ``skip_header``, the line ends passed on added to ``lines[0]``."""
+        for chunk in chunks:
+            if skip_header:
+                end = chunk.find(b"\n")
+                if end < 0:  # the header goes on in the next chunk
+                    continue
+                chunk, skip_header = chunk[end + 1:], False
+            lines[0] += chunk.count(b"\n")
+            if chunk:
+                yield chunk
+
+    def _open(self, sql: str) -> requests.Response:
+        """QuestDB's answer to ``/exp`` of ``sql``, its status checked (body not read)."""
         try:
             # identity: no gzip to undo; the bytes go to the client as they come.
             resp = requests.get(self._url, params={"query": sql}, stream=True,
@@ -715,9 +812,7 @@ class QuestDBExporter:
             raise ServiceUnavailable(
                 f"QuestDB at {self.address} refused the CSV export (HTTP {resp.status_code}; "
                 "[questdb] host, http_port)", dependency="questdb", error=detail)
-        chunks = unescape_exp_csv(self._chunks(resp))
-        first = next(chunks, b"")  # raises the 503 of a failure before the first byte
-        return self._prepend(first, chunks)
+        return resp
 
     def _unavailable(self, what: str, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable(
@@ -756,9 +851,29 @@ class Page:
     next_key: tuple[Any, ...] | None
     source: str = "raw"  # where the rows came from: raw, rollup_1m or rollup_1h
 
+    def json_data(self) -> bytes:
+        """The rows as a JSON array (the response's ``data``)."""
+        return json_bytes(self.rows)
 
-def _finite(value: float | None) -> float | None:
-    return value if value is None or math.isfinite(value) else None
+
+@dataclass(frozen=True)
+class RowPage:
+    """A page of QuestDB's rows as they came (tuples in ``columns`` order, timestamps as
+    QuestDB's text): :meth:`json_data` prints them straight to JSON
+    (:func:`api.rows_json.rows_json`, the same text as the dicts), :attr:`rows` builds
+    the dicts only when asked."""
+
+    columns: tuple[str, ...]
+    tuples: list[tuple[Any, ...]]
+    next_key: tuple[Any, ...] | None
+    source: str = "raw"
+
+    @functools.cached_property
+    def rows(self) -> list[dict[str, Any]]:
+        return _records(self.columns, self.tuples)
+
+    def json_data(self) -> bytes:
+        return rows_json(self.columns, self.tuples)
 
 
 # TIMESTAMP (OID 1114) as the text QuestDB sends, for the row paths of the store: a page
@@ -767,26 +882,9 @@ _TIMESTAMP_TEXT = psycopg2.extensions.new_type((1114,), "DCMMS_TIMESTAMP_TEXT",
                                                lambda value, _cursor: value)
 
 
-def json_timestamp(value: datetime | str | None) -> str | None:
-    """A TIMESTAMP as the API prints it (:func:`api.params.format_timestamp`), from a
-    datetime or from QuestDB's text ``YYYY-MM-DD HH:MM:SS.ffffff`` (always six digits)."""
-    if isinstance(value, str):
-        if len(value) == 26 and value[19] == ".":  # milliseconds unless finer is needed
-            return (value[:23] if value.endswith("000") else value).replace(" ", "T") + "Z"
-        value = datetime.fromisoformat(value)
-    return format_timestamp(value)
-
-
 def timestamp_micros(value: datetime | str) -> int:
     """Epoch microseconds of a TIMESTAMP given as a datetime or as QuestDB's text."""
     return to_micros(datetime.fromisoformat(value) if isinstance(value, str) else value)
-
-
-# Per-column conversion to JSON values; columns not listed pass through unchanged.
-_CONVERTERS: dict[str, Any] = {
-    "timestamp": json_timestamp, "ingested_at": json_timestamp,
-    "value": _finite, "threshold": _finite,
-}
 
 
 @functools.lru_cache(maxsize=16)
@@ -802,8 +900,8 @@ def _record_builder(columns: tuple[str, ...]) -> Any:
         raise ValueError(f"not a column name: {columns}")
     fields, names = [], {}
     for i, column in enumerate(columns):
-        if column in _CONVERTERS:
-            names[f"_convert{i}"] = _CONVERTERS[column]
+        if column in CONVERTERS:
+            names[f"_convert{i}"] = CONVERTERS[column]
             fields.append(f"{column!r}: _convert{i}(row[{i}])")
         else:
             fields.append(f"{column!r}: row[{i}]")
@@ -985,7 +1083,10 @@ class TelemetryStore:
         # it and ~2 ms for this sort of nearly ordered rows (decision 0006).
         sql, params = build_raw_sql(q, None, after, floor_us, ceil_us, sort_ties=False)
         rows = self.client.query(sql, params, text_timestamps=True)
-        rows.sort(key=_raw_sort_key, reverse=q.order == "desc")
+        try:  # C-level key; a null event_id (None against text) takes the function
+            rows.sort(key=_RAW_KEY, reverse=q.order == "desc")
+        except TypeError:
+            rows.sort(key=_raw_sort_key, reverse=q.order == "desc")
         del rows[limit + 1:]
         key = _next_key(SENSOR_READING_COLUMNS, rows, limit, ("timestamp", "event_id"))
         return SENSOR_READING_COLUMNS, rows[:limit], key, "raw"
@@ -1029,9 +1130,9 @@ class TelemetryStore:
         del rows[limit + 1:]
         return rows
 
-    def readings(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None) -> Page:
+    def readings(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None) -> RowPage:
         columns, rows, key, source = self._readings(q, limit, after)
-        return Page(_records(columns, rows), key, source)
+        return RowPage(columns, rows, key, source)
 
     def export(self, q: TelemetryQuery, after: Sequence[Any] | None) -> CsvExport:
         """The CSV export of the whole range (or ``q.limit`` rows) after ``after``: QuestDB's
@@ -1042,6 +1143,14 @@ class TelemetryStore:
         if self.exporter is None:
             raise ServiceUnavailable("the CSV export is not configured (no QuestDB HTTP "
                                      "address: [questdb] host, http_port)", dependency="questdb")
+        if not q.bucketed and len(days := export_days(q, after)) > 1:
+            # One /exp per UTC day, in order: QuestDB sorts a day's rows on (timestamp,
+            # event_id), never a whole month's at once (decision 0006, "Fifth pass").
+            parts = [functools.partial(build_raw_export_sql, q, after, lo, hi)
+                     for lo, hi in days]
+            limit = q.limit if q.limit_given else None
+            return CsvExport(SENSOR_READING_COLUMNS, "raw",
+                             self.exporter.stream_parts(parts, limit))
         view = self._bucket_source(q) if q.bucketed else None
         fresh = self._freshness() if view is not None else None
         columns, sql = build_export_sql(q, after, view, fresh)

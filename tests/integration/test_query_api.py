@@ -16,17 +16,15 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg2
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from questdb import Sender, TimestampNanos
+from questdb import TimestampNanos
 
 from api import create_app
 from api.params import (
@@ -40,24 +38,22 @@ from api.params import (
     ORDERS,
     QUERYABLE_SENSOR_TYPES,
 )
-from io_connectors.questdb_schema import (
-    ALARMS,
-    DDL_STATEMENTS,
-    ROLLUP_STATEMENTS,
-    ROLLUPS,
-    SENSOR_READING_COLUMNS,
-    SENSOR_READINGS,
-)
-from runners.settings import load_settings
+from config.settings import load_settings
+from io_connectors.questdb_schema import ALARMS, SENSOR_READING_COLUMNS, SENSOR_READINGS
 from schemas.assets import load_asset_catalog
+from tests.integration.conftest import API_AUTH as AUTH
+from tests.integration.conftest import (
+    api_pages,
+    questdb_pg,
+    questdb_sender,
+    same_buckets,
+    wait_rollups,
+    wait_rows,
+)
 
 pytestmark = pytest.mark.integration
 
 SETTINGS = load_settings()
-HOST = SETTINGS.get("questdb", "host")
-HTTP_PORT = SETTINGS.get("questdb", "http_port", int)
-PG_PORT = SETTINGS.get("questdb", "pg_port", int)
-AUTH = {"Authorization": "Bearer dev-api-key"}
 
 RUN = f"qit{uuid.uuid4().hex[:8]}"
 SITES = [f"{RUN}-site-{s}" for s in range(2)]
@@ -122,53 +118,14 @@ def _alarm_rows() -> list[dict[str, Any]]:
 ALARM_ROWS = _alarm_rows()
 
 
-def _count(cur: Any, table: str) -> int:
-    cur.execute(f"SELECT count() FROM {table} WHERE site_id IN (%s, %s)", tuple(SITES))
-    return cur.fetchone()[0]
-
-
-def _wait_rollups(cur: Any, sites: list[str], rows: int, timeout_s: float = 90) -> None:
-    """Wait until both rollups hold all ``rows`` raw rows of ``sites``: the API may read
-    them from then on. The rows are hours old, older than the API's raw tail, so the
-    rollups must have them. The 1-minute view refreshes on a 1-minute timer; it is asked
-    to refresh now (and again every 10 s), the 1-hour view follows it by itself."""
-    marks = ", ".join(["%s"] * len(sites))
-    deadline = time.monotonic() + timeout_s
-    refreshed = -math.inf
-    for view in ROLLUPS:
-        while True:
-            cur.execute(f"SELECT sum(row_count) FROM {view} WHERE site_id IN ({marks})",
-                        tuple(sites))
-            got = cur.fetchone()[0]
-            if got == rows:
-                break
-            assert time.monotonic() < deadline, f"{view} holds {got} of {rows} rows"
-            if time.monotonic() - refreshed > 10:
-                cur.execute(f"REFRESH MATERIALIZED VIEW {min(ROLLUPS, key=ROLLUPS.get)} "
-                            "INCREMENTAL")
-                refreshed = time.monotonic()
-            time.sleep(0.3)
+def _sites(sites: list[str]) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (and its parameters) of the rows of ``sites``."""
+    return f"site_id IN ({', '.join(['%s'] * len(sites))})", tuple(sites)
 
 
 @pytest.fixture(scope="module")
-def app() -> Iterator[Flask]:
-    try:
-        conn = psycopg2.connect(host=HOST, port=PG_PORT, user=SETTINGS.get("questdb", "pg_user"),
-                                password=SETTINGS.get("questdb", "pg_password"), dbname="qdb",
-                                connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(f"QuestDB PG wire at {HOST}:{PG_PORT} unreachable ([questdb] pg_port, "
-                    f"DCMMS_QUESTDB_PG_PORT): start the stack (`make run`). {exc}")
-    conn.autocommit = True
-    cur = conn.cursor()
-    cur.execute("SELECT table_name FROM tables()")
-    existing = {r[0] for r in cur.fetchall()}
-    for table, ddl in zip((SENSOR_READINGS, ALARMS), DDL_STATEMENTS, strict=True):
-        if table not in existing:
-            cur.execute(ddl)
-    for ddl in ROLLUP_STATEMENTS:  # IF NOT EXISTS
-        cur.execute(ddl)
-    with Sender.from_conf(f"http::addr={HOST}:{HTTP_PORT};auto_flush=off;") as sender:
+def app(query_tables: None) -> Flask:
+    with questdb_sender(SETTINGS) as sender:
         for r in ROWS:
             sender.row(SENSOR_READINGS, symbols={k: r[k] for k in (
                 "site_id", "asset_id", "sensor_id", "sensor_type", "unit", "quality_flag")},
@@ -181,20 +138,16 @@ def app() -> Iterator[Flask]:
                                            "event_id")},
                 at=TimestampNanos(r["ms"] * 1_000_000))
         sender.flush()
-    deadline = time.monotonic() + 60
+    conn = questdb_pg(SETTINGS)
+    cur = conn.cursor()
     # WAL tables apply writes asynchronously: wait until every row is visible.
-    while (_count(cur, SENSOR_READINGS), _count(cur, ALARMS)) != (len(ROWS), len(ALARM_ROWS)):
-        assert time.monotonic() < deadline, "test rows did not become visible in QuestDB"
-        time.sleep(0.3)
-    # Bucketed reads over whole minutes come from the rollups (source=auto).
-    _wait_rollups(cur, SITES, len(ROWS))
+    wait_rows(cur, SENSOR_READINGS, *_sites(SITES), len(ROWS), timeout_s=60)
+    wait_rows(cur, ALARMS, *_sites(SITES), len(ALARM_ROWS), timeout_s=60)
+    # Bucketed reads over whole minutes come from the rollups (source=auto): the rows are
+    # hours old, older than the API's raw tail, so the rollups must hold them.
+    wait_rollups(cur, *_sites(SITES), len(ROWS))
     conn.close()
-    yield create_app(SETTINGS, {"TESTING": True})
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    return create_app(SETTINGS, {"TESTING": True})
 
 
 RANGE = {"start_time": str(BASE_MS), "end_time": str(BASE_MS + SPAN_S * 1000)}
@@ -407,7 +360,7 @@ def _asset_pages(client: FlaskClient, **params: str) -> list[list[dict[str, Any]
 @pytest.mark.parametrize("limit", [None, "7", "1000"])
 def test_asset_pages_visit_every_asset_exactly_once(client: FlaskClient,
                                                     limit: str | None) -> None:
-    expected = sorted(load_asset_catalog(SETTINGS.path("pipeline", "assets_file")).assets)
+    expected = sorted(load_asset_catalog(SETTINGS.pipeline.assets_file).assets)
     assert len(expected) > ASSET_DEFAULT_LIMIT  # the stack's catalog needs more than one page
     pages = _asset_pages(client, **({"limit": limit} if limit else {}))
     ids = [a["asset_id"] for page in pages for a in page]
@@ -579,7 +532,7 @@ def _rollup_rows() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def rollup_rows(app: Flask) -> list[dict[str, Any]]:
     rows = _rollup_rows()
-    with Sender.from_conf(f"http::addr={HOST}:{HTTP_PORT};auto_flush=off;") as sender:
+    with questdb_sender(SETTINGS) as sender:
         for r in rows:
             sender.row(SENSOR_READINGS, symbols={k: r[k] for k in (
                 "site_id", "asset_id", "sensor_id", "sensor_type")},
@@ -587,40 +540,14 @@ def rollup_rows(app: Flask) -> list[dict[str, Any]]:
                          **({"value": r["value"]} if r["value"] is not None else {})},
                 at=TimestampNanos(r["ms"] * 1_000_000))
         sender.flush()
-    conn = psycopg2.connect(host=HOST, port=PG_PORT, user=SETTINGS.get("questdb", "pg_user"),
-                            password=SETTINGS.get("questdb", "pg_password"), dbname="qdb")
-    conn.autocommit = True
-    _wait_rollups(conn.cursor(), [ROLLUP_SITE], len(rows))
+    conn = questdb_pg(SETTINGS)
+    wait_rollups(conn.cursor(), *_sites([ROLLUP_SITE]), len(rows))
     conn.close()
     return rows
 
 
 _ROLLUP_RANGE = {"start_time": str(ROLLUP_BASE_MS),
                  "end_time": str(ROLLUP_BASE_MS + ROLLUP_HOURS * 3_600_000)}
-
-
-def _pages_with_source(client: FlaskClient, **params: str) -> tuple[list[dict[str, Any]], set[str]]:
-    out, sources, cursor = [], set(), None
-    while True:
-        query = {**params, **({"cursor": cursor} if cursor else {})}
-        response = client.get("/api/v1/telemetry", query_string=query, headers=AUTH)
-        assert response.status_code == 200, response.json
-        assert response.headers["X-Data-Source"] == response.json["source"]
-        sources.add(response.json["source"])
-        out += response.json["data"]
-        cursor = response.json["next_cursor"]
-        if cursor is None:
-            return out, sources
-
-
-def _same_buckets(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
-    assert [(r["timestamp"], r["asset_id"], r["sensor_id"], r["sensor_type"]) for r in a] == \
-        [(r["timestamp"], r["asset_id"], r["sensor_id"], r["sensor_type"]) for r in b]
-    for x, y in zip(a, b, strict=True):
-        if x["value"] is None or y["value"] is None:
-            assert x["value"] is y["value"] is None, (x, y)
-        else:
-            assert math.isclose(x["value"], y["value"], rel_tol=1e-9, abs_tol=1e-9), (x, y)
 
 
 @pytest.mark.parametrize("interval,view", [("1m", "rollup_1m"), ("5m", "rollup_1m"),
@@ -632,11 +559,11 @@ def test_rollup_buckets_equal_raw_aggregation(client: FlaskClient,
     for filters in ({"site_id": ROLLUP_SITE}, {"asset_id": ROLLUP_ASSETS[1]}):
         params = {**_ROLLUP_RANGE, **filters, "interval": interval, "agg": agg,
                   "limit": "97"}
-        auto, auto_sources = _pages_with_source(client, **params)
-        raw, raw_sources = _pages_with_source(client, **params, source="raw")
+        auto, auto_sources = api_pages(client, **params)
+        raw, raw_sources = api_pages(client, **params, source="raw")
         assert auto_sources == {view} and raw_sources == {"raw"}
         assert len(auto) >= 6  # 3 hours x 2 sensors at least
-        _same_buckets(auto, raw)
+        same_buckets(auto, raw)
     if agg == "avg" and interval == "1h":
         # The raw side really is the average of the rows (not of per-minute averages).
         values = [r["value"] for r in rollup_rows
@@ -654,13 +581,13 @@ def test_rollup_fill_and_order_equal_raw(client: FlaskClient, rollup_rows: list[
     for interval, agg in (("1m", "avg"), ("1m", "count"), ("5m", "min"), ("1h", "max")):
         params = {**_ROLLUP_RANGE, "site_id": ROLLUP_SITE, "interval": interval, "agg": agg,
                   "fill": fill, "order": order, "limit": "301"}
-        auto, sources = _pages_with_source(client, **params)
-        raw, _ = _pages_with_source(client, **params, source="raw")
+        auto, sources = api_pages(client, **params)
+        raw, _ = api_pages(client, **params, source="raw")
         # avg with linear fill: QuestDB interpolates the rollup's sum/count differently.
         expected = "raw" if (agg, fill) == ("avg", "linear") else \
             f"rollup_{'1h' if interval == '1h' else '1m'}"
         assert sources == {expected}
-        _same_buckets(auto, raw)
+        same_buckets(auto, raw)
 
 
 def test_rollup_csv_says_its_source_and_equals_raw(client: FlaskClient,
@@ -689,7 +616,7 @@ def test_raw_rows_when_the_rollup_cannot_answer_exactly(
              ({**base, **unaligned}, "minutes"),
              ({**base, **_ROLLUP_RANGE, "interval": "10s"}, "minutes")]
     for params, reason in cases:
-        auto, sources = _pages_with_source(client, **params)
+        auto, sources = api_pages(client, **params)
         assert sources == {"raw"}, params
         assert auto
         refused = client.get("/api/v1/telemetry", query_string={**params, "source": "rollup"},
@@ -700,10 +627,10 @@ def test_raw_rows_when_the_rollup_cannot_answer_exactly(
     # 1h over a range on whole minutes but not whole hours: the 1-minute rollup.
     params = {**base, "interval": "1h", "start_time": str(ROLLUP_BASE_MS + 60_000),
               "end_time": _ROLLUP_RANGE["end_time"]}
-    auto, sources = _pages_with_source(client, **params)
-    raw, _ = _pages_with_source(client, **params, source="raw")
+    auto, sources = api_pages(client, **params)
+    raw, _ = api_pages(client, **params, source="raw")
     assert sources == {"rollup_1m"}
-    _same_buckets(auto, raw)
+    same_buckets(auto, raw)
     for bad in ({"source": "ROLLUP"}, {"source": "rollup"}):  # rollup without interval
         response = client.get("/api/v1/telemetry", headers=AUTH,
                               query_string={**_ROLLUP_RANGE, "site_id": ROLLUP_SITE, **bad})
@@ -796,7 +723,7 @@ def csv_rows(app: Flask) -> list[dict[str, Any]]:
     from questdb import TimestampMicros
 
     rows = _csv_rows()
-    with Sender.from_conf(f"http::addr={HOST}:{HTTP_PORT};auto_flush=off;") as sender:
+    with questdb_sender(SETTINGS) as sender:
         for r in rows:
             columns: dict[str, Any] = {"event_id": r["event_id"]}
             for name in ("value", "site_name", "location"):
@@ -808,18 +735,10 @@ def csv_rows(app: Flask) -> list[dict[str, Any]]:
                 "site_id", "asset_id", "sensor_id", "sensor_type", "unit", "quality_flag")},
                 columns=columns, at=TimestampNanos(r["us"] * 1000))
         sender.flush()
-    conn = psycopg2.connect(host=HOST, port=PG_PORT, user=SETTINGS.get("questdb", "pg_user"),
-                            password=SETTINGS.get("questdb", "pg_password"), dbname="qdb")
-    conn.autocommit = True
+    conn = questdb_pg(SETTINGS)
     cur = conn.cursor()
-    deadline = time.monotonic() + 60
-    while True:
-        cur.execute(f"SELECT count() FROM {SENSOR_READINGS} WHERE site_id = %s", (CSV_SITE,))
-        if cur.fetchone()[0] == len(rows):
-            break
-        assert time.monotonic() < deadline, "CSV test rows did not become visible"
-        time.sleep(0.3)
-    _wait_rollups(cur, [CSV_SITE], len(rows))
+    wait_rows(cur, SENSOR_READINGS, *_sites([CSV_SITE]), len(rows), timeout_s=60)
+    wait_rollups(cur, *_sites([CSV_SITE]), len(rows))
     conn.close()
     return rows
 
