@@ -221,7 +221,6 @@ class FlinkSettings:
     sdk_gc_threshold: str = "50000,20,100"
     buffer_timeout_ms: int = _setting(5, _between(0))
     data_flush_ms: int = _setting(20, _between(0, what=">= 0 (0 = off)"))
-    emit_poll_ms: int = _setting(10, _between(0, what=">= 0 (0 = off)"))
     cluster_slots_per_taskmanager: int = _setting(1, _between(1))
     cluster_heartbeat_timeout_ms: int = _setting(10000, _between(1))
     cluster_jobmanager_memory: str = _setting("768m", _matches(r"[0-9]+[kKmMgG]?",

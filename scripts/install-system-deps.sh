@@ -6,8 +6,7 @@
 set -euo pipefail
 
 # chromium: the console's browser tests (Playwright drives the system browser, not a download).
-# patch: applies runners/stack/beam_patches/*.patch to Beam's sources (jvm_patches.py).
-packages=(mosquitto mosquitto-clients chromium patch)
+packages=(mosquitto mosquitto-clients chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

@@ -367,8 +367,7 @@ def flink_cluster_services(settings: Settings, paths: StackPaths, *, java_opens:
     java = ["java", "-XX:+ExitOnOutOfMemoryError", *java_opens, *log_props,
             "-Dorg.slf4j.simpleLogger.log.org.apache.flink.runtime.executiongraph=info",
             "-Dorg.slf4j.simpleLogger.log.org.apache.flink.runtime.resourcemanager=info",
-            "-Dorg.slf4j.simpleLogger.log.org.apache.flink.runtime.jobmaster=info",
-            emit_poll_property(settings)]
+            "-Dorg.slf4j.simpleLogger.log.org.apache.flink.runtime.jobmaster=info"]
     jm_conf = paths.conf("flink-jobmanager")
 
     def jm_prepare() -> None:
@@ -436,13 +435,6 @@ _TM_MEMORY = {
     "task.off-heap.size": "0m", "jvm-metaspace.size": "256m",
     "jvm-overhead.min": "192m", "jvm-overhead.max": "192m",
 }
-
-
-def emit_poll_property(settings: Settings) -> str:
-    """The JVM property of runners/stack/beam_patches/ExecutableStageDoFnOperator.patch:
-    every how many ms a stage hands its outputs downstream mid-bundle ([flink] emit_poll_ms;
-    0 = Beam's behaviour). For the JVMs that run the job's operators."""
-    return f"-Ddcmms.emitPollMs={settings.flink.emit_poll_ms}"
 
 
 def patched_classpath(paths: StackPaths) -> str:

@@ -285,8 +285,8 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         artifacts.mkdir(parents=True, exist_ok=True)
         _checkpoint_root(paths).mkdir(parents=True, exist_ok=True)
         write_flink_conf(conf_dir, settings, paths)
-        # runners/stack/jvm_patches.py: the bind fix (Beam's gRPC servers would listen on
-        # every interface), the shared-scheduler aggregator and the mid-bundle emit.
+        # Bind fix (runners/stack/jvm_patches.py): Beam's gRPC servers would listen on every
+        # interface.
         jvm_patches.compile_patches(paths)
         if on_cluster:
             cluster.build_patch_jar(paths)
@@ -302,7 +302,6 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
     job_server = ServiceSpec(
         name="flink-jobserver",
         argv=["java", f"-Xmx{heap}", "-XX:+ExitOnOutOfMemoryError", *JAVA_OPENS, *_LOG_PROPS,
-              cluster.emit_poll_property(settings),
               "-cp", cluster.patched_classpath(paths) if on_cluster
               else jvm_patches.classpath(paths), JOB_SERVER_MAIN,
               "--job-host", bind_host,

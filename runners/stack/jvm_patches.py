@@ -15,13 +15,6 @@ that. The sources in ``runners/stack/java/`` fix it:
 * ``dcmms/BoundExpansionService.java`` (:data:`EXPANSION_MAIN`) serves the
   expansion service on ``<host> <port>``.
 
-* ``beam_patches/*.patch`` are diffs against files of Beam's own sources (the
-  ``-sources`` jar that ``jars/beam-sources/pom.xml`` resolves from Maven Central): the
-  file is taken from that jar, patched with ``patch -p0`` and compiled with the rest, so
-  the project holds its change and not a copy of Beam's file. Today one:
-  ``ExecutableStageDoFnOperator.patch`` (outputs of a stage leave while its bundle runs,
-  ``-Ddcmms.emitPollMs``; decision 0004, eighth session).
-
 :func:`compile_patches` compiles them with ``javac`` against the Flink jars
 into ``<jar cache>/flink-patches/<hash of the sources>`` once; later calls
 reuse it. Bound to Beam 2.70.0 (the ``vendor.grpc.v1p69p0`` package names): a
@@ -35,7 +28,6 @@ import logging
 import os
 import shutil
 import subprocess
-import zipfile
 from pathlib import Path
 
 from runners.stack.spec import StackPaths
@@ -45,8 +37,6 @@ __all__ = ["EXPANSION_MAIN", "SOURCE_DIR", "classpath", "compile_patches", "patc
 _LOGGER = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).resolve().parent / "java"
-BEAM_PATCH_DIR = Path(__file__).resolve().parent / "beam_patches"
-BEAM_SOURCES_GLOB = "beam-runners-flink-*-sources.jar"
 EXPANSION_MAIN = "dcmms.BoundExpansionService"
 _JDK_HINT = "install a JDK 17 with javac: apt-get install openjdk-17-jdk-headless"
 
@@ -55,27 +45,12 @@ def _sources() -> list[Path]:
     return sorted(SOURCE_DIR.rglob("*.java"))
 
 
-def _beam_patches() -> list[Path]:
-    return sorted(BEAM_PATCH_DIR.glob("*.patch"))
-
-
-def patched_file(patch: Path) -> str:
-    """The path, inside Beam's sources jar, of the file ``patch`` changes (its ``+++`` line)."""
-    for line in patch.read_text().splitlines():
-        if line.startswith("+++ "):
-            return line[4:].split("\t")[0].strip()
-    raise RuntimeError(f"{patch} has no '+++ <path>' line: not a unified diff")
-
-
 def patch_dir(paths: StackPaths) -> Path:
     """Where the compiled classes of the current sources live (may not exist yet)."""
     digest = hashlib.sha256()
     for src in _sources():
         digest.update(str(src.relative_to(SOURCE_DIR)).encode())
         digest.update(src.read_bytes())
-    for patch in _beam_patches():
-        digest.update(patch.name.encode())
-        digest.update(patch.read_bytes())
     return paths.jars("flink-patches") / digest.hexdigest()[:16]
 
 
@@ -98,17 +73,10 @@ def compile_patches(paths: StackPaths) -> Path:
         shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _LOGGER.info("compiling the Flink patches (%s, %s) into %s", SOURCE_DIR, BEAM_PATCH_DIR, out)
-    try:
-        patched = _apply_beam_patches(paths, tmp / "beam-src")
-    except RuntimeError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _LOGGER.info("compiling the Flink bind patches (%s) into %s", SOURCE_DIR, out)
     done = subprocess.run(
         [javac, "-nowarn", "-d", str(tmp), "-cp", f"{paths.jars('flink')}/*",
-         *map(str, _sources()), *map(str, patched)], capture_output=True, text=True,
-        check=False)
-    shutil.rmtree(tmp / "beam-src", ignore_errors=True)
+         *map(str, _sources())], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"javac failed on {SOURCE_DIR} (Flink jars in {paths.jars('flink')}; "
@@ -120,41 +88,4 @@ def compile_patches(paths: StackPaths) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (out / ".complete").exists():
             raise
-    return out
-
-
-def _apply_beam_patches(paths: StackPaths, src_root: Path) -> list[Path]:
-    """Extract the file each ``beam_patches/*.patch`` changes from Beam's sources jar into
-    ``src_root``, apply the patch there (``patch -p0``); the patched files, to compile."""
-    patches = _beam_patches()
-    if not patches:
-        return []
-    jars = sorted(paths.jars("beam-sources").glob(BEAM_SOURCES_GLOB))
-    if not jars:
-        raise RuntimeError(f"Beam's sources jar ({BEAM_SOURCES_GLOB}) is missing from "
-                           f"{paths.jars('beam-sources')}: run `make jars` (it resolves "
-                           "jars/beam-sources/pom.xml from Maven Central)")
-    patch_tool = shutil.which("patch")
-    if patch_tool is None:
-        raise RuntimeError("`patch` not found (needed for runners/stack/beam_patches): "
-                           "apt-get install patch (make install does it)")
-    out: list[Path] = []
-    with zipfile.ZipFile(jars[-1]) as sources:
-        for patch in patches:
-            member = patched_file(patch)
-            try:
-                data = sources.read(member)
-            except KeyError:
-                raise RuntimeError(f"{patch.name}: {member} is not in {jars[-1]} (a Beam "
-                                   "upgrade must re-make the patch)") from None
-            target = src_root / member
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            done = subprocess.run([patch_tool, "-p0", "--forward", "--batch", "-i", str(patch)],
-                                  cwd=src_root, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"{patch} does not apply to {member} of {jars[-1]} (a Beam "
-                                   f"upgrade must re-make it):\n{done.stdout[-1500:]}"
-                                   f"{done.stderr[-500:]}")
-            out.append(target)
     return out
