@@ -5,11 +5,8 @@ autosave settings it measures reaching mosquitto.conf (runners/stack/mosquitto.p
 
 from __future__ import annotations
 
-import json
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psutil
@@ -18,6 +15,7 @@ import pytest
 from chaos.badinput import flink_job_marks, gunicorn_workers
 from chaos.mqtt_persistence import Setting, parse_setting
 from config.settings import PipelineSettings
+from tests.unit.json_server import JsonServer
 
 JOB = PipelineSettings.job_name  # [pipeline] job_name's default
 
@@ -47,43 +45,26 @@ class _FakeFlink:
     def __init__(self) -> None:
         self.state: dict[str, Any] = {"jid": "j1", "restarts": 0, "failures": 0,
                                       "name": JOB, "job_state": "RUNNING"}
-        fake = self
+        self.server = JsonServer(self._route)
+        self.url = self.server.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                st = fake.state
-                if self.path == "/jobs/overview":
-                    body: Any = {"jobs": [{"jid": st["jid"], "name": st["name"],
-                                           "state": st["job_state"], "start-time": 1}]}
-                elif self.path.startswith(f"/jobs/{st['jid']}/metrics"):
-                    body = [{"id": "numRestarts", "value": str(st["restarts"])}]
-                elif self.path == f"/jobs/{st['jid']}/exceptions":
-                    body = {"exceptionHistory": {"entries": [{"exceptionName": "x"}]
-                                                 * st["failures"]}}
-                else:
-                    self.send_error(404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _route(self, path: str) -> Any:
+        st = self.state
+        if path == "/jobs/overview":
+            return {"jobs": [{"jid": st["jid"], "name": st["name"], "state": st["job_state"],
+                              "start-time": 1}]}
+        if path == f"/jobs/{st['jid']}/metrics":
+            return [{"id": "numRestarts", "value": str(st["restarts"])}]
+        if path == f"/jobs/{st['jid']}/exceptions":
+            return {"exceptionHistory": {"entries": [{"exceptionName": "x"}] * st["failures"]}}
+        return None
 
 
 @pytest.fixture()
 def flink() -> Iterator[_FakeFlink]:
     fake = _FakeFlink()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    with fake.server:
+        yield fake
 
 
 def test_flink_restart_failure_or_new_job_changes_the_marks(flink: _FakeFlink) -> None:
@@ -103,8 +84,7 @@ def test_no_marks_without_a_running_job(flink: _FakeFlink) -> None:
     assert flink_job_marks(flink.url, JOB) == {}
     flink.state.update(job_state="RUNNING", name="another-job")
     assert flink_job_marks(flink.url, JOB) == {}
-    flink.server.shutdown()
-    flink.server.server_close()
+    flink.server.close()
     assert flink_job_marks(flink.url, JOB) == {}   # not answering: the job server's pid tells
 
 

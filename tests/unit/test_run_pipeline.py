@@ -3,15 +3,12 @@ is found, under [pipeline] job_name."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 from apache_beam.options.pipeline_options import StandardOptions
 
 from config.settings import load_settings
 from runners.pipeline_options import TelemetryOptions
 from runners.run_pipeline import build_sinks, make_options
+from tests.unit.json_server import JsonServer
 
 SETTINGS = load_settings(environ={})
 
@@ -56,48 +53,31 @@ def test_restore_only_sees_checkpoints_of_the_same_job_and_state_layout(tmp_path
     assert latest_checkpoint(other) is None                  # never another job's state
 
 
-class _FlinkJobs:
-    """Flink REST with two running jobs: one under the configured [pipeline] job_name, one
-    under the name the submitter used to hard-code. Records every path asked for."""
+def _flink_with_two_jobs(configured: str) -> tuple[JsonServer, list[dict[str, object]]]:
+    """Flink REST with two jobs: one under the configured [pipeline] job_name, one under the
+    name the submitter used to hard-code (the newer one: a look-up that ignores names finds
+    it first). The server records every path asked for."""
+    jobs: list[dict[str, object]] = [
+        {"jid": "old", "name": "dcmms-telemetry", "state": "FAILED", "start-time": 2},
+        {"jid": "mine", "name": configured, "state": "RUNNING", "start-time": 1}]
+    for job in jobs:
+        job["tasks"] = {"running": 1, "total": 1}
 
-    def __init__(self, configured: str) -> None:
-        # The other job is the newer one: a look-up that ignores names finds it first.
-        self.jobs = jobs = [
-            {"jid": "old", "name": "dcmms-telemetry", "state": "FAILED", "start-time": 2},
-            {"jid": "mine", "name": configured, "state": "RUNNING", "start-time": 1}]
-        for job in jobs:
-            job["tasks"] = {"running": 1, "total": 1}
-        self.paths: list[str] = []
-        fake = self
+    def route(path: str) -> object:
+        if path == "/jobs/overview":
+            return {"jobs": jobs}
+        if path.endswith("/metrics"):
+            return [{"id": "numRestarts", "value": "0"}]
+        if path.endswith("/exceptions"):
+            return {"exceptionHistory": {"entries": []}}
+        return {"vertices": []}
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                path = self.path.split("?")[0]
-                fake.paths.append(path)
-                body: object = {"vertices": []}
-                if path == "/jobs/overview":
-                    body = {"jobs": jobs}
-                elif path.endswith("/metrics"):
-                    body = [{"id": "numRestarts", "value": "0"}]
-                elif path.endswith("/exceptions"):
-                    body = {"exceptionHistory": {"entries": []}}
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    return JsonServer(route), jobs
 
-            def log_message(self, *args: object) -> None:
-                pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def jids_read(self) -> set[str]:
-        return {p.split("/")[2] for p in self.paths if p.startswith("/jobs/")
-                and p != "/jobs/overview"}
+def _jids_read(server: JsonServer) -> set[str]:
+    return {p.split("/")[2] for p in server.paths if p.startswith("/jobs/")
+            and p != "/jobs/overview"}
 
 
 def test_the_job_is_submitted_and_looked_up_under_the_configured_name() -> None:
@@ -110,23 +90,19 @@ def test_the_job_is_submitted_and_looked_up_under_the_configured_name() -> None:
     from runners.pipeline_launcher import PipelineLauncher
 
     name = "unit-configured-job"
-    flink = _FlinkJobs(name)
-    try:
+    flink, jobs = _flink_with_two_jobs(name)
+    with flink:
         settings = load_settings(environ={"DCMMS_PIPELINE_JOB_NAME": name,
                                           "DCMMS_FLINK_WEB_UI_PORT": str(flink.port)})
         assert settings.pipeline.job_name == name
         submitted = make_options([], settings).get_all_options()
         assert submitted["runner"] == "FlinkRunner" and submitted["job_name"] == name
         assert PipelineLauncher(settings, None).job_state() == "RUNNING"  # not "old"'s FAILED
-        flink.jobs[0]["state"] = "RUNNING"  # both running now: only the name tells them apart
+        jobs[0]["state"] = "RUNNING"  # both running now: only the name tells them apart
         console = ConsoleBackend(settings, kafka=object(), schema_lookup=lambda _id: None)
         job = console.job()
         assert job is not None and job.jid == "mine"
-        url = f"http://127.0.0.1:{flink.port}"
-        assert set(flink_job_marks(url, settings.pipeline.job_name)) == {
+        assert set(flink_job_marks(flink.url, settings.pipeline.job_name)) == {
             "flink job mine restarts", "flink job mine failures"}
         flink_vertex_load(settings)
-        assert flink.jids_read() == {"mine"}
-    finally:
-        flink.server.shutdown()
-        flink.server.server_close()
+        assert _jids_read(flink) == {"mine"}
