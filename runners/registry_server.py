@@ -23,7 +23,6 @@ from flask import Flask
 from schema_registry.app import create_app
 from schema_registry.service import SchemaRegistry
 from schema_registry.store import KafkaRegistryStore
-from schemas.compatibility import CompatibilityLevel
 
 __all__ = ["build_registry", "main"]
 
@@ -37,17 +36,9 @@ def build_registry(settings: Any) -> SchemaRegistry:
         topic=settings.schema_registry.topic,
         replication_factor=settings.schema_registry.replication_factor,
     )
-    level = settings.schema_registry.compatibility
-    try:
-        CompatibilityLevel(level.upper())
-    except ValueError:
-        from config.settings import SettingsError
-
-        raise SettingsError(f"setting {settings.origin('schema_registry', 'compatibility')} "
-                            f"must be one of {[c.value for c in CompatibilityLevel]}, "
-                            f"got {level!r}") from None
     store.start()
-    return SchemaRegistry(store, level)
+    # The level was checked (and upper-cased) when the settings were built.
+    return SchemaRegistry(store, settings.schema_registry.compatibility)
 
 
 def main(argv: list[str] | None = None) -> int:

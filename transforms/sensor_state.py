@@ -93,8 +93,7 @@ class _SensorStateFn(_DedupBatchFn):
         if not kept:
             return
         yield [value[0] for _key, _ts, value in kept]
-        # getattr: a DoFn pickled before no-data alarms existed has no _check_ms.
-        check_ms = getattr(self, "_check_ms", 0)
+        check_ms = self._check_ms
         now_ms = _now_ms() if check_ms > 0 else None
         transitions, new_bucket = advance_alarms(kept, states, now_ms)
         if new_bucket:
@@ -105,7 +104,7 @@ class _SensorStateFn(_DedupBatchFn):
 
     @on_timer(_NO_DATA_TIMER)
     def check_no_data(self, states=ALARM_STATES_PARAM, no_data=_NO_DATA_TIMER_PARAM):
-        check_ms = getattr(self, "_check_ms", 0)
+        check_ms = self._check_ms
         if check_ms <= 0:
             # Turned off since the timer was set (a restored job): let it lapse, and let the
             # bucket's next batch re-arm it if they are turned on again.

@@ -43,6 +43,7 @@ from typing import Any
 import pytest
 import requests
 
+from api.auth import configured_api_key
 from config.settings import Settings, load_settings
 from io_connectors.questdb_http import questdb_exec, questdb_http_url
 from io_connectors.questdb_schema import (
@@ -53,7 +54,7 @@ from io_connectors.questdb_schema import (
     ROLLUPS,
     SENSOR_READINGS,
 )
-from runners.profiles import apply_profile
+from runners.profiles import apply_profile, profile_environ
 from runners.stack.flink import (
     _grpc_ready,
     cancel_jobs,
@@ -124,8 +125,10 @@ def qdb_exec(settings: Settings, query: str) -> dict[str, Any]:
 
 # -- QuestDB and the query API -----------------------------------------------------------------
 
-# The test stack's API key ([api] api_keys of config/local.toml, not changed by the profile).
-API_AUTH = {"Authorization": "Bearer dev-api-key"}
+# A read key of the test stack's [api] api_keys: the settings the test modules' apps are built
+# from (this module may be imported before pytest_configure applied the profile).
+API_AUTH = {"Authorization": "Bearer " + configured_api_key(
+    load_settings(environ=profile_environ("test")), ("read",))}
 
 
 def questdb_pg(settings: Settings, connect_timeout: int = 3) -> Any:

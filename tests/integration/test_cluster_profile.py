@@ -32,6 +32,7 @@ import pytest
 import requests
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from api.auth import configured_api_key
 from chaos.traffic import Asset, Traffic, make_event, post_until_accepted
 from chaos.verify import QuestDBReader, compare
 from config.settings import REPO_ROOT, load_settings
@@ -107,8 +108,8 @@ def cluster_stack() -> Iterator[None]:
 
 
 def _api() -> tuple[str, str]:
-    key = SETTINGS.api.api_keys.split(",")[0].rpartition(":")[0].strip()
-    return f"http://127.0.0.1:{SETTINGS.api.port}", key
+    # The tests post events (write) and read them back (read).
+    return f"http://127.0.0.1:{SETTINGS.api.port}", configured_api_key(SETTINGS, ("read", "write"))
 
 
 def _assets() -> list[Asset]:

@@ -327,14 +327,34 @@ def test_pipeline_routes_every_kind_of_input(scenario: Scenario,
     wait_for("3 alarm transitions in QuestDB", lambda: len(s.alarm_rows()) >= 3, 60)
 
     # The late asset is registered while the job runs; its dead-lettered reading is replayed.
-    s.write_assets(with_late_asset=True)
-    # Workers look at the file again once asset_refresh_seconds (2 s) have passed.
-    time.sleep(2 * 2 + 1)
-    s.send(unknown_asset, key=s.late_asset)
-    s.flush()
     late_id = s.eid("late-1")
-    wait_for("the replayed reading of the new asset in QuestDB",
-             lambda: late_id in s.reading_counts(), 60)
+
+    def late_letters() -> int:
+        return sum(d["event_id"] == late_id for d in s.decoded(s.dlq, DEAD_LETTER))
+
+    wait_for("the unknown asset's reading dead-lettered", lambda: late_letters() == 1, 60)
+    s.write_assets(with_late_asset=True)
+    # Each SDK worker process re-reads the file when it enriches a reading more than
+    # asset_refresh_seconds (2 s) after its last look; until then a replay meets the old
+    # catalog and is dead-lettered again. Replay until one is stored, waiting for each
+    # replay's outcome (QuestDB row or one more dead letter): no fixed sleep, and the
+    # dead letters stay exactly counted.
+    replays = 0
+
+    def replay_outcome() -> str | None:
+        if late_id in s.reading_counts():
+            return "stored"
+        return "dead-lettered" if late_letters() == 1 + replays else None
+
+    while True:
+        s.send(unknown_asset, key=s.late_asset)
+        s.flush()
+        replays += 1
+        outcome = wait_for(f"replay {replays} of the new asset's reading stored or "
+                           "dead-lettered", replay_outcome, 60)
+        if outcome == "stored":
+            break
+        assert replays < 10, "the workers never picked up the changed asset file"
 
     # Exactly once each in QuestDB, enriched; nothing else of this site. No waiting for
     # absence: the dedup stage has dropped all 5 copies (its counter), so none is on its way.
@@ -366,7 +386,8 @@ def test_pipeline_routes_every_kind_of_input(scenario: Scenario,
         ("decode", None, "magic byte is 19, expected 0"): 1,
         ("decode", None, f"schema id {s.schema_id}: Avro body truncated"): 1,
         ("decode", None, "unknown schema id 2000000000"): 1,
-        ("enrich", late_id, "asset_id"): 1,
+        # The first send and every replay that met a worker's previous catalog.
+        ("enrich", late_id, "asset_id"): replays,
     }), letters
     by_id = {d["event_id"]: d for d in letters if d["event_id"]}
     assert by_id[s.eid("nan")]["original"] == invalid["nan"]

@@ -53,7 +53,7 @@ import requests
 from werkzeug.serving import make_server
 
 from api import create_app
-from api.auth import ApiKeyStore
+from api.auth import ApiKeyStore, configured_api_key, parse_api_keys
 from config.settings import DEV_DEFAULTS, REPO_ROOT, Settings, env_name, load_settings
 from io_connectors.questdb_http import questdb_exec
 from runners.profiles import profile_environ
@@ -68,7 +68,8 @@ pytestmark = pytest.mark.integration
 SETTINGS = load_settings()
 RUN_ID = uuid.uuid4().hex[:10]
 API = f"http://{SETTINGS.stack.bind_host}:{SETTINGS.api.port}"
-STACK_KEY = SETTINGS.api.api_keys.split(",")[0].rpartition(":")[0].strip()
+# The stack has one key with both scopes (the module docstring).
+STACK_KEY = configured_api_key(SETTINGS, ("read", "write"))
 MQTT_HOST = SETTINGS.mqtt.host
 MQTT_PORT = SETTINGS.mqtt.port
 QUESTDB_HTTP = f"http://{SETTINGS.questdb.host}:{SETTINGS.questdb.http_port}"
@@ -487,11 +488,9 @@ def test_no_secret_in_stack_logs() -> None:
     assert logs, "the stack has no logs to inspect"
     secrets = {"wrong API key presented by these tests": WRONG_KEY,
                "wrong MQTT password presented by these tests": WRONG_MQTT_PASSWORD}
-    for entry in SETTINGS.api.api_keys.split(","):
-        key = entry.rpartition(":")[0].strip()
-        if key:
-            key_id = hashlib.sha256(key.encode()).hexdigest()[:8]
-            secrets[f"an API key of [api] api_keys ({key_id})"] = key
+    for key, _scopes in parse_api_keys(SETTINGS.api.api_keys, SETTINGS.origin("api", "api_keys")):
+        key_id = hashlib.sha256(key.encode()).hexdigest()[:8]
+        secrets[f"an API key of [api] api_keys ({key_id})"] = key
     for section, key in (("mqtt", "sensor_password"), ("mqtt", "bridge_password"),
                          ("questdb", "pg_password")):
         value = getattr(getattr(SETTINGS, section), key)
