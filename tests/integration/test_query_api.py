@@ -574,6 +574,50 @@ def test_rollup_buckets_equal_raw_aggregation(client: FlaskClient,
         assert math.isclose(first["value"], sum(values) / len(values), rel_tol=1e-9)
 
 
+MOVED_ASSET = f"{RUN}-rollup-moved"
+MOVED_SITES = [f"{RUN}-site-move-a", f"{RUN}-site-move-b"]
+
+
+@pytest.fixture(scope="module")
+def moved_rows(app: Flask) -> list[dict[str, Any]]:
+    """A sensor whose site changes within minutes: the views (grouped by site_id too) hold
+    two rows for such a minute, the API's buckets (by asset and sensor) one."""
+    rows = []
+    for minute in range(4):
+        for i in range(6):
+            site = MOVED_SITES[0] if minute % 2 or i < 2 else MOVED_SITES[1]
+            rows.append({"ms": ROLLUP_BASE_MS + minute * 60_000 + i * 7_000,
+                         "event_id": f"moved-{minute}-{i}", "site_id": site,
+                         "value": float(minute * 10 + i)})
+    with questdb_sender(SETTINGS) as sender:
+        for r in rows:
+            sender.row(SENSOR_READINGS, symbols={"site_id": r["site_id"], "asset_id": MOVED_ASSET,
+                                                 "sensor_id": f"{MOVED_ASSET}-s0",
+                                                 "sensor_type": "POWER"},
+                       columns={"event_id": r["event_id"], "value": r["value"]},
+                       at=TimestampNanos(r["ms"] * 1_000_000))
+        sender.flush()
+    conn = questdb_pg(SETTINGS)
+    wait_rollups(conn.cursor(), *_sites(MOVED_SITES), len(rows))
+    conn.close()
+    return rows
+
+
+@pytest.mark.parametrize("limit", ["1", "2", "97"])
+@pytest.mark.parametrize("agg", ["avg", "count", "max"])
+def test_rollup_rows_of_one_bucket_from_two_sites_are_merged(
+        client: FlaskClient, moved_rows: list[dict[str, Any]], agg: str, limit: str) -> None:
+    params = {**_ROLLUP_RANGE, "asset_id": MOVED_ASSET, "interval": "1m", "agg": agg,
+              "limit": limit}
+    auto, sources = api_pages(client, **params)
+    raw, _ = api_pages(client, **params, source="raw")
+    assert sources == {"rollup_1m"}
+    assert len(auto) == 4  # one bucket a minute, though minutes 0 and 2 span two sites
+    same_buckets(auto, raw)
+    if agg == "count":
+        assert [r["value"] for r in auto] == [6, 6, 6, 6]
+
+
 @pytest.mark.parametrize("fill", ["null", "prev", "linear"])
 @pytest.mark.parametrize("order", ["asc", "desc"])
 def test_rollup_fill_and_order_equal_raw(client: FlaskClient, rollup_rows: list[dict[str, Any]],

@@ -19,6 +19,7 @@ from api.questdb import (
     bucket_parts,
     bucket_source_name,
     build_bucket_sql,
+    rows_are_buckets,
 )
 from io_connectors.questdb_schema import ROLLUP_1H, ROLLUP_1M, SENSOR_READINGS
 
@@ -199,3 +200,60 @@ def test_a_bucket_with_a_null_sensor_id_sorts_first_among_its_time() -> None:
     store = TelemetryStore(BucketClient(rows), rollups_enabled=False)  # type: ignore[arg-type]
     page = store.readings(_query(limit="10"), 10, None)
     assert [r["sensor_id"] for r in page.rows] == [None, "sen-0", "sen-1"]
+
+
+@pytest.mark.parametrize("params,rollup,fresh,plain", [
+    ({}, ROLLUP_1M, None, True),                              # 1m from the 1-minute view
+    ({"interval": "1h"}, ROLLUP_1H, None, True),              # 1h from the 1-hour view
+    ({"interval": "5m"}, ROLLUP_1M, None, False),             # 5 view rows per bucket
+    ({"fill": "null"}, ROLLUP_1M, None, False),               # fill needs SAMPLE BY
+    ({}, ROLLUP_1M, {ROLLUP_1M: 2 * HOUR}, False),            # with a raw tail
+    ({}, None, None, False),                                  # the raw rows
+    ({"interval": "1h"}, ROLLUP_1H, {ROLLUP_1H: 2 * HOUR, ROLLUP_1M: 6 * HOUR}, False),
+])
+def test_view_rows_are_read_as_buckets_only_when_each_row_is_one(
+        params: dict[str, str], rollup: str | None, fresh: dict[str, int] | None,
+        plain: bool) -> None:
+    q = _query(**params)
+    parts = bucket_parts(q.start_us, q.end_us, rollup, fresh)
+    assert rows_are_buckets(q, parts) is plain
+    sql, values = build_bucket_sql(q, 10, None, rollup, fresh, sort_ties=False,
+                                   rows_as_buckets=True)
+    assert ("SAMPLE BY" not in sql) is plain
+    assert sql.count("%s") == len(values)
+    if plain:
+        assert f"FROM {rollup} WHERE" in sql and "value_sum / value_count value" in sql
+    # Without the flag the SQL is always the SAMPLE BY form (the CSV export's).
+    assert "SAMPLE BY" in build_bucket_sql(q, 10, None, rollup, fresh)[0]
+
+
+@pytest.mark.parametrize("agg,column", [("avg", "value_sum / value_count"),
+                                        ("min", "value_min"), ("max", "value_max"),
+                                        ("count", "row_count")])
+def test_view_rows_as_buckets_take_the_aggregate_from_their_own_columns(agg: str,
+                                                                        column: str) -> None:
+    sql, _ = build_bucket_sql(_query(agg=agg), 10, None, ROLLUP_1M, None, rows_as_buckets=True)
+    assert f"{column} value FROM {ROLLUP_1M}" in sql
+
+
+class _TwoSitesClient:
+    """A view page where one bucket came as two rows (its sensor changed site)."""
+
+    def __init__(self) -> None:
+        self.sql: list[str] = []
+
+    def query(self, sql: str, params: Any = None, text_timestamps: bool = False) -> list[Any]:
+        self.sql.append(sql)
+        if "SAMPLE BY" in sql:
+            return [("2025-11-30T00:00:00.000000Z", "a1", "s1", "POWER", 2.0)]
+        return [("2025-11-30T00:00:00.000000Z", "a1", "s1", "POWER", 1.0),
+                ("2025-11-30T00:00:00.000000Z", "a1", "s1", "POWER", 3.0)]
+
+
+def test_a_bucket_that_came_as_two_view_rows_is_read_again_with_sample_by() -> None:
+    client = _TwoSitesClient()
+    store = TelemetryStore(client)  # type: ignore[arg-type]
+    q = _query()
+    rows = store._buckets(q, 100, None, ROLLUP_1M, None)
+    assert rows == [("2025-11-30T00:00:00.000000Z", "a1", "s1", "POWER", 2.0)]
+    assert ["SAMPLE BY" in sql for sql in client.sql] == [False, True]
