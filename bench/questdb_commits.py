@@ -48,7 +48,18 @@ VARIANTS = {
     "no-site-index": lambda ddl: ddl.replace("CAPACITY 1024 CACHE INDEX,",
                                              "CAPACITY 1024 CACHE,"),
     "no-dedup": lambda ddl: ddl.replace("DEDUP UPSERT KEYS(timestamp, event_id)", ""),
+    # The two enrichment texts (one value per site or asset) as SYMBOLs: fixed-width
+    # columns for the out-of-order merge instead of VARCHAR's data and aux files.
+    "symbol-texts": lambda ddl: ddl.replace("site_name VARCHAR", "site_name SYMBOL CAPACITY 1024 "
+                                            "CACHE").replace("location VARCHAR", "location SYMBOL "
+                                                             "CAPACITY 65536 CACHE"),
+    # Without the two enrichment texts at all (what they cost an out-of-order merge).
+    "no-texts": lambda ddl: ddl.replace("    site_name VARCHAR,\n", "").replace(
+        "    location VARCHAR,\n", ""),
 }
+# The variants whose DDL has no VARCHAR site_name / location: the rows send them as symbols
+# (symbol-texts) or not at all (no-texts).
+_TEXTS_AS = {"symbol-texts": "symbols", "no-texts": "none"}
 
 
 def measure(settings: Settings, writers: int, rows: int, rate: float, seconds: float,
@@ -61,6 +72,7 @@ def measure(settings: Settings, writers: int, rows: int, rate: float, seconds: f
     questdb_exec(base_url, ddl)
     questdb = psutil.Process(stack_pids(settings.stack.run_dir / "pids")["questdb"])
     commits = [0] * writers
+    texts_as = _TEXTS_AS.get(variant, "columns")
 
     def write(w: int) -> None:
         n = w * 10**9
@@ -72,13 +84,20 @@ def measure(settings: Settings, writers: int, rows: int, rate: float, seconds: f
                 for i in range(rows):
                     n += 1
                     sensor = n % 4000
-                    sender.row(table, symbols={
-                        "site_id": f"site-{sensor % 10}", "asset_id": f"asset-{sensor % 1000}",
-                        "sensor_id": f"sensor-{sensor}", "sensor_type": "TEMPERATURE",
-                        "unit": "C", "quality_flag": "GOOD", "asset_type": "inverter"},
-                        columns={"event_id": f"e{n}", "value": 20.5, "site_name": "Site",
-                                 "location": "x", "ingested_at": TimestampMicros(now)},
-                        at=TimestampMicros(now - overlap_ms * 1000 * (rows - i) // rows))
+                    symbols = {"site_id": f"site-{sensor % 10}",
+                               "asset_id": f"asset-{sensor % 1000}",
+                               "sensor_id": f"sensor-{sensor}", "sensor_type": "TEMPERATURE",
+                               "unit": "C", "quality_flag": "GOOD", "asset_type": "inverter"}
+                    columns = {"event_id": f"e{n}", "value": 20.5,
+                               "ingested_at": TimestampMicros(now)}
+                    texts = {"site_name": f"Site {sensor % 10}",
+                             "location": f"{sensor % 1000 / 10:.4f},8.5"}
+                    if texts_as == "columns":
+                        columns.update(texts)
+                    elif texts_as == "symbols":
+                        symbols.update(texts)
+                    sender.row(table, symbols=symbols, columns=columns,
+                               at=TimestampMicros(now - overlap_ms * 1000 * (rows - i) // rows))
                 sender.flush()
                 commits[w] += 1
                 due += 1 / rate
