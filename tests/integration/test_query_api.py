@@ -603,12 +603,14 @@ def moved_rows(app: Flask) -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.mark.parametrize("order", ["asc", "desc"])
 @pytest.mark.parametrize("limit", ["1", "2", "97"])
 @pytest.mark.parametrize("agg", ["avg", "count", "max"])
 def test_rollup_rows_of_one_bucket_from_two_sites_are_merged(
-        client: FlaskClient, moved_rows: list[dict[str, Any]], agg: str, limit: str) -> None:
+        client: FlaskClient, moved_rows: list[dict[str, Any]], agg: str, limit: str,
+        order: str) -> None:
     params = {**_ROLLUP_RANGE, "asset_id": MOVED_ASSET, "interval": "1m", "agg": agg,
-              "limit": limit}
+              "limit": limit, "order": order}
     auto, sources = api_pages(client, **params)
     raw, _ = api_pages(client, **params, source="raw")
     assert sources == {"rollup_1m"}
