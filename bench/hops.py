@@ -180,31 +180,34 @@ def measure_trickle(settings: Settings, rate: float, seconds: float, path: str,
                     say: Any = print) -> dict[str, Any]:
     """Probes at ``rate`` a second for ``seconds``, as the benchmark sends them; hops of each."""
     run = f"hops{uuid.uuid4().hex[:6]}"
-    probes = make_probes(settings, path, run)
-    probes.interval_s = 1.0 / rate
+    probes = make_probes(settings, path, run, interval_s=1.0 / rate)
     sensor = f"probe-{run}-{path}"
-    records = _RecordTimes(settings, rb"p" + probes._tag.encode() + rb"-\d+")
+    records = _RecordTimes(settings, re.escape(probes.id_prefix.encode()) + rb"\d+")
     questdb = qdb_url(settings)
     session = requests.Session()
     direct: dict[str, tuple[float, float, float]] = {}
+    poll_errors = [0]
     stop = threading.Event()
     since_ms = int(time.time() * 1000) - 60_000
 
     def poll_direct() -> None:
         # The same 10 ms polling of QuestDB as the isolated mode, for every probe at once.
         while not stop.is_set():
-            rows = questdb_exec(questdb, "select event_id, ingested_at from sensor_readings "
-                                f"where {ts_filter(since_ms)} and asset_id = '{PROBE_ASSET[1]}' "
-                                f"and sensor_id = '{sensor}'", timeout_s=10,
-                                session=session)["dataset"]
-            fresh = [(eid, ingested) for eid, ingested in rows if eid not in direct]
-            if fresh:
-                now = time.time() * 1000
-                commit = _epoch_ms(questdb_exec(
-                    questdb, "select timestamp from wal_transactions('sensor_readings') limit -1",
-                    timeout_s=10, session=session)["dataset"][0][0])
-                for eid, ingested in fresh:
-                    direct[eid] = (now, _epoch_ms(ingested), commit)
+            try:
+                rows = questdb_exec(questdb, "select event_id, ingested_at from sensor_readings "
+                                    f"where {ts_filter(since_ms)} and asset_id = "
+                                    f"'{PROBE_ASSET[1]}' and sensor_id = '{sensor}'",
+                                    timeout_s=10, session=session)["dataset"]
+                fresh = [(eid, ingested) for eid, ingested in rows if eid not in direct]
+                if fresh:
+                    now = time.time() * 1000
+                    commit = _epoch_ms(questdb_exec(
+                        questdb, "select timestamp from wal_transactions('sensor_readings') "
+                        "limit -1", timeout_s=10, session=session)["dataset"][0][0])
+                    for eid, ingested in fresh:
+                        direct[eid] = (now, _epoch_ms(ingested), commit)
+            except Exception:  # noqa: BLE001 - QuestDB busy: counted and reported, keep polling
+                poll_errors[0] += 1
             time.sleep(0.01)
 
     poller = threading.Thread(target=poll_direct, daemon=True)
@@ -223,6 +226,7 @@ def measure_trickle(settings: Settings, rate: float, seconds: float, path: str,
     spans = trickle_spans(probes.sent, probes.seen, direct, records.raw, records.validated)
     return {"trickle_eps": rate, "seconds": seconds, "path": path, "probes": len(probes.sent),
             "visible": len(direct), "complete": len(spans["total"]),
+            "poll_errors": poll_errors[0], "probe_errors": probes.errors,
             "hops_ms": {h: report.percentiles(v) for h, v in spans.items()}}
 
 

@@ -49,6 +49,11 @@ class Probes:
         self._n = 0
         self._tag = uuid.uuid4().hex[:6]
 
+    @property
+    def id_prefix(self) -> str:
+        """What every probe id of this object starts with (``p<tag>-<n>``)."""
+        return f"p{self._tag}-"
+
     def start(self) -> None:
         for t in self._threads:
             t.start()
@@ -61,7 +66,7 @@ class Probes:
     def _send_loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._n += 1
-            eid = f"p{self._tag}-{self._n}"
+            eid = f"{self.id_prefix}{self._n}"
             now = int(time.time() * 1000)
             try:
                 self.send(eid, now)
@@ -104,8 +109,10 @@ def api_endpoint(settings: Settings) -> tuple[str, str]:
     return f"http://127.0.0.1:{settings.api.port}", key
 
 
-def make_probes(settings: Settings, path: str, run: str, topic_root: str = "telemetry") -> Probes:
-    """Probes for ``path`` (mqtt, rest, direct), sensor id ``probe-<run>-<path>``."""
+def make_probes(settings: Settings, path: str, run: str, topic_root: str = "telemetry",
+                interval_s: float = 0.1) -> Probes:
+    """Probes for ``path`` (mqtt, rest, direct), sensor id ``probe-<run>-<path>``, one every
+    ``interval_s``."""
     site, asset = PROBE_ASSET
     sensor = f"probe-{run}-{path}"
     base_url, key = api_endpoint(settings)
@@ -156,4 +163,4 @@ def make_probes(settings: Settings, path: str, run: str, topic_root: str = "tele
             r.raise_for_status()
             return [row["event_id"] for row in r.json()["data"]]
 
-    return Probes(path, send, fetch)
+    return Probes(path, send, fetch, interval_s=interval_s)

@@ -29,3 +29,22 @@ def test_a_probe_missing_anywhere_is_left_out() -> None:
     api = {k: 6 for k in "abcd"}          # e never seen through the API
     spans = trickle_spans(sent, api, direct, raw, validated)
     assert spans["total"] == [5.0]        # only a
+
+
+def test_the_trickle_finds_exactly_its_own_probe_ids_in_a_record() -> None:
+    import re
+    import time
+
+    from bench.probes import Probes
+
+    sent: list[str] = []
+    probes = Probes("rest", lambda eid, ts: sent.append(eid), lambda since: [],
+                    interval_s=0.01, poll_s=10)
+    probes.start()
+    time.sleep(0.1)
+    probes.stop()
+    assert sent and all(eid.startswith(probes.id_prefix) for eid in sent)
+    pattern = re.compile(re.escape(probes.id_prefix.encode()) + rb"\d+")
+    other = Probes("rest", lambda eid, ts: None, lambda since: [])
+    record = b"".join(f'"{eid}",'.encode() for eid in sent) + f'"{other.id_prefix}7"'.encode()
+    assert [m.decode() for m in pattern.findall(record)] == sent
