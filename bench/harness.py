@@ -266,12 +266,14 @@ def run_step(settings: Settings, mc: ModeConfig, path: str, rate: int, index: in
         "generator_max_cpu_util": load.generator_max_cpu_util,
         "generator_saturated": load.generator_saturated, "generator_short": load.generator_short,
         "generator_errors": load.errors,
+        "generator_retries": load.retried if path == "rest" else None,
         "rest_request_ms": report.percentiles([x for w in workers for x in w.request_ms])
         if path == "rest" else None,
     }
     say(f"{path} {rate:,}/s: accepted {load.accepted:,} stored {distinct:,} dup {rows - distinct}"
         f" drain {drain_s:.1f}s e2e p50/p99 {e2e['p50']}/{e2e['p99']} ms gen cpu "
-        f"{load.generator_max_cpu_util:.0%} -> "
+        f"{load.generator_max_cpu_util:.0%}"
+        f"{f' ({load.retried} requests retried)' if load.retried else ''} -> "
         f"{'HELD' if held else 'not held: ' + '; '.join(reasons)}")
     return step
 

@@ -243,6 +243,8 @@ class WorkerResult:
     request_ms: list[float] = field(default_factory=list)
     # CPU of the worker's children (the mosquitto_pub processes); cpu_s is the worker's own
     child_cpu_s: float = 0.0
+    # REST requests sent again after the connection failed (rest_session)
+    retried: int = 0
 
 
 @dataclass
@@ -261,6 +263,7 @@ class StepLoad:
     generator_saturated: bool
     generator_short: bool
     errors: list[str]
+    retried: int = 0                # REST requests sent again after a dropped connection
 
     @property
     def achieved_eps(self) -> float:
@@ -284,7 +287,8 @@ def summarise_workers(offered: float, seconds: float, results: list[WorkerResult
         generator_cpu_s=round(sum(r.cpu_s + r.child_cpu_s for r in results), 2),
         generator_max_cpu_util=round(max_util, 3), generator_saturated=max_util >= 0.9,
         generator_short=sent < 0.95 * target,
-        errors=[e for r in results for e in r.errors][:20])
+        errors=[e for r in results for e in r.errors][:20],
+        retried=sum(r.retried for r in results))
 
 
 def _cpu_s() -> float:
@@ -542,14 +546,45 @@ def _raw_mqtt_worker(cfg: GeneratorConfig, index: int, start_at: float, live: An
     out_q.put(WorkerResult(index, target, seq, acked, seq - acked, cpu, wall, errors[:5]))
 
 
+def rest_session(api_key: str, retries: int = 2) -> Any:
+    """A requests session for the ingest API that sends a request again when its
+    connection fails before a response (urllib3's ``Retry``; never on an HTTP status).
+
+    Why: gunicorn closes a keep-alive connection after 2 s idle, and a worker posting
+    about every 2 s races that close: the POST goes out on a socket the server is closing
+    and fails with ``RemoteDisconnected`` (seen at 2,000 events/s, 2026-12-01, decision 0004
+    "Tenth session"). A real client would retry; it is safe because every event carries
+    its id and the pipeline deduplicates, so a request the server did receive is stored
+    once either way. :func:`response_retries` counts what was sent again.
+    """
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    retry = Retry(total=retries, connect=retries, read=retries, status=0, other=0,
+                  allowed_methods=None, raise_on_status=False, backoff_factor=0)
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers.update({"Authorization": f"Bearer {api_key}",
+                            "Content-Type": "application/json"})
+    return session
+
+
+def response_retries(response: Any) -> int:
+    """How many times urllib3 sent the request of ``response`` again (rest_session)."""
+    retries = getattr(response.raw, "retries", None)
+    return len(retries.history) if retries is not None else 0
+
+
 def _rest_worker(cfg: GeneratorConfig, index: int, start_at: float, live: Any,
                  out_q: Any) -> None:
     import requests
 
     share = cfg.rate / cfg.processes
     target = round(share * cfg.seconds)
-    session = requests.Session()
-    headers = {"Authorization": f"Bearer {cfg.api_key}", "Content-Type": "application/json"}
+    session = rest_session(cfg.api_key)
     prefix = f"{cfg.id_prefix}{index}-"
     errors: list[str] = []
     request_ms: list[float] = []
@@ -557,7 +592,7 @@ def _rest_worker(cfg: GeneratorConfig, index: int, start_at: float, live: Any,
         time.sleep(0.005)
     cpu0 = _cpu_s()
     t0 = time.monotonic()
-    seq = accepted = failed = 0
+    seq = accepted = failed = retried = 0
     while seq < target:
         due = due_count(share, time.monotonic() - t0, target)
         if due - seq >= min(cfg.batch, target - seq):
@@ -567,8 +602,9 @@ def _rest_worker(cfg: GeneratorConfig, index: int, start_at: float, live: Any,
                                           now_ms) for i in range(n)]).encode()
             t = time.monotonic()
             try:
-                r = session.post(cfg.rest_url, data=body, headers=headers, timeout=60)
+                r = session.post(cfg.rest_url, data=body, timeout=60)
                 request_ms.append((time.monotonic() - t) * 1000)
+                retried += response_retries(r)
                 if r.status_code == 202:
                     accepted += int(r.json().get("accepted", 0))
                     failed += n - int(r.json().get("accepted", 0))
@@ -586,7 +622,8 @@ def _rest_worker(cfg: GeneratorConfig, index: int, start_at: float, live: Any,
             time.sleep(0.002)
     wall = time.monotonic() - t0
     cpu = _cpu_s() - cpu0
-    out_q.put(WorkerResult(index, target, seq, accepted, failed, cpu, wall, errors, request_ms))
+    out_q.put(WorkerResult(index, target, seq, accepted, failed, cpu, wall, errors, request_ms,
+                           retried=retried))
 
 
 def run_load(cfg: GeneratorConfig, on_tick: Any = None) -> tuple[StepLoad, list[WorkerResult]]:

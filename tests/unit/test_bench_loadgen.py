@@ -1,8 +1,10 @@
-"""Unit tests of the load generator's pure parts: mosquitto_pub lines, topics, PUBACK count."""
+"""Unit tests of the load generator: mosquitto_pub lines, topics, PUBACK count, REST retries."""
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
 
 import pytest
 
@@ -18,6 +20,8 @@ from bench.loadgen import (
     mosquitto_pub_argv,
     mqtt_message,
     resolve_mqtt_client,
+    response_retries,
+    rest_session,
     summarise_workers,
 )
 
@@ -100,10 +104,10 @@ def test_resolve_mqtt_client() -> None:
 
 
 def test_summarise_workers_counts_children_cpu_but_not_for_saturation() -> None:
-    results = [WorkerResult(0, 100, 100, 100, 0, 1.0, 10.0, child_cpu_s=30.0),
-               WorkerResult(1, 100, 100, 100, 0, 2.0, 10.0, child_cpu_s=30.0)]
+    results = [WorkerResult(0, 100, 100, 100, 0, 1.0, 10.0, child_cpu_s=30.0, retried=1),
+               WorkerResult(1, 100, 100, 100, 0, 2.0, 10.0, child_cpu_s=30.0, retried=2)]
     load = summarise_workers(20, 10, results)
-    assert load.generator_cpu_s == 63.0
+    assert load.generator_cpu_s == 63.0 and load.retried == 3
     assert load.generator_max_cpu_util == 0.2 and not load.generator_saturated
 
 
@@ -122,3 +126,66 @@ def test_remaining_length_out_of_range() -> None:
 
     with pytest.raises(ValueError):
         encode_remaining_length(268_435_456)
+
+
+def _dropping_server(drops: int) -> tuple[str, list[bytes], threading.Thread]:
+    """A real HTTP/1.1 server on loopback that reads the first ``drops`` requests and closes
+    their connections without a response (what gunicorn's idle keep-alive close looks like to
+    a client that has just sent on it), then answers 202 with an ingest-style body."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        with srv:
+            for n in range(drops + 1):
+                conn, _ = srv.accept()
+                with conn:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += conn.recv(65536)
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                      if line.lower().startswith(b"content-length")))
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                    seen.append(body)
+                    if n < drops:
+                        continue  # closed without a response
+                    reply = json.dumps({"accepted": 2}).encode()
+                    conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(reply)
+                                 + reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{srv.getsockname()[1]}/api/v1/telemetry", seen, thread
+
+
+def test_rest_session_sends_again_when_the_connection_drops_before_a_response() -> None:
+    url, seen, thread = _dropping_server(drops=1)
+    body = b'[{"event_id": "a"}, {"event_id": "b"}]'
+    response = rest_session("k").post(url, data=body, timeout=10)
+    thread.join(timeout=10)
+    assert response.status_code == 202 and response.json() == {"accepted": 2}
+    assert seen == [body, body]            # the same request, sent twice
+    assert response_retries(response) == 1
+
+
+def test_rest_session_without_retries_reports_the_dropped_connection() -> None:
+    import requests
+
+    url, seen, thread = _dropping_server(drops=1)
+    with pytest.raises(requests.ConnectionError):
+        rest_session("k", retries=0).post(url, data=b"[]", timeout=10)
+    assert seen == [b"[]"]
+    thread.join(timeout=0.1)
+
+
+def test_rest_session_gives_up_after_its_retries() -> None:
+    import requests
+
+    url, seen, thread = _dropping_server(drops=3)
+    with pytest.raises(requests.ConnectionError):
+        rest_session("k", retries=2).post(url, data=b"[]", timeout=10)
+    assert len(seen) == 3
+    thread.join(timeout=0.1)
