@@ -173,6 +173,7 @@ class QuestdbSettings:
     pg_user: str = "admin"
     pg_password: str = "quest"
     rollups: bool = True
+    asset_id_index: bool = False
     o3_split_min_size: str = _setting(
         "2m", _matches(r"[0-9]+[kKmMgG]?", "a size like 2m, 512k or 1048576"), str.strip)
     export_connection_limit: int = _setting(16, _between(1, what="at least 1"))
@@ -215,7 +216,7 @@ class FlinkSettings:
     parallelism: int = _setting(2, _between(1))
     checkpointing_interval_ms: int = 60000
     max_bundle_size: int = _setting(1000, _between(1))
-    max_bundle_time_ms: int = _setting(200, _between(1))
+    max_bundle_time_ms: int = _setting(50, _between(1))
     sdk_state_cache_mb: int = _setting(256, _between(0))
     sdk_worker_parallelism: int = _setting(2, _between(1))
     sdk_gc_threshold: str = "50000,20,100"

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SENSOR_READINGS", "ALARMS", "DDL_STATEMENTS", "MIGRATIONS", "SENSOR_READING_COLUMNS",
-           "ALARM_COLUMNS", "ROLLUP_1M", "ROLLUP_1H", "ROLLUPS", "ROLLUP_COLUMNS",
-           "ROLLUP_STATEMENTS", "ROLLUP_REFRESH_EVERY", "Column", "TABLE_COLUMNS",
+__all__ = ["SENSOR_READINGS", "ALARMS", "DDL_STATEMENTS", "MIGRATIONS", "asset_index_statement",
+           "SENSOR_READING_COLUMNS", "ALARM_COLUMNS", "ROLLUP_1M", "ROLLUP_1H", "ROLLUPS",
+           "ROLLUP_COLUMNS", "ROLLUP_STATEMENTS", "ROLLUP_REFRESH_EVERY", "Column", "TABLE_COLUMNS",
            "SYMBOL_COLUMNS"]
 
 SENSOR_READINGS = "sensor_readings"
@@ -58,7 +58,9 @@ def _symbol(name: str, capacity: int, index: bool = False) -> Column:
 # (bench/results/questdb-commits-20261130T125650Z.json), ~0.1 core at the job's ~10
 # commits/s. No query kind of the dense query benchmark got slower without it
 # (docs/benchmarks.md, "Dense queries": a site filter scans the time range's site_id
-# column, which is small); asset_id's index is what an asset-day query needs.
+# column, which is small); asset_id's index is what an asset-day query needs. The table is
+# created with it; `[questdb] asset_id_index` (asset_index_statement, run on every start)
+# adds or drops it to match.
 # Designated timestamp first; the order is the column order of the table.
 _SENSOR_READINGS_SPEC = (
     Column("timestamp", "TIMESTAMP"),
@@ -151,6 +153,19 @@ ROLLUP_STATEMENTS = (_ROLLUP_1M_DDL.strip(), _ROLLUP_1M_TIMER, _ROLLUP_1H_DDL.st
 
 DDL_STATEMENTS = (_table_ddl(SENSOR_READINGS, "timestamp, event_id"),
                   _table_ddl(ALARMS, "timestamp, alarm_id, state"))
+
+
+
+def asset_index_statement(indexed: bool) -> str:
+    """The ALTER that gives sensor_readings' asset_id the index ``[questdb] asset_id_index``
+    asks for; run on every start after the migrations. QuestDB 9.3 takes ADD INDEX on an
+    indexed column and DROP INDEX on an unindexed one without error (tests/integration/
+    test_stack_questdb.py checks both), so it is idempotent either way. Why a setting: the
+    index serves raw pages of an asset and costs ~40 % of every out-of-order commit
+    (docs/decisions/0004-throughput.md, ninth and tenth sessions)."""
+    return (f"ALTER TABLE {SENSOR_READINGS} ALTER COLUMN asset_id "
+            f"{'ADD' if indexed else 'DROP'} INDEX")
+
 
 # Run after DDL_STATEMENTS on every start; each is idempotent. They bring tables created by
 # an earlier version to the DDL above (CREATE TABLE IF NOT EXISTS leaves them as they are).

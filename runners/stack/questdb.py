@@ -14,7 +14,12 @@ import logging
 
 from config.settings import QuestdbSettings, Settings
 from io_connectors.questdb_http import QuestDBError, questdb_exec, questdb_http_url
-from io_connectors.questdb_schema import DDL_STATEMENTS, MIGRATIONS, ROLLUP_STATEMENTS
+from io_connectors.questdb_schema import (
+    DDL_STATEMENTS,
+    MIGRATIONS,
+    ROLLUP_STATEMENTS,
+    asset_index_statement,
+)
 from runners.stack.spec import ServiceSpec, StackPaths
 
 __all__ = ["services", "run_ddl", "QUESTDB_JAR", "MIN_HTTP_PORT"]
@@ -29,10 +34,12 @@ MIN_HTTP_PORT: int = QuestdbSettings.min_http_port
 _JAVA_HINT = "install a JDK 17: apt-get install openjdk-17-jre-headless"
 
 
-def run_ddl(base_url: str, rollups: bool = False) -> None:
+def run_ddl(base_url: str, rollups: bool = False, asset_id_index: bool = True) -> None:
     """Create the pipeline's tables if missing and migrate older ones (all idempotent);
-    with ``rollups`` also the rollup views (``[questdb] rollups``)."""
-    for statement in (*DDL_STATEMENTS, *MIGRATIONS, *(ROLLUP_STATEMENTS if rollups else ())):
+    give sensor_readings' asset_id the index ``[questdb] asset_id_index`` asks for; with
+    ``rollups`` also the rollup views (``[questdb] rollups``)."""
+    for statement in (*DDL_STATEMENTS, *MIGRATIONS, asset_index_statement(asset_id_index),
+                      *(ROLLUP_STATEMENTS if rollups else ())):
         questdb_exec(base_url, statement)
 
 
@@ -131,6 +138,7 @@ def services(settings: Settings, paths: StackPaths) -> list[ServiceSpec]:
         start_timeout_s=90.0,
         stop_timeout_s=30.0,
         prepare=prepare,
-        after_start=lambda: run_ddl(base_url, settings.questdb.rollups),
+        after_start=lambda: run_ddl(base_url, settings.questdb.rollups,
+                                    settings.questdb.asset_id_index),
         requires={"java": _JAVA_HINT},
     )]

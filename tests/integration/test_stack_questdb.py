@@ -28,6 +28,7 @@ from io_connectors.questdb_schema import (
     ROLLUP_COLUMNS,
     SENSOR_READING_COLUMNS,
     SENSOR_READINGS,
+    asset_index_statement,
 )
 from tests.integration.conftest import qdb_exec, questdb_pg, questdb_sender
 
@@ -79,7 +80,9 @@ def test_dedup_keys_and_indexes_of_sensor_readings() -> None:
     assert list(cols) == list(SENSOR_READING_COLUMNS)
     assert {c for c, r in cols.items() if r["upsertKey"]} == {"timestamp", "event_id"}
     assert cols["event_id"]["type"] == "VARCHAR"
-    assert {c for c, r in cols.items() if r["indexed"]} == {"asset_id"}
+    # `up` gave asset_id the index [questdb] asset_id_index asks for; nothing else has one.
+    expected = {"asset_id"} if SETTINGS.questdb.asset_id_index else set()
+    assert {c for c, r in cols.items() if r["indexed"]} == expected
 
 
 def test_migrations_drop_the_site_index_of_an_older_table_and_keep_its_rows() -> None:
@@ -109,6 +112,38 @@ def test_migrations_drop_the_site_index_of_an_older_table_and_keep_its_rows() ->
                 _exec(statement)
             assert _poll(lambda: indexed() == {"asset_id"}, 30), indexed()
         assert _poll(lambda: _exec(f"SELECT count() FROM {table}")["dataset"][0][0] == 1, 30)
+    finally:
+        _exec(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_asset_index_setting_adds_and_drops_the_index_idempotently() -> None:
+    """[questdb] asset_id_index: the statement `up` runs on every start drops the asset_id
+    index of a table that has it and adds it back, each twice (a restart with the same
+    setting), keeping the rows and the table writable (QuestDB applies a WAL table's ALTER
+    asynchronously: a failing one would suspend the table)."""
+    table = f"asset_index_{uuid.uuid4().hex[:8]}"
+    _exec(DDL_STATEMENTS[0].replace(f"EXISTS {SENSOR_READINGS} ", f"EXISTS {table} "))
+
+    def indexed() -> set[str]:
+        return {r["column"] for r in _rows(f"SELECT \"column\", indexed FROM "
+                                           f"table_columns('{table}')") if r["indexed"]}
+
+    def count() -> int:
+        return _exec(f"SELECT count() FROM {table}")["dataset"][0][0]
+
+    try:
+        assert indexed() == {"asset_id"}
+        for n, (setting, expected) in enumerate(((False, set()), (True, {"asset_id"}))):
+            statement = asset_index_statement(setting)
+            assert statement.startswith(f"ALTER TABLE {SENSOR_READINGS} ")
+            for _ in range(2):
+                _exec(statement.replace(f"TABLE {SENSOR_READINGS} ", f"TABLE {table} "))
+                _exec(f"INSERT INTO {table} (timestamp, event_id, site_id, asset_id, sensor_id) "
+                      f"VALUES (now(), 'e{n}{_}', 's1', 'a1', 'x1')")
+            assert _poll(lambda e=expected: indexed() == e, 30), indexed()
+            assert _poll(lambda n=n: count() == 2 * (n + 1), 30), count()
+        suspended = _rows(f"SELECT suspended FROM wal_tables() WHERE name = '{table}'")
+        assert suspended == [{"suspended": False}]
     finally:
         _exec(f"DROP TABLE IF EXISTS {table}")
 

@@ -27,6 +27,7 @@ from io_connectors.questdb_schema import (
     DDL_STATEMENTS,
     SENSOR_READING_COLUMNS,
     TABLE_COLUMNS,
+    asset_index_statement,
 )
 from io_connectors.questdb_sink import (
     IlpRow,
@@ -85,6 +86,13 @@ def test_the_ddl_is_rendered_from_the_column_spec() -> None:
     indexed = [c.name for spec in TABLE_COLUMNS.values() for c in spec if c.index]
     assert indexed == ["asset_id"]
     assert "asset_id SYMBOL CAPACITY 65536 CACHE INDEX" in DDL_STATEMENTS[0]
+
+
+def test_asset_index_statement_follows_the_setting() -> None:
+    assert asset_index_statement(True) == (
+        "ALTER TABLE sensor_readings ALTER COLUMN asset_id ADD INDEX")
+    assert asset_index_statement(False) == (
+        "ALTER TABLE sensor_readings ALTER COLUMN asset_id DROP INDEX")
 
 
 def test_reading_row_maps_every_column() -> None:
