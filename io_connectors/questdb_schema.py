@@ -59,8 +59,8 @@ def _symbol(name: str, capacity: int, index: bool = False) -> Column:
 # commits/s. No query kind of the dense query benchmark got slower without it
 # (docs/benchmarks.md, "Dense queries": a site filter scans the time range's site_id
 # column, which is small); asset_id's index is what an asset-day query needs. The table is
-# created with it; `[questdb] asset_id_index` (asset_index_statement, run on every start)
-# adds or drops it to match.
+# created with it; on every start `[questdb] asset_id_index` adds or drops it to match
+# (runners/stack/questdb.py, sync_asset_index).
 # Designated timestamp first; the order is the column order of the table.
 _SENSOR_READINGS_SPEC = (
     Column("timestamp", "TIMESTAMP"),
@@ -156,15 +156,12 @@ DDL_STATEMENTS = (_table_ddl(SENSOR_READINGS, "timestamp, event_id"),
 
 
 
-def asset_index_statement(indexed: bool) -> str:
-    """The ALTER that gives sensor_readings' asset_id the index ``[questdb] asset_id_index``
-    asks for; run on every start after the migrations. QuestDB 9.3 takes ADD INDEX on an
-    indexed column and DROP INDEX on an unindexed one without error (tests/integration/
-    test_stack_questdb.py checks both), so it is idempotent either way. Why a setting: the
-    index serves raw pages of an asset and costs ~40 % of every out-of-order commit
-    (docs/decisions/0004-throughput.md, ninth and tenth sessions)."""
-    return (f"ALTER TABLE {SENSOR_READINGS} ALTER COLUMN asset_id "
-            f"{'ADD' if indexed else 'DROP'} INDEX")
+def asset_index_statement(indexed: bool, table: str = SENSOR_READINGS) -> str:
+    """The ALTER that gives ``table``'s asset_id the index ``[questdb] asset_id_index`` asks
+    for (runners/stack/questdb.py issues it on start only when the column differs). Why a
+    setting: the index serves raw pages of an asset and costs ~40 % of every out-of-order
+    commit (docs/decisions/0004-throughput.md, ninth and tenth sessions)."""
+    return f"ALTER TABLE {table} ALTER COLUMN asset_id {'ADD' if indexed else 'DROP'} INDEX"
 
 
 # Run after DDL_STATEMENTS on every start; each is idempotent. They bring tables created by

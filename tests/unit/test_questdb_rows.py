@@ -93,6 +93,7 @@ def test_asset_index_statement_follows_the_setting() -> None:
         "ALTER TABLE sensor_readings ALTER COLUMN asset_id ADD INDEX")
     assert asset_index_statement(False) == (
         "ALTER TABLE sensor_readings ALTER COLUMN asset_id DROP INDEX")
+    assert asset_index_statement(False, "t2") == "ALTER TABLE t2 ALTER COLUMN asset_id DROP INDEX"
 
 
 def test_reading_row_maps_every_column() -> None:
