@@ -876,3 +876,70 @@ def test_csv_export_with_questdb_http_unreachable_is_503_naming_the_setting(
     assert response.status_code == 503 and response.headers["Retry-After"]
     assert f"127.0.0.1:{port}" in response.json["message"]
     assert "http_port" in response.json["message"]
+
+
+def _bodies(client: FlaskClient, requests: list[dict[str, str]]) -> list[bytes]:
+    """Every page of each request (cursor followed), as the bytes the API sent."""
+    out = []
+    for params in requests:
+        cursor = None
+        while True:
+            response = client.get("/api/v1/telemetry", headers=AUTH,
+                                  query_string={**params, **({"cursor": cursor} if cursor else {})})
+            assert response.status_code == 200, response.json
+            out.append(response.data)
+            cursor = response.json["next_cursor"]
+            if cursor is None:
+                break
+    return out
+
+
+def test_pages_read_over_exec_are_the_pg_wire_pages(app: Flask,
+                                                    rollup_rows: list[dict[str, Any]]) -> None:
+    """[api] page_reads: the rows of a page through QuestDB's /exec (the default, which every
+    other test here reads through) give byte for byte the pages read over PG wire."""
+    from api.query import STORE_EXTENSION
+
+    store = app.extensions[STORE_EXTENSION]
+    assert store.page_reader is not None  # the default: "exec"
+    requests = [
+        {**RANGE, "site_id": SITES[0], "limit": "7", "order": order} for order in ORDERS
+    ] + [
+        {**RANGE, "asset_id": ODD_ASSET, "limit": "50"},
+        {**RANGE, "asset_id": A0, "interval": "5m", "agg": "avg", "fill": "null", "limit": "9"},
+        {**RANGE, "site_id": SITES[1], "interval": "1m", "agg": "max", "order": "desc",
+         "limit": "40", "source": "raw"},
+    ] + [
+        {**_ROLLUP_RANGE, "site_id": ROLLUP_SITE, "interval": interval, "agg": "avg",
+         "limit": "97"} for interval in ("1m", "1h")
+    ]
+    client = app.test_client()
+    over_exec = _bodies(client, requests)
+    reader, store.page_reader = store.page_reader, None
+    try:
+        over_pg_wire = _bodies(client, requests)
+    finally:
+        store.page_reader = reader
+    assert len(over_exec) > len(requests)  # cursors were followed
+    assert over_exec == over_pg_wire
+
+
+def test_pages_with_questdb_exec_unreachable_are_503_naming_the_setting(app: Flask) -> None:
+    import socket
+
+    from api.query import STORE_EXTENSION
+    from api.questdb_pages import QuestDBPageReader
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = app.extensions[STORE_EXTENSION]
+    reader, store.page_reader = store.page_reader, QuestDBPageReader("127.0.0.1", port)
+    try:
+        response = app.test_client().get("/api/v1/telemetry", headers=AUTH,
+                                         query_string={**RANGE, "asset_id": A0})
+    finally:
+        store.page_reader = reader
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert f"127.0.0.1:{port}" in response.json["message"]
+    assert "http_port" in response.json["message"]
