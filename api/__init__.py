@@ -79,7 +79,6 @@ def create_app(settings: Settings | None = None,
     from api.openapi import PUBLIC_DOCS_CONFIG
     from api.query import ASSETS_EXTENSION, STORE_EXTENSION
     from api.questdb import QuestDBClient, QuestDBExporter, TelemetryStore
-    from api.questdb_pages import QuestDBPageReader
 
     settings = settings or load_settings()
     test_config = dict(test_config or {})
@@ -111,12 +110,8 @@ def create_app(settings: Settings | None = None,
         exporter = QuestDBExporter(
             settings.questdb.host, settings.questdb.http_port,
             read_timeout_s=settings.api.export_timeout_s)
-        page_reader = (QuestDBPageReader(settings.questdb.host, settings.questdb.http_port,
-                                         max_connections=settings.api.questdb_pool_size,
-                                         read_timeout_s=settings.api.export_timeout_s)
-                       if settings.api.page_reads == "exec" else None)
         store = TelemetryStore(client, rollups_enabled=settings.questdb.rollups,
-                               exporter=exporter, page_reader=page_reader)
+                               exporter=exporter)
         if alarm_acks is None:
             alarm_acks = AlarmAckStore(client)
     app.extensions[STORE_EXTENSION] = store

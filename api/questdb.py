@@ -1,7 +1,5 @@
-"""The module of the API that talks to QuestDB: PG wire (psycopg2, small pool) for the
-JSON answers, QuestDB's HTTP ``/exp`` for the CSV export; the rows of raw and bucket pages
-come through QuestDB's HTTP ``/exec`` instead when ``[api] page_reads = "exec"`` (the
-default; :mod:`api.questdb_pages`, decision 0006 "Seventh pass").
+"""The one module of the API that talks to QuestDB: PG wire (psycopg2, small pool) for
+every JSON answer, QuestDB's HTTP ``/exp`` for the CSV export.
 
 Three layers, each usable alone:
 
@@ -41,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -892,13 +890,13 @@ class Page:
 
 @dataclass(frozen=True)
 class RowPage:
-    """A page of QuestDB's rows as they came (tuples or lists in ``columns`` order, timestamps as
+    """A page of QuestDB's rows as they came (tuples in ``columns`` order, timestamps as
     QuestDB's text): :meth:`json_data` prints them straight to JSON
     (:func:`api.rows_json.rows_json`, the same text as the dicts), :attr:`rows` builds
     the dicts only when asked."""
 
     columns: tuple[str, ...]
-    tuples: list[Any]
+    tuples: list[tuple[Any, ...]]
     next_key: tuple[Any, ...] | None
     source: str = "raw"
 
@@ -946,7 +944,7 @@ def _records(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict
     return list(map(_record_builder(tuple(columns)), rows))
 
 
-def _next_key(columns: Sequence[str], rows: list[Any], limit: int,
+def _next_key(columns: Sequence[str], rows: list[tuple[Any, ...]], limit: int,
               key_columns: Sequence[str]) -> tuple[Any, ...] | None:
     """``rows`` was fetched with LIMIT limit+1: a surplus row means another page exists."""
     if len(rows) <= limit or limit <= 0:
@@ -973,23 +971,13 @@ _STALE_US = 10 * 60 * 1_000_000
 _MAX_STALE_QUERIES = 8
 
 
-class PageReader(Protocol):
-    """Where the store reads the rows of its pages (:mod:`api.questdb_pages`)."""
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[list[Any]]: ...
-
-
 class TelemetryStore:
-    """Queries of the API over a :class:`QuestDBClient`; the rows of raw and bucket
-    pages over ``page_reader`` when given (QuestDB's HTTP ``/exec``, ``[api] page_reads``),
-    otherwise over the client's PG wire too."""
+    """Queries of the API over a :class:`QuestDBClient`."""
 
     def __init__(self, client: QuestDBClient, rollups_enabled: bool = True,
-                 exporter: QuestDBExporter | None = None,
-                 page_reader: PageReader | None = None) -> None:
+                 exporter: QuestDBExporter | None = None) -> None:
         self.client = client
         self.exporter = exporter  # the CSV export (QuestDB's /exp)
-        self.page_reader = page_reader
         # [questdb] rollups: with the views off by configuration, QuestDB is never asked
         # about them and source=rollup is the caller's error (400), not an outage (503).
         self.rollups_enabled = rollups_enabled
@@ -1096,15 +1084,8 @@ class TelemetryStore:
                                      dependency="questdb")
         return None
 
-    def _page_rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        """The rows of a page's read (up to 10,001): over ``page_reader`` when there is
-        one, timestamps as text either way (QuestDB's ISO text there, its PG text here)."""
-        if self.page_reader is not None:
-            return self.page_reader.query(sql, params)
-        return self.client.query(sql, params, text_timestamps=True)
-
     def _readings(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
-                  ) -> tuple[tuple[str, ...], list[Any], tuple[Any, ...] | None, str]:
+                  ) -> tuple[tuple[str, ...], list[tuple[Any, ...]], tuple[Any, ...] | None, str]:
         """Columns, at most ``limit`` rows (timestamps as text), the next page's key and
         the source (``raw``, ``rollup_1m``, ``rollup_1h``, or the parts of a rollup read
         with its raw tail such as ``rollup_1m+raw``: :func:`bucket_source_name`)."""
@@ -1133,7 +1114,7 @@ class TelemetryStore:
         # event_id) cost 48 of the page's ~63 ms on a dense asset-day, against 25 without
         # it and ~2 ms for this sort of nearly ordered rows (decision 0006).
         sql, params = build_raw_sql(q, None, after, floor_us, ceil_us, sort_ties=False)
-        rows = self._page_rows(sql, params)
+        rows = self.client.query(sql, params, text_timestamps=True)
         try:  # C-level key; a null event_id (None against text) takes the function
             rows.sort(key=_RAW_KEY, reverse=q.order == "desc")
         except TypeError:
@@ -1143,22 +1124,22 @@ class TelemetryStore:
         return SENSOR_READING_COLUMNS, rows[:limit], key, "raw"
 
     def _bucket_rows(self, q: TelemetryQuery, limit: int | None, after: Sequence[Any] | None,
-                     view: str | None, fresh: dict[str, int] | None) -> list[Any]:
+                     view: str | None, fresh: dict[str, int] | None) -> list[tuple[Any, ...]]:
         """Buckets in timestamp order only (see :meth:`_buckets`). The view's rows are taken
         as the buckets when they are (:func:`rows_are_buckets`), unless a bucket key comes
         twice: then the same page is read again with SAMPLE BY, which merges them."""
         sql, params = build_bucket_sql(q, limit, after, view, fresh, sort_ties=False,
                                        rows_as_buckets=True)
-        rows = self._page_rows(sql, params)
+        rows = self.client.query(sql, params, text_timestamps=True)
         if (view is not None and rows_are_buckets(q, bucket_parts(*_bucket_range(q, after),
                                                                   view, fresh))
                 and len(set(map(_BUCKET_IDENTITY, rows))) != len(rows)):
             sql, params = build_bucket_sql(q, limit, after, view, fresh, sort_ties=False)
-            rows = self._page_rows(sql, params)
+            rows = self.client.query(sql, params, text_timestamps=True)
         return rows
 
     def _buckets(self, q: TelemetryQuery, limit: int, after: Sequence[Any] | None,
-                 view: str | None, fresh: dict[str, int] | None) -> list[Any]:
+                 view: str | None, fresh: dict[str, int] | None) -> list[tuple[Any, ...]]:
         """At most limit+1 buckets in (timestamp, asset_id, sensor_id) order.
 
         Without fill QuestDB returns them in timestamp order only (no sort: ~20 of the ~60
@@ -1171,7 +1152,7 @@ class TelemetryStore:
         """
         if q.fill != "none":
             sql, params = build_bucket_sql(q, limit + 1, after, view, fresh)
-            return self._page_rows(sql, params)
+            return self.client.query(sql, params, text_timestamps=True)
         rows = self._bucket_rows(q, limit + 1, after, view, fresh)
         if len(rows) > limit:
             # Some of the rows at the last bucket time are here; the page (limit rows and

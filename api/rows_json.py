@@ -49,14 +49,10 @@ _UNIQUE_TEXT_COLUMNS = frozenset({"event_id", "alarm_id", "reason"})
 
 def json_timestamp(value: datetime | str | None) -> str | None:
     """A TIMESTAMP as the API prints it (:func:`api.params.format_timestamp`), from a
-    datetime or from QuestDB's text, always six digits: over PG wire
-    ``YYYY-MM-DD HH:MM:SS.ffffff``, in ``/exec``'s JSON ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    datetime or from QuestDB's text ``YYYY-MM-DD HH:MM:SS.ffffff`` (always six digits)."""
     if isinstance(value, str):
-        # Milliseconds unless finer is needed.
-        if len(value) == 26 and value[19] == ".":
+        if len(value) == 26 and value[19] == ".":  # milliseconds unless finer is needed
             return (value[:23] if value.endswith("000") else value).replace(" ", "T") + "Z"
-        if len(value) == 27 and value[19] == "." and value[10] == "T" and value[26] == "Z":
-            return value[:23] + "Z" if value.endswith("000Z") else value
         value = datetime.fromisoformat(value)
     return format_timestamp(value)
 
@@ -132,31 +128,19 @@ def _nulls_apart(encode: _Encoder, column: str, values: Sequence[Any],
 
 def _timestamps(column: str, values: Sequence[Any], prefix: str) -> list[str]:
     """``prefix`` + the JSON string of each timestamp (:func:`json_timestamp`). QuestDB's
-    text is converted for the whole column at once. Its PG text
-    (``2026-11-24 00:00:01.005000``, 26 characters): the space becomes ``T``, ``000`` at
-    the end is cut (the milliseconds suffice), ``Z`` is appended. Its ``/exec`` text
-    (``2026-11-24T00:00:01.005000Z``, 27): ``000`` before the ``Z`` is cut."""
+    text (``2026-11-24 00:00:01.005000``, 26 characters) is converted for the whole
+    column at once: the space becomes ``T``, ``000`` at the end is cut (the milliseconds
+    suffice), ``Z`` is appended."""
     text = _joined(values)
     if text is None:
         return _nulls_apart(_timestamps, column, values, prefix)
+    # 26 characters each: the n-1 separators at every 27th place and nowhere else.
     n = len(values)
-    # w characters each: the n-1 separators at every (w+1)th place and nowhere else.
-    if _fixed_width(text, n, 26) and set(text[19::27]) == {"."}:
-        text = (text + '"').replace(" ", "T").replace('000"', '"')
-        text = text.replace('"', f'Z"\n{prefix}"')[:-len(prefix) - 2]
-    elif (_fixed_width(text, n, 27) and set(text[19::28]) == {"."}
-          and set(text[10::28]) == {"T"} and set(text[26::28]) == {"Z"}):
-        text = (text + '"').replace('000Z"', 'Z"')
-        text = text.replace('"', f'"\n{prefix}"')[:-len(prefix) - 1]
-    else:
+    if len(text) != 27 * n - 1 or set(text[26::27]) - {'"'} or set(text[19::27]) != {"."}:
         return _one_by_one(column, values, prefix)
+    text = (text + '"').replace(" ", "T").replace('000"', '"')
+    text = text.replace('"', f'Z"\n{prefix}"')[:-len(prefix) - 2]
     return f'{prefix}"{text}'.split("\n")
-
-
-def _fixed_width(text: str, n: int, width: int) -> bool:
-    """``text`` is n values of ``width`` characters joined by ``"`` (and no other ``"``:
-    :func:`_joined` checked)."""
-    return len(text) == (width + 1) * n - 1 and not set(text[width::width + 1]) - {'"'}
 
 
 def _texts(column: str, values: Sequence[Any], prefix: str) -> list[str]:

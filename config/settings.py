@@ -240,7 +240,6 @@ class ApiSettings:
     rate_limit_burst: float = _setting(2000.0, _between(0))
     public_docs: bool = True
     questdb_pool_size: int = _setting(4, _between(1))
-    page_reads: str = _setting("exec", _one_of("exec", "pgwire"), _lower)
     export_timeout_s: float = _setting(60.0, _between(0))
     ingest_max_body_bytes: int = _setting(5_242_880, _between(1))
     ingest_max_items: int = _setting(10_000, _between(1))

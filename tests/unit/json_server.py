@@ -1,6 +1,5 @@
 """A loopback HTTP server answering GETs with JSON, for unit tests that fake a REST service
-(Flink's REST API in test_run_pipeline.py and test_chaos_crash_marks.py, QuestDB's /exec in
-test_api_questdb_pages.py)."""
+(Flink's REST API in test_run_pipeline.py and test_chaos_crash_marks.py)."""
 
 from __future__ import annotations
 
@@ -9,34 +8,28 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["JsonServer"]
 
 
 class JsonServer:
-    """``route(path)`` gives the JSON body of a GET (the query string is cut off), a
-    ``(status, body)`` pair for another status than 200, or ``None`` for a 404. Every path
-    asked for is kept in :attr:`paths`, its query string parsed in :attr:`queries`. Use as
-    a context manager."""
+    """``route(path)`` gives the JSON body of a GET (the query string is cut off), or ``None``
+    for a 404. Every path asked for is kept in :attr:`paths`. Use as a context manager."""
 
     def __init__(self, route: Callable[[str], Any]) -> None:
         self.paths: list[str] = []
-        self.queries: list[dict[str, list[str]]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                url = urlsplit(self.path)
-                server.paths.append(url.path)
-                server.queries.append(parse_qs(url.query))
-                body = route(url.path)
+                path = self.path.split("?")[0]
+                server.paths.append(path)
+                body = route(path)
                 if body is None:
                     self.send_error(404)
                     return
-                status, body = body if isinstance(body, tuple) else (200, body)
                 data = json.dumps(body).encode()
-                self.send_response(status)
+                self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from api import create_app
 from api.questdb import _BUCKET_COLUMNS, RowPage, _records
-from api.rows_json import TIMESTAMP_COLUMNS, rows_json
+from api.rows_json import rows_json
 from config.settings import load_settings
 from io_connectors.questdb_schema import ALARM_COLUMNS, SENSOR_READING_COLUMNS
 
@@ -37,19 +37,10 @@ def _old(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> bytes:
 
 _DATETIMES = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1))
 # QuestDB's TIMESTAMP text over PG wire: six fraction digits; whole milliseconds often.
-_PG_TEXT = st.one_of(
+_QUESTDB_TEXT = st.one_of(
     _DATETIMES.map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S.%f")),
     _DATETIMES.map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)
                    .strftime("%Y-%m-%d %H:%M:%S.%f")))
-
-
-def _exec_form(value: Any) -> Any:
-    """The same TIMESTAMP as QuestDB's /exec prints it (api.questdb_pages)."""
-    return value.replace(" ", "T") + "Z" if isinstance(value, str) and len(value) == 26 \
-        else value
-
-
-_QUESTDB_TEXT = st.one_of(_PG_TEXT, _PG_TEXT.map(_exec_form))
 _TIMESTAMPS = st.one_of(_QUESTDB_TEXT, st.none(), _DATETIMES,
                         _DATETIMES.map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S")))
 # Text as psycopg2 decodes it (never a lone surrogate: see the test below).
@@ -103,27 +94,6 @@ def test_rows_json_prints_what_the_dicts_printed(data: Any) -> None:
                                          ALARM_COLUMNS]))
     rows = data.draw(_pages(columns))
     assert rows_json(columns, rows) == _old(columns, rows)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_exec_timestamps_print_as_the_pg_wire_ones(data: Any) -> None:
-    columns = data.draw(st.sampled_from([SENSOR_READING_COLUMNS, _BUCKET_COLUMNS,
-                                         ALARM_COLUMNS]))
-    rows = data.draw(_pages(columns))
-    exec_rows = [[_exec_form(v) if column in TIMESTAMP_COLUMNS else v
-                  for column, v in zip(columns, row, strict=True)] for row in rows]
-    assert rows_json(columns, exec_rows) == rows_json(columns, rows)
-    assert rows_json(columns, exec_rows) == _old(columns, exec_rows)
-
-
-def test_exec_timestamps_of_a_dense_page() -> None:
-    rows = [[f"2026-11-24T00:00:{i // 10:02d}.{i % 10 * 5:03d}{'000' if i % 3 else '123'}Z",
-             "a-1", "s-1", "POWER", 1.5] for i in range(1000)]
-    printed = json.loads(rows_json(_BUCKET_COLUMNS, rows))
-    assert printed[0]["timestamp"] == "2026-11-24T00:00:00.000123Z"
-    assert printed[1]["timestamp"] == "2026-11-24T00:00:00.005Z"
-    assert rows_json(_BUCKET_COLUMNS, rows) == _old(_BUCKET_COLUMNS, rows)
 
 
 def test_rows_json_of_a_dense_page_and_its_special_values() -> None:

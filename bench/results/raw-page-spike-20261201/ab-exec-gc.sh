@@ -1,4 +1,5 @@
 #!/bin/bash
+# Needs the code of commit b7d0f68 ([api] page_reads), reverted after it.
 # Eleventh session, issue 12, third pass: /exec with orjson's parse under gc_paused (G) against
 # PG wire (P), raw_first and bucket_1m only, 60 requests with 1 client, 15 per client with 8;
 # order G P P G, the API restarted with DCMMS_API_PAGE_READS on each switch.

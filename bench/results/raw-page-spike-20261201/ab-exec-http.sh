@@ -1,4 +1,5 @@
 #!/bin/bash
+# Needs the code of commit b7d0f68 ([api] page_reads), reverted after it.
 # Eleventh session, issue 12: the API's page rows over /exec (E, [api] page_reads = "exec")
 # against PG wire (P, "pgwire"), through HTTP on the warm dense stack of /work/main, order
 # P E E P (ORDER="E P P E" FIRST=5 for the second pass), the API restarted with DCMMS_API_PAGE_READS on each switch (same code otherwise).

@@ -1,5 +1,5 @@
 """Eleventh session, issue 12: one 1-minute bucket page (dense asset-day) read over PG wire
-and over /exec (api.questdb_pages at commit of this session), then the store's steps on the rows:
+and over /exec (api.questdb_pages of commit b7d0f68, reverted after it), then the store's steps on the rows:
 duplicate-key check, sort, rows_json; medians of 20 alternating pairs in ms.
 Run: .venv/bin/python bench/results/raw-page-spike-20261201/exec-breakdown.py bucket_1m"""
 import os, random, statistics, sys, time

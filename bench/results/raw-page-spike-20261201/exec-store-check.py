@@ -1,4 +1,5 @@
-"""Eleventh session, issue 12: TelemetryStore pages read over PG wire and over /exec
+"""Eleventh session, issue 12 (needs the code of commit b7d0f68, reverted after it):
+TelemetryStore pages read over PG wire and over /exec
 (api.questdb_pages) on the loaded dense fleet: the same bytes and the same next-page key for
 every kind (raw first and next pages, bucket pages from both views), and each way's time
 in-process (query + page printing, no HTTP), alternating, 20 requests per kind after 3
