@@ -68,7 +68,9 @@ def _fake_cli(tmp_path: Path, fail_on: str = "") -> tuple[Path, Path]:
     return cli, calls
 
 
-def test_api_restarts_with_each_arm_and_the_defaults_at_the_end(tmp_path: Path) -> None:
+def test_api_restarts_with_each_arm_and_the_defaults_at_the_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DCMMS_STACK_RUN_DIR", raising=False)  # `make test` sets its own
     cli, calls = _fake_cli(tmp_path)
     rc = main(["--arm", "A", "AB_X=1", "--arm", "B", "AB_X=2", "--order", "A B",
                "--restart", "api", "--output-dir", str(tmp_path / "ab"), "--cli", str(cli),
