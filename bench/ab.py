@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import report
+from bench.harness import git_sha
 from config.settings import REPO_ROOT
 
 RESTARTS = ("none", "api", "stack", "fresh")
@@ -82,24 +84,16 @@ def plan(arms: Sequence[Arm], order: str) -> list[tuple[Arm, str]]:
 
 
 def dotted(data: Any, key: str) -> Any:
-    """``data["a"]["b"]`` for ``a.b``; None where a part is missing."""
-    for part in key.split("."):
-        if not isinstance(data, Mapping) or part not in data:
-            return None
-        data = data[part]
-    return data
+    """``data["a"]["b"]`` for ``a.b`` (:func:`bench.report._get`); None where a part is
+    missing."""
+    try:
+        return report._get(data, key) if isinstance(data, Mapping) else None
+    except KeyError:
+        return None
 
 
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def _git_sha() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 class Runner:
@@ -215,8 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     keys = [k for k in args.keys.split(",") if k]
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    sha, dirty = git_sha()  # an A/B of uncommitted code says so
     record: dict[str, Any] = {"command": ["python", "-m", "bench.ab", *argv],
-                              "git_sha": _git_sha(), "restart": args.restart,
+                              "git_sha": sha, "git_dirty": dirty, "restart": args.restart,
                               "arms": {a.name: a.env for a, _ in runs}, "runs": []}
     manifest = args.output_dir / "ab.json"
     say(f"{len(runs)} runs ({args.order}), restart {args.restart}, into {args.output_dir}")

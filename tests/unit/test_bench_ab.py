@@ -29,6 +29,7 @@ def test_arms_and_order() -> None:
     with pytest.raises(ValueError, match="share a name"):
         plan([a, a], "A")
     assert dotted({"a": {"b": 2}}, "a.b") == 2 and dotted({"a": 1}, "a.b") is None
+    assert dotted(None, "a") is None and dotted({"a": {}}, "a.b") is None
 
 
 def test_runs_interleave_the_arms_and_record_their_keys(tmp_path: Path,
@@ -43,6 +44,7 @@ def test_runs_interleave_the_arms_and_record_their_keys(tmp_path: Path,
     assert [r["keys"]["r.v"] for r in record["runs"]] == ["1", "2", "2", "1"]
     assert all(r["keys"]["r.missing"] is None and r["rc"] == 0 for r in record["runs"])
     assert record["arms"] == {"A": {"AB_X": "1"}, "B": {"AB_X": "2"}}
+    assert len(record["git_sha"]) == 40 and isinstance(record["git_dirty"], bool)
     assert len(record["runs"][0]["load_avg_before"]) == 3
     assert (out / "B-run3.log").exists()
     assert "B-run2  " in capsys.readouterr().out
